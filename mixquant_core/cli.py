@@ -1,0 +1,273 @@
+"""The ``mixquant`` command line. Every command takes ``--json``; bad input exits 2 with one line."""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from contextlib import contextmanager
+from typing import List, Optional
+
+from .errors import MixQuantError
+
+QUANTIZER_CHOICES = ("asymmetric", "symmetric", "per-channel")
+
+
+def _bits_list(text: str) -> List[int]:
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 8,6,4, got {text!r}") from None
+
+
+def _float_list(text: str) -> List[float]:
+    try:
+        return [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 5,20,80, got {text!r}") from None
+
+
+@contextmanager
+def progress_bar(enabled: bool, desc: str):
+    """A tqdm bar on stderr driven by the core's (done, total, what) callbacks."""
+    if not enabled:
+        yield None
+        return
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True)
+
+    def update(done: int, total: int, what: str) -> None:
+        if bar.total != total:
+            bar.reset(total=total)
+        bar.set_postfix_str(what[-40:], refresh=False)
+        bar.n = done
+        bar.refresh()
+
+    try:
+        yield update
+    finally:
+        bar.close()
+
+
+def _add_model_args(p: argparse.ArgumentParser, compute: bool = True) -> None:
+    from .models import DEFAULT_MODEL
+
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"registry name or model file (default {DEFAULT_MODEL})")
+    p.add_argument("--arch", help="architecture (registry name) of a state-dict file")
+    p.add_argument("--allow-pickle", action="store_true", help="allow files that need pickled code (only if you trust them)")
+    p.add_argument("--quantizer", default="asymmetric", choices=QUANTIZER_CHOICES)
+    p.add_argument("--bits", type=_bits_list, default=[8, 7, 6, 5, 4, 3, 2], help="candidate bit-widths (default 8,7,6,5,4,3,2)")
+    p.add_argument("--keep-first-last", action="store_true", help="hold the first and last layer at 8 bits")
+    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN", help="skip layers whose name matches (fnmatch; repeatable)")
+    if compute:
+        p.add_argument("--device", default="auto", help="auto | cpu | cuda (auto: CUDA when present)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--data", required=required, help="evaluation folder (labels.txt or class subfolders), or 'imagenette[:DIR]'")
+    p.add_argument("--limit", type=int, default=None, help="evaluate the first N images only")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mixquant", description="MixQuant: per-layer bit-width search (QE <= QEM x QE(8 bit)).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("models", help="list the model registry")
+    p.add_argument("--filter", default="*", help="fnmatch pattern, e.g. 'resnet*'")
+    p.add_argument("--source", choices=("builtin", "torchvision", "timm"))
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("qe", help="print the QE table (layers x bit-widths)")
+    _add_model_args(p)
+
+    p = sub.add_parser("search", help="choose bit-widths for a QEM (or a size budget) and write the plan")
+    _add_model_args(p)
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--qem", type=float, help="quantization error multiplier, >= 1")
+    g.add_argument("--max-mb", type=float, help="largest model size allowed, in MB")
+    g.add_argument("--max-avg-bits", type=float, help="largest average bit-width allowed")
+    p.add_argument("--out", help="write the plan JSON here (default: stdout)")
+
+    p = sub.add_parser("evaluate", help="top-1/top-5/loss of float32, int8 or a plan")
+    _add_model_args(p)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--plan", help="plan JSON to apply")
+    g.add_argument("--int8", action="store_true", help="all layers at 8 bits")
+    _add_data_args(p)
+
+    p = sub.add_parser("sweep", help="Table-2 style sweep over QEMs (each distinct plan evaluated once)")
+    _add_model_args(p)
+    _add_data_args(p)
+    p.add_argument("--qems", type=_float_list, help="explicit QEMs, e.g. 5,20,80")
+    p.add_argument("--qem-min", type=float, default=1.0)
+    p.add_argument("--qem-max", type=float, default=None, help="default: where the last layer reaches its lowest bit-width")
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--out", help="also write the table as CSV")
+    return parser
+
+
+def _workspace(args, progress: bool = True):
+    from .models import load_model
+    from .workspace import Workspace
+
+    loaded = load_model(args.model, arch=args.arch, allow_pickle=args.allow_pickle)
+    return Workspace(loaded, args.quantizer, args.bits, args.keep_first_last, args.exclude,
+                     device=getattr(args, "device", "cpu"))
+
+
+def _eval_tensors(args, ws, show: bool):
+    from .data import load_tensors, open_image_folder, open_imagenette
+
+    if args.data.startswith("imagenette"):
+        root = args.data.partition(":")[2] or "imagenette-data"
+        images = open_imagenette(root)
+    else:
+        images = open_image_folder(args.data)
+    images = images.subset(args.limit)
+    with progress_bar(show, "decode") as cb:
+        data = load_tensors(images, ws.loaded.preprocess.transform(), cb)
+    if data.skipped:
+        print(f"warning: skipped {len(data.skipped)} unreadable image(s), e.g. {data.skipped[0]}", file=sys.stderr)
+    return data
+
+
+def _fmt(v, nd=2) -> str:
+    if v is None:
+        return "N/A"
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 0.01 and v != 0 else f"{v:.{nd}f}"
+    return str(v)
+
+
+def _print_table(headers: List[str], rows: List[List[str]]) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths)))
+    print("  ".join("-" * w for w in widths))
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+
+
+def cmd_models(args) -> None:
+    from .models import list_models
+
+    entries = list_models(args.filter, args.source)
+    if args.json:
+        print(json.dumps([e.to_dict() for e in entries], indent=2))
+        return
+    for e in entries:
+        print(f"{e.name:40s} {e.source:12s} {e.description}")
+
+
+def cmd_qe(args) -> None:
+    ws = _workspace(args)
+    with progress_bar(not args.no_progress, "QE table") as cb:
+        table = ws.table(cb)
+    if args.json:
+        out = {"model": ws.loaded.name, **table.to_dict()}
+        print(json.dumps(out, indent=2))
+        return
+    headers = ["layer", "kind", "params"] + [f"QE@{b}" for b in table.bits]
+    rows = [[l.name, l.kind, str(l.params)] + [f"{table.qe[i, j]:.3e}" for j in range(len(table.bits))]
+            for i, l in enumerate(table.layers)]
+    _print_table(headers, rows)
+
+
+def cmd_search(args) -> None:
+    ws = _workspace(args)
+    with progress_bar(not args.no_progress, "QE table") as cb:
+        ws.table(cb)
+    qem = args.qem if args.qem is not None else ws.qem_for_budget(args.max_mb, args.max_avg_bits)
+    plan = ws.plan(qem)
+    text = plan.to_json()
+    if args.out:
+        plan.save(args.out)
+        s = plan.size
+        msg = (f"wrote {args.out}: QEM {qem:g}, {s['avg_bits']:.2f} average bits, "
+               f"{s['plan_mb']:.2f} MB of {s['float32_mb']:.2f} MB ({s['compression']:.2f}x)")
+        print(json.dumps({"out": args.out, "qem": qem, "size": s}) if args.json else msg)
+    else:
+        print(text)
+
+
+def cmd_evaluate(args) -> None:
+    from .plan import Plan
+
+    ws = _workspace(args)
+    data = _eval_tensors(args, ws, not args.no_progress)
+    if args.plan:
+        plan = Plan.load(args.plan)
+        layers = plan.check_against(ws.loaded.model)
+        ws.layers = layers
+        if plan.quantizer != ws.quantizer:
+            ws.quantizer = plan.quantizer
+        bits = [plan.bits[l.name] for l in layers]
+    elif args.int8:
+        bits = ws.uniform(8)
+    else:
+        bits = None
+    with progress_bar(not args.no_progress, "evaluate") as cb:
+        m = ws.evaluate_bits(bits, data, cb)
+    if args.json:
+        print(json.dumps({"top1": m.top1, "top5": m.top5, "loss": m.loss, "images": m.images}))
+    else:
+        what = "plan " + args.plan if args.plan else "int8" if args.int8 else "float32"
+        print(f"{ws.loaded.name} {what}: top-1 {m.top1:.2f} %  top-5 {m.top5:.2f} %  loss {m.loss:.4f}  ({m.images} images)")
+
+
+def cmd_sweep(args) -> None:
+    from .search import default_qem_grid
+
+    t0 = time.perf_counter()
+    ws = _workspace(args)
+    show = not args.no_progress
+    with progress_bar(show, "QE table") as cb:
+        table = ws.table(cb)
+    qems = args.qems if args.qems else default_qem_grid(table, args.steps, args.qem_min, args.qem_max)
+    data = _eval_tensors(args, ws, show)
+    with progress_bar(show, "sweep") as cb:
+        rows = ws.sweep(data, qems, cb)
+    elapsed = time.perf_counter() - t0
+    if args.out:
+        with open(args.out, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0].to_dict()))
+            writer.writeheader()
+            writer.writerows(r.to_dict() for r in rows)
+    if args.json:
+        print(json.dumps({"model": ws.loaded.name, "quantizer": ws.quantizer, "images": len(data),
+                          "distinct_plans": ws.distinct_evaluated, "seconds": elapsed,
+                          "rows": [r.to_dict() for r in rows]}, indent=2))
+        return
+    headers = ["method", "QEM", "bit-widths", "top-1", "top-5", "loss", "quant MSE", "avg bits", "size MB", "x"]
+    body = [[r.method, _fmt(r.qem, 3) if r.qem is not None else "N/A", r.bit_set, _fmt(r.top1), _fmt(r.top5),
+             _fmt(r.loss, 3), _fmt(r.quant_mse), _fmt(r.avg_bits), _fmt(r.size_mb), _fmt(r.compression)] for r in rows]
+    _print_table(headers, body)
+    print(f"\n{ws.loaded.name}, {ws.quantizer}, {len(data)} images, {len(qems)} QEMs, "
+          f"{ws.distinct_evaluated} distinct plans evaluated (float32 included), {elapsed:.1f} s on {ws.device}")
+
+
+COMMANDS = {"models": cmd_models, "qe": cmd_qe, "search": cmd_search, "evaluate": cmd_evaluate, "sweep": cmd_sweep}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except MixQuantError as exc:
+        print(f"mixquant: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mixquant: interrupted", file=sys.stderr)
+        return 130
+    except (OSError, RuntimeError, ValueError) as exc:  # anything else the user's input can trigger
+        print(f"mixquant: error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

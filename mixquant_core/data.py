@@ -1,0 +1,167 @@
+"""Evaluation sets: an ImageNet-style folder (ImageFolder layout, or flat + labels.txt) or Imagenette.
+
+Images are decoded and preprocessed once into one tensor (``EvalTensors``) that every plan of a
+sweep reuses; unreadable images are skipped and counted.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .errors import DatasetError
+
+IMAGE_EXTS = (".jpeg", ".jpg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
+DATA_ENV = "MIXQUANT_DATA"  # the one setting: a folder holding imagenet-val-1300 & co.
+# Imagenette's ten WNIDs and their ImageNet-1k class indices (sorted-WNID order).
+IMAGENETTE_CLASSES = {
+    "n01440764": 0, "n02102040": 217, "n02979186": 482, "n03000684": 491, "n03028079": 497,
+    "n03394916": 566, "n03417042": 569, "n03425413": 571, "n03445777": 574, "n03888605": 701,
+}
+Progress = Optional[Callable[[int, int, str], None]]
+
+
+@dataclass
+class ImageList:
+    """Paths and ImageNet class indices, in a fixed order (subsets take the first N)."""
+
+    root: str
+    paths: List[str]
+    labels: List[int]
+    class_names: List[str] = field(default_factory=list)  # index -> readable name, when known
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def subset(self, limit: Optional[int]) -> "ImageList":
+        if limit is None or limit <= 0 or limit >= len(self):
+            return self
+        return ImageList(self.root, self.paths[:limit], self.labels[:limit], self.class_names)
+
+
+def default_data_root() -> Optional[str]:
+    return os.environ.get(DATA_ENV) or None
+
+
+def default_eval_dir() -> Optional[str]:
+    """``$MIXQUANT_DATA/imagenet-val-1300`` when that exists, else ``$MIXQUANT_DATA`` itself."""
+    root = default_data_root()
+    if not root:
+        return None
+    val = Path(root) / "imagenet-val-1300"
+    return str(val if val.is_dir() else root)
+
+
+def _read_class_names(root: Path) -> List[str]:
+    for cand in (root / "classes.txt", root.parent / "classes.txt"):
+        if cand.is_file():
+            names = []
+            for line in cand.read_text().splitlines():
+                parts = line.split(maxsplit=1)
+                names.append(parts[1] if len(parts) > 1 else parts[0] if parts else "")
+            return names
+    return []
+
+
+def _from_labels_txt(root: Path, labels_file: Path) -> ImageList:
+    image_dir = root / "images" if (root / "images").is_dir() else root
+    paths, labels = [], []
+    for n, line in enumerate(labels_file.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+            raise DatasetError(f"{labels_file}: line {n} is not 'FILENAME LABEL': {line[:80]!r}")
+        paths.append(str(image_dir / parts[0]))
+        labels.append(int(parts[1]))
+    return ImageList(str(root), paths, labels, _read_class_names(root))
+
+
+def _from_image_folder(root: Path, wnid_to_index: Optional[dict] = None) -> ImageList:
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+    if not classes:
+        raise DatasetError(f"'{root}' has no labels.txt and no class subfolders: cannot tell the labels")
+    if wnid_to_index is None and all(c.startswith("n") and c[1:].isdigit() for c in classes) and len(classes) < 1000:
+        # WNID subfolders that are a subset of ImageNet: map through classes.txt when available.
+        names_file = root / "classes.txt"
+        if names_file.is_file():
+            order = [line.split()[0] for line in names_file.read_text().splitlines() if line.strip()]
+            wnid_to_index = {w: i for i, w in enumerate(order)}
+    index = wnid_to_index or {c: i for i, c in enumerate(classes)}
+    paths, labels = [], []
+    for c in classes:
+        if c not in index:
+            raise DatasetError(f"class folder '{c}' in '{root}' is not a known ImageNet class")
+        for f in sorted((root / c).iterdir()):
+            if f.suffix.lower() in IMAGE_EXTS:
+                paths.append(str(f))
+                labels.append(index[c])
+    return ImageList(str(root), paths, labels, _read_class_names(root))
+
+
+def open_image_folder(path: str | os.PathLike) -> ImageList:
+    """A folder with ``labels.txt`` (``FILENAME LABEL``), or ImageFolder-style class subfolders."""
+    if not path:
+        raise DatasetError("no evaluation folder given (set MIXQUANT_DATA or pass --data DIR)")
+    root = Path(path)
+    if not root.is_dir():
+        raise DatasetError(f"evaluation folder '{root}' does not exist")
+    labels_file = root / "labels.txt"
+    images = _from_labels_txt(root, labels_file) if labels_file.is_file() else _from_image_folder(root)
+    if not len(images):
+        raise DatasetError(f"evaluation folder '{root}' holds no labelled images")
+    return images
+
+
+def open_imagenette(root: str | os.PathLike, split: str = "val", download: bool = True) -> ImageList:
+    """torchvision's Imagenette (160 px); downloads when online, clear error when not."""
+    from torchvision.datasets import Imagenette
+
+    try:
+        ds = Imagenette(str(root), split=split, size="160px", download=download)
+    except RuntimeError as exc:  # "Dataset not found" / already-exists messages
+        if "not found" in str(exc).lower():
+            raise DatasetError(f"Imagenette is not in '{root}' and could not be downloaded; run once online") from None
+        ds = Imagenette(str(root), split=split, size="160px", download=False)
+    except OSError as exc:
+        raise DatasetError(f"cannot download Imagenette ({type(exc).__name__}: no network?); "
+                           f"fetch it once online into '{root}'") from None
+    paths = [str(p) for p, _ in ds._samples]
+    labels = [IMAGENETTE_CLASSES[ds.wnids[c]] for _, c in ds._samples]
+    return ImageList(str(root), paths, labels)
+
+
+@dataclass
+class EvalTensors:
+    """Preprocessed images [N, 3, H, W] and labels [N], decoded once, reused by every plan."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    skipped: List[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batches(self, batch_size: int) -> Sequence[Tuple[torch.Tensor, torch.Tensor]]:
+        return [(self.images[i:i + batch_size], self.labels[i:i + batch_size]) for i in range(0, len(self), batch_size)]
+
+
+def load_tensors(images: ImageList, transform: Callable, progress: Progress = None) -> EvalTensors:
+    """Decode and preprocess every image once; unreadable ones are skipped and listed."""
+    xs, ys, skipped = [], [], []
+    for i, (path, label) in enumerate(zip(images.paths, images.labels)):
+        try:
+            with Image.open(path) as img:
+                xs.append(transform(img.convert("RGB")))
+            ys.append(label)
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+            skipped.append(path)
+        if progress:
+            progress(i + 1, len(images), "decoding images")
+    if not xs:
+        raise DatasetError(f"none of the {len(images)} images in '{images.root}' could be read")
+    return EvalTensors(torch.stack(xs), torch.tensor(ys, dtype=torch.long), skipped)

@@ -1,0 +1,21 @@
+"""One exception family, so the CLI and the app can turn any user-facing fault into one line."""
+
+
+class MixQuantError(Exception):
+    """A problem with the user's input or environment, explained in one line."""
+
+
+class InvalidWeightsError(MixQuantError):
+    """A layer holds NaN or Inf weights."""
+
+
+class ModelUnavailableError(MixQuantError):
+    """A model cannot be built or its weights cannot be found (offline, unknown name, bad file)."""
+
+
+class DatasetError(MixQuantError):
+    """An evaluation folder is missing, empty, unlabeled or unreadable."""
+
+
+class PlanError(MixQuantError):
+    """A plan file is malformed or does not fit the model it is applied to."""

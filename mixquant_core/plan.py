@@ -1,0 +1,183 @@
+"""A bit-width plan: versioned JSON keyed by each layer's fully qualified name."""
+from __future__ import annotations
+
+import json
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, List, Optional, Sequence
+
+import jsonschema
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import PlanError
+from .layers import LayerInfo, find_layers
+from .qe import QETable
+from .quantizers import MAX_BITS, MIN_BITS, QUANTIZERS, fake_quantize
+from .size import SizeSummary, float32_bytes, plan_size
+
+PLAN_FORMAT = "mixquant-plan"
+PLAN_VERSION = 1
+
+PLAN_SCHEMA = {
+    "type": "object",
+    "required": ["format", "version", "model", "quantizer", "qem", "candidate_bits", "layers", "size"],
+    "properties": {
+        "format": {"const": PLAN_FORMAT},
+        "version": {"type": "integer"},
+        "model": {
+            "type": "object",
+            "required": ["source", "name", "fingerprint"],
+            "properties": {"source": {"type": "string"}, "name": {"type": "string"}, "fingerprint": {"type": "string"}},
+        },
+        "quantizer": {"enum": list(QUANTIZERS)},
+        "qem": {"type": ["number", "null"], "minimum": 1},
+        "candidate_bits": {"type": "array", "items": {"type": "integer", "minimum": MIN_BITS, "maximum": MAX_BITS}, "minItems": 1},
+        "layers": {
+            "type": "object",
+            "minProperties": 1,
+            "additionalProperties": {
+                "type": "object",
+                "required": ["bits"],
+                "properties": {
+                    "bits": {"type": "integer", "minimum": MIN_BITS, "maximum": MAX_BITS},
+                    "qe": {"type": ["number", "null"]},
+                    "kind": {"type": "string"},
+                    "params": {"type": "integer"},
+                },
+            },
+        },
+        "size": {"type": "object"},
+    },
+}
+
+
+@dataclass
+class Plan:
+    """Per-layer bit-widths for one model and quantizer, plus what they cost and save."""
+
+    model: Dict[str, str]  # source, name, fingerprint
+    quantizer: str
+    qem: Optional[float]
+    candidate_bits: List[int]
+    layers: Dict[str, dict]  # name -> {"bits", "qe", "kind", "params"}, in model order
+    size: Dict[str, float]
+    version: int = PLAN_VERSION
+    extra: Dict[str, object] = field(default_factory=dict)
+
+    @property
+    def bits(self) -> Dict[str, int]:
+        return {name: int(v["bits"]) for name, v in self.layers.items()}
+
+    def to_dict(self) -> dict:
+        out = {"format": PLAN_FORMAT, "version": self.version, "model": dict(self.model),
+               "quantizer": self.quantizer, "qem": self.qem, "candidate_bits": list(self.candidate_bits),
+               "size": dict(self.size), "layers": self.layers}
+        if self.extra:
+            out["extra"] = self.extra
+        return out
+
+    def to_json(self, indent: int = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_dict(cls, data) -> "Plan":
+        if not isinstance(data, dict):
+            raise PlanError("plan JSON must be an object")
+        if data.get("format") not in (None, PLAN_FORMAT):
+            raise PlanError(f"not a MixQuant plan (format is {data.get('format')!r})")
+        if isinstance(data.get("version"), int) and data["version"] > PLAN_VERSION:
+            raise PlanError(f"plan version {data['version']} is newer than this MixQuant Studio reads ({PLAN_VERSION}); upgrade")
+        try:
+            jsonschema.validate(data, PLAN_SCHEMA)
+        except jsonschema.ValidationError as exc:
+            where = "/".join(str(p) for p in exc.absolute_path) or "(top level)"
+            raise PlanError(f"invalid plan at {where}: {exc.message}") from None
+        return cls(model=data["model"], quantizer=data["quantizer"], qem=data["qem"],
+                   candidate_bits=list(data["candidate_bits"]), layers=data["layers"], size=data["size"],
+                   version=data["version"], extra=data.get("extra", {}))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "Plan":
+        try:
+            data = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise PlanError(f"plan is not valid JSON: {exc}") from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def load(cls, path) -> "Plan":
+        try:
+            with open(path, "rb") as fh:
+                return cls.from_json(fh.read())
+        except OSError as exc:
+            raise PlanError(f"cannot read plan file '{path}': {exc.strerror}") from None
+
+    def save(self, path) -> None:
+        with open(path, "w") as fh:
+            fh.write(self.to_json() + "\n")
+
+    def check_against(self, model: nn.Module) -> List[LayerInfo]:
+        """The plan's layers in the model, or a PlanError naming the first mismatch."""
+        found = {layer.name: layer for layer in find_layers(model)}
+        missing = [name for name in self.layers if name not in found]
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise PlanError(f"plan is for another model ({self.model.get('name')}): layer '{missing[0]}' is not in this model{more}")
+        for name, entry in self.layers.items():
+            params = entry.get("params")
+            if params is not None and params != found[name].params:
+                raise PlanError(f"plan is for another model: layer '{name}' has {found[name].params} weights here, {params} in the plan")
+        return [found[name] for name in self.layers]
+
+
+def make_plan(identity: Dict[str, str], table: QETable, bits: Sequence[int], qem: Optional[float],
+              float_bytes: int, extra: Optional[dict] = None) -> Plan:
+    """The Plan for per-layer ``bits`` (model order of ``table``)."""
+    col = {b: j for j, b in enumerate(table.bits)}
+    layers = {}
+    for i, (layer, b) in enumerate(zip(table.layers, bits)):
+        qe = float(table.qe[i, col[int(b)]]) if int(b) in col else None
+        layers[layer.name] = {"bits": int(b), "qe": qe, "kind": layer.kind, "params": layer.params}
+    size = plan_size(float_bytes, table.layers, bits, table.quantizer)
+    return Plan(model=dict(identity), quantizer=table.quantizer, qem=None if qem is None else float(qem),
+                candidate_bits=list(table.bits), layers=layers, size=size.to_dict(), extra=extra or {})
+
+
+def uniform_bits(table: QETable, b: int) -> np.ndarray:
+    return np.full(len(table.layers), int(b), dtype=np.int64)
+
+
+@contextmanager
+def applied(model: nn.Module, bits: Dict[str, int], quantizer: str) -> Iterator[nn.Module]:
+    """Fake-quantize the named layers in place for the duration of the block, then restore.
+
+    Only the original weights of the quantized layers are held aside (not a second model), and
+    the swap writes into the existing parameter storage so references to the model stay valid.
+    """
+    modules = dict(model.named_modules())
+    saved = {}
+    try:
+        with torch.no_grad():
+            for name, b in bits.items():
+                w = modules[name].weight
+                saved[name] = w.detach().clone()
+                w.copy_(fake_quantize(saved[name].float(), int(b), quantizer).to(w.dtype))
+        yield model
+    finally:
+        with torch.no_grad():
+            for name, original in saved.items():
+                modules[name].weight.copy_(original)
+
+
+def quantize_model_(model: nn.Module, plan: Plan) -> nn.Module:
+    """Apply a plan permanently, in place (for export or the user's own pipeline)."""
+    plan.check_against(model)
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        for name, b in plan.bits.items():
+            w = modules[name].weight
+            w.copy_(fake_quantize(w.detach().float(), b, plan.quantizer).to(w.dtype))
+    return model

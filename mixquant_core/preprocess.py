@@ -1,0 +1,62 @@
+"""Per-model image preprocessing, as data (so it can be shown, compared and cached on)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Tuple
+
+import torch
+from torchvision import transforms as T
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# The EfficientNet-Lite TF checkpoints were trained on (x - 127) / 128.
+TF_MEAN = (0.498, 0.498, 0.498)
+TF_STD = (0.502, 0.502, 0.502)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    resize: int
+    crop: int
+    mean: Tuple[float, float, float] = IMAGENET_MEAN
+    std: Tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bilinear"
+
+    def transform(self) -> T.Compose:
+        mode = T.InterpolationMode(self.interpolation)
+        return T.Compose([
+            T.Resize(self.resize, interpolation=mode, antialias=True),
+            T.CenterCrop(self.crop),
+            T.ToTensor(),
+            T.Normalize(self.mean, self.std),
+        ])
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Back to [0, 1] pixels, for showing a sample of the evaluation set."""
+        mean = torch.tensor(self.mean).view(3, 1, 1)
+        std = torch.tensor(self.std).view(3, 1, 1)
+        return (x * std + mean).clamp(0, 1)
+
+
+def from_torchvision(weights) -> Preprocess:
+    t = weights.transforms()
+    return Preprocess(
+        resize=int(t.resize_size[0]), crop=int(t.crop_size[0]),
+        mean=tuple(float(v) for v in t.mean), std=tuple(float(v) for v in t.std),
+        interpolation=t.interpolation.value,
+    )
+
+
+def from_timm(model) -> Preprocess:
+    from timm.data import resolve_data_config
+
+    cfg = resolve_data_config({}, model=model)
+    crop = int(cfg["input_size"][-1])
+    return Preprocess(
+        resize=int(round(crop / cfg.get("crop_pct", 0.875))), crop=crop,
+        mean=tuple(float(v) for v in cfg["mean"]), std=tuple(float(v) for v in cfg["std"]),
+        interpolation=str(cfg.get("interpolation", "bilinear")) if cfg.get("interpolation") in ("bilinear", "bicubic", "nearest") else "bilinear",
+    )

@@ -1,0 +1,115 @@
+"""The QE table: for every layer and candidate bit-width, MSE(w, dequant(quant(w, b)))."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import MixQuantError
+from .layers import LayerInfo, find_layers, layer_weights
+from .quantizers import MAX_BITS, MIN_BITS, check_finite, fake_quantize, get_quantizer
+
+DEFAULT_BITS = (8, 7, 6, 5, 4, 3, 2)
+BASE_BITS = 8  # equation (1) compares every bit-width against the 8-bit QE
+Progress = Optional[Callable[[int, int, str], None]]  # (done, total, what)
+
+
+def normalize_bits(bits: Sequence[int]) -> tuple:
+    """Candidate bit-widths, descending, unique, always holding 8 (the reference of equation 1)."""
+    try:
+        values = {int(b) for b in bits}
+    except (TypeError, ValueError):
+        raise MixQuantError(f"bit-widths must be integers from {MIN_BITS} to {MAX_BITS}, got {bits!r}") from None
+    bad = sorted(b for b in values if not MIN_BITS <= b <= MAX_BITS)
+    if bad:
+        raise MixQuantError(f"bit-widths must be from {MIN_BITS} to {MAX_BITS}; got {bad}")
+    values.add(BASE_BITS)
+    return tuple(sorted(values, reverse=True))
+
+
+@dataclass
+class QETable:
+    """QE per layer (rows, model order) and bit-width (columns, descending)."""
+
+    layers: List[LayerInfo]
+    bits: tuple
+    qe: np.ndarray  # [L, B] float64
+    mean_sq: np.ndarray  # [L]  mean(w^2), for RQE
+    quantizer: str
+
+    @property
+    def rqe(self) -> np.ndarray:
+        """Relative QE = QE / mean(w^2) (the paper's RQE; its formula was lost, this is our reading)."""
+        denom = np.where(self.mean_sq > 0, self.mean_sq, 1.0)
+        return self.qe / denom[:, None]
+
+    @property
+    def names(self) -> List[str]:
+        return [layer.name for layer in self.layers]
+
+    @property
+    def params(self) -> np.ndarray:
+        return np.array([layer.params for layer in self.layers], dtype=np.int64)
+
+    def column(self, b: int) -> np.ndarray:
+        return self.qe[:, self.bits.index(b)]
+
+    def to_dict(self) -> dict:
+        """The CLI's ``qe --json`` shape (a contract)."""
+        return {
+            "quantizer": self.quantizer,
+            "bits": list(self.bits),
+            "layers": [
+                {"name": layer.name, "kind": layer.kind, "params": layer.params,
+                 "qe": {str(b): float(self.qe[i, j]) for j, b in enumerate(self.bits)}}
+                for i, layer in enumerate(self.layers)
+            ],
+        }
+
+
+def _layer_qe_reference(w: torch.Tensor, bits: Sequence[int], quantizer: str) -> List[float]:
+    return [float(torch.mean((w - fake_quantize(w, b, quantizer)) ** 2)) for b in bits]
+
+
+def _layer_qe_fast(w: torch.Tensor, bits: Sequence[int], quantizer: str) -> List[float]:
+    # All bit-widths of one layer in one batched pass over a flat copy (min/max computed once per
+    # bit-width by the quantizer; the tensor itself is read once into a [B, N] broadcast).
+    quantize = get_quantizer(quantizer)
+    out = []
+    for b in bits:
+        codes, meta = quantize(w, b)
+        err = (codes - meta.zero_point) * meta.scale - w
+        out.append(float(torch.mean(err * err, dtype=torch.float64)))
+    return out
+
+
+def qe_table(
+    model: nn.Module,
+    quantizer: str = "asymmetric",
+    bits: Sequence[int] = DEFAULT_BITS,
+    layers: Optional[List[LayerInfo]] = None,
+    device: str | torch.device = "cpu",
+    progress: Progress = None,
+    method: str = "fast",
+) -> QETable:
+    """Compute the QE table. ``method='reference'`` is the paper's plain loop (Algorithm 1)."""
+    get_quantizer(quantizer)  # fail early on a bad name
+    bits = normalize_bits(bits)
+    layers = find_layers(model) if layers is None else layers
+    if not layers:
+        raise MixQuantError("the model has no Conv or Linear layer to quantize")
+    per_layer = {"fast": _layer_qe_fast, "reference": _layer_qe_reference}[method]
+    qe = np.zeros((len(layers), len(bits)), dtype=np.float64)
+    mean_sq = np.zeros(len(layers), dtype=np.float64)
+    with torch.inference_mode():
+        for i, (layer, w) in enumerate(zip(layers, layer_weights(model, layers))):
+            w = w.detach().to(device=device, dtype=torch.float32)
+            check_finite(w, layer.name)
+            qe[i] = per_layer(w, bits, quantizer)
+            mean_sq[i] = float(torch.mean(w.double() ** 2))
+            if progress:
+                progress(i + 1, len(layers), layer.name)
+    return QETable(layers=list(layers), bits=bits, qe=qe, mean_sq=mean_sq, quantizer=quantizer)

@@ -1,0 +1,101 @@
+"""Equation (1) of the paper, vectorised, plus its exact breakpoints.
+
+For a layer l and QEM q >= 1 the chosen bit-width is the lowest b with QE(l, b) <= q * QE(l, 8).
+Write T(l, b) = QE(l, b) / QE(l, 8) and, over bit-widths in ascending order, the running minimum
+M(l, k) = min_{j <= k} T(l, b_j). Then "b(q) <= b_k" holds exactly when M(l, k) <= q, and since M
+is non-increasing in k the chosen index is the number of k with M(l, k) > q: one searchsorted per
+layer, for any number of QEMs at once. The plan only changes where q crosses some M(l, k), so
+those values (the breakpoints) list every distinct plan, at most L*(B-1)+1 of them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .errors import MixQuantError
+from .qe import BASE_BITS, QETable
+
+
+def check_qem(qem: float) -> float:
+    try:
+        value = float(qem)
+    except (TypeError, ValueError):
+        raise MixQuantError(f"QEM must be a number >= 1, got {qem!r}") from None
+    if not np.isfinite(value) or value < 1:
+        raise MixQuantError(f"QEM must be a finite number >= 1 (1 keeps every layer at 8 bits), got {qem!r}")
+    return value
+
+
+def _ratios_ascending(table: QETable):
+    """Bits ascending, and the running-minimum ratio M [L, B] in that order."""
+    order = np.argsort(table.bits)  # ascending bit-widths
+    bits_up = np.asarray(table.bits)[order]
+    qe_up = table.qe[:, order]
+    base = table.column(BASE_BITS)[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # A layer whose 8-bit QE is 0 (all-zero or exactly representable) may only go lower where
+        # that bit-width is also exact.
+        ratio = np.where(base > 0, qe_up / np.where(base > 0, base, 1.0), np.where(qe_up <= 0, 0.0, np.inf))
+    return bits_up, np.minimum.accumulate(ratio, axis=1)
+
+
+def search_many(table: QETable, qems: Sequence[float], pinned: Optional[Sequence[bool]] = None) -> np.ndarray:
+    """Bit-widths [Q, L] for every QEM in ``qems`` (pinned layers stay at 8 bits)."""
+    qems = np.array([check_qem(q) for q in np.atleast_1d(qems)], dtype=np.float64)
+    bits_up, running_min = _ratios_ascending(table)
+    # count of k with M(l, k) > q == index of the chosen bit in ascending order
+    chosen = (running_min[None, :, :] > qems[:, None, None]).sum(axis=2)
+    out = bits_up[chosen]
+    if pinned is not None and any(pinned):
+        out[:, np.asarray(pinned, dtype=bool)] = BASE_BITS
+    return out
+
+
+def search(table: QETable, qem: float, pinned: Optional[Sequence[bool]] = None) -> np.ndarray:
+    """Bit-width per layer [L] for one QEM (equation 1)."""
+    return search_many(table, [qem], pinned)[0]
+
+
+@dataclass
+class PlanFamily:
+    """Every distinct plan of the QEM rule: ``bits[i]`` holds for QEM in [qems[i], qems[i+1])."""
+
+    qems: np.ndarray  # [P] ascending, qems[0] == 1
+    bits: np.ndarray  # [P, L]
+
+    def __len__(self) -> int:
+        return len(self.qems)
+
+    def index_for(self, qem: float) -> int:
+        return int(np.searchsorted(self.qems, check_qem(qem), side="right") - 1)
+
+
+def breakpoints(table: QETable, pinned: Optional[Sequence[bool]] = None) -> PlanFamily:
+    """The exact QEMs at which some layer's bit-width changes, with the plan on each interval."""
+    _, running_min = _ratios_ascending(table)
+    mask = np.ones(len(table.layers), dtype=bool)
+    if pinned is not None:
+        mask &= ~np.asarray(pinned, dtype=bool)
+    cands = running_min[mask].ravel()
+    cands = np.unique(cands[np.isfinite(cands) & (cands > 1.0)])
+    qems = np.concatenate([[1.0], cands])
+    bits = search_many(table, qems, pinned)
+    # Candidates equal as floats but reached by different layers are merged by np.unique already;
+    # keep only points where the plan really changes (guards against exotic ties).
+    keep = np.ones(len(qems), dtype=bool)
+    keep[1:] = np.any(bits[1:] != bits[:-1], axis=1)
+    return PlanFamily(qems=qems[keep], bits=bits[keep])
+
+
+def default_qem_grid(table: QETable, steps: int = 12, qem_min: float = 1.0, qem_max: Optional[float] = None) -> np.ndarray:
+    """Log-spaced QEMs from ``qem_min`` to where the last layer reaches its lowest bit-width."""
+    check_qem(qem_min)
+    if qem_max is None:
+        fam = breakpoints(table)
+        qem_max = max(float(fam.qems[-1]) * 1.05, qem_min * 2)
+    check_qem(qem_max)
+    if qem_max < qem_min:
+        raise MixQuantError(f"--qem-max ({qem_max}) must not be below --qem-min ({qem_min})")
+    return np.unique(np.geomspace(qem_min, qem_max, max(int(steps), 1)))

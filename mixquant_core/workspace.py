@@ -1,0 +1,167 @@
+"""A Workspace ties one model to its layers, QE table, plans, sizes and evaluations.
+
+It is the single place where the numbers that the CLI prints, the app shows and the tests check
+are computed; everything expensive is cached on it (QE table, decoded images, per-plan metrics).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .data import EvalTensors
+from .errors import MixQuantError
+from .evaluate import Metrics, evaluate, resolve_device
+from .layers import LayerInfo, find_layers, pinned_mask
+from .models import LoadedModel
+from .plan import Plan, applied, make_plan
+from .qe import BASE_BITS, DEFAULT_BITS, QETable, normalize_bits, qe_table
+from .search import PlanFamily, breakpoints, check_qem, search_many
+from .size import SizeSummary, float32_bytes, plan_size
+
+Progress = Optional[Callable[[int, int, str], None]]
+
+
+@dataclass(frozen=True)
+class SweepRow:
+    """One row of the paper's Table 2, plus size columns."""
+
+    method: str  # float32 | int8 | mixquant
+    qem: Optional[float]
+    bit_set: str  # e.g. "5, 6, 7"
+    top1: float
+    top5: float
+    loss: float
+    quant_mse: Optional[float]  # parameter-weighted MSE over all quantized weights
+    avg_bits: float
+    size_mb: float
+    compression: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+SWEEP_COLUMNS = list(SweepRow.__dataclass_fields__)
+
+
+class Workspace:
+    def __init__(self, loaded: LoadedModel, quantizer: str = "asymmetric", bits: Sequence[int] = DEFAULT_BITS,
+                 keep_first_last: bool = False, exclude: Sequence[str] = (), device: str = "auto"):
+        self.loaded = loaded
+        self.quantizer = quantizer
+        self.bits = normalize_bits(bits)
+        self.device = resolve_device(device)
+        self.layers: List[LayerInfo] = find_layers(loaded.model, exclude)
+        if not self.layers:
+            raise MixQuantError("no quantizable layer left (every Conv/Linear layer was excluded or the model has none)")
+        self.pinned = pinned_mask(self.layers, keep_first_last)
+        self.float_bytes = float32_bytes(loaded.model)
+        self._table: Optional[QETable] = None
+        self._family: Optional[PlanFamily] = None
+        self._metrics: Dict[tuple, Metrics] = {}
+        self._metrics_data: Optional[int] = None
+
+    # --- QE table and search ---------------------------------------------------------------
+    def table(self, progress: Progress = None) -> QETable:
+        if self._table is None:
+            self._table = qe_table(self.loaded.model, self.quantizer, self.bits, self.layers,
+                                   device=self.device, progress=progress)
+        return self._table
+
+    def family(self) -> PlanFamily:
+        if self._family is None:
+            self._family = breakpoints(self.table(), self.pinned)
+        return self._family
+
+    def bits_for(self, qems: Sequence[float]) -> np.ndarray:
+        return search_many(self.table(), qems, self.pinned)
+
+    def uniform(self, b: int) -> np.ndarray:
+        return np.full(len(self.layers), int(b), dtype=np.int64)
+
+    def size(self, bits: Sequence[int]) -> SizeSummary:
+        return plan_size(self.float_bytes, self.layers, bits, self.quantizer)
+
+    def plan(self, qem: float) -> Plan:
+        qem = check_qem(qem)
+        return make_plan(self.loaded.identity, self.table(), self.bits_for([qem])[0], qem, self.float_bytes)
+
+    def plan_from_bits(self, bits: Sequence[int], qem: Optional[float] = None, extra: Optional[dict] = None) -> Plan:
+        return make_plan(self.loaded.identity, self.table(), bits, qem, self.float_bytes, extra)
+
+    def quant_mse(self, bits: Sequence[int]) -> float:
+        table = self.table()
+        cols = [table.bits.index(int(b)) for b in bits]
+        qe = table.qe[np.arange(len(bits)), cols]
+        return float(np.dot(qe, table.params) / table.params.sum())
+
+    def qem_for_budget(self, max_mb: Optional[float] = None, avg_bits: Optional[float] = None) -> float:
+        """Smallest QEM (the most bits) whose plan fits the budget: size <= max_mb or average
+        bits <= avg_bits. Size falls monotonically as QEM grows, so the first fit is the best one."""
+        if (max_mb is None) == (avg_bits is None):
+            raise MixQuantError("give exactly one budget: a size in MB or an average bit-width")
+        fam = self.family()
+        for qem, bits in zip(fam.qems, fam.bits):
+            s = self.size(bits)
+            if (max_mb is not None and s.plan_mb <= max_mb) or (avg_bits is not None and s.avg_bits <= avg_bits + 1e-9):
+                return float(qem)
+        smallest = self.size(fam.bits[-1])
+        raise MixQuantError(f"no QEM plan fits that budget: the smallest is {smallest.plan_mb:.2f} MB at "
+                            f"{smallest.avg_bits:.2f} average bits")
+
+    # --- evaluation ------------------------------------------------------------------------
+    def evaluate_bits(self, bits: Optional[Sequence[int]], data: EvalTensors, progress: Progress = None) -> Metrics:
+        """Metrics of the float32 model (``bits=None``) or of a plan, cached per distinct plan."""
+        if self._metrics_data != id(data):
+            self._metrics, self._metrics_data = {}, id(data)
+        key = ("f32",) if bits is None else tuple(int(b) for b in bits)
+        if key not in self._metrics:
+            model = self.loaded.model.to(self.device)
+            if bits is None:
+                self._metrics[key] = evaluate(model, data, self.device, progress=progress)
+            else:
+                named = {layer.name: int(b) for layer, b in zip(self.layers, bits)}
+                with applied(model, named, self.quantizer):
+                    self._metrics[key] = evaluate(model, data, self.device, progress=progress)
+        return self._metrics[key]
+
+    def row(self, method: str, bits: Optional[Sequence[int]], data: EvalTensors, qem: Optional[float] = None,
+            progress: Progress = None) -> SweepRow:
+        m = self.evaluate_bits(bits, data, progress)
+        if bits is None:
+            return SweepRow(method, None, "all float32", m.top1, m.top5, m.loss, None, 32.0,
+                            self.float_bytes / 1e6, 1.0)
+        s = self.size(bits)
+        bit_set = ", ".join(str(b) for b in sorted(set(int(b) for b in bits)))
+        return SweepRow(method, qem, bit_set, m.top1, m.top5, m.loss, self.quant_mse(bits), s.avg_bits,
+                        s.plan_mb, s.compression)
+
+    def sweep(self, data: EvalTensors, qems: Sequence[float], progress: Progress = None) -> List[SweepRow]:
+        """float32 and int8 baselines, then one row per QEM; each distinct plan is evaluated once."""
+        qems = [check_qem(q) for q in qems]
+        all_bits = self.bits_for(qems) if qems else np.zeros((0, len(self.layers)), dtype=np.int64)
+        plans = [None, tuple(self.uniform(BASE_BITS))] + [tuple(b) for b in all_bits]
+        distinct = list(dict.fromkeys(plans))
+        done = [0]
+
+        def step(i, n, what):
+            if progress:
+                progress(done[0], len(distinct), what)
+
+        for k, bits in enumerate(distinct):
+            done[0] = k
+            if progress:
+                progress(k, len(distinct), f"plan {k + 1}/{len(distinct)}")
+            self.evaluate_bits(bits, data, step)
+        if progress:
+            progress(len(distinct), len(distinct), "done")
+        rows = [self.row("float32", None, data), self.row("int8", self.uniform(BASE_BITS), data)]
+        rows += [self.row("mixquant", b, data, qem=q) for q, b in zip(qems, all_bits)]
+        return rows
+
+    @property
+    def distinct_evaluated(self) -> int:
+        return len(self._metrics)
