@@ -107,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--qem-max", type=float, default=None, help="default: where the last layer reaches its lowest bit-width")
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--out", help="also write the table as CSV")
+    import importlib
+
+    for module in EXTENSIONS:
+        importlib.import_module(module).register(sub, COMMANDS)
     return parser
 
 
@@ -250,6 +254,8 @@ def cmd_sweep(args) -> None:
 
 
 COMMANDS = {"models": cmd_models, "qe": cmd_qe, "search": cmd_search, "evaluate": cmd_evaluate, "sweep": cmd_sweep}
+# Feature modules add their own sub-commands/options: each has register(subparsers, COMMANDS).
+EXTENSIONS = ("mixquant_core.cli_reconstruct", "mixquant_core.cli_compare")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
