@@ -200,21 +200,16 @@ def cmd_search(args) -> None:
 def cmd_evaluate(args) -> None:
     from .plan import Plan
 
+    plan = Plan.load(args.plan) if args.plan else None  # a bad plan fails before any slow work
     ws = _workspace(args)
+    if plan:
+        plan.check_against(ws.loaded.model)
     data = _eval_tensors(args, ws, not args.no_progress)
-    if args.plan:
-        plan = Plan.load(args.plan)
-        layers = plan.check_against(ws.loaded.model)
-        ws.layers = layers
-        if plan.quantizer != ws.quantizer:
-            ws.quantizer = plan.quantizer
-        bits = [plan.bits[l.name] for l in layers]
-    elif args.int8:
-        bits = ws.uniform(8)
-    else:
-        bits = None
     with progress_bar(not args.no_progress, "evaluate") as cb:
-        m = ws.evaluate_bits(bits, data, cb)
+        if plan:
+            m = ws.evaluate_plan(plan, data, cb)
+        else:
+            m = ws.evaluate_bits(ws.uniform(8) if args.int8 else None, data, cb)
     if args.json:
         print(json.dumps({"top1": m.top1, "top5": m.top5, "loss": m.loss, "images": m.images}))
     else:

@@ -258,6 +258,10 @@ def _read_tensors(path: Path, allow_pickle: bool):
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        # weights_only refuses two kinds of file: ones naming Python classes/functions (pickled
+        # code) and plain garbage; only the first may be loaded by opting in.
+        if "safe_globals" not in str(exc):
+            raise ModelUnavailableError(f"'{path.name}' is not a PyTorch checkpoint (corrupt or wrong format)") from None
         if not allow_pickle:
             raise ModelUnavailableError(
                 f"'{path.name}' needs arbitrary pickled code to load, which could run anything; "

@@ -74,16 +74,38 @@ def _layer_qe_reference(w: torch.Tensor, bits: Sequence[int], quantizer: str) ->
     return [float(torch.mean((w - fake_quantize(w, b, quantizer)) ** 2)) for b in bits]
 
 
-def _layer_qe_fast(w: torch.Tensor, bits: Sequence[int], quantizer: str) -> List[float]:
-    # All bit-widths of one layer in one batched pass over a flat copy (min/max computed once per
-    # bit-width by the quantizer; the tensor itself is read once into a [B, N] broadcast).
-    quantize = get_quantizer(quantizer)
-    out = []
-    for b in bits:
-        codes, meta = quantize(w, b)
-        err = (codes - meta.zero_point) * meta.scale - w
-        out.append(float(torch.mean(err * err, dtype=torch.float64)))
-    return out
+def _reference_rows(weights, layers, bits, quantizer, progress):
+    """Algorithm 1 as written: one quantizer run per layer and bit-width."""
+    qe = np.zeros((len(layers), len(bits)), dtype=np.float64)
+    mean_sq = np.zeros(len(layers), dtype=np.float64)
+    for i, (layer, w) in enumerate(zip(layers, weights)):
+        check_finite(w, layer.name)
+        qe[i] = _layer_qe_reference(w, bits, quantizer)
+        mean_sq[i] = float(torch.mean(w.double() ** 2))
+        if progress:
+            progress(i + 1, len(layers), layer.name)
+    return qe, mean_sq
+
+
+def _fast_rows(weights, layers, bits, quantizer, progress):
+    """All layers and bit-widths at once (``qe_fast``: numba on CPU, Triton on CUDA)."""
+    from . import qe_fast
+
+    weights = [w.contiguous() for w in weights]
+    usable = [i for i, w in enumerate(weights) if w.numel()]
+    qe = np.zeros((len(layers), len(bits)), dtype=np.float64)
+    mean_sq = np.zeros(len(layers), dtype=np.float64)
+    qe[usable], mean_sq[usable], ok = qe_fast.qe_rows([weights[i] for i in usable], bits, quantizer)
+    redo = [i for i in range(len(layers)) if i not in set(usable)] + [usable[k] for k in np.flatnonzero(~ok)]
+    for i in sorted(redo):  # NaN/Inf raises naming the layer; finite but huge (w^2 overflows) or empty: reference
+        qe[i:i + 1], mean_sq[i:i + 1] = _reference_rows([weights[i]], [layers[i]], bits, quantizer, None)
+    if progress:
+        for i, layer in enumerate(layers):
+            progress(i + 1, len(layers), layer.name)
+    return qe, mean_sq
+
+
+_METHODS = {"fast": _fast_rows, "reference": _reference_rows}
 
 
 def qe_table(
@@ -101,15 +123,11 @@ def qe_table(
     layers = find_layers(model) if layers is None else layers
     if not layers:
         raise MixQuantError("the model has no Conv or Linear layer to quantize")
-    per_layer = {"fast": _layer_qe_fast, "reference": _layer_qe_reference}[method]
-    qe = np.zeros((len(layers), len(bits)), dtype=np.float64)
-    mean_sq = np.zeros(len(layers), dtype=np.float64)
+    try:
+        rows = _METHODS[method]
+    except KeyError:
+        raise MixQuantError(f"unknown QE method '{method}'; choose fast or reference") from None
     with torch.inference_mode():
-        for i, (layer, w) in enumerate(zip(layers, layer_weights(model, layers))):
-            w = w.detach().to(device=device, dtype=torch.float32)
-            check_finite(w, layer.name)
-            qe[i] = per_layer(w, bits, quantizer)
-            mean_sq[i] = float(torch.mean(w.double() ** 2))
-            if progress:
-                progress(i + 1, len(layers), layer.name)
+        weights = [w.detach().to(device=device, dtype=torch.float32) for w in layer_weights(model, layers)]
+        qe, mean_sq = rows(weights, layers, bits, quantizer, progress)
     return QETable(layers=list(layers), bits=bits, qe=qe, mean_sq=mean_sq, quantizer=quantizer)

@@ -114,17 +114,26 @@ class Workspace:
 
     # --- evaluation ------------------------------------------------------------------------
     def evaluate_bits(self, bits: Optional[Sequence[int]], data: EvalTensors, progress: Progress = None) -> Metrics:
-        """Metrics of the float32 model (``bits=None``) or of a plan, cached per distinct plan."""
+        """Metrics of the float32 model (``bits=None``) or of per-layer ``bits`` (model order)."""
+        named = None if bits is None else {layer.name: int(b) for layer, b in zip(self.layers, bits)}
+        return self._evaluate(named, self.quantizer, data, progress)
+
+    def evaluate_plan(self, plan: Plan, data: EvalTensors, progress: Progress = None) -> Metrics:
+        """Metrics of a loaded plan (its own quantizer and layers), after checking it fits the model."""
+        plan.check_against(self.loaded.model)
+        return self._evaluate(plan.bits, plan.quantizer, data, progress)
+
+    def _evaluate(self, named: Optional[Dict[str, int]], quantizer: str, data: EvalTensors, progress: Progress) -> Metrics:
+        # One cache per evaluation set; a plan is its (quantizer, layer -> bits) mapping.
         if self._metrics_data != id(data):
             self._metrics, self._metrics_data = {}, id(data)
-        key = ("f32",) if bits is None else tuple(int(b) for b in bits)
+        key = ("f32",) if named is None else (quantizer, tuple(named.items()))
         if key not in self._metrics:
             model = self.loaded.model.to(self.device)
-            if bits is None:
+            if named is None:
                 self._metrics[key] = evaluate(model, data, self.device, progress=progress)
             else:
-                named = {layer.name: int(b) for layer, b in zip(self.layers, bits)}
-                with applied(model, named, self.quantizer):
+                with applied(model, named, quantizer):
                     self._metrics[key] = evaluate(model, data, self.device, progress=progress)
         return self._metrics[key]
 
@@ -165,3 +174,69 @@ class Workspace:
     @property
     def distinct_evaluated(self) -> int:
         return len(self._metrics)
+
+    # --- budgeted allocation (sensitivity.py + allocate.py) ----------------------------------
+    def fisher(self, calib: EvalTensors, progress: Progress = None):
+        """Fisher-weighted error table on calibration images, cached per calibration set."""
+        from .sensitivity import fisher_table
+
+        held = getattr(self, "_fisher", None)  # (calib, table): holding calib keeps its id unique
+        if held is None or held[0] is not calib:
+            table = fisher_table(self.loaded.model, self.layers, calib, self.quantizer, self.bits, self.device, progress)
+            self._fisher = (calib, table)
+            self.__dict__.setdefault("_allocations", {}).clear()
+        return self._fisher[1]
+
+    def allocation_family(self, cost: str = "qe", unit: str = "bytes", calib: Optional[EvalTensors] = None):
+        """Every Lagrangian-optimal plan for summed ``cost`` ("qe" or "fisher") under a budget in
+        ``unit`` ("bytes" of the model, or "bits" = params x bit-width), cached."""
+        from .allocate import allocation_family
+
+        if cost not in ("qe", "fisher"):
+            raise MixQuantError(f"unknown allocation cost '{cost}'; choose qe or fisher")
+        if cost == "fisher" and calib is None:
+            raise MixQuantError("the Fisher cost needs calibration images (--calib DIR)")
+        costs = self.cost_table(cost, calib)  # may refresh the Fisher table (and clear this cache)
+        key = (cost, unit)
+        cache = self.__dict__.setdefault("_allocations", {})
+        if key not in cache:
+            cache[key] = allocation_family(self.bits, self.budget_weights(unit), costs, self.pinned)
+        return cache[key]
+
+    def cost_table(self, cost: str, calib: Optional[EvalTensors] = None) -> np.ndarray:
+        """[L, B] summed-cost terms: plain QE, or the Fisher-weighted error."""
+        return self.table().qe if cost == "qe" else self.fisher(calib).cost
+
+    def budget_weights(self, unit: str) -> np.ndarray:
+        """[L, B] what a budget counts: bytes of each quantized layer, or params x bit-width."""
+        from .size import quantized_layer_bytes
+
+        if unit == "bytes":
+            rows = [[quantized_layer_bytes(l, b, self.quantizer) for b in self.bits] for l in self.layers]
+        else:
+            rows = [[l.params * b for b in self.bits] for l in self.layers]
+        return np.array(rows, dtype=np.float64)
+
+    def budget_bits(self, cost: str = "qe", max_mb: Optional[float] = None, avg_bits: Optional[float] = None,
+                    calib: Optional[EvalTensors] = None) -> np.ndarray:
+        """Bit-widths of least summed ``cost`` whose size is <= max_mb or average bits <= avg_bits."""
+        from .allocate import allocate
+
+        if (max_mb is None) == (avg_bits is None):
+            raise MixQuantError("give exactly one budget: a size in MB or an average bit-width")
+        for value in (max_mb, avg_bits):
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise MixQuantError(f"a budget must be a positive number, got {value!r}")
+        unit = "bytes" if max_mb is not None else "bits"
+        fam = self.allocation_family(cost, unit, calib)
+        total_params = sum(l.params for l in self.layers)
+        if max_mb is not None:  # bytes left for the quantized layers once the float32 rest is paid
+            budget = max_mb * 1e6 - (self.float_bytes - 4 * total_params)
+        else:
+            budget = avg_bits * total_params
+        if budget < fam.weight[-1] - 1e-9:
+            low = self.size(fam.bits[-1])
+            raise MixQuantError(f"no plan fits that budget: the smallest is {low.plan_mb:.2f} MB at "
+                                f"{low.avg_bits:.2f} average bits")
+        return allocate(self.bits, self.budget_weights(unit), self.cost_table(cost, calib), budget, self.pinned,
+                        family=fam)

@@ -1,0 +1,161 @@
+"""Which allocation wins: accuracy against size for uniform, MixQuant-QEM and budgeted plans.
+
+For every average-bit target each method proposes its plan within that budget (uniform plans sit
+at whole bit-widths); every distinct plan is evaluated once (the Workspace caches per plan), and
+each point is marked when no other point is at most as large and at least as accurate with one
+of the two strictly better (the Pareto front of size vs top-1).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from .data import EvalTensors
+from .errors import MixQuantError
+from .plan import Plan
+from .qe import BASE_BITS
+from .workspace import Workspace
+
+Progress = Optional[Callable[[int, int, str], None]]
+
+# method name -> what it is (the CLI's --methods and the plot's legend use these names)
+METHODS = {
+    "uniform": "every layer at the same bit-width",
+    "mixquant": "the paper's rule QE(b) <= QEM x QE(8), smallest QEM within the budget",
+    "budget-qe": "least summed QE within the budget (Lagrangian hull sweep)",
+    "budget-fisher": "least summed Fisher-weighted error within the budget (Lagrangian hull sweep)",
+}
+DEFAULT_TARGETS = (7.0, 6.0, 5.0, 4.5, 4.0, 3.5, 3.0)  # average bits
+
+
+@dataclass(frozen=True)
+class Candidate:
+    method: str  # float32 | one of METHODS
+    target: Optional[float]  # the average-bit budget it was made for (uniform: its bit-width)
+    bits: Optional[tuple]  # per layer, model order; None for float32
+    qem: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class CompareRow:
+    method: str
+    target: Optional[float]
+    qem: Optional[float]
+    bit_set: str
+    top1: float
+    top5: float
+    loss: float
+    avg_bits: float
+    size_mb: float
+    compression: float
+    pareto: bool
+    bits: Optional[tuple]  # the plan itself (export it with plan_for)
+
+    def to_dict(self, with_bits: bool = False) -> dict:
+        out = asdict(self)
+        out["bits"] = list(self.bits) if with_bits and self.bits is not None else None
+        if not with_bits:
+            del out["bits"]
+        return out
+
+
+COMPARE_COLUMNS = [f for f in CompareRow.__dataclass_fields__ if f != "bits"]
+
+
+def check_targets(targets: Sequence[float]) -> List[float]:
+    out = []
+    for t in targets:
+        t = float(t)
+        if not (np.isfinite(t) and 2 <= t <= 8):
+            raise MixQuantError(f"average-bit targets must be from 2 to 8, got {t:g}")
+        out.append(t)
+    if not out:
+        raise MixQuantError("give at least one average-bit target")
+    return sorted(set(out), reverse=True)
+
+
+def candidates(ws: Workspace, targets: Sequence[float] = DEFAULT_TARGETS, methods: Sequence[str] = tuple(METHODS),
+               calib: Optional[EvalTensors] = None, include_float: bool = True) -> List[Candidate]:
+    """The plans to compare, in display order (float32, then per method by falling budget)."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise MixQuantError(f"unknown method '{unknown[0]}'; choose from {', '.join(METHODS)}")
+    targets = check_targets(targets)
+    pinned = np.asarray(ws.pinned, dtype=bool)
+    out = [Candidate("float32", None, None)] if include_float else []
+    for method in methods:
+        if method == "uniform":
+            for b in ws.bits:
+                bits = ws.uniform(b)
+                bits[pinned] = BASE_BITS
+                out.append(Candidate(method, float(b), tuple(int(x) for x in bits)))
+            continue
+        for t in targets:
+            if method == "mixquant":
+                qem = ws.qem_for_budget(avg_bits=t)
+                out.append(Candidate(method, t, tuple(int(x) for x in ws.bits_for([qem])[0]), qem))
+            else:
+                cost = method.split("-", 1)[1]
+                bits = ws.budget_bits(cost, avg_bits=t, calib=calib)
+                out.append(Candidate(method, t, tuple(int(x) for x in bits)))
+    return out
+
+
+def pareto_mask(size: Sequence[float], accuracy: Sequence[float]) -> np.ndarray:
+    """True where no other point is as small and as accurate, and strictly better in one."""
+    size = np.asarray(size, dtype=np.float64)
+    acc = np.asarray(accuracy, dtype=np.float64)
+    no_worse = (size[None, :] <= size[:, None]) & (acc[None, :] >= acc[:, None])
+    better = (size[None, :] < size[:, None]) | (acc[None, :] > acc[:, None])
+    return ~np.any(no_worse & better, axis=1)
+
+
+def compare(ws: Workspace, data: EvalTensors, targets: Sequence[float] = DEFAULT_TARGETS,
+            methods: Sequence[str] = tuple(METHODS), calib: Optional[EvalTensors] = None,
+            include_float: bool = True, progress: Progress = None) -> List[CompareRow]:
+    """Evaluate every method's plans (each distinct plan once) and mark the Pareto front."""
+    if "budget-fisher" in methods and calib is None:
+        raise MixQuantError("the budget-fisher method needs calibration images")
+    if "budget-fisher" in methods:
+        ws.fisher(calib, progress)
+    cands = candidates(ws, targets, methods, calib, include_float)
+    distinct = list(dict.fromkeys(c.bits for c in cands))
+    for k, bits in enumerate(distinct):
+        if progress:
+            progress(k, len(distinct), f"plan {k + 1}/{len(distinct)}")
+        ws.evaluate_bits(bits, data)
+    if progress:
+        progress(len(distinct), len(distinct), "done")
+    rows = []
+    for c in cands:
+        sweep_row = ws.row(c.method, c.bits, data, qem=c.qem)
+        rows.append(CompareRow(c.method, c.target, c.qem, sweep_row.bit_set, sweep_row.top1, sweep_row.top5,
+                               sweep_row.loss, sweep_row.avg_bits, sweep_row.size_mb, sweep_row.compression,
+                               False, c.bits))
+    front = pareto_mask([r.size_mb for r in rows], [r.top1 for r in rows])
+    return [replace(r, pareto=bool(p)) for r, p in zip(rows, front)]
+
+
+def matched(rows: Sequence[CompareRow]) -> List[Dict[str, object]]:
+    """One line per budget: each method's plan for it (uniform plans match whole-bit budgets)."""
+    targets = sorted({r.target for r in rows if r.target is not None and r.method != "uniform"}, reverse=True)
+    out = []
+    for t in targets:
+        line: Dict[str, object] = {"target": t}
+        for r in rows:
+            if r.target == t:
+                line[r.method] = r
+        out.append(line)
+    return out
+
+
+def plan_for(ws: Workspace, row: CompareRow) -> Plan:
+    """The exportable plan of one compared point."""
+    if row.bits is None:
+        raise MixQuantError("the float32 point has no quantization plan to export")
+    extra = {"method": row.method, "method_description": METHODS.get(row.method, "")}
+    if row.target is not None and row.method != "uniform":
+        extra["budget_avg_bits"] = row.target
+    return ws.plan_from_bits(list(row.bits), qem=row.qem, extra=extra)

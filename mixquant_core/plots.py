@@ -1,0 +1,214 @@
+"""The dashboard's figures as pure functions: data in, plotly figure out.
+
+No Streamlit here, so every figure can be built and checked in a test (or saved from a script).
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Mapping, Optional, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+
+from .layers import KINDS, LayerInfo
+from .qe import QETable
+from .size import SizeSummary
+
+# One colour per layer kind, shared by every figure so a kind reads the same everywhere.
+KIND_COLORS = {"first_conv": "#d62728", "kxk_conv": "#ff7f0e", "1x1_conv": "#1f77b4",
+               "depthwise": "#2ca02c", "fc": "#9467bd"}
+REFERENCE_STYLE = {"float32": dict(color="#444444", dash="dash"), "int8": dict(color="#8c564b", dash="dot")}
+
+
+def _row(r) -> dict:
+    return r if isinstance(r, Mapping) else r.to_dict()
+
+
+def qe_heatmap(table: QETable) -> go.Figure:
+    """Layers (model order, top to bottom) x bit-widths, coloured by log10 QE."""
+    qe, rqe = table.qe, table.rqe
+    with np.errstate(divide="ignore"):
+        z = np.where(qe > 0, np.log10(np.where(qe > 0, qe, 1.0)), np.nan)  # QE 0 (exact) has no log: blank
+    kinds = np.array([[layer.kind] * len(table.bits) for layer in table.layers], dtype=object)
+    params = np.array([[layer.params] * len(table.bits) for layer in table.layers], dtype=object)
+    custom = np.stack([kinds, params, qe.astype(object), rqe.astype(object)], axis=-1)
+    finite = z[np.isfinite(z)]
+    lo, hi = (math.floor(finite.min()), math.ceil(finite.max())) if finite.size else (0, 1)
+    ticks = list(range(lo, hi + 1))
+    fig = go.Figure(go.Heatmap(
+        z=z, x=[f"{b} bit" for b in table.bits], y=table.names, customdata=custom,
+        colorscale="Viridis", zmin=lo, zmax=hi,
+        colorbar=dict(title="QE", tickvals=ticks, ticktext=[f"1e{t}" for t in ticks]),
+        hovertemplate=("<b>%{y}</b><br>kind %{customdata[0]}<br>params %{customdata[1]:,}<br>%{x}"
+                       "<br>QE %{customdata[2]:.3e}<br>RQE %{customdata[3]:.3e}<extra></extra>"),
+    ))
+    fig.update_yaxes(autorange="reversed", title="layer (model order)", tickfont=dict(size=9))
+    fig.update_xaxes(title="bit-width", side="top")
+    fig.update_layout(title="Quantization error per layer and bit-width (log colour scale)",
+                      height=max(420, 14 * len(table.layers) + 160), margin=dict(l=10, r=10, t=90, b=10))
+    return fig
+
+
+def plan_bits_bar(layers: Sequence[LayerInfo], bits: Sequence[int], pinned: Optional[Sequence[bool]] = None) -> go.Figure:
+    """Bit-width of every layer in model order, one colour per layer kind."""
+    names = [layer.name for layer in layers]
+    pinned = list(pinned) if pinned is not None else [False] * len(layers)
+    fig = go.Figure()
+    for kind in KINDS:
+        idx = [i for i, layer in enumerate(layers) if layer.kind == kind]
+        if not idx:
+            continue
+        fig.add_trace(go.Bar(
+            x=[names[i] for i in idx], y=[int(bits[i]) for i in idx], name=kind, marker_color=KIND_COLORS[kind],
+            customdata=[[layers[i].params, "pinned at 8 bits" if pinned[i] else ""] for i in idx],
+            hovertemplate="<b>%{x}</b><br>%{y} bits<br>params %{customdata[0]:,}<br>%{customdata[1]}<extra></extra>",
+        ))
+    fig.update_xaxes(categoryorder="array", categoryarray=names, showticklabels=len(names) <= 80,
+                     tickfont=dict(size=8), title="layer (model order)")
+    fig.update_yaxes(range=[0, 8.5], dtick=1, title="bits")
+    avg = float(np.average(np.asarray(bits, dtype=float), weights=[layer.params for layer in layers])) if layers else 0.0
+    fig.update_layout(title=f"Bit-width per layer (average {avg:.2f} bits, weighted by parameters)",
+                      height=420, bargap=0.15, margin=dict(l=10, r=10, t=60, b=10))
+    return fig
+
+
+def size_bars(size: SizeSummary) -> go.Figure:
+    """float32 size next to the plan's size, in MB."""
+    fig = go.Figure(go.Bar(
+        x=["float32", "plan"], y=[size.float32_mb, size.plan_mb], marker_color=["#7f7f7f", "#1f77b4"],
+        text=[f"{size.float32_mb:.2f} MB", f"{size.plan_mb:.2f} MB"], textposition="outside",
+        hovertemplate="%{x}: %{y:.3f} MB<extra></extra>",
+    ))
+    fig.update_yaxes(title="MB", range=[0, size.float32_mb * 1.18])
+    fig.update_layout(title=f"Model size: {size.compression:.2f}x smaller", height=360, margin=dict(l=10, r=10, t=60, b=10))
+    return fig
+
+
+def params_per_bits_bar(counts: Dict[int, int]) -> go.Figure:
+    """How many weights end up at each bit-width."""
+    bits = sorted(counts, reverse=True)
+    total = sum(counts.values()) or 1
+    fig = go.Figure(go.Bar(
+        x=[f"{b} bit" for b in bits], y=[counts[b] for b in bits], marker_color="#2ca02c",
+        text=[f"{100 * counts[b] / total:.1f} %" for b in bits], textposition="outside",
+        hovertemplate="%{x}: %{y:,} parameters<extra></extra>",
+    ))
+    fig.update_yaxes(title="parameters")
+    fig.update_layout(title="Parameters per bit-width", height=360, margin=dict(l=10, r=10, t=60, b=10))
+    return fig
+
+
+def qem_family(qems: Sequence[float], avg_bits: Sequence[float], size_mb: Sequence[float],
+               qem: Optional[float] = None, qem_max: Optional[float] = None) -> go.Figure:
+    """Average bits as a step function of QEM (log x), every breakpoint marked, the chosen QEM as a line.
+
+    ``qems[i]`` is where plan i starts (Workspace.family()); the plan holds until the next one.
+    """
+    qems = np.asarray(qems, dtype=float)
+    x_end = float(qem_max) if qem_max else float(qems[-1]) * 1.2
+    x = np.append(qems, max(x_end, float(qems[-1])))
+    y = np.append(np.asarray(avg_bits, dtype=float), avg_bits[-1])
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=x, y=y, mode="lines", line_shape="hv", name="average bits",
+                             line=dict(color="#1f77b4"), hoverinfo="skip"))
+    fig.add_trace(go.Scatter(
+        x=qems, y=avg_bits, mode="markers", name=f"breakpoints ({len(qems)} plans)",
+        marker=dict(symbol="line-ns-open", size=10, color="#d62728"), customdata=np.asarray(size_mb, dtype=float),
+        hovertemplate="plan from QEM %{x:.5g}<br>%{y:.3f} average bits<br>%{customdata:.2f} MB<extra></extra>",
+    ))
+    if qem is not None:
+        fig.add_vline(x=float(qem), line=dict(color="#ff7f0e", width=2), annotation_text=f"QEM {float(qem):.4g}")
+    fig.update_xaxes(type="log", title="QEM (log scale)")
+    fig.update_yaxes(title="average bits")
+    fig.update_layout(title="Every distinct plan: where the bit-widths change", height=320,
+                      margin=dict(l=10, r=10, t=60, b=10), legend=dict(orientation="h", y=-0.3))
+    return fig
+
+
+def _references(fig: go.Figure, rows, metric: str) -> None:
+    for method in ("float32", "int8"):
+        ref = next((_row(r) for r in rows if _row(r)["method"] == method), None)
+        if ref is not None:
+            fig.add_hline(y=ref[metric], line=REFERENCE_STYLE[method],
+                          annotation_text=f"{method} {metric.replace('top', 'top-')} {ref[metric]:.1f} %",
+                          annotation_position="bottom left")
+
+
+def accuracy_vs_qem(rows) -> go.Figure:
+    """Top-1 and top-5 of each swept QEM (log x), float32 and int8 top-1 as reference lines."""
+    mq = [_row(r) for r in rows if _row(r)["method"] == "mixquant"]
+    fig = go.Figure()
+    for metric, color in (("top1", "#1f77b4"), ("top5", "#2ca02c")):
+        fig.add_trace(go.Scatter(
+            x=[r["qem"] for r in mq], y=[r[metric] for r in mq], mode="lines+markers",
+            name=metric.replace("top", "top-"), line=dict(color=color),
+            customdata=[[r["size_mb"], r["avg_bits"], r["bit_set"]] for r in mq],
+            hovertemplate=("QEM %{x:.4g}<br>%{y:.2f} %<br>%{customdata[0]:.2f} MB, "
+                           "%{customdata[1]:.2f} avg bits<br>bits {%{customdata[2]}}<extra></extra>"),
+        ))
+    _references(fig, rows, "top1")
+    fig.update_xaxes(type="log", title="QEM (log scale)")
+    fig.update_yaxes(title="accuracy (%)")
+    fig.update_layout(title="Accuracy against QEM", height=420, margin=dict(l=10, r=10, t=60, b=10))
+    return fig
+
+
+def accuracy_vs_size(rows) -> go.Figure:
+    """Top-1 against model size: the MixQuant plans, with float32 and int8 as reference points and lines."""
+    all_rows = [_row(r) for r in rows]
+    mq = [r for r in all_rows if r["method"] == "mixquant"]
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(
+        x=[r["size_mb"] for r in mq], y=[r["top1"] for r in mq], mode="lines+markers", name="MixQuant top-1",
+        line=dict(color="#1f77b4"), customdata=[[r["qem"], r["top5"], r["avg_bits"]] for r in mq],
+        hovertemplate=("%{x:.2f} MB<br>top-1 %{y:.2f} %<br>top-5 %{customdata[1]:.2f} %<br>QEM %{customdata[0]:.4g}, "
+                       "%{customdata[2]:.2f} avg bits<extra></extra>"),
+    ))
+    for method, symbol in (("float32", "diamond"), ("int8", "square")):
+        ref = next((r for r in all_rows if r["method"] == method), None)
+        if ref is not None:
+            fig.add_trace(go.Scatter(x=[ref["size_mb"]], y=[ref["top1"]], mode="markers", name=method,
+                                     marker=dict(symbol=symbol, size=11, color=REFERENCE_STYLE[method]["color"]),
+                                     hovertemplate=f"{method}<br>%{{x:.2f}} MB<br>top-1 %{{y:.2f}} %<extra></extra>"))
+    _references(fig, rows, "top1")
+    fig.update_xaxes(title="model size (MB)")
+    fig.update_yaxes(title="top-1 (%)")
+    fig.update_layout(title="Accuracy against model size", height=420, margin=dict(l=10, r=10, t=60, b=10))
+    return fig
+
+
+def kind_sensitivity_figure(results, int8_top1: Optional[float] = None, float_top1: Optional[float] = None) -> go.Figure:
+    """Top-1 when only one layer kind goes to b bits (others at 8): one line per kind."""
+    data = [_row(r) for r in results]
+    fig = go.Figure()
+    for kind in KINDS:
+        pts = sorted((r for r in data if r["kind"] == kind), key=lambda r: r["bits"])
+        if pts:
+            fig.add_trace(go.Scatter(
+                x=[r["bits"] for r in pts], y=[r["top1"] for r in pts], mode="lines+markers", name=kind,
+                line=dict(color=KIND_COLORS[kind]), customdata=[[r["layers"], r["params"], r["top5"]] for r in pts],
+                hovertemplate=(f"<b>{kind}</b> at %{{x}} bits<br>top-1 %{{y:.2f}} %<br>top-5 %{{customdata[2]:.2f}} %"
+                               "<br>%{customdata[0]} layers, %{customdata[1]:,} params<extra></extra>"),
+            ))
+    for name, value in (("float32", float_top1), ("int8", int8_top1)):
+        if value is not None:
+            fig.add_hline(y=value, line=REFERENCE_STYLE[name], annotation_text=f"{name} {value:.1f} %",
+                          annotation_position="bottom left")
+    fig.update_xaxes(title="bits of that kind (all other layers at 8)", dtick=1, autorange="reversed")
+    fig.update_yaxes(title="top-1 (%)")
+    fig.update_layout(title="Sensitivity of each layer kind", height=420, margin=dict(l=10, r=10, t=60, b=10))
+    return fig
+
+
+def most_sensitive_figure(layers) -> go.Figure:
+    """RQE of the most sensitive layer at each bit-width (log y), labelled with the layer."""
+    data = [_row(r) for r in layers]
+    fig = go.Figure(go.Bar(
+        x=[f"{r['bits']} bit" for r in data], y=[r["rqe"] for r in data],
+        marker_color=[KIND_COLORS.get(r["kind"], "#7f7f7f") for r in data], text=[r["name"] for r in data],
+        textposition="outside", customdata=[[r["kind"], r["params"]] for r in data],
+        hovertemplate="%{x}: <b>%{text}</b><br>kind %{customdata[0]}<br>params %{customdata[1]:,}<br>RQE %{y:.3e}<extra></extra>",
+    ))
+    fig.update_yaxes(type="log", title="highest RQE")
+    fig.update_layout(title="Most sensitive layer by RQE per bit-width", height=380, margin=dict(l=10, r=10, t=60, b=10))
+    return fig

@@ -1,0 +1,160 @@
+"""Fisher sensitivity: what quantizing one layer to b bits costs the model, per layer and bit-width.
+
+With g_i the gradient of image i's cross-entropy loss with respect to a layer's weights, the
+diagonal empirical Fisher is F = mean_i g_i**2 (over a small calibration batch; labels from the
+set, or the model's own top-1 prediction for images without one). A second-order expansion of the
+loss around trained weights, with F standing in for the Hessian, gives the loss increase of a
+weight perturbation d as about 0.5 * sum(F * d**2); the table holds
+
+    cost(l, b) = sum over the layer's weights of F * (w - dequant(quant(w, b)))**2
+
+(the "Fisher-weighted error"; as in FIT, Zandonati et al. 2022). The gradients are taken once
+(one backward pass per calibration image) and reused for every bit-width.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import IMAGE_EXTS, EvalTensors, ImageList, open_image_folder
+from .errors import DatasetError, MixQuantError
+from .layers import LayerInfo, layer_weights
+from .qe import normalize_bits
+from .quantizers import check_finite, fake_quantize, get_quantizer
+
+Progress = Optional[Callable[[int, int, str], None]]
+NO_LABEL = -1  # an image without a label: its loss uses the model's own prediction
+DEFAULT_CALIB_IMAGES = 64
+
+
+@dataclass
+class FisherTable:
+    """Fisher-weighted error per layer (rows, model order) and bit-width (columns, descending)."""
+
+    layers: List[LayerInfo]
+    bits: tuple
+    cost: np.ndarray  # [L, B] float64: sum F * (w - q(w, b))**2
+    fisher_sum: np.ndarray  # [L] sum of F over the layer's weights (how much the loss feels it)
+    images: int  # calibration images used
+    labelled: int  # of which had a label (the rest used the model's prediction)
+    quantizer: str
+
+    def column(self, b: int) -> np.ndarray:
+        return self.cost[:, self.bits.index(b)]
+
+    def to_dict(self) -> dict:
+        return {
+            "quantizer": self.quantizer, "bits": list(self.bits), "images": self.images, "labelled": self.labelled,
+            "layers": [{"name": layer.name, "kind": layer.kind, "params": layer.params,
+                        "fisher_sum": float(self.fisher_sum[i]),
+                        "cost": {str(b): float(self.cost[i, j]) for j, b in enumerate(self.bits)}}
+                       for i, layer in enumerate(self.layers)],
+        }
+
+
+def fisher_diagonal(model: nn.Module, layers: Sequence[LayerInfo], data: EvalTensors,
+                    device: str | torch.device = "cpu", progress: Progress = None) -> List[torch.Tensor]:
+    """Mean over images of the squared per-image loss gradient, one tensor per layer weight.
+
+    Labels below 0 mean "no label": that image's target is the model's own top-1 prediction.
+    The model stays in eval mode (BatchNorm uses its running statistics, no dropout), and only
+    the layer weights get gradients; every ``requires_grad`` flag is restored afterwards.
+    """
+    if len(data) == 0:
+        raise DatasetError("the calibration set is empty: Fisher sensitivity needs at least one image")
+    device = torch.device(device)
+    model = model.to(device)
+    weights = layer_weights(model, layers)
+    for layer, w in zip(layers, weights):
+        check_finite(w.detach(), layer.name)
+    flags = {p: p.requires_grad for p in model.parameters()}
+    was_training = model.training
+    sums = [torch.zeros_like(w, dtype=torch.float64) for w in weights]
+    try:
+        model.eval()
+        for p in flags:
+            p.requires_grad_(False)
+        for w in weights:
+            w.requires_grad_(True)
+        n = len(data)
+        for i in range(n):
+            x = data.images[i:i + 1].to(device=device, dtype=weights[0].dtype)
+            logits = model(x)
+            label = int(data.labels[i])
+            target = logits.detach().argmax(dim=1) if label < 0 else torch.tensor([label], device=device)
+            loss = F.cross_entropy(logits, target)
+            grads = torch.autograd.grad(loss, weights)
+            for s, g in zip(sums, grads):
+                s += g.double() ** 2
+            if progress:
+                progress(i + 1, n, "Fisher: gradients")
+    finally:
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+        model.train(was_training)
+    fisher = [s / len(data) for s in sums]
+    for layer, f in zip(layers, fisher):
+        if not torch.isfinite(f).all():
+            raise MixQuantError(f"the loss gradient of layer '{layer.name}' is NaN/Inf on the calibration images")
+    return fisher
+
+
+def fisher_cost(w: torch.Tensor, fisher: torch.Tensor, bits: Sequence[int], quantizer: str) -> List[float]:
+    """sum F * (w - dequant(quant(w, b)))**2 for each b."""
+    w = w.detach()
+    out = []
+    for b in bits:
+        err = w.double() - fake_quantize(w.float(), int(b), quantizer).double()
+        out.append(float(torch.sum(fisher * err * err)))
+    return out
+
+
+def fisher_table(model: nn.Module, layers: Sequence[LayerInfo], data: EvalTensors, quantizer: str = "asymmetric",
+                 bits: Sequence[int] = (8, 7, 6, 5, 4, 3, 2), device: str | torch.device = "cpu",
+                 progress: Progress = None) -> FisherTable:
+    """The Fisher-weighted error table for ``layers`` over the calibration images ``data``."""
+    get_quantizer(quantizer)
+    bits = normalize_bits(bits)
+    if not layers:
+        raise MixQuantError("the model has no Conv or Linear layer to quantize")
+    fisher = fisher_diagonal(model, layers, data, device, progress)
+    cost = np.zeros((len(layers), len(bits)), dtype=np.float64)
+    with torch.no_grad():
+        for i, (w, f) in enumerate(zip(layer_weights(model, layers), fisher)):
+            cost[i] = fisher_cost(w, f, bits, quantizer)
+    return FisherTable(layers=list(layers), bits=bits, cost=cost,
+                       fisher_sum=np.array([float(f.sum()) for f in fisher]), images=len(data),
+                       labelled=int((data.labels >= 0).sum()), quantizer=quantizer)
+
+
+def spread_subset(images: ImageList, n: Optional[int]) -> ImageList:
+    """``n`` images spread evenly over the list (calibration sets are often sorted by class)."""
+    if n is None or n <= 0 or n >= len(images):
+        return images
+    idx = np.linspace(0, len(images) - 1, n).round().astype(int)
+    return ImageList(images.root, [images.paths[i] for i in idx], [images.labels[i] for i in idx], images.class_names)
+
+
+def open_calibration_folder(path: str, n: Optional[int] = DEFAULT_CALIB_IMAGES) -> ImageList:
+    """A labelled folder (as for evaluation) or, failing that, a plain folder of images whose
+    labels are unknown (the Fisher then uses the model's own predictions)."""
+    try:
+        images = open_image_folder(path)
+    except DatasetError as exc:
+        root = Path(path) if path else None
+        if root is None or not root.is_dir():
+            raise
+        files = sorted(f for f in root.iterdir() if f.suffix.lower() in IMAGE_EXTS)
+        if not files:
+            image_dir = root / "images"
+            files = sorted(f for f in image_dir.iterdir() if f.suffix.lower() in IMAGE_EXTS) if image_dir.is_dir() else []
+        if not files:
+            raise DatasetError(f"calibration folder '{root}' holds no images ({exc})") from None
+        images = ImageList(str(root), [str(f) for f in files], [NO_LABEL] * len(files))
+    return spread_subset(images, n)

@@ -1,0 +1,57 @@
+"""Export: the current plan as JSON (and the trade-off table as CSV); check an uploaded plan."""
+import pandas as pd
+import streamlit as st
+
+from mixquant_core import Plan, plots, plan_size
+from mixquant_core.tradeoff import rows_to_csv
+from studio_ui import state
+
+st.title("Export")
+ws = state.require_workspace()
+s = state.settings()
+state.require_table(ws)
+qem = state.current_qem()
+plan = ws.plan(qem)
+plan_json = plan.to_json()
+size = plan.size
+
+st.subheader("Current plan")
+st.write(f"**{ws.loaded.name}**, {ws.quantizer} quantizer, QEM **{qem:.5g}**: {size['avg_bits']:.2f} average bits, "
+         f"{size['plan_mb']:.2f} MB of {size['float32_mb']:.2f} MB ({size['compression']:.2f}x).")
+c1, c2 = st.columns(2)
+c1.download_button("Download plan (JSON)", plan_json, file_name=f"{ws.loaded.name}-qem{qem:.4g}.json",
+                   mime="application/json", on_click="ignore", key="plan_json", type="primary")
+last = st.session_state.get("last_sweep")
+if last is not None and last[0] == s.workspace_key:
+    c2.download_button("Download trade-off table (CSV)", rows_to_csv(last[1]), file_name=f"{ws.loaded.name}-tradeoff.csv",
+                       mime="text/csv", on_click="ignore", key="export_csv")
+else:
+    c2.caption("The trade-off table (CSV) can be downloaded once the Trade-off page has evaluated it for this model.")
+with st.expander("Preview plan JSON"):
+    st.code(plan_json, language="json")
+
+st.subheader("Check a plan file")
+uploaded = st.file_uploader("Upload a plan (JSON) to check against the current model", type=["json"], key="plan_upload")
+if uploaded is not None:
+    try:
+        other = Plan.from_json(uploaded.getvalue())
+        layers = other.check_against(ws.loaded.model)
+    except state.USER_ERRORS as exc:
+        st.error(f"'{uploaded.name}' cannot be used: {state.one_line(exc)}")
+    else:
+        bits = [other.bits[layer.name] for layer in layers]
+        st.success(f"'{uploaded.name}' fits {ws.loaded.name}: {len(layers)} layers, QEM "
+                   f"{'n/a' if other.qem is None else f'{other.qem:.5g}'}, {other.quantizer} quantizer.")
+        if other.model.get("fingerprint") and other.model["fingerprint"] != ws.loaded.fingerprint:
+            st.warning(f"The plan was made for weights with fingerprint {other.model['fingerprint']} "
+                       f"({other.model.get('name')}); this model's is {ws.loaded.fingerprint}.")
+        if len(layers) < len(ws.layers):
+            st.warning(f"The plan covers {len(layers)} of this model's {len(ws.layers)} quantizable layers.")
+        other_size = plan_size(ws.float_bytes, layers, bits, other.quantizer)
+        m = st.columns(3)
+        m[0].metric("Plan size", f"{other_size.plan_mb:.2f} MB")
+        m[1].metric("Compression", f"{other_size.compression:.2f}x")
+        m[2].metric("Average bits", f"{other_size.avg_bits:.2f}")
+        st.plotly_chart(plots.plan_bits_bar(layers, bits), key="uploaded_plan_chart")
+        st.dataframe(pd.DataFrame([{"layer": l.name, "kind": l.kind, "params": l.params, "bits": b}
+                                   for l, b in zip(layers, bits)]), hide_index=True)

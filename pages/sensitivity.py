@@ -1,0 +1,53 @@
+"""Sensitivity (paper section 6): one layer kind at a time at b bits, and the layer with the highest RQE."""
+import pandas as pd
+import streamlit as st
+
+from mixquant_core import plots
+from mixquant_core.sensitivity_kind import kind_sensitivity, kinds_present, most_sensitive_by_rqe
+from studio_ui import state
+
+st.title("Sensitivity")
+ws = state.require_workspace()
+s = state.settings()
+table = state.require_table(ws)
+
+st.subheader("One layer kind at a time")
+st.caption("Only the layers of one kind go to b bits; every other layer stays at 8 bits.")
+present = kinds_present(ws.layers)
+low_bits = [b for b in table.bits if b != 8]
+c1, c2 = st.columns(2)
+kinds = c1.multiselect("Layer kinds", present, default=present, key="sens_kinds")
+bits = c2.multiselect("Bit-widths to test", low_bits, default=[b for b in low_bits if b in (6, 4, 2)] or low_bits[:1],
+                      key="sens_bits")
+data = state.eval_tensors(ws, s)
+results = st.session_state.setdefault("kind_sensitivity", {})
+if data is not None and kinds and bits:
+    key = (s.workspace_key, state.data_key(s, data), tuple(kinds), tuple(sorted(bits, reverse=True)))
+    st.caption(f"{len(kinds) * len(bits)} plans on {len(data)} images.")
+    if st.button("Evaluate sensitivity", type="primary", key="run_sensitivity"):
+        try:
+            with state.progress("Evaluating layer kinds") as cb, state.compute_lock():
+                rows = kind_sensitivity(ws, data, bits, kinds, cb)
+                refs = (ws.evaluate_bits(None, data).top1, ws.evaluate_bits(ws.uniform(8), data).top1)
+            results[key] = (rows, refs)
+        except state.USER_ERRORS as exc:
+            st.error(f"Evaluation failed: {state.one_line(exc)}")
+    if key in results:
+        rows, (float_top1, int8_top1) = results[key]
+        st.plotly_chart(plots.kind_sensitivity_figure(rows, int8_top1=int8_top1, float_top1=float_top1),
+                        key="kind_chart")
+        frame = pd.DataFrame([r.to_dict() for r in rows])
+        frame["top-1 drop vs int8"] = frame["top1"] - int8_top1
+        st.dataframe(frame, hide_index=True)
+    else:
+        st.info("Press **Evaluate sensitivity** to measure each kind at each bit-width.")
+elif data is not None:
+    st.info("Choose at least one layer kind and one bit-width.")
+
+st.subheader("Most sensitive layer by RQE")
+st.caption("RQE = QE / mean(w^2): the error relative to the layer's own weight energy (paper Table 4).")
+top = most_sensitive_by_rqe(table)
+st.plotly_chart(plots.most_sensitive_figure(top), key="rqe_chart")
+st.dataframe(pd.DataFrame([t.to_dict() for t in top]), hide_index=True,
+             column_config={"rqe": st.column_config.NumberColumn(format="%.3e"),
+                            "qe": st.column_config.NumberColumn(format="%.3e")})

@@ -1,0 +1,43 @@
+"""What the sidebar chose, as one immutable value the pages and the caches key on."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+QUANTIZER_LABELS = {
+    "asymmetric": "asymmetric, per tensor (paper default)",
+    "symmetric": "symmetric, per tensor",
+    "per-channel": "asymmetric, per output channel",
+}
+DEFAULT_LIMIT = 100  # images: enough for relative numbers, a few seconds per plan on a laptop CPU
+DEFAULT_QEM = 20.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    model_source: str  # "registry" | "upload"
+    model_name: str  # registry name, or the uploaded file's name
+    model_path: Optional[str]  # the saved upload; None for registry models
+    model_digest: Optional[str]  # sha256 of the upload (the cache key, not the name)
+    arch: Optional[str]  # architecture of an uploaded state dict
+    quantizer: str
+    bits: Tuple[int, ...]
+    keep_first_last: bool
+    device: str
+    data_kind: str  # "folder" | "imagenette"
+    data_dir: str
+    limit: int
+
+    @property
+    def model_key(self) -> tuple:
+        if self.model_source == "upload":
+            return ("file", self.model_digest, self.arch)
+        return ("registry", self.model_name)
+
+    @property
+    def workspace_key(self) -> tuple:
+        return (self.model_key, self.quantizer, self.bits, self.keep_first_last, self.device)
+
+    @property
+    def data_key(self) -> tuple:
+        return (self.data_kind, self.data_dir)

@@ -1,0 +1,111 @@
+"""The sidebar every page shares: model, quantizer, bit-widths, device and evaluation set.
+
+It is drawn by app.py (the st.navigation entry point) on every run, so its widgets keep their
+values while the user moves between pages. Defaults go into session_state before the widgets are
+created (never both a default and a session value, which Streamlit warns about).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import List
+
+import streamlit as st
+import torch
+
+from mixquant_core import DEFAULT_MODEL, default_eval_dir, list_models
+from mixquant_core.quantizers import MAX_BITS, MIN_BITS
+
+from .settings import DEFAULT_LIMIT, QUANTIZER_LABELS, Settings
+
+MODEL_FILE_TYPES = ["pt", "pth", "ts", "safetensors", "bin"]
+UPLOAD_DIR = Path(tempfile.gettempdir()) / "mixquant-studio-uploads"
+NO_ARCH = "(TorchScript: none needed)"
+
+
+@st.cache_resource(show_spinner=False)
+def registry() -> List[tuple]:
+    """(name, source) for every model the registry knows: built-in, torchvision (paper's eight first), timm."""
+    return [(e.name, e.source) for e in list_models()]
+
+
+def _save_upload(uploaded) -> tuple:
+    """Write the upload once under a name derived from its content; return (path, digest)."""
+    data = uploaded.getvalue()
+    digest = hashlib.sha256(data).hexdigest()
+    suffix = Path(uploaded.name).suffix.lower() or ".pt"
+    UPLOAD_DIR.mkdir(parents=True, exist_ok=True)
+    path = UPLOAD_DIR / f"{digest[:20]}{suffix}"
+    if not path.is_file():
+        tmp = path.with_suffix(path.suffix + ".part")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    return str(path), digest
+
+
+def _defaults(names: List[str]) -> None:
+    ss = st.session_state
+    ss.setdefault("model_source", "Registry")
+    ss.setdefault("model_name", DEFAULT_MODEL if DEFAULT_MODEL in names else names[0])
+    ss.setdefault("model_arch", NO_ARCH)
+    ss.setdefault("quantizer", "asymmetric")
+    ss.setdefault("keep_first_last", False)
+    ss.setdefault("bits", list(range(MAX_BITS, MIN_BITS - 1, -1)))
+    ss.setdefault("device", "cuda" if torch.cuda.is_available() else "cpu")
+    ss.setdefault("data_kind", "Image folder")
+    ss.setdefault("data_dir", default_eval_dir() or "")
+    ss.setdefault("imagenette_dir", os.path.join(os.environ.get("MIXQUANT_DATA") or os.path.expanduser("~/.cache/mixquant"), "imagenette"))
+    ss.setdefault("limit", DEFAULT_LIMIT)
+
+
+def render() -> Settings:
+    entries = registry()
+    names = [n for n, _ in entries]
+    source_of = dict(entries)
+    _defaults(names)
+    sb = st.sidebar
+
+    sb.header("Model")
+    source = sb.radio("Model source", ["Registry", "Upload a file"], key="model_source", horizontal=True)
+    path = digest = arch = None
+    if source == "Registry":
+        name = sb.selectbox("Model", names, key="model_name", format_func=lambda n: f"{n}  ({source_of.get(n, '?')})",
+                            help="Built-in EfficientNet-Lite works offline; torchvision lists the paper's eight models first.")
+    else:
+        uploaded = sb.file_uploader("Model file (TorchScript or state dict)", type=MODEL_FILE_TYPES, key="model_file")
+        arch_choice = sb.selectbox("Architecture of a state dict", [NO_ARCH] + names, key="model_arch",
+                                   help="A state dict holds only weights: name the registry architecture they fit.")
+        arch = None if arch_choice == NO_ARCH else arch_choice
+        name = uploaded.name if uploaded is not None else ""
+        if uploaded is not None:
+            path, digest = _save_upload(uploaded)
+
+    sb.header("Quantization")
+    quantizer = sb.selectbox("Quantizer", list(QUANTIZER_LABELS), key="quantizer", format_func=QUANTIZER_LABELS.get)
+    keep = sb.checkbox("Keep first and last layer at 8 bits", key="keep_first_last")
+    bits = sb.multiselect("Candidate bit-widths", list(range(MAX_BITS, MIN_BITS - 1, -1)), key="bits",
+                          help="8 bits is always a candidate: equation (1) compares every bit-width with it.")
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    if st.session_state["device"] not in devices:
+        st.session_state["device"] = "cpu"
+    device = sb.selectbox("Device", devices, key="device")
+
+    sb.header("Evaluation set")
+    data_kind = sb.radio("Evaluation set", ["Image folder", "Imagenette"], key="data_kind", horizontal=True)
+    if data_kind == "Image folder":
+        data_dir = sb.text_input("Image folder", key="data_dir",
+                                 help="labels.txt ('FILENAME LABEL', ImageNet indices) or class subfolders; default from MIXQUANT_DATA")
+    else:
+        data_dir = sb.text_input("Imagenette folder", key="imagenette_dir", help="torchvision's Imagenette (160 px) lives or will be downloaded here")
+    limit = sb.number_input("Images to evaluate (subset size)", min_value=1, max_value=100_000, step=50, key="limit")
+
+    settings = Settings(
+        model_source="upload" if source != "Registry" else "registry", model_name=name, model_path=path,
+        model_digest=digest, arch=arch, quantizer=quantizer, bits=tuple(sorted({8, *map(int, bits)}, reverse=True)),
+        keep_first_last=bool(keep), device=device, data_kind="folder" if data_kind == "Image folder" else "imagenette",
+        data_dir=(data_dir or "").strip(), limit=int(limit),
+    )
+    st.session_state["settings"] = settings
+    return settings

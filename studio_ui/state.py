@@ -1,0 +1,259 @@
+"""Cached state the pages share: the Workspace, the evaluation set, the chosen QEM, progress bars.
+
+Caches live in st.cache_resource (per server process, shared by sessions): a Workspace per
+(model, quantizer, bits, keep_first_last, device), decoded images per (set, subset, preprocessing).
+Evaluation fake-quantizes the model's weights in place for a moment, so everything that touches
+weights runs under one process-wide lock; two sessions never see each other's half-quantized model.
+"""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from contextlib import contextmanager
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import numpy as np
+import streamlit as st
+
+from mixquant_core import EvalTensors, ImageList, Workspace, load_model, load_tensors, open_image_folder, open_imagenette
+from mixquant_core.errors import DatasetError, MixQuantError
+from mixquant_core.models import torchvision_cache_path
+
+from .settings import DEFAULT_QEM, Settings
+
+USER_ERRORS = (MixQuantError, OSError, RuntimeError, ValueError)
+TENSOR_CACHE_SIZE = 4
+
+
+def one_line(exc: BaseException) -> str:
+    """A user-facing line: core errors already are one; others get their type and first line."""
+    if isinstance(exc, MixQuantError):
+        return str(exc)
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else 'unexpected failure'}"
+
+
+def settings() -> Settings:
+    return st.session_state["settings"]
+
+
+@st.cache_resource(show_spinner=False)
+def compute_lock() -> threading.RLock:
+    return threading.RLock()
+
+
+@contextmanager
+def progress(label: str):
+    """A progress bar driven by the core's (done, total, what) callbacks; created on the first
+    call only, so cached work draws nothing, and removed when the work ends."""
+    slot = st.empty()
+    bar = []
+
+    def update(done: int, total: int, what: str) -> None:
+        frac = min(max(done / total, 0.0), 1.0) if total else 1.0
+        text = f"{label}: {what} ({done}/{total})"
+        if not bar:
+            bar.append(slot.progress(frac, text=text))
+        else:
+            bar[0].progress(frac, text=text)
+
+    try:
+        yield update
+    finally:
+        slot.empty()
+
+
+# --- model and workspace --------------------------------------------------------------------
+def download_needed(s: Settings) -> Optional[str]:
+    """What a registry model still has to download, or None when it can load offline."""
+    if s.model_source != "registry":
+        return None
+    source = dict((n, src) for n, src in _registry_sources()).get(s.model_name)
+    if source == "torchvision":
+        import torchvision
+
+        weights = torchvision.models.get_model_weights(s.model_name).DEFAULT
+        target = torchvision_cache_path(weights.url)
+        if not target.is_file():
+            size = weights.meta.get("_file_size")
+            size_txt = f" ({size:.0f} MB)" if size else ""
+            return (f"{s.model_name} needs its ImageNet weights{size_txt}: {weights.url}. They are not in "
+                    f"{target}. Download them here, or place the file there yourself (offline machines).")
+    if source == "timm":
+        return _timm_download_needed(s.model_name)
+    return None
+
+
+def _registry_sources():
+    from .sidebar import registry
+
+    return registry()
+
+
+def _timm_download_needed(name: str) -> Optional[str]:
+    try:
+        import timm
+        from huggingface_hub import try_to_load_from_cache
+
+        cfg = timm.models.get_pretrained_cfg(name)
+        repo = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+        if repo and any(isinstance(try_to_load_from_cache(repo, f), str)
+                        for f in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")):
+            return None
+    except Exception:  # any doubt: ask before touching the network
+        pass
+    return (f"timm model {name} downloads its weights from the Hugging Face Hub on first use "
+            "(they land in the Hugging Face cache, HF_HOME).")
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def _workspace(model_key: tuple, model_ref: str, arch: Optional[str], quantizer: str, bits: tuple,
+               keep_first_last: bool, device: str) -> Workspace:
+    loaded = load_model(model_ref, arch=arch)
+    return Workspace(loaded, quantizer, bits, keep_first_last, (), device)
+
+
+def require_workspace() -> Workspace:
+    """The Workspace for the sidebar's choice; on any problem, say what it is and stop the page."""
+    s = settings()
+    if s.model_source == "upload" and not s.model_path:
+        st.info("Upload a model file in the sidebar: a TorchScript file, or a state dict with its architecture.")
+        st.stop()
+    allowed = st.session_state.setdefault("downloads_allowed", set())
+    need = download_needed(s)
+    if need and s.model_key not in allowed:
+        st.info(need)
+        if not st.button("Download the weights and load the model", key="allow_download"):
+            st.stop()
+        allowed.add(s.model_key)
+    ref = s.model_path if s.model_source == "upload" else s.model_name
+    try:
+        with st.spinner(f"Loading {s.model_name}..."), compute_lock():
+            return _workspace(s.model_key, ref, s.arch, s.quantizer, s.bits, s.keep_first_last, s.device)
+    except USER_ERRORS as exc:
+        st.error(f"Cannot use this model: {one_line(exc)}")
+        st.stop()
+
+
+def require_table(ws: Workspace):
+    try:
+        with progress("QE table") as cb, compute_lock():
+            return ws.table(cb)
+    except USER_ERRORS as exc:
+        st.error(f"Cannot compute the QE table: {one_line(exc)}")
+        st.stop()
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def family_sizes(workspace_key: tuple, _ws: Workspace) -> tuple:
+    """Average bits and MB of every distinct plan (for the breakpoint strip), computed once."""
+    fam = _ws.family()
+    sizes = [_ws.size(b) for b in fam.bits]
+    return [s.avg_bits for s in sizes], [s.plan_mb for s in sizes]
+
+
+# --- evaluation set -------------------------------------------------------------------------
+@st.cache_resource(max_entries=8, show_spinner=False)
+def _image_list(data_kind: str, data_dir: str, download: bool) -> ImageList:
+    if data_kind == "imagenette":
+        return open_imagenette(data_dir, download=download)
+    return open_image_folder(data_dir)
+
+
+def eval_images(s: Optional[Settings] = None) -> Optional[ImageList]:
+    """The evaluation ImageList (whole set), or None after showing why it is not usable."""
+    s = s or settings()
+    if not s.data_dir:
+        st.info("No evaluation set: type an image folder in the sidebar (or set MIXQUANT_DATA before starting the app).")
+        return None
+    try:
+        if s.data_kind == "imagenette":
+            try:
+                return _image_list("imagenette", s.data_dir, False)
+            except (DatasetError, RuntimeError, OSError):
+                st.info(f"Imagenette (about 95 MB) is not in '{s.data_dir}' yet.")
+                if not st.button("Download Imagenette", key="download_imagenette"):
+                    return None
+                with st.spinner("Downloading Imagenette..."):
+                    return _image_list("imagenette", s.data_dir, True)
+        return _image_list("folder", s.data_dir, False)
+    except USER_ERRORS as exc:
+        st.error(f"Evaluation set unusable: {one_line(exc)}")
+        return None
+
+
+@st.cache_resource(show_spinner=False)
+def _tensor_store() -> "OrderedDict":
+    return OrderedDict()
+
+
+def eval_tensors(ws: Workspace, s: Optional[Settings] = None) -> Optional[EvalTensors]:
+    """The first ``limit`` images, decoded and preprocessed for this model once (progress shown)."""
+    s = s or settings()
+    images = eval_images(s)
+    if images is None:
+        return None
+    images = images.subset(s.limit)
+    key = (s.data_key, len(images), repr(ws.loaded.preprocess))
+    store = _tensor_store()
+    with compute_lock():
+        data = store.get(key)
+        if data is None:
+            try:
+                with progress("Decoding images") as cb:
+                    data = load_tensors(images, ws.loaded.preprocess.transform(), cb)
+            except USER_ERRORS as exc:
+                st.error(f"Evaluation set unusable: {one_line(exc)}")
+                return None
+            store[key] = data
+            while len(store) > TENSOR_CACHE_SIZE:
+                store.popitem(last=False)
+        store.move_to_end(key)
+    if data.skipped:
+        names = ", ".join(Path(p).name for p in data.skipped[:3]) + (" ..." if len(data.skipped) > 3 else "")
+        st.error(f"{len(data.skipped)} image(s) could not be read and were left out: {names}")
+    return data
+
+
+def data_key(s: Settings, data: EvalTensors) -> tuple:
+    return (s.data_key, s.limit, len(data))
+
+
+def class_name(images: ImageList, label: int) -> str:
+    if 0 <= label < len(images.class_names) and images.class_names[label]:
+        return images.class_names[label].split(",")[0]
+    return _imagenet_names()[label] if 0 <= label < 1000 else f"class {label}"
+
+
+@st.cache_resource(show_spinner=False)
+def _imagenet_names() -> List[str]:
+    # torchvision ships the 1000 ImageNet names with its weight metadata (no download needed)
+    import torchvision
+
+    return list(torchvision.models.ResNet18_Weights.DEFAULT.meta["categories"])
+
+
+# --- the QEM used everywhere ----------------------------------------------------------------
+def current_qem() -> float:
+    return float(st.session_state.setdefault("qem", DEFAULT_QEM))
+
+
+def set_qem(qem: float, source: str) -> None:
+    st.session_state["qem"] = float(qem)
+    st.session_state["qem_source"] = source
+
+
+def qem_options(breakpoints: Sequence[float], points: int = 200) -> List[float]:
+    """Slider stops: a log grid from 1 past the last breakpoint, plus every breakpoint exactly,
+    so each distinct plan can be reached and any QEM snaps to one giving the same plan."""
+    qems = np.asarray(breakpoints, dtype=float)
+    hi = max(float(qems[-1]) * 1.2, 10.0)
+    grid = [float(f"{q:.3g}") for q in np.geomspace(1.0, hi, points)]
+    return sorted(set(grid) | {float(q) for q in qems} | {1.0})
+
+
+def snap_qem(options: Sequence[float], qem: float) -> float:
+    """The largest stop <= qem. Every breakpoint is a stop, so the stop's plan equals qem's plan."""
+    i = int(np.searchsorted(np.asarray(options), float(qem), side="right")) - 1
+    return float(options[max(i, 0)])

@@ -1,0 +1,66 @@
+"""Shared fixtures: the ImageNet data setting, tiny models, hypothesis profile."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+from torch import nn
+
+# Seeded, bounded property tests (Brevitas-style profile): reproducible in CI.
+settings.register_profile("ci", max_examples=60, deadline=None, derandomize=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+DATA_ENV = "MIXQUANT_DATA"
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """The folder named by MIXQUANT_DATA: skip when unset, fail when set but wrong."""
+    value = os.environ.get(DATA_ENV)
+    if not value:
+        pytest.skip(f"{DATA_ENV} is not set: point it at the folder holding imagenet-val-1300")
+    root = Path(value)
+    assert (root / "imagenet-val-1300" / "labels.txt").is_file(), f"{DATA_ENV}={value} holds no imagenet-val-1300/labels.txt"
+    return root
+
+
+@pytest.fixture(scope="session")
+def val_dir(data_root) -> Path:
+    return data_root / "imagenet-val-1300"
+
+
+@pytest.fixture(scope="session")
+def lite0():
+    from mixquant_core.models import build_model
+
+    return build_model("efficientnet_lite0")
+
+
+class TinyNet(nn.Module):
+    """Every layer kind the tool distinguishes, in a few thousand weights."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.pw = nn.Conv2d(8, 16, 1)
+        self.conv = nn.Conv2d(16, 16, 3, padding=1)
+        self.bn = nn.BatchNorm2d(16)
+        self.fc = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = torch.relu(self.pw(self.dw(x)))
+        x = torch.relu(self.bn(self.conv(x)))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+@pytest.fixture
+def tiny_model() -> nn.Module:
+    torch.manual_seed(0)
+    return TinyNet().eval()

@@ -1,0 +1,80 @@
+"""The `mixquant` CLI: JSON contracts, plans on disk, one-line errors."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from mixquant_core.cli import main
+from mixquant_core.plan import Plan
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_models_json(capsys):
+    code, out, _ = run(capsys, "models", "--filter", "efficientnet_lite*", "--source", "builtin", "--json")
+    assert code == 0
+    assert [m["name"] for m in json.loads(out)] == ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+
+
+def test_qe_json_contract(capsys):
+    code, out, _ = run(capsys, "qe", "--json", "--no-progress", "--device", "cpu")
+    assert code == 0
+    data = json.loads(out)
+    assert data["model"] == "efficientnet_lite0" and data["quantizer"] == "asymmetric"
+    assert data["bits"] == [8, 7, 6, 5, 4, 3, 2]
+    assert len(data["layers"]) == 50
+    first = data["layers"][0]
+    assert set(first) == {"name", "kind", "params", "qe"} and first["name"] == "_conv_stem"
+    assert list(first["qe"]) == ["8", "7", "6", "5", "4", "3", "2"]
+    assert first["qe"]["2"] > first["qe"]["8"] > 0
+
+
+def test_search_writes_loadable_plan(capsys, tmp_path):
+    out_path = tmp_path / "plan.json"
+    code, out, _ = run(capsys, "search", "--qem", "300", "--keep-first-last", "--out", str(out_path), "--no-progress")
+    assert code == 0 and "wrote" in out
+    plan = Plan.load(out_path)
+    bits = list(plan.bits.values())
+    assert plan.qem == 300 and bits[0] == 8 and bits[-1] == 8 and min(bits) < 8
+    # a budget picks the QEM for the user and respects it
+    code, out, _ = run(capsys, "search", "--max-avg-bits", "5.5", "--no-progress")
+    assert code == 0 and json.loads(out)["size"]["avg_bits"] <= 5.5
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["search", "--qem", "0.5", "--no-progress"], "QEM must be a finite number >= 1"),
+    (["qe", "--model", "not_a_model", "--no-progress"], "unknown model 'not_a_model'"),
+    (["qe", "--bits", "8,9", "--no-progress"], "bit-widths must be from 2 to 8"),
+    (["evaluate", "--data", "/nonexistent/folder", "--no-progress"], "evaluation folder '/nonexistent/folder' does not exist"),
+    (["evaluate", "--plan", "/nonexistent/plan.json", "--data", ".", "--no-progress"], "cannot read plan file"),
+])
+def test_bad_input_one_line(capsys, argv, message):
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    assert err.count("\n") == 1 and message in err and "Traceback" not in err
+
+
+def test_corrupt_checkpoint_subprocess_no_traceback(tmp_path):
+    bad = tmp_path / "model.pth"
+    bad.write_bytes(b"\x00garbage" * 100)
+    proc = subprocess.run([sys.executable, "-m", "mixquant_core", "qe", "--model", str(bad), "--arch", "resnet18"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "not a PyTorch checkpoint" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_plan_for_another_model_rejected_by_evaluate(capsys, tmp_path, val_dir):
+    from mixquant_core.models import build_model
+    from mixquant_core.workspace import Workspace
+
+    plan = Workspace(build_model("resnet18", pretrained=False)).plan(10)
+    path = tmp_path / "resnet_plan.json"
+    plan.save(path)
+    code, _, err = run(capsys, "evaluate", "--plan", str(path), "--data", str(val_dir), "--limit", "4", "--no-progress")
+    assert code == 2 and "plan is for another model (resnet18)" in err

@@ -1,0 +1,100 @@
+"""Quantizers: error bounds, grids, degenerate tensors (hypothesis property tests)."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from mixquant_core.errors import InvalidWeightsError, MixQuantError
+from mixquant_core.quantizers import QUANTIZERS, check_finite, dequantize, fake_quantize, quantize
+
+SCHEMES = list(QUANTIZERS)
+finite = st.floats(-10, 10, allow_nan=False, allow_infinity=False, width=32)
+weights = arrays(np.float32, st.tuples(st.integers(1, 6), st.integers(1, 40)), elements=finite)
+bits = st.integers(2, 8)
+
+
+@given(w=weights, b=bits, scheme=st.sampled_from(SCHEMES))
+def test_codes_in_range_and_error_within_half_step(w, b, scheme):
+    w = torch.from_numpy(w)
+    codes, meta = quantize(w, b, scheme)
+    assert torch.equal(codes, torch.round(codes)), "codes must be integers"
+    lo, hi = (-(2 ** (b - 1)), 2 ** (b - 1) - 1) if scheme == "symmetric" else (0, 2**b - 1)
+    assert codes.min() >= lo and codes.max() <= hi
+    w_hat = dequantize(codes, meta)
+    assert torch.isfinite(w_hat).all()
+    err = (w - w_hat).abs()
+    # Every value is within half a step: the affine range covers [min(w,0), max(w,0)] and rounding
+    # the zero-point shifts the grid by at most half a step; symmetric maps max|w| onto qmax.
+    step = meta.scale.expand_as(w)
+    assert torch.all(err <= step * 0.5 * (1 + 1e-4) + 1e-6)
+
+
+@given(w=weights, b=bits, scheme=st.sampled_from(SCHEMES))
+def test_idempotent_on_its_own_grid(w, b, scheme):
+    w = torch.from_numpy(w)
+    once = fake_quantize(w, b, scheme)
+    twice = fake_quantize(once, b, scheme)
+    assert torch.allclose(once, twice, atol=1e-5 * (1 + float(w.abs().max())))
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("value", [0.0, 1.5, -2.0, 1e-30])
+@pytest.mark.parametrize("b", [2, 4, 8])
+def test_constant_tensor_is_finite_and_exact(scheme, value, b):
+    w = torch.full((4, 3, 3, 3), value)
+    out = fake_quantize(w, b, scheme)
+    assert torch.isfinite(out).all()
+    assert torch.allclose(out, w, atol=abs(value) * 1e-6 + 1e-30)
+
+
+@pytest.mark.parametrize("b", [2, 5, 8])
+def test_per_channel_all_zero_channel_stays_zero_and_finite(b):
+    torch.manual_seed(1)
+    w = torch.randn(6, 1, 3, 3)
+    w[2] = 0.0  # like EfficientNet-Lite's depthwise convs
+    out = fake_quantize(w, b, "per-channel")
+    assert torch.isfinite(out).all()
+    assert torch.equal(out[2], torch.zeros_like(out[2]))
+    # other channels use their own range: error bounded by their own half step
+    for c in (0, 1, 3):
+        step = (w[c].max().clamp(min=0) - w[c].min().clamp(max=0)) / (2**b - 1)
+        assert (w[c] - out[c]).abs().max() <= step / 2 * (1 + 1e-4)
+
+
+def test_per_channel_beats_per_tensor_when_channel_ranges_differ():
+    torch.manual_seed(2)
+    w = torch.randn(8, 16) * torch.logspace(-3, 0, 8)[:, None]
+    per_tensor = torch.mean((w - fake_quantize(w, 4, "asymmetric")) ** 2)
+    per_channel = torch.mean((w - fake_quantize(w, 4, "per-channel")) ** 2)
+    assert per_channel < per_tensor / 2
+
+
+def test_asymmetric_matches_textbook_formula():
+    w = torch.tensor([-1.0, -0.25, 0.1, 0.5, 2.0])
+    b = 3
+    scale = (2.0 - -1.0) / 7
+    zp = round(1.0 / scale)
+    expected = (torch.clamp(torch.round(w / scale) + zp, 0, 7) - zp) * scale
+    assert torch.allclose(fake_quantize(w, b, "asymmetric"), expected)
+
+
+@pytest.mark.parametrize("bad", [1, 9, 0, 3.5])
+def test_bits_out_of_range_rejected(bad):
+    with pytest.raises(MixQuantError, match="bit-width"):
+        quantize(torch.ones(3), bad)
+
+
+def test_unknown_scheme_rejected():
+    with pytest.raises(MixQuantError, match="unknown quantizer 'fp4'"):
+        quantize(torch.ones(3), 4, "fp4")
+
+
+def test_nan_weights_named():
+    w = torch.ones(4)
+    w[1] = math.nan
+    with pytest.raises(InvalidWeightsError, match="layer 'features.3'.*NaN"):
+        check_finite(w, "features.3")
