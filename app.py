@@ -1,11 +1,9 @@
 """MixQuant Studio: the Streamlit entry point (`streamlit run app.py`).
 
-It draws the sidebar every page shares (so its choices survive page changes), then runs the page
-the user picked. The pages are thin: they read the sidebar's Settings, call mixquant_core, draw.
+It registers the pages and runs the one the user picked. Each page draws the shared sidebar
+(studio_ui.sidebar), reads its Settings, calls mixquant_core and draws; nothing is computed here.
 """
 import streamlit as st
-
-from studio_ui import sidebar
 
 st.set_page_config(page_title="MixQuant Studio", page_icon="assets/logo.svg", layout="wide")
 
@@ -18,5 +16,4 @@ PAGES = [
 ]
 page = st.navigation(PAGES)
 st.logo("assets/logo.svg")
-sidebar.render()
 page.run()

@@ -56,6 +56,7 @@ def cmd_allocate(args) -> None:
             ws.fisher(calib, cb)
     bits = ws.budget_bits(args.cost, max_mb=args.max_mb, avg_bits=args.avg_bits, calib=calib)
     budget = {"max_mb": args.max_mb} if args.max_mb is not None else {"avg_bits": args.avg_bits}
+    within = f"{args.max_mb:g} MB" if args.max_mb is not None else f"{args.avg_bits:g} average bits"
     plan = ws.plan_from_bits(bits, None, extra={"method": f"budget-{args.cost}", "budget": budget})
     if not args.out:
         print(plan.to_json())
@@ -65,7 +66,7 @@ def cmd_allocate(args) -> None:
     if args.json:
         print(json.dumps({"out": args.out, "cost": args.cost, "budget": budget, "size": s}))
     else:
-        print(f"wrote {args.out}: least summed {args.cost} cost within {budget}: {s['avg_bits']:.2f} average bits, "
+        print(f"wrote {args.out}: least summed {args.cost} cost within {within}: {s['avg_bits']:.2f} average bits, "
               f"{s['plan_mb']:.2f} MB of {s['float32_mb']:.2f} MB ({s['compression']:.2f}x)")
 
 
@@ -84,6 +85,8 @@ def cmd_compare(args) -> None:
         if _calib_dir(args) is None:
             print("warning: no calibration folder (--calib or MIXQUANT_DATA): skipping budget-fisher", file=sys.stderr)
             methods = [m for m in methods if m != "budget-fisher"]
+            if not methods:
+                raise MixQuantError("budget-fisher needs calibration images: pass --calib DIR (or set MIXQUANT_DATA)")
         else:
             calib = _calib_tensors(args, ws, show)
     data = _eval_tensors(args, ws, show)

@@ -24,8 +24,23 @@ class LayerInfo:
         return {"name": self.name, "kind": self.kind, "params": self.params, "shape": list(self.shape)}
 
 
-def _kind(module: nn.Module, is_first_conv: bool) -> str:
+# TorchScript modules are RecursiveScriptModule instances; they keep the class name and attributes.
+_SCRIPT_NAMES = {"Conv1d": "conv", "Conv2d": "conv", "Conv3d": "conv", "Linear": "fc"}
+
+
+def _layer_type(module: nn.Module) -> str | None:
+    """'conv', 'fc' or None (not quantizable), for eager and TorchScript modules alike."""
     if isinstance(module, nn.Linear):
+        return "fc"
+    if isinstance(module, QUANTIZABLE):
+        return "conv"
+    if isinstance(module, torch.jit.ScriptModule):
+        return _SCRIPT_NAMES.get(getattr(module, "original_name", ""))
+    return None
+
+
+def _kind(module: nn.Module, is_first_conv: bool) -> str:
+    if _layer_type(module) == "fc":
         return "fc"
     if is_first_conv:
         return "first_conv"
@@ -41,9 +56,10 @@ def find_layers(model: nn.Module, exclude: Sequence[str] = ()) -> List[LayerInfo
     layers: List[LayerInfo] = []
     seen_conv = False
     for name, module in model.named_modules():
-        if not isinstance(module, QUANTIZABLE) or getattr(module, "weight", None) is None:
+        layer_type = _layer_type(module)
+        if layer_type is None or getattr(module, "weight", None) is None:
             continue
-        is_conv = not isinstance(module, nn.Linear)
+        is_conv = layer_type == "conv"
         kind = _kind(module, is_conv and not seen_conv)
         seen_conv = seen_conv or is_conv
         if any(fnmatch.fnmatchcase(name, pat) for pat in exclude):

@@ -18,6 +18,8 @@ from .size import SizeSummary
 KIND_COLORS = {"first_conv": "#d62728", "kxk_conv": "#ff7f0e", "1x1_conv": "#1f77b4",
                "depthwise": "#2ca02c", "fc": "#9467bd"}
 REFERENCE_STYLE = {"float32": dict(color="#444444", dash="dash"), "int8": dict(color="#8c564b", dash="dot")}
+# float32 labelled above its line, int8 below, so the two labels never overprint each other
+REFERENCE_LABEL = {"float32": "top left", "int8": "bottom right"}
 
 
 def _row(r) -> dict:
@@ -63,7 +65,7 @@ def plan_bits_bar(layers: Sequence[LayerInfo], bits: Sequence[int], pinned: Opti
             customdata=[[layers[i].params, "pinned at 8 bits" if pinned[i] else ""] for i in idx],
             hovertemplate="<b>%{x}</b><br>%{y} bits<br>params %{customdata[0]:,}<br>%{customdata[1]}<extra></extra>",
         ))
-    fig.update_xaxes(categoryorder="array", categoryarray=names, showticklabels=len(names) <= 80,
+    fig.update_xaxes(categoryorder="array", categoryarray=names, showticklabels=len(names) <= 40,
                      tickfont=dict(size=8), title="layer (model order)")
     fig.update_yaxes(range=[0, 8.5], dtick=1, title="bits")
     avg = float(np.average(np.asarray(bits, dtype=float), weights=[layer.params for layer in layers])) if layers else 0.0
@@ -117,8 +119,12 @@ def qem_family(qems: Sequence[float], avg_bits: Sequence[float], size_mb: Sequen
         hovertemplate="plan from QEM %{x:.5g}<br>%{y:.3f} average bits<br>%{customdata:.2f} MB<extra></extra>",
     ))
     if qem is not None:
-        fig.add_vline(x=float(qem), line=dict(color="#ff7f0e", width=2), annotation_text=f"QEM {float(qem):.4g}")
-    fig.update_xaxes(type="log", title="QEM (log scale)")
+        # a trace, not add_vline: shape annotations on a log axis take log10 positions and stretch the axis
+        lo, hi = float(np.min(avg_bits)), float(np.max(avg_bits))
+        fig.add_trace(go.Scatter(x=[float(qem), float(qem)], y=[lo - 0.3, hi + 0.3], mode="lines",
+                                 name=f"QEM {float(qem):.4g}", line=dict(color="#ff7f0e", width=2),
+                                 hovertemplate=f"chosen QEM {float(qem):.5g}<extra></extra>"))
+    fig.update_xaxes(type="log", title="QEM (log scale)", range=[-0.05, math.log10(max(x_end, 1.5)) + 0.05])
     fig.update_yaxes(title="average bits")
     fig.update_layout(title="Every distinct plan: where the bit-widths change", height=320,
                       margin=dict(l=10, r=10, t=60, b=10), legend=dict(orientation="h", y=-0.3))
@@ -131,7 +137,7 @@ def _references(fig: go.Figure, rows, metric: str) -> None:
         if ref is not None:
             fig.add_hline(y=ref[metric], line=REFERENCE_STYLE[method],
                           annotation_text=f"{method} {metric.replace('top', 'top-')} {ref[metric]:.1f} %",
-                          annotation_position="bottom left")
+                          annotation_position=REFERENCE_LABEL[method])
 
 
 def accuracy_vs_qem(rows) -> go.Figure:
@@ -193,7 +199,7 @@ def kind_sensitivity_figure(results, int8_top1: Optional[float] = None, float_to
     for name, value in (("float32", float_top1), ("int8", int8_top1)):
         if value is not None:
             fig.add_hline(y=value, line=REFERENCE_STYLE[name], annotation_text=f"{name} {value:.1f} %",
-                          annotation_position="bottom left")
+                          annotation_position=REFERENCE_LABEL[name])
     fig.update_xaxes(title="bits of that kind (all other layers at 8)", dtick=1, autorange="reversed")
     fig.update_yaxes(title="top-1 (%)")
     fig.update_layout(title="Sensitivity of each layer kind", height=420, margin=dict(l=10, r=10, t=60, b=10))

@@ -17,7 +17,9 @@ The scale and zero-point themselves are computed with exactly the reference's fl
 """
 from __future__ import annotations
 
+import functools
 import threading
+from dataclasses import dataclass, field
 from typing import List, Sequence, Tuple
 
 import numpy as np
@@ -83,9 +85,11 @@ if HAVE_NUMBA:
     from numba import types
     from numba.extending import intrinsic
 
-    # reassoc/contract let LLVM vectorise the float sums and fuse code*s - w; no nnan/ninf, so
-    # rint, min and max keep their IEEE meaning in the error pass.
-    _FM = {"reassoc", "contract", "nsz", "arcp"}
+    # reassoc lets LLVM vectorise the float sums. No "contract": fusing code*s - w into an FMA
+    # would give the exact residual where the reference rounds code*s first, so a layer that the
+    # reference quantizes exactly (QE 0: constant, all-zero) would get a tiny non-zero QE. No
+    # nnan/ninf, so rint, min and max keep their IEEE meaning.
+    _FM = {"reassoc", "nsz"}
 
     def _pointer_intrinsic(elem):
         @intrinsic
@@ -109,24 +113,24 @@ if HAVE_NUMBA:
         return v ^ ((v >> 31) & np.int32(0x7FFFFFFF))
 
     @njit(parallel=True, fastmath=_FM, cache=True, nogil=True)
-    def _item_stats(addr, start, stop):  # pragma: no cover - compiled
+    def _item_stats(ptrs, layer, start, stop):  # pragma: no cover - compiled
         """min, max and sum of squares of each work item (a slice of one row of one layer).
         NaN/Inf are not looked for here: they make the sum of squares non-finite."""
-        n = addr.shape[0]
+        n = layer.shape[0]
         lo = np.empty(n, np.int32)
         hi = np.empty(n, np.int32)
         sq = np.empty(n, np.float64)
         for k in prange(n):
-            w = numba.carray(_f32_at(addr[k]), (stop[k],))
-            bits = numba.carray(_i32_at(addr[k]), (stop[k],))
+            w = numba.carray(_f32_at(ptrs[layer[k]]), (stop[k],))
+            bits = numba.carray(_i32_at(ptrs[layer[k]]), (stop[k],))
             mn = np.int32(0x7FFFFFFF)
             mx = np.int32(-0x80000000)
-            acc = np.float32(0.0)
+            acc = 0.0  # float64, as the reference's mean(w.double() ** 2): tiny w^2 must not flush to 0
             for i in range(start[k], stop[k]):
                 key = _order_key(bits[i])
                 mn = min(mn, key)
                 mx = max(mx, key)
-                x = w[i]
+                x = np.float64(w[i])
                 acc += x * x
             lo[k] = _order_key(mn)
             hi[k] = _order_key(mx)
@@ -134,13 +138,13 @@ if HAVE_NUMBA:
         return lo.view(np.float32), hi.view(np.float32), sq
 
     @njit(parallel=True, fastmath=_FM, cache=True, nogil=True)
-    def _item_sq_errors(addr, start, stop, row, scale, cmin, cmax):  # pragma: no cover - compiled
+    def _item_sq_errors(ptrs, layer, start, stop, row, scale, cmin, cmax):  # pragma: no cover - compiled
         """Sum of squared quantization errors of each work item at every bit-width [items, B]."""
-        n = addr.shape[0]
+        n = layer.shape[0]
         nb = scale.shape[1]
         out = np.empty((n, nb), np.float64)
         for k in prange(n):
-            w = numba.carray(_f32_at(addr[k]), (stop[k],))
+            w = numba.carray(_f32_at(ptrs[layer[k]]), (stop[k],))
             r = row[k]
             for j in range(nb):
                 s = scale[r, j]
@@ -158,45 +162,67 @@ if HAVE_NUMBA:
         return out
 
 
-def work_items(shapes: Sequence[Tuple[int, int]], block: int = BLOCK):
-    """Split rows [R_l, M_l] of every layer into items of at most ``block`` weights.
+def row_shape(shape: Tuple[int, ...], quantizer: str) -> Tuple[int, int]:
+    """(rows, weights per row) of a layer: output channels for per-channel, else one row."""
+    numel = int(np.prod(shape)) if shape else 1
+    if quantizer == "per-channel" and len(shape) > 1:
+        return int(shape[0]), numel // max(int(shape[0]), 1)
+    return 1, numel
 
-    Returns per item: layer, global row, start and stop (element offsets from the layer's start);
-    and per global row: its layer."""
+
+@dataclass(frozen=True, eq=False)
+class WorkItems:
+    """How a model's layers split into work items: a slice of at most ``block`` weights of one
+    row of one layer. Items are ordered by row, rows by layer, so per-row and per-layer results
+    reduce with ``reduceat`` at the ``*_first_item`` offsets. Depends on the shapes only (cached)."""
+
+    layer: np.ndarray  # [items] layer index
+    row: np.ndarray  # [items] global row index
+    start: np.ndarray  # [items] first element, from the layer's start
+    stop: np.ndarray  # [items] one past the last element
+    row_first_item: np.ndarray  # [rows]
+    layer_first_item: np.ndarray  # [layers]
+    numel: np.ndarray  # [layers] float64
+    device_copies: dict = field(default_factory=dict)  # device -> tensors (qe_triton)
+
+
+@functools.lru_cache(maxsize=64)
+def work_items(shapes: Tuple[Tuple[int, int], ...], block: int = BLOCK) -> WorkItems:
+    """Work items for layers seen as [rows, cols] (see ``row_shape``)."""
     rows = np.array([r for r, _ in shapes], dtype=np.int64)
     cols = np.array([m for _, m in shapes], dtype=np.int64)
     chunks = (cols + block - 1) // block
     row_layer = np.repeat(np.arange(len(shapes)), rows)
     row_first = np.concatenate([[0], np.cumsum(rows)[:-1]])
-    per_row_chunks = np.repeat(chunks, rows)
+    per_row_chunks = chunks[row_layer]
     item_row = np.repeat(np.arange(len(row_layer)), per_row_chunks)
     item_layer = row_layer[item_row]
-    first_item_of_row = np.concatenate([[0], np.cumsum(per_row_chunks)[:-1]])
-    chunk_in_row = np.arange(len(item_row)) - first_item_of_row[item_row]
-    row_in_layer = item_row - row_first[item_layer]
-    base = row_in_layer * cols[item_layer]
+    row_first_item = np.concatenate([[0], np.cumsum(per_row_chunks)[:-1]])
+    chunk_in_row = np.arange(len(item_row)) - row_first_item[item_row]
+    base = (item_row - row_first[item_layer]) * cols[item_layer]
     start = base + chunk_in_row * block
     stop = np.minimum(start + block, base + cols[item_layer])
-    return item_layer, item_row, start, stop, row_layer
+    layer_items = np.bincount(item_layer, minlength=len(shapes))
+    layer_first_item = np.concatenate([[0], np.cumsum(layer_items)[:-1]])
+    return WorkItems(item_layer, item_row, start, stop, row_first_item, layer_first_item,
+                     (rows * cols).astype(np.float64))
+
+
+def items_for(weights: List[torch.Tensor], quantizer: str, block: int = BLOCK) -> WorkItems:
+    return work_items(tuple(row_shape(tuple(w.shape), quantizer) for w in weights), block)
 
 
 def _numba_rows(weights: List[torch.Tensor], bits: Sequence[int], quantizer: str):
-    views = [rows_view(w, quantizer) for w in weights]
-    item_layer, item_row, start, stop, row_layer = work_items([tuple(v.shape) for v in views])
+    items = items_for(weights, quantizer)
     ptrs = np.array([w.data_ptr() for w in weights], dtype=np.int64)
-    addr = ptrs[item_layer]
-    lo, hi, sq = _item_stats(addr, start, stop)
-    # items are grouped by row and rows by layer, in order: reduce with reduceat
-    row_first_item = np.flatnonzero(np.r_[True, item_row[1:] != item_row[:-1]])
-    lo_row = np.minimum.reduceat(lo, row_first_item)
-    hi_row = np.maximum.reduceat(hi, row_first_item)
-    numel = np.array([w.numel() for w in weights], dtype=np.float64)
-    layer_first_item = np.flatnonzero(np.r_[True, item_layer[1:] != item_layer[:-1]])
-    mean_sq = np.add.reduceat(sq, layer_first_item) / numel
+    lo, hi, sq = _item_stats(ptrs, items.layer, items.start, items.stop)
+    lo_row = np.minimum.reduceat(lo, items.row_first_item)
+    hi_row = np.maximum.reduceat(hi, items.row_first_item)
+    mean_sq = np.add.reduceat(sq, items.layer_first_item) / items.numel
     ok = np.isfinite(mean_sq)
     scale, cmin, cmax = params_for(quantizer, lo_row, hi_row, bits)
-    err = _item_sq_errors(addr, start, stop, item_row, scale, cmin, cmax)
-    qe = np.add.reduceat(err, layer_first_item, axis=0) / numel[:, None]
+    err = _item_sq_errors(ptrs, items.layer, items.start, items.stop, items.row, scale, cmin, cmax)
+    qe = np.add.reduceat(err, items.layer_first_item, axis=0) / items.numel[:, None]
     qe[~ok] = np.nan
     return qe, mean_sq, ok
 
@@ -229,8 +255,9 @@ def _torch_layer(w: torch.Tensor, bits: Sequence[int], quantizer: str) -> Tuple[
 
 def qe_rows(weights: List[torch.Tensor], bits: Sequence[int], quantizer: str):
     """QE [L, B], mean(w^2) [L] and ``ok`` [L] (False where a layer holds NaN/Inf: the caller
-    raises the error that names it) for contiguous, non-empty float32 weights on one device."""
+    raises the error that names it) for non-empty float32 weights on one device."""
     bits = tuple(int(b) for b in bits)
+    weights = [w if w.is_contiguous() else w.contiguous() for w in weights]  # kernels read raw memory
     if not weights:
         return np.zeros((0, len(bits))), np.zeros(0), np.ones(0, dtype=bool)
     if weights[0].is_cuda:

@@ -15,7 +15,7 @@ Triton is imported only when this module is (``qe_fast`` imports it for CUDA wei
 """
 from __future__ import annotations
 
-import functools
+import os
 from typing import List, Sequence
 
 import numpy as np
@@ -23,11 +23,13 @@ import torch
 
 from .quantizers import SCALE_EPS
 
-BLOCK = 4096
+BLOCK = 4096  # weights per program for per-tensor schemes
+BLOCK_PER_CHANNEL = 1024  # rows (output channels) are short: 9 to a few thousand weights
 
 try:
     import triton
     import triton.language as tl
+    from triton.language.extra import libdevice
 
     HAVE_TRITON = True
 except ImportError:  # pragma: no cover - CPU-only installs
@@ -41,9 +43,9 @@ def available() -> bool:
 if HAVE_TRITON:
 
     @triton.jit
-    def _stats_kernel(addr_ptr, start_ptr, stop_ptr, lo_ptr, hi_ptr, sq_ptr, BLOCK: tl.constexpr):
+    def _stats_kernel(ptrs_ptr, layer_ptr, start_ptr, stop_ptr, lo_ptr, hi_ptr, sq_ptr, BLOCK: tl.constexpr):
         k = tl.program_id(0)
-        base = tl.load(addr_ptr + k).to(tl.pointer_type(tl.float32))
+        base = tl.load(ptrs_ptr + tl.load(layer_ptr + k)).to(tl.pointer_type(tl.float32))
         start = tl.load(start_ptr + k)
         stop = tl.load(stop_ptr + k)
         offs = start + tl.arange(0, BLOCK)
@@ -51,13 +53,14 @@ if HAVE_TRITON:
         x = tl.load(base + offs, mask=mask, other=0.0)
         tl.store(lo_ptr + k, tl.min(tl.where(mask, x, float("inf")), axis=0))
         tl.store(hi_ptr + k, tl.max(tl.where(mask, x, float("-inf")), axis=0))
-        tl.store(sq_ptr + k, tl.sum(x * x, axis=0))
+        x64 = x.to(tl.float64)  # as the reference's mean(w.double() ** 2): tiny w^2 must not flush to 0
+        tl.store(sq_ptr + k, tl.sum(x64 * x64, axis=0))
 
     @triton.jit
-    def _sq_error_kernel(addr_ptr, start_ptr, stop_ptr, row_ptr, scale_ptr, cmin_ptr, cmax_ptr, out_ptr,
-                         NB: tl.constexpr, BLOCK: tl.constexpr):
+    def _sq_error_kernel(ptrs_ptr, layer_ptr, start_ptr, stop_ptr, row_ptr, scale_ptr, cmin_ptr, cmax_ptr, out_ptr,
+                         NB: tl.constexpr, BLOCK: tl.constexpr, MUL_RN: tl.constexpr):
         k = tl.program_id(0)
-        base = tl.load(addr_ptr + k).to(tl.pointer_type(tl.float32))
+        base = tl.load(ptrs_ptr + tl.load(layer_ptr + k)).to(tl.pointer_type(tl.float32))
         start = tl.load(start_ptr + k)
         stop = tl.load(stop_ptr + k)
         row = tl.load(row_ptr + k)
@@ -73,7 +76,14 @@ if HAVE_TRITON:
             y = x * (1.0 / s)
             q = (y + 12582912.0) - 12582912.0
             q = tl.minimum(tl.maximum(q, a), c)
-            e = tl.where(mask, q * s - x, 0.0)
+            # code * s rounded on its own, as the reference does: an FMA (which ptxas would make of
+            # q * s - x) gives the exact residual, and layers the reference quantizes exactly
+            # (QE 0) would get a tiny non-zero QE
+            if MUL_RN:
+                d = libdevice.mul_rn(q, s)
+            else:  # Triton's CPU interpreter (tests): numpy does not fuse
+                d = q * s
+            e = tl.where(mask, d - x, 0.0)
             tl.store(out_ptr + k * NB + j, tl.sum(e * e, axis=0))
 
 
@@ -92,34 +102,43 @@ def _params(quantizer: str, lo: torch.Tensor, hi: torch.Tensor, bits: Sequence[i
     return scale, -zp, qmax - zp
 
 
+def _on_device(items, device):
+    """The work-item table on the GPU, copied once per model architecture and device."""
+    key = str(device)
+    if key not in items.device_copies:
+        table = torch.from_numpy(np.stack([items.layer, items.start, items.stop, items.row])).to(device)
+        n_rows, n_layers = len(items.row_first_item), len(items.layer_first_item)
+        items.device_copies[key] = (*table.unbind(0), n_rows, n_layers)
+    return items.device_copies[key]
+
+
 def qe_rows(weights: List[torch.Tensor], bits: Sequence[int], quantizer: str):
     """QE [L, B], mean(w^2) [L], ok [L] for contiguous float32 CUDA weights (see ``qe_fast``)."""
-    from .qe_fast import rows_view, work_items
+    from .qe_fast import items_for
 
     device = weights[0].device
-    views = [rows_view(w, quantizer) for w in weights]
-    item_layer, item_row, start, stop, row_layer = work_items([tuple(v.shape) for v in views], BLOCK)
-    ptrs = np.array([w.data_ptr() for w in weights], dtype=np.int64)
-    table = torch.from_numpy(np.stack([ptrs[item_layer], start, stop, item_row, item_layer]))
-    table = table.pin_memory().to(device, non_blocking=True) if torch.cuda.is_available() else table.to(device)
-    addr, start_d, stop_d, row_d, layer_d = table.unbind(0)
-    n_items, n_rows, n_layers, nb = len(item_layer), len(row_layer), len(weights), len(bits)
+    block = BLOCK_PER_CHANNEL if quantizer == "per-channel" else BLOCK
+    items = items_for(weights, quantizer, block)
+    layer_d, start_d, stop_d, row_d, n_rows, n_layers = _on_device(items, device)
+    ptrs = torch.tensor([w.data_ptr() for w in weights], dtype=torch.int64).to(device, non_blocking=True)
+    n_items, nb = len(items.layer), len(bits)
 
     lo = torch.empty(n_items, dtype=torch.float32, device=device)
     hi = torch.empty_like(lo)
-    sq = torch.empty_like(lo)
-    _stats_kernel[(n_items,)](addr, start_d, stop_d, lo, hi, sq, BLOCK=BLOCK)
+    sq = torch.empty(n_items, dtype=torch.float64, device=device)
+    _stats_kernel[(n_items,)](ptrs, layer_d, start_d, stop_d, lo, hi, sq, BLOCK=block)
     lo_row = torch.full((n_rows,), float("inf"), device=device).scatter_reduce_(0, row_d, lo, "amin")
     hi_row = torch.full((n_rows,), float("-inf"), device=device).scatter_reduce_(0, row_d, hi, "amax")
     scale, cmin, cmax = (p.contiguous() for p in _params(quantizer, lo_row, hi_row, bits))
 
     err = torch.empty((n_items, nb), dtype=torch.float32, device=device)
-    _sq_error_kernel[(n_items,)](addr, start_d, stop_d, row_d, scale, cmin, cmax, err, NB=nb, BLOCK=BLOCK)
+    _sq_error_kernel[(n_items,)](ptrs, layer_d, start_d, stop_d, row_d, scale, cmin, cmax, err, NB=nb, BLOCK=block,
+                                        MUL_RN=os.environ.get("TRITON_INTERPRET") != "1")
     sums = torch.zeros((n_layers, nb + 1), dtype=torch.float64, device=device)
-    sums.index_add_(0, layer_d, torch.cat([err, sq[:, None]], dim=1).double())
-    numel = torch.tensor([w.numel() for w in weights], dtype=torch.float64)
-    sums = sums.cpu() / numel[:, None]  # the one sync
-    qe, mean_sq = sums[:, :nb].numpy(), sums[:, nb].numpy()
+    sums[:, :nb].index_add_(0, layer_d, err.double())
+    sums[:, nb].index_add_(0, layer_d, sq)
+    sums = sums.cpu().numpy() / items.numel[:, None]  # the one sync
+    qe, mean_sq = sums[:, :nb], sums[:, nb]
     ok = np.isfinite(mean_sq)
     qe[~ok] = np.nan
     return qe, mean_sq, ok

@@ -8,16 +8,17 @@ import streamlit as st
 
 from mixquant_core import plots
 from mixquant_core.size import params_per_bits
-from studio_ui import state
+from studio_ui import sidebar, state
 
 SLIDER_LABEL = "QEM (quantization error multiplier, log scale)"
 
+sidebar.render()
 st.title("Explore")
 ws = state.require_workspace()
 s = state.settings()
 table = state.require_table(ws)
 family = ws.family()
-options = state.qem_options(family.qems)
+options = state.qem_options(family.qems, extra=[state.current_qem()])
 
 # The QEM lives in session_state["qem"] (shared by every page); the slider mirrors it.
 st.session_state["qem_slider"] = state.snap_qem(options, state.current_qem())

@@ -4,8 +4,9 @@ import streamlit as st
 
 from mixquant_core import Plan, plots, plan_size
 from mixquant_core.tradeoff import rows_to_csv
-from studio_ui import state
+from studio_ui import sidebar, state
 
+sidebar.render()
 st.title("Export")
 ws = state.require_workspace()
 s = state.settings()

@@ -6,10 +6,11 @@ import streamlit as st
 from PIL import Image
 
 from mixquant_core.layers import KINDS
-from studio_ui import state
+from studio_ui import sidebar, state
 
 SAMPLE_IMAGES = 8
 
+sidebar.render()
 st.title("MixQuant Studio")
 st.markdown(
     "MixQuant gives every weight layer of an image classifier its own bit-width: the lowest one whose "

@@ -4,8 +4,9 @@ import streamlit as st
 
 from mixquant_core import plots
 from mixquant_core.sensitivity_kind import kind_sensitivity, kinds_present, most_sensitive_by_rqe
-from studio_ui import state
+from studio_ui import sidebar, state
 
+sidebar.render()
 st.title("Sensitivity")
 ws = state.require_workspace()
 s = state.settings()
@@ -16,9 +17,12 @@ st.caption("Only the layers of one kind go to b bits; every other layer stays at
 present = kinds_present(ws.layers)
 low_bits = [b for b in table.bits if b != 8]
 c1, c2 = st.columns(2)
-kinds = c1.multiselect("Layer kinds", present, default=present, key="sens_kinds")
-bits = c2.multiselect("Bit-widths to test", low_bits, default=[b for b in low_bits if b in (6, 4, 2)] or low_bits[:1],
-                      key="sens_bits")
+state.persist(sens_kinds=present, sens_bits=[b for b in low_bits if b in (6, 4, 2)] or low_bits[:1])
+# another model or candidate set may lack what was chosen before
+st.session_state["sens_kinds"] = [k for k in st.session_state["sens_kinds"] if k in present]
+st.session_state["sens_bits"] = [b for b in st.session_state["sens_bits"] if b in low_bits]
+kinds = c1.multiselect("Layer kinds", present, key="sens_kinds")
+bits = c2.multiselect("Bit-widths to test", low_bits, key="sens_bits")
 data = state.eval_tensors(ws, s)
 results = st.session_state.setdefault("kind_sensitivity", {})
 if data is not None and kinds and bits:

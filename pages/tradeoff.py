@@ -8,8 +8,9 @@ import streamlit as st
 
 from mixquant_core import default_qem_grid, plots
 from mixquant_core.tradeoff import baseline, rows_to_csv, smallest_within
-from studio_ui import state
+from studio_ui import sidebar, state
 
+sidebar.render()
 st.title("Trade-off")
 ws = state.require_workspace()
 s = state.settings()
@@ -18,7 +19,8 @@ data = state.eval_tensors(ws, s)
 if data is None:
     st.stop()
 
-steps = st.number_input("QEM points to evaluate", min_value=2, max_value=60, value=12, key="sweep_steps",
+state.persist(sweep_steps=12, max_drop=1.0)
+steps = st.number_input("QEM points to evaluate", min_value=2, max_value=60, key="sweep_steps",
                         help="Log-spaced from QEM 1 to where the last layer reaches its lowest bit-width.")
 qems = tuple(float(q) for q in default_qem_grid(table, int(steps)))
 key = (s.workspace_key, state.data_key(s, data), qems)
@@ -47,24 +49,24 @@ c[2].metric("Distinct plans in the grid", len({tuple(b) for b in ws.bits_for(qem
 c[3].metric("QEM in use", f"{state.current_qem():.5g}")
 
 
-def use_point(chart_key: str) -> None:
-    """A click on a MixQuant point (trace 0 of both charts) sets the QEM everywhere."""
+def use_point(chart_key: str, curves: tuple) -> None:
+    """A click on a MixQuant point (the traces in ``curves`` list mq_rows in order) sets the QEM everywhere."""
     points = st.session_state[chart_key].selection.get("points", [])
-    mine = [p for p in points if p.get("curve_number") == 0 and p.get("point_index") is not None]
+    mine = [p for p in points if p.get("curve_number") in curves and p.get("point_index") is not None]
     if mine:
         state.set_qem(mq_rows[mine[0]["point_index"]].qem, "Trade-off")
 
 
 left, right = st.columns(2)
-left.plotly_chart(plots.accuracy_vs_qem(rows), key="acc_qem_chart", on_select=lambda: use_point("acc_qem_chart"),
+left.plotly_chart(plots.accuracy_vs_qem(rows), key="acc_qem_chart", on_select=lambda: use_point("acc_qem_chart", (0, 1)),
                   selection_mode="points")
-right.plotly_chart(plots.accuracy_vs_size(rows), key="acc_size_chart", on_select=lambda: use_point("acc_size_chart"),
+right.plotly_chart(plots.accuracy_vs_size(rows), key="acc_size_chart", on_select=lambda: use_point("acc_size_chart", (0,)),
                    selection_mode="points")
 st.caption("Click a point to use its QEM on every page.")
 
 st.subheader("Pick a plan")
-max_drop = st.number_input("Allowed top-1 drop from float32 (points)", min_value=0.0, max_value=100.0, value=1.0,
-                           step=0.5, key="max_drop")
+max_drop = st.number_input("Allowed top-1 drop from float32 (points)", min_value=0.0, max_value=100.0, step=0.5,
+                           key="max_drop")
 best = smallest_within(rows, max_drop)
 if best is None:
     st.warning(f"No evaluated plan stays within {max_drop:g} points of float32's top-1 ({f32.top1:.2f} %); "

@@ -1,8 +1,12 @@
 """The sidebar every page shares: model, quantizer, bit-widths, device and evaluation set.
 
-It is drawn by app.py (the st.navigation entry point) on every run, so its widgets keep their
-values while the user moves between pages. Defaults go into session_state before the widgets are
-created (never both a default and a session value, which Streamlit warns about).
+Each page draws it first thing (``render()``). Streamlit ties a widget to the page that drew it
+and drops its value when another page is shown, so every sidebar value is kept with
+``state.persist`` and an uploaded model file is remembered outside the uploader widget. Defaults go into session_state
+before the widgets exist (never both a default and a session value, which Streamlit warns about).
+
+(Drawing it once in app.py would be simpler in a browser, but AppTest re-runs only the page
+after the first run, so the sidebar would vanish from every test that touches it.)
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import torch
 from mixquant_core import DEFAULT_MODEL, default_eval_dir, list_models
 from mixquant_core.quantizers import MAX_BITS, MIN_BITS
 
+from . import state
 from .settings import DEFAULT_LIMIT, QUANTIZER_LABELS, Settings
 
 MODEL_FILE_TYPES = ["pt", "pth", "ts", "safetensors", "bin"]
@@ -46,18 +51,13 @@ def _save_upload(uploaded) -> tuple:
 
 
 def _defaults(names: List[str]) -> None:
-    ss = st.session_state
-    ss.setdefault("model_source", "Registry")
-    ss.setdefault("model_name", DEFAULT_MODEL if DEFAULT_MODEL in names else names[0])
-    ss.setdefault("model_arch", NO_ARCH)
-    ss.setdefault("quantizer", "asymmetric")
-    ss.setdefault("keep_first_last", False)
-    ss.setdefault("bits", list(range(MAX_BITS, MIN_BITS - 1, -1)))
-    ss.setdefault("device", "cuda" if torch.cuda.is_available() else "cpu")
-    ss.setdefault("data_kind", "Image folder")
-    ss.setdefault("data_dir", default_eval_dir() or "")
-    ss.setdefault("imagenette_dir", os.path.join(os.environ.get("MIXQUANT_DATA") or os.path.expanduser("~/.cache/mixquant"), "imagenette"))
-    ss.setdefault("limit", DEFAULT_LIMIT)
+    state.persist(
+        model_source="Registry", model_name=DEFAULT_MODEL if DEFAULT_MODEL in names else names[0], model_arch=NO_ARCH,
+        quantizer="asymmetric", keep_first_last=False, bits=list(range(MAX_BITS, MIN_BITS - 1, -1)),
+        device="cuda" if torch.cuda.is_available() else "cpu", data_kind="Image folder", data_dir=default_eval_dir() or "",
+        imagenette_dir=os.path.join(os.environ.get("MIXQUANT_DATA") or os.path.expanduser("~/.cache/mixquant"), "imagenette"),
+        limit=DEFAULT_LIMIT,
+    )
 
 
 def render() -> Settings:
@@ -78,9 +78,18 @@ def render() -> Settings:
         arch_choice = sb.selectbox("Architecture of a state dict", [NO_ARCH] + names, key="model_arch",
                                    help="A state dict holds only weights: name the registry architecture they fit.")
         arch = None if arch_choice == NO_ARCH else arch_choice
-        name = uploaded.name if uploaded is not None else ""
+        ss = st.session_state
         if uploaded is not None:
             path, digest = _save_upload(uploaded)
+            ss["uploaded_model"] = (uploaded.name, path, digest)
+        elif ss.get("uploaded_model") and Path(ss["uploaded_model"][1]).is_file():
+            # the uploader is empty after a page switch: keep using the file the user gave
+            sb.caption(f"Using the uploaded file **{ss['uploaded_model'][0]}**; upload another to replace it.")
+            if sb.button("Forget the uploaded file", key="forget_upload"):
+                del ss["uploaded_model"]
+        else:
+            ss.pop("uploaded_model", None)
+        name, path, digest = ss.get("uploaded_model", ("", None, None))
 
     sb.header("Quantization")
     quantizer = sb.selectbox("Quantizer", list(QUANTIZER_LABELS), key="quantizer", format_func=QUANTIZER_LABELS.get)

@@ -234,6 +234,18 @@ def _imagenet_names() -> List[str]:
     return list(torchvision.models.ResNet18_Weights.DEFAULT.meta["categories"])
 
 
+def persist(**defaults) -> None:
+    """Widget values that survive leaving their page. Streamlit forgets a widget's value once a run
+    does not draw it, so a plain copy under another key remembers it, and it is handed back to the
+    widget (before the widget exists) when the page is drawn again. Widgets using this take their
+    default from here, never from value= (Streamlit warns when both are given)."""
+    ss = st.session_state
+    for key, default in defaults.items():
+        kept = f"kept::{key}"
+        value = ss[key] if key in ss else ss.get(kept, default)
+        ss[key] = ss[kept] = value
+
+
 # --- the QEM used everywhere ----------------------------------------------------------------
 def current_qem() -> float:
     return float(st.session_state.setdefault("qem", DEFAULT_QEM))
@@ -244,13 +256,14 @@ def set_qem(qem: float, source: str) -> None:
     st.session_state["qem_source"] = source
 
 
-def qem_options(breakpoints: Sequence[float], points: int = 200) -> List[float]:
-    """Slider stops: a log grid from 1 past the last breakpoint, plus every breakpoint exactly,
-    so each distinct plan can be reached and any QEM snaps to one giving the same plan."""
+def qem_options(breakpoints: Sequence[float], points: int = 200, extra: Sequence[float] = ()) -> List[float]:
+    """Slider stops: a log grid from 1 past the last breakpoint, plus every breakpoint exactly
+    (so each distinct plan can be reached and any QEM snaps to one giving the same plan), plus
+    ``extra`` QEMs (the one chosen on another page, so the slider shows it as it is)."""
     qems = np.asarray(breakpoints, dtype=float)
     hi = max(float(qems[-1]) * 1.2, 10.0)
     grid = [float(f"{q:.3g}") for q in np.geomspace(1.0, hi, points)]
-    return sorted(set(grid) | {float(q) for q in qems} | {1.0})
+    return sorted(set(grid) | {float(q) for q in qems} | {float(q) for q in extra if q >= 1} | {1.0})
 
 
 def snap_qem(options: Sequence[float], qem: float) -> float:

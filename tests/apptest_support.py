@@ -3,29 +3,19 @@ from __future__ import annotations
 
 import base64
 import io
-import os
+import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # studio_ui is a top-level folder beside app.py, not an installed package
+    sys.path.insert(0, str(ROOT))
 APP = ROOT / "app.py"
 EVAL_IMAGES = 16  # keep AppTests fast: every plan is evaluated on this many images
 TIMEOUT = 180  # seconds per script run (first runs load torch and the model)
-
-
-@pytest.fixture
-def data_dir() -> str:
-    """The real ImageNet validation subset, via MIXQUANT_DATA (skip when unset, fail when wrong)."""
-    root = os.environ.get("MIXQUANT_DATA")
-    if not root:
-        pytest.skip("MIXQUANT_DATA is not set: the real ImageNet subset is needed")
-    path = Path(root) / "imagenet-val-1300"
-    assert (path / "labels.txt").is_file(), f"MIXQUANT_DATA={root} has no imagenet-val-1300/labels.txt"
-    return str(path)
 
 
 def new_app(data: str | None = "", limit: int = EVAL_IMAGES, **state) -> AppTest:

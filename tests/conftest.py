@@ -16,6 +16,9 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 DATA_ENV = "MIXQUANT_DATA"
+if os.environ.get(DATA_ENV):
+    # README passes a relative path; subprocesses (CLI, streamlit) may run elsewhere.
+    os.environ[DATA_ENV] = str(Path(os.environ[DATA_ENV]).resolve())
 
 
 @pytest.fixture(scope="session")

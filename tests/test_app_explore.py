@@ -46,7 +46,7 @@ def test_explore_has_slider_heatmap_and_figures(explore, core_ws):
     for field in ("kind", "params", "QE", "RQE"):
         assert field in hover
     # the breakpoints marked on the family strip are exactly the core's distinct plans
-    marks = figs["family_chart"].data[1].x
+    marks = array(figs["family_chart"].data[1].x)
     np.testing.assert_allclose(marks, core_ws.family().qems)
     labels = [m.label for m in at.metric]
     assert labels == ["float32", "Plan", "Compression", "Average bits"]
@@ -63,11 +63,11 @@ def test_moving_the_slider_changes_plan_and_size(explore, core_ws):
         figs = charts(at)
         plan_bits = {}
         for trace in figs["plan_chart"].data:
-            plan_bits.update(zip(trace.x, trace.y))
+            plan_bits.update(zip(array(trace.x).tolist(), array(trace.y).tolist()))
         want = core_ws.bits_for([qem])[0]
         assert [plan_bits[layer.name] for layer in core_ws.layers] == want.tolist()
         size = core_ws.size(want)
-        np.testing.assert_allclose(figs["size_chart"].data[0].y, [size.float32_mb, size.plan_mb])
+        np.testing.assert_allclose(array(figs["size_chart"].data[0].y), [size.float32_mb, size.plan_mb])
         assert at.metric[1].value == f"{size.plan_mb:.2f} MB"
         assert at.metric[3].value == f"{size.avg_bits:.2f}"
         seen.append((tuple(want), size.plan_mb))
@@ -80,8 +80,39 @@ def test_qem_set_elsewhere_is_mirrored_by_the_slider(core_ws):
     at = new_app(qem=37.0)
     open_page(at, "explore")
     assert_ran_cleanly(at)
-    shown = at.select_slider(key="qem_slider").value
-    assert shown <= 37.0
-    # the slider stop it snaps to gives the very same plan as QEM 37
-    assert (core_ws.bits_for([shown])[0] == core_ws.bits_for([37.0])[0]).all()
+    assert at.select_slider(key="qem_slider").value == 37.0
     assert at.session_state["qem"] == 37.0
+    size = core_ws.size(core_ws.bits_for([37.0])[0])
+    assert {m.label: m.value for m in at.metric}["Plan"] == f"{size.plan_mb:.2f} MB"
+
+
+def test_every_qem_snaps_to_a_slider_stop_with_the_same_plan(core_ws):
+    from studio_ui.state import qem_options, snap_qem
+
+    family = core_ws.family()
+    options = qem_options(family.qems)
+    assert options[0] == 1.0 and options[-1] > family.qems[-1]
+    assert set(family.qems.tolist()) <= set(options)
+    qems = np.concatenate([np.geomspace(1.0, options[-1] * 2, 400), family.qems, np.nextafter(family.qems, 0)[1:]])
+    snapped = [snap_qem(options, q) for q in qems]
+    assert all(s <= q for s, q in zip(snapped, qems))
+    np.testing.assert_array_equal(core_ws.bits_for(snapped), core_ws.bits_for(qems))
+
+
+def test_sidebar_choices_drive_the_plan_and_survive_page_changes():
+    at = new_app()
+    open_page(at, "explore")
+    at.sidebar.selectbox(key="quantizer").set_value("per-channel")
+    at.sidebar.checkbox(key="keep_first_last").check()
+    at.run()
+    assert_ran_cleanly(at)
+    ws = Workspace(load_model("efficientnet_lite0"), "per-channel", (8, 7, 6, 5, 4, 3, 2), True, (), "cpu")
+    qem = at.session_state["qem"]
+    bits = ws.bits_for([qem])[0]
+    assert bits[0] == bits[-1] == 8  # pinned
+    assert {m.label: m.value for m in at.metric}["Plan"] == f"{ws.size(bits).plan_mb:.2f} MB"
+    at.switch_page("pages/export.py").run()
+    at.switch_page("pages/explore.py").run()
+    assert at.sidebar.selectbox(key="quantizer").value == "per-channel"
+    assert at.sidebar.checkbox(key="keep_first_last").value is True
+    assert {m.label: m.value for m in at.metric}["Plan"] == f"{ws.size(bits).plan_mb:.2f} MB"

@@ -24,6 +24,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from PIL import Image
+
+from mixquant_core import DEFAULT_MODEL
 
 pytestmark = pytest.mark.browser
 
@@ -34,7 +37,7 @@ ARTIFACTS = REPO / "artifacts"
 SHOTS = ARTIFACTS / "screenshots"
 README_SHOTS = REPO / "docs" / "screenshots"
 WINDOW = (1400, 1000)
-MAX_SHOT_HEIGHT = 2600  # keeps the committed PNGs small
+MAX_SHOT_HEIGHT = 3600  # Explore with its 50-layer heatmap fits; keeps the PNGs bounded
 START_TIMEOUT = 60  # streamlit server health
 RENDER_TIMEOUT = 90  # a page run (first Explore run loads the model and builds the QE table)
 # The network is closed here: these flags stop Chromium phoning home and waiting on it.
@@ -49,22 +52,24 @@ SLIDER = '[data-testid="stSlider"]'
 # Streamlit's slider is react-aria: a visually hidden range input inside the thumb takes the keys.
 SLIDER_INPUT = f'{SLIDER} input[type="range"]'
 TIMINGS: dict = {}
-# What the dashboard shows (see app.py and pages/).
-DEFAULT_MODEL = "efficientnet_lite0"
-EXPLORE_PATH = "Explore"
-QEM_LABEL = "QEM"
-PLAN_METRIC = "Average bits"
-SLIDER_STEPS = 10
-DOWNLOAD_LABEL = "Download plan JSON"
 
-try:  # selenium is a test requirement; import lazily-safe so collection never breaks
+# What the dashboard shows (app.py's st.navigation pages, studio_ui/sidebar.py).
+QEM_LABEL = "QEM"
+PLAN_METRICS = ("Plan", "Average bits")  # Explore's figures of the current plan
+DOWNLOAD_LABEL = "Download plan (JSON)"
+EVAL_LIMIT_LABEL = "Images to evaluate"
+EVAL_IMAGES = 8  # a small subset keeps the evaluating pages to seconds
+SWEEP_POINTS = 6  # enough points for the accuracy curves to have a shape
+SENSITIVITY_BITS = "4"  # the one bit-width kept on Sensitivity: one plan per layer kind
+
+try:  # a test requirement; if it is missing, _require_browser says so (skip, or fail in CI)
     from selenium import webdriver
-    from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
-    from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
 except ImportError:  # pragma: no cover - reported by the browser fixture
     webdriver = None
@@ -105,7 +110,7 @@ def app(tmp_path_factory):
     """`streamlit run app.py` on a free localhost port; yields its URL and start time."""
     _require_browser()
     port = _free_port()
-    url = f"http://localhost:{port}"
+    url = f"http://127.0.0.1:{port}"
     log_path = tmp_path_factory.mktemp("streamlit") / "streamlit.log"
     env = dict(os.environ)  # MIXQUANT_DATA and friends pass through
     cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
@@ -173,37 +178,111 @@ def browser(app, downloads):
 
 def _wait(driver, timeout: float = RENDER_TIMEOUT) -> WebDriverWait:
     return WebDriverWait(driver, timeout, poll_frequency=0.05,
-                         ignored_exceptions=(StaleElementReferenceException,))
+                         ignored_exceptions=(StaleElementReferenceException, NoSuchElementException))
 
 
-def _wait_idle(driver, timeout: float = RENDER_TIMEOUT) -> None:
-    """Wait until the page's script run is over and no exception box is shown."""
-    _wait(driver, timeout).until(EC.presence_of_element_located((By.CSS_SELECTOR, APP_IDLE)))
-    _assert_no_exception(driver)
+def _find(driver, css: str, text: str = ""):
+    """The first element matching ``css`` whose text starts with ``text`` (case-insensitive)."""
+    for element in driver.find_elements(By.CSS_SELECTOR, css):
+        if element.text.strip().lower().startswith(text.lower()):
+            return element
+    raise NoSuchElementException(f"no {css} with text {text!r}")
 
 
-def _assert_no_exception(driver) -> None:
-    errors = driver.find_elements(By.CSS_SELECTOR, '[data-testid="stException"]')
-    assert not errors, f"page shows a traceback: {errors[0].text[:800]}"
+# Counts finished script runs: the root's data-test-script-state leaving "running". Waiting for
+# "notRunning" alone is no proof a page has rendered: the root says so before a rerun starts.
+_RUN_COUNTER = """
+const root = document.querySelector('[data-testid="stApp"]');
+if (root && !window.__mqRuns) {
+  window.__mqRuns = {finished: 0};
+  new MutationObserver(records => records.forEach(r => {
+    if (r.oldValue === 'running') window.__mqRuns.finished += 1;
+  })).observe(root, {attributes: true, attributeOldValue: true, attributeFilter: ['data-test-script-state']});
+}
+return window.__mqRuns ? window.__mqRuns.finished : -1;
+"""
 
 
-def _open(driver, app, page_path: str, ready_css: str) -> None:
-    """Load a page and wait until ``ready_css`` is drawn and the script run is over.
+def _runs(driver) -> int:
+    return driver.execute_script(_RUN_COUNTER)
 
-    The root says "notRunning" for a moment before the first run starts, so the idle state alone
-    is no proof the page has rendered: a page-specific element is.
-    """
+
+def _problem(driver) -> str:
+    """The text of a traceback or st.error box on the page ('' when there is none)."""
+    boxes = driver.find_elements(By.CSS_SELECTOR, '[data-testid="stException"], [data-testid="stAlertContentError"]')
+    return boxes[0].text[:800] if boxes else ""
+
+
+def _until(driver, condition, what: str, timeout: float = RENDER_TIMEOUT):
+    """Wait for ``condition``; stop at once, saying so, if the page shows an error instead."""
+    def check(d):
+        problem = _problem(d)
+        assert not problem, f"waiting for {what}, the page shows an error: {problem}"
+        return condition(d)
+    return _wait(driver, timeout).until(check, message=f"{what}: not within {timeout:.0f} s")
+
+
+def _wait_idle(driver, after: int = -1) -> None:
+    """Wait until a script run finished after run count ``after`` and the app is idle, error-free."""
+    _until(driver, lambda d: _runs(d) > after and d.find_elements(By.CSS_SELECTOR, APP_IDLE), "the end of the page run")
+    problem = _problem(driver)
+    assert not problem, f"the page shows an error: {problem}"
+
+
+def _open(driver, app, page_path: str, ready_css: str) -> float:
+    """Load a page in a new session; wait for ``ready_css`` and the end of the run. Returns when
+    ``ready_css`` appeared (perf_counter)."""
     driver.get(f"{app['url']}/{page_path}")
-    _wait(driver).until(EC.presence_of_element_located((By.CSS_SELECTOR, ready_css)))
-    _wait_idle(driver)
+    _until(driver, lambda d: d.find_elements(By.CSS_SELECTOR, ready_css), f"/{page_path}: {ready_css}")
+    ready = time.perf_counter()
+    _runs(driver)  # the run that drew ready_css is under way: idle now means it is over
+    _until(driver, lambda d: d.find_elements(By.CSS_SELECTOR, APP_IDLE), f"/{page_path}: the end of the page run")
+    return ready
+
+
+def _rerun(driver, action) -> None:
+    """Do ``action`` (a widget change) and wait for the rerun it causes to finish."""
+    before = _runs(driver)
+    action()
+    _wait_idle(driver, after=before)
+
+
+def _go(driver, page_title: str) -> None:
+    """Change page through the sidebar navigation (keeps the session and its settings)."""
+    links = driver.find_elements(By.CSS_SELECTOR, '[data-testid="stSidebarNav"] a')
+    link = next((a for a in links if a.text.strip().splitlines()[-1] == page_title), None)
+    assert link is not None, f"no sidebar link {page_title!r}: {[a.text for a in links]}"
+    _rerun(driver, link.click)
+    _until(driver, lambda d: _find(d, "h1", page_title), f"the {page_title} page title")
 
 
 def _metric(driver, label: str) -> str:
     for metric in driver.find_elements(By.CSS_SELECTOR, '[data-testid="stMetric"]'):
         name = metric.find_element(By.CSS_SELECTOR, '[data-testid="stMetricLabel"]').text.strip()
-        if name.lower().startswith(label.lower()):
+        if name.lower() == label.lower():
             return metric.find_element(By.CSS_SELECTOR, '[data-testid="stMetricValue"]').text.strip()
-    raise AssertionError(f"no metric labelled {label!r} on the page")
+    raise NoSuchElementException(f"no metric labelled {label!r}")
+
+
+def _plan_figures(driver) -> tuple:
+    return tuple(_metric(driver, label) for label in PLAN_METRICS)
+
+
+def _set_number(driver, label: str, value) -> None:
+    """Type ``value`` into the number input labelled ``label`` and wait for the rerun."""
+    def box():
+        return _find(driver, '[data-testid="stNumberInput"]', label).find_element(By.CSS_SELECTOR, "input")
+
+    if box().get_attribute("value") != str(value):
+        def type_value():
+            box().send_keys(Keys.CONTROL, "a")  # the modifier is held to the end of one send_keys
+            box().send_keys(str(value), Keys.ENTER)
+        _rerun(driver, type_value)
+    assert box().get_attribute("value") == str(value)
+
+
+def _click_button(driver, text: str, css: str = '[data-testid="stButton"] button') -> None:
+    _rerun(driver, _find(driver, css, text).click)
 
 
 def _screenshot(driver, name: str) -> Path:
@@ -214,13 +293,24 @@ def _screenshot(driver, name: str) -> Path:
         "const chrome = window.outerHeight - window.innerHeight;"
         "return chrome + Math.max(m ? m.scrollHeight : 0, s ? s.scrollHeight : 0, document.body.scrollHeight);")
     driver.set_window_size(WINDOW[0], max(WINDOW[1], min(int(height), MAX_SHOT_HEIGHT)))
+    # park the pointer in the empty header: no hover effects (title anchor, sidebar arrow, chart toolbars)
+    pointer = ActionBuilder(driver)
+    pointer.pointer_action.move_to_location(WINDOW[0] // 2, 5)
+    pointer.perform()
     try:
-        _wait_idle(driver)
+        # plotly re-lays out on resize: wait until every chart has its SVG again
+        _until(driver, lambda d: all(c.find_elements(By.CSS_SELECTOR, ".main-svg")
+                                     for c in d.find_elements(By.CSS_SELECTOR, '[data-testid="stPlotlyChart"]')),
+               "charts redrawn after the resize", timeout=20)
         SHOTS.mkdir(parents=True, exist_ok=True)
         path = SHOTS / f"{name}.png"
         driver.save_screenshot(str(path))
         README_SHOTS.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, README_SHOTS / path.name)
+        # the README's copy: a dithered 256-colour PNG, a third of the size of the capture
+        with Image.open(path) as shot:
+            small = shot.convert("RGB").quantize(256, method=Image.Quantize.FASTOCTREE,
+                                                 dither=Image.Dither.FLOYDSTEINBERG)
+        small.save(README_SHOTS / path.name, optimize=True)
         return path
     finally:
         driver.set_window_size(*WINDOW)
@@ -232,57 +322,100 @@ def _write_timings() -> None:
     print(f"\nbrowser timings (s): {json.dumps(TIMINGS)}")
 
 
+def _slider_to_end(driver) -> tuple:
+    """Press End on the QEM slider (jump to the largest QEM); return the plan figures before and
+    after and the seconds from the key press until the figures changed on screen."""
+    before = _plan_figures(driver)
+    thumb = driver.find_element(By.CSS_SELECTOR, SLIDER_INPUT)
+    assert thumb.get_attribute("value") != thumb.get_attribute("max"), "QEM slider starts at its end"
+    driver.execute_script("arguments[0].focus()", thumb)
+    runs = _runs(driver)
+    pressed = time.perf_counter()
+    ActionChains(driver).send_keys(Keys.END).perform()
+    _until(driver, lambda d: _plan_figures(d) != before, "the plan figures to change")
+    elapsed = time.perf_counter() - pressed
+    _wait_idle(driver, after=runs)
+    thumb = driver.find_element(By.CSS_SELECTOR, SLIDER_INPUT)
+    assert thumb.get_attribute("value") == thumb.get_attribute("max")
+    return before, _plan_figures(driver), elapsed
+
+
 # ---------------------------------------------------------------- tests
-# Explore runs first on purpose: its timing is from a cold server (no cached model or QE table).
+# Explore runs first on purpose: a user's bookmark of /explore on a freshly started server, and
+# the start -> first heatmap timing from a cold server (no cached model or QE table).
 
 def test_explore_draws_heatmap_and_slider(app, browser):
-    browser.get(f"{app['url']}/{EXPLORE_PATH}")
-    _wait(browser).until(EC.presence_of_element_located((By.CSS_SELECTOR, HEATMAP_DRAWN)))
-    TIMINGS["start_to_first_heatmap_s"] = round(time.perf_counter() - app["started"], 2)
-    _wait_idle(browser)
+    drawn = _open(browser, app, "explore", HEATMAP_DRAWN)
+    TIMINGS["start_to_first_heatmap_s"] = round(drawn - app["started"], 2)
     slider = browser.find_element(By.CSS_SELECTOR, SLIDER)
-    assert QEM_LABEL.lower() in slider.text.lower(), slider.text
+    assert QEM_LABEL in slider.text, slider.text
     assert browser.find_elements(By.CSS_SELECTOR, SLIDER_INPUT)
+    assert all(_plan_figures(browser))
     _screenshot(browser, "explore")
 
 
 def test_home_shows_default_model(app, browser):
-    _open(browser, app, "", "h1")
+    _open(browser, app, "", '[data-testid="stMetric"]')
     main = browser.find_element(By.CSS_SELECTOR, '[data-testid="stMain"]').text
-    assert DEFAULT_MODEL in main, main[:500]
+    assert f"Model: {DEFAULT_MODEL}" in main, main[:500]
+    model_box = _find(browser, '[data-testid="stSelectbox"]', "Model").find_element(By.CSS_SELECTOR, "input")
+    assert model_box.get_attribute("value").startswith(DEFAULT_MODEL)
+    assert int(_metric(browser, "Quantizable layers")) > 0
     _screenshot(browser, "home")
 
 
 def test_slider_changes_plan(app, browser):
-    _open(browser, app, EXPLORE_PATH, HEATMAP_DRAWN)
-    thumb = browser.find_element(By.CSS_SELECTOR, SLIDER_INPUT)
-    value_before = thumb.get_attribute("value")
-    metric_before = _metric(browser, PLAN_METRIC)
-    browser.execute_script("arguments[0].focus()", thumb)
-    keys = ActionChains(browser)
-    for _ in range(SLIDER_STEPS):
-        keys.send_keys(Keys.ARROW_RIGHT)
-    pressed = time.perf_counter()
-    keys.perform()
-    _wait(browser).until(lambda d: _metric(d, PLAN_METRIC) != metric_before)
-    TIMINGS["slider_response_s"] = round(time.perf_counter() - pressed, 3)
-    _wait_idle(browser)
-    thumb = browser.find_element(By.CSS_SELECTOR, SLIDER_INPUT)
-    assert float(thumb.get_attribute("value")) > float(value_before)
+    _open(browser, app, "explore", HEATMAP_DRAWN)
+    before, after, elapsed = _slider_to_end(browser)
+    TIMINGS["slider_response_s"] = round(elapsed, 3)
+    plan_mb = [float(figures[0].split()[0]) for figures in (before, after)]
+    avg_bits = [float(figures[1]) for figures in (before, after)]
+    # the largest QEM gives every layer its lowest bit-width: a smaller plan than the default QEM's
+    assert plan_mb[1] < plan_mb[0] and avg_bits[1] < avg_bits[0], (before, after)
 
 
-def test_json_download_is_a_plan_for_the_model(app, browser, downloads):
+def test_export_downloads_the_slider_plan(app, browser, downloads):
     from mixquant_core.models import load_model
     from mixquant_core.plan import Plan
 
-    _open(browser, app, EXPLORE_PATH, HEATMAP_DRAWN)
-    buttons = [b for b in browser.find_elements(By.CSS_SELECTOR, '[data-testid="stDownloadButton"] button')
-               if DOWNLOAD_LABEL.lower() in b.text.lower()]
-    assert buttons, f"no download button labelled {DOWNLOAD_LABEL!r}"
-    shown_bits = _metric(browser, PLAN_METRIC)
-    buttons[0].click()
-    done = _wait(browser, 30).until(lambda d: [p for p in downloads.glob("*.json")] or False)
-    plan = Plan.load(done[0])
+    _open(browser, app, "explore", HEATMAP_DRAWN)
+    _, (plan_mb, avg_bits), _ = _slider_to_end(browser)
+    qem = browser.find_element(By.CSS_SELECTOR, SLIDER_INPUT).get_attribute("aria-valuetext")
+    _go(browser, "Export")  # same session: the QEM chosen on Explore is the one exported
+    _screenshot(browser, "export")
+    _find(browser, '[data-testid="stDownloadButton"] button', DOWNLOAD_LABEL).click()
+    files = _until(browser, lambda d: sorted(downloads.glob("*.json")), "the downloaded plan file", timeout=30)
+    plan = Plan.load(files[0])
+    assert plan.model["name"] == DEFAULT_MODEL
+    assert f"{plan.qem:.5g}" == qem
+    assert (f"{plan.size['plan_mb']:.2f} MB", f"{plan.size['avg_bits']:.2f}") == (plan_mb, avg_bits)
     model = load_model(DEFAULT_MODEL).model
     assert [layer.name for layer in plan.check_against(model)] == list(plan.layers)
-    assert f"{plan.size['avg_bits']:.2f}" in shown_bits
+
+
+def test_tradeoff_evaluates_plans(app, browser):
+    _open(browser, app, "tradeoff", '[data-testid="stNumberInput"]')
+    _set_number(browser, EVAL_LIMIT_LABEL, EVAL_IMAGES)
+    _set_number(browser, "QEM points", SWEEP_POINTS)
+    _click_button(browser, "Evaluate trade-off")
+    top1 = float(_metric(browser, "float32 top-1").rstrip(" %"))
+    assert 0.0 <= top1 <= 100.0
+    assert 2 <= int(_metric(browser, "Distinct plans in the grid")) <= SWEEP_POINTS
+    assert browser.find_elements(By.CSS_SELECTOR, '[data-testid="stPlotlyChart"] .js-plotly-plot .scatterlayer .trace')
+    _screenshot(browser, "tradeoff")
+
+
+def test_sensitivity_evaluates_layer_kinds(app, browser):
+    _open(browser, app, "sensitivity", '[data-testid="stPlotlyChart"] .js-plotly-plot')
+    _set_number(browser, EVAL_LIMIT_LABEL, EVAL_IMAGES)
+
+    def other_bits():
+        tags = _find(browser, '[data-testid="stMultiSelect"]', "Bit-widths").find_elements(By.CSS_SELECTOR, "[data-tag]")
+        return [tag for tag in tags if tag.get_attribute("aria-label") != SENSITIVITY_BITS]
+
+    while other_bits():
+        _rerun(browser, other_bits()[0].find_element(By.CSS_SELECTOR, "button").click)
+    charts = len(browser.find_elements(By.CSS_SELECTOR, '[data-testid="stPlotlyChart"]'))
+    _click_button(browser, "Evaluate sensitivity")
+    assert len(browser.find_elements(By.CSS_SELECTOR, '[data-testid="stPlotlyChart"]')) == charts + 1
+    _screenshot(browser, "sensitivity")

@@ -114,6 +114,10 @@ def test_torchscript_file(tmp_path, tiny_model):
     x = torch.randn(1, 3, 8, 8)
     assert torch.allclose(loaded.model(x), tiny_model(x))
     assert [n for n, _ in loaded.model.named_modules()][1:3] == ["stem", "dw"]
+    # the scripted layers are found with the same names and kinds as the eager ones
+    from mixquant_core.layers import find_layers
+
+    assert find_layers(loaded.model) == find_layers(tiny_model)
 
 
 def test_corrupt_and_empty_files_rejected(tmp_path):

@@ -1,0 +1,126 @@
+"""QE table speed: the plain loop (Algorithm 1), ours, and one read of all the weights, side by side.
+
+    python benchmarks/bench_qe.py                      # CPU, the nine models, asymmetric
+    python benchmarks/bench_qe.py --device cuda --quantizers asymmetric symmetric per-channel
+    python benchmarks/bench_qe.py --models resnet18 mobilenet_v2 --repeats 9
+
+Random weights (``build_model(name, pretrained=False)``): the cost does not depend on the values.
+Every model's three timings are interleaved in the same run, so a noisy machine moves them
+together; the ratios are what to compare. Each number is the median of ``--repeats`` runs (the
+plain loop: of ``--ref-repeats`` runs), after one warm-up run (JIT/Triton compilation). "ours" reuses
+the work-item table that depends on the layer shapes only (cached per architecture); "1st call"
+builds it again each time, as for a model seen for the first time.
+
+The floor is the faster of two ways to read every weight once: ``w.sum()`` per layer, and
+``torch._foreach_norm`` over all layers (one multi-tensor kernel on CUDA).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from mixquant_core.layers import find_layers, layer_weights  # noqa: E402
+from mixquant_core.models import PAPER_MODELS, build_model  # noqa: E402
+from mixquant_core.qe import qe_table  # noqa: E402
+from mixquant_core.qe_fast import work_items  # noqa: E402
+
+MODELS = list(PAPER_MODELS) + ["efficientnet_lite0"]
+
+
+def timer(device: torch.device):
+    def run(fn):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t
+    return run
+
+
+def bench_model(name, device, quantizers, repeats, ref_repeats, check):
+    model = build_model(name, pretrained=False).model.to(device).eval()
+    layers = find_layers(model)
+    weights = [w.detach() for w in layer_weights(model, layers)]
+    params = sum(w.numel() for w in weights)
+    run = timer(device)
+
+    def read_per_layer():
+        for w in weights:
+            w.sum()
+
+    def read_foreach():
+        torch._foreach_norm(weights)
+
+    out = []
+    with torch.inference_mode():
+        for q in quantizers:
+            fast = lambda: qe_table(model, q, layers=layers, device=device)  # noqa: E731
+            ref = lambda: qe_table(model, q, layers=layers, device=device, method="reference")  # noqa: E731
+            fast(), read_per_layer(), read_foreach()  # warm-up: compilation, caches, threads
+            t_fast, t_cold, t_read1, t_read2, t_ref = [], [], [], [], []
+            for r in range(repeats):
+                t_read1.append(run(read_per_layer))
+                t_fast.append(run(fast))
+                work_items.cache_clear()  # a model seen for the first time: its work-item table is built
+                t_cold.append(run(fast))
+                t_read2.append(run(read_foreach))
+                if r < ref_repeats:
+                    t_ref.append(run(ref))
+            row = dict(model=name, quantizer=q, layers=len(layers), params=params,
+                       ref=statistics.median(t_ref), fast=statistics.median(t_fast), cold=statistics.median(t_cold),
+                       floor=min(statistics.median(t_read1), statistics.median(t_read2)))
+            if check:
+                a, b = fast(), ref()
+                row["max_rel_diff"] = float((abs(a.qe - b.qe) / abs(b.qe).clip(min=1e-30)).max())
+            out.append(row)
+            print(format_row(row), flush=True)
+    return out
+
+
+def format_row(r) -> str:
+    s = (f"| {r['model']:<18} | {r['quantizer']:<11} | {r['layers']:>4} | {r['params'] / 1e6:>6.1f} | "
+         f"{r['ref'] * 1e3:>9.1f} | {r['fast'] * 1e3:>8.2f} | {r['cold'] * 1e3:>8.2f} | {r['floor'] * 1e3:>7.2f} | "
+         f"{r['ref'] / r['fast']:>7.0f}x | {r['fast'] / r['floor']:>6.1f}x |")
+    if "max_rel_diff" in r:
+        s += f" {r['max_rel_diff']:.1e} |"
+    return s
+
+
+HEADER = ("| model              | quantizer   | lay. | Mparam | plain (ms) | ours (ms) | ours, 1st call (ms) | read (ms) | plain/ours | ours/read |")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--models", nargs="+", default=MODELS)
+    p.add_argument("--quantizers", nargs="+", default=["asymmetric"])
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--ref-repeats", type=int, default=1)
+    p.add_argument("--check", action="store_true", help="also print max relative QE difference fast vs plain")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    info = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} torch threads"
+    print(f"# QE table, bits 8..2, {info}, torch {torch.__version__}")
+    print(HEADER + (" max rel diff |" if args.check else ""))
+    print("|" + "---|" * (10 + args.check))
+    rows = []
+    for name in args.models:
+        rows += bench_model(name, device, args.quantizers, args.repeats, args.ref_repeats, args.check)
+    worst_speedup = min(r["ref"] / r["fast"] for r in rows)
+    worst_floor = max(r["fast"] / r["floor"] for r in rows)
+    print(f"# worst plain/ours: {worst_speedup:.0f}x   worst ours/read: {worst_floor:.1f}x")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

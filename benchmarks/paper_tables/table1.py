@@ -1,0 +1,123 @@
+"""Table 1 style on EfficientNet-Lite0: uniform 4/3/2-bit weights vs MixQuant plans at no more
+average bits, each with round-to-nearest and with reconstruction (AdaRound + BRECQ blocks).
+
+Every row uses the same base quantizer, asymmetric per output channel: round-to-nearest rows with
+min/max ranges (quantizers.py ``per-channel``), reconstructed rows with MSE-clipped ranges and
+learned rounding (reconstruct.py). Rows are appended to a JSON-lines file as they finish, so the
+parts can run in parallel:
+
+  python benchmarks/paper_tables/table1.py --part rtn           --out OUT/table1.jsonl
+  python benchmarks/paper_tables/table1.py --part uniform-recon --out OUT/table1.jsonl
+  python benchmarks/paper_tables/table1.py --part plan-recon    --out OUT/table1.jsonl
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from mixquant_core.data import load_tensors, open_image_folder
+from mixquant_core.evaluate import evaluate
+from mixquant_core.export import save_quantized, size_report
+from mixquant_core.models import load_model
+from mixquant_core.reconstruct import ReconConfig, quantized_applied, recon_metadata, reconstruct_plan
+from mixquant_core.sensitivity import open_calibration_folder
+from mixquant_core.workspace import Workspace
+
+QUANTIZER = "per-channel"
+LEVELS = (2, 3, 4)  # lowest first: reconstruction matters most there
+
+
+def eval_tensors(loaded, cache: Path):
+    """The 1,300 validation images, decoded once and shared between the parts through ``cache``."""
+    if cache.is_file():
+        return torch.load(cache, weights_only=False)
+    data_dir = Path(os.environ["MIXQUANT_DATA"]) / "imagenet-val-1300"
+    data = load_tensors(open_image_folder(data_dir), loaded.preprocess.transform())
+    tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+    torch.save(data, tmp)
+    tmp.replace(cache)
+    return data
+
+
+def plans(ws):
+    """(label, plan) for uniform b bits and the MixQuant plan at <= b average bits."""
+    out = []
+    for b in LEVELS:
+        out.append((f"uniform {b}", ws.plan_from_bits(ws.uniform(b))))
+        qem = ws.qem_for_budget(avg_bits=b)
+        out.append((f"MixQuant <= {b} avg bits", ws.plan(qem)))
+    return out
+
+
+def row(label, plan, method, metrics, extra=None):
+    bits = sorted(set(plan.bits.values()))
+    return {"plan": label, "method": method, "qem": plan.qem, "bit_set": ", ".join(map(str, bits)),
+            "avg_bits": plan.size["avg_bits"], "size_mb": plan.size["plan_mb"], **metrics.to_dict(), **(extra or {})}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--part", choices=("rtn", "uniform-recon", "plan-recon"), required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--iters", type=int, default=40)
+    ap.add_argument("--lr", type=float, default=2e-2)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--calib-images", type=int, default=128)
+    ap.add_argument("--cache", default="/tmp/mixquant_val1300.pt")
+    ap.add_argument("--export-dir", default="/tmp")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    loaded = load_model("efficientnet_lite0")
+    ws = Workspace(loaded, QUANTIZER, device="cpu")
+    todo = plans(ws)
+    out = open(args.out, "a")
+    if args.part == "rtn":
+        data = eval_tensors(loaded, Path(args.cache))
+        rows = [("float32", None)] + todo
+        for label, plan in rows:
+            t0 = time.perf_counter()
+            bits = None if plan is None else [plan.bits[l.name] for l in ws.layers]
+            m = ws.evaluate_bits(bits, data)
+            if plan is None:
+                rec = {"plan": "float32", "method": "none", "avg_bits": 32.0, "size_mb": ws.float_bytes / 1e6, **m.to_dict()}
+            else:
+                rec = row(label, plan, "round-to-nearest (min/max per channel)", m)
+            rec["eval_seconds"] = round(time.perf_counter() - t0, 1)
+            out.write(json.dumps(rec) + "\n")
+            out.flush()
+        return
+    wanted = [(l, p) for l, p in todo if l.startswith("uniform") == (args.part == "uniform-recon")]
+    seen = set()
+    calib_list = open_calibration_folder(str(Path(os.environ["MIXQUANT_DATA"]) / "imagenet-calib-1000"), args.calib_images)
+    calib = load_tensors(calib_list, loaded.preprocess.transform()).images
+    cfg = ReconConfig(iters=args.iters, batch_size=args.batch_size, lr=args.lr, device="cpu", seed=0)
+    for label, plan in wanted:
+        key = tuple(plan.bits.values())
+        if key in seen:  # e.g. the <= 2-bit MixQuant plan is uniform 2-bit: nothing new to learn
+            continue
+        seen.add(key)
+        result = reconstruct_plan(loaded.model, plan, calib, cfg)
+        path = Path(args.export_dir) / f"lite0_recon_{label.replace(' ', '_').replace('<=', 'le')}.safetensors"
+        save_quantized(path, loaded.model, plan, result.layers, recon_metadata(result, len(calib)))
+        size = size_report(path, loaded.model)
+        data = eval_tensors(loaded, Path(args.cache))
+        t0 = time.perf_counter()
+        with quantized_applied(loaded.model, result.layers):
+            m = evaluate(loaded.model, data, "cpu")
+        extra = {"recon_seconds": round(result.seconds, 1), "iters": cfg.iters, "batch_size": cfg.batch_size,
+                 "calib_images": len(calib), "device": "cpu (1 thread, shared)", "lr": cfg.lr,
+                 "block_mse_nearest": sum(b.mse_nearest for b in result.blocks),
+                 "block_mse_learned": sum(b.mse_learned for b in result.blocks),
+                 "file_bytes": size["bytes"], "accounted_bytes": size["accounted_bytes"],
+                 "eval_seconds": round(time.perf_counter() - t0, 1)}
+        out.write(json.dumps(row(label, plan, "reconstruction (AdaRound + BRECQ blocks, MSE-clipped per channel)", m, extra)) + "\n")
+        out.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""Shared by test_reconstruct.py and test_export.py: a tiny chain model, its plans, images."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mixquant_core.models import LoadedModel
+from mixquant_core.preprocess import Preprocess
+from mixquant_core.workspace import Workspace
+
+
+def tiny_chain(seed: int = 0, width: int = 8) -> nn.Sequential:
+    """A few-thousand-weight CNN as a chain of blocks (nn.Sequential: one block per child)."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        nn.Sequential(nn.Conv2d(3, width, 3, stride=2, padding=1), nn.BatchNorm2d(width), nn.ReLU()),
+        nn.Sequential(nn.Conv2d(width, width, 3, padding=1, groups=width), nn.ReLU(),
+                      nn.Conv2d(width, 2 * width, 1), nn.BatchNorm2d(2 * width), nn.ReLU()),
+        nn.Sequential(nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.ReLU(),
+                      nn.AdaptiveAvgPool2d(1), nn.Flatten()),
+        nn.Linear(2 * width, 10),
+    )
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so the float tensors matter
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def images(n: int = 12, size: int = 24, seed: int = 1) -> torch.Tensor:
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def workspace(model: nn.Module, quantizer: str = "asymmetric") -> Workspace:
+    loaded = LoadedModel(model, "tiny_chain", "file", Preprocess(resize=32, crop=24), fingerprint="test")
+    return Workspace(loaded, quantizer, device="cpu")
+
+
+MIXED_BITS = [5, 3, 2, 4, 6]  # one per quantizable layer of tiny_chain, in model order

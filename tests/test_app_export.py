@@ -1,0 +1,87 @@
+"""Export page: the plan JSON loads back to the same plan; uploaded plans are checked, errors shown."""
+import json
+
+import pytest
+from apptest_support import assert_ran_cleanly, errors, new_app, open_page
+
+from mixquant_core import Plan, Workspace, load_model
+
+
+@pytest.fixture(scope="module")
+def core_ws():
+    return Workspace(load_model("efficientnet_lite0"))
+
+
+@pytest.fixture
+def export():
+    at = new_app(qem=64.0)
+    open_page(at, "export")
+    assert_ran_cleanly(at)
+    return at
+
+
+def exported(at) -> str:
+    return at.code[0].value
+
+
+def test_exported_json_loads_back_to_the_same_plan(export, core_ws):
+    at = export
+    assert not errors(at)
+    assert at.download_button(key="plan_json").label == "Download plan (JSON)"
+    plan = Plan.from_json(exported(at))
+    want = core_ws.plan(64.0)
+    assert plan.bits == want.bits
+    assert plan.qem == 64.0 and plan.quantizer == "asymmetric"
+    assert plan.model == want.model
+    assert plan.size == pytest.approx(want.size)
+    assert [l.name for l in plan.check_against(core_ws.loaded.model)] == [l.name for l in core_ws.layers]
+
+
+def test_uploading_a_good_plan_shows_it(export, core_ws, tmp_path):
+    at = export
+    other = core_ws.plan(500.0)
+    at.file_uploader(key="plan_upload").upload("plan.json", other.to_json().encode(), "application/json")
+    at.run()
+    assert_ran_cleanly(at)
+    assert not errors(at)
+    assert any("fits efficientnet_lite0" in s.value for s in at.success)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Plan size"] == f"{other.size['plan_mb']:.2f} MB"
+    assert list(at.dataframe[0].value["bits"]) == list(other.bits.values())
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"{not json", "plan is not valid JSON"),
+    (b'{"format": "something-else"}', "not a MixQuant plan"),
+    (b"[1, 2, 3]", "plan JSON must be an object"),
+])
+def test_malformed_plan_files_show_an_error(export, content, message):
+    at = export
+    at.file_uploader(key="plan_upload").upload("bad.json", content, "application/json")
+    at.run()
+    assert_ran_cleanly(at)
+    errs = errors(at)
+    assert len(errs) == 1 and "'bad.json' cannot be used" in errs[0] and message in errs[0], errs
+    assert at.download_button(key="plan_json")  # the rest of the page still works
+
+
+def test_plan_with_bad_bits_names_the_field(export, core_ws):
+    data = core_ws.plan(10.0).to_dict()
+    first = next(iter(data["layers"]))
+    data["layers"][first]["bits"] = 11
+    at = export
+    at.file_uploader(key="plan_upload").upload("bits.json", json.dumps(data).encode(), "application/json")
+    at.run()
+    errs = errors(at)
+    assert len(errs) == 1 and f"layers/{first}/bits" in errs[0], errs
+
+
+def test_plan_for_another_model_is_refused(export, core_ws):
+    data = core_ws.plan(10.0).to_dict()
+    data["layers"] = {"features.0.0": {"bits": 4, "params": 864}, **data["layers"]}
+    data["model"]["name"] = "mobilenet_v2"
+    at = export
+    at.file_uploader(key="plan_upload").upload("other.json", json.dumps(data).encode(), "application/json")
+    at.run()
+    errs = errors(at)
+    assert len(errs) == 1 and "plan is for another model" in errs[0] and "features.0.0" in errs[0], errs

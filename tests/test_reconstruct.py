@@ -1,0 +1,130 @@
+"""Reconstruction (AdaRound rounding fitted block-wise as in BRECQ) on a tiny model."""
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mixquant_core.blocks import model_stages, run_stages
+from mixquant_core.errors import MixQuantError
+from mixquant_core.reconstruct import (ReconConfig, apply_quantized_, mse_affine_params, reconstruct,
+                                       reconstruct_plan)
+from recon_support import MIXED_BITS, images, tiny_chain, workspace
+
+CFG = ReconConfig(iters=200, batch_size=8, seed=0, eval_samples=16)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors: one thread is faster, and far faster on a loaded machine (no spin-waits)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def recon(one_thread):
+    model = tiny_chain()
+    ws = workspace(model)
+    plan = ws.plan_from_bits(MIXED_BITS)
+    return model, plan, reconstruct_plan(model, plan, images(), CFG)
+
+
+def test_learned_rounding_lowers_block_error(recon):
+    _, _, result = recon
+    nearest = sum(b.mse_nearest for b in result.blocks)
+    learned = sum(b.mse_learned for b in result.blocks)
+    assert learned < 0.95 * nearest, (nearest, learned)
+    assert all(b.mse_learned <= b.mse_nearest * 1.02 for b in result.blocks)
+
+
+def test_every_weight_on_its_plans_grid(recon):
+    model, plan, result = recon
+    assert list(result.layers) == list(plan.layers)
+    target = tiny_chain()
+    apply_quantized_(target, result.layers)
+    modules = dict(target.named_modules())
+    for name, q in result.layers.items():
+        b = plan.bits[name]
+        assert q.nbits == b and int(q.codes.max()) < 2**b and int(q.zero_point.max()) < 2**b
+        w = modules[name].weight.detach()
+        codes = w / q.scale + q.zero_point
+        assert torch.allclose(codes, codes.round(), atol=1e-3)  # on the b-bit grid
+        assert torch.equal(w, (q.codes.float() - q.zero_point) * q.scale)  # exactly its codes
+        per_channel = w.reshape(w.shape[0], -1)
+        assert max(len(torch.unique(row)) for row in per_channel) <= 2**b
+
+
+def test_model_passed_in_is_untouched(recon):
+    model, _, _ = recon
+    fresh = tiny_chain()
+    for a, b in zip(model.state_dict().values(), fresh.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_same_seed_same_codes(recon):
+    model, plan, result = recon
+    again = reconstruct_plan(model, plan, images(), CFG)
+    for name in result.layers:
+        assert torch.equal(result.layers[name].codes, again.layers[name].codes)
+
+
+def test_bad_inputs_refused():
+    model = tiny_chain()
+    with pytest.raises(MixQuantError, match="not in this model"):
+        reconstruct(model, {"nope": 4}, images(4), CFG)
+    with pytest.raises(MixQuantError, match="bit-width"):
+        reconstruct(model, {"0.0": 9}, images(4), CFG)
+    with pytest.raises(MixQuantError, match="at least 1"):
+        reconstruct(model, {"0.0": 4}, images(4), ReconConfig(iters=0))
+    with torch.no_grad():
+        model[0][0].weight[0, 0, 0, 0] = float("nan")
+    with pytest.raises(MixQuantError, match="NaN"):
+        reconstruct(model, {"0.0": 4}, images(4), CFG)
+
+
+def test_unsupported_architecture_named():
+    class Branchy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Conv2d(3, 4, 1)
+
+        def forward(self, x):
+            return self.a(x)
+
+    with pytest.raises(MixQuantError, match="Branchy"):
+        reconstruct(Branchy(), {"a": 4}, images(4), CFG)
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet18", "mobilenet_v2"])
+def test_block_chain_reproduces_the_model(name):
+    from mixquant_core.layers import find_layers
+    from mixquant_core.models import build_model
+
+    model = build_model(name, pretrained=False).model
+    x = images(2, 64)
+    stages = model_stages(model)
+    with torch.no_grad():
+        assert torch.allclose(run_stages(stages, x), model(x), atol=1e-5)
+    covered = [n for s in stages for n in s.layers]
+    assert covered == [l.name for l in find_layers(model)]
+
+
+@given(st.integers(2, 8), st.integers(0, 2**31 - 1))
+def test_mse_clipping_beats_min_max(nbits, seed):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(6, 40, generator=g) * torch.rand(6, 1, generator=g)
+    w[:, 0] *= 8  # an outlier per channel: clipping it should pay
+    scale, zp = mse_affine_params(w, nbits)
+    qmax = 2**nbits - 1
+
+    def err(s, z):
+        q = (torch.clamp(torch.round(w / s) + z, 0, qmax) - z) * s
+        return (w - q).abs().pow(2.4).mean(1)
+
+    lo, hi = w.amin(1, keepdim=True).clamp(max=0), w.amax(1, keepdim=True).clamp(min=0)
+    s0 = (hi - lo) / qmax
+    assert torch.all(err(scale, zp) <= err(s0, torch.round(-lo / s0)) + 1e-12)
+    assert torch.all((zp >= 0) & (zp <= qmax))
