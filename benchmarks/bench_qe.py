@@ -5,11 +5,15 @@
     python benchmarks/bench_qe.py --models resnet18 mobilenet_v2 --repeats 9
 
 Random weights (``build_model(name, pretrained=False)``): the cost does not depend on the values.
-Every model's three timings are interleaved in the same run, so a noisy machine moves them
-together; the ratios are what to compare. Each number is the median of ``--repeats`` runs (the
-plain loop: of ``--ref-repeats`` runs), after one warm-up run (JIT/Triton compilation). "ours" reuses
+Every model's timings are interleaved in the same run, so a noisy machine moves them together;
+the ratios are what to compare. Each number is the minimum (``--stat median`` for the median) of
+``--repeats`` runs (the plain loop: of ``--ref-repeats`` runs), after one warm-up run (JIT/Triton
+compilation). "ours" reuses
 the work-item table that depends on the layer shapes only (cached per architecture); "1st call"
 builds it again each time, as for a model seen for the first time.
+
+Search (CPU, numpy, whatever the device): ``search_many`` for 100 QEMs and ``breakpoints`` (every
+distinct plan) on the table just computed.
 
 The floor is the faster of two ways to read every weight once: ``w.sum()`` per layer, and
 ``torch._foreach_norm`` over all layers (one multi-tensor kernel on CUDA).
@@ -22,6 +26,7 @@ import statistics
 import sys
 import time
 
+import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -30,8 +35,10 @@ from mixquant_core.layers import find_layers, layer_weights  # noqa: E402
 from mixquant_core.models import PAPER_MODELS, build_model  # noqa: E402
 from mixquant_core.qe import qe_table  # noqa: E402
 from mixquant_core.qe_fast import work_items  # noqa: E402
+from mixquant_core.search import breakpoints, search_many  # noqa: E402
 
 MODELS = list(PAPER_MODELS) + ["efficientnet_lite0"]
+STAT = min  # --stat: min (default: on a shared machine noise only ever adds time) or median
 
 
 def timer(device: torch.device):
@@ -76,11 +83,15 @@ def bench_model(name, device, quantizers, repeats, ref_repeats, check):
                 if r < ref_repeats:
                     t_ref.append(run(ref))
             row = dict(model=name, quantizer=q, layers=len(layers), params=params,
-                       ref=statistics.median(t_ref), fast=statistics.median(t_fast), cold=statistics.median(t_cold),
-                       floor=min(statistics.median(t_read1), statistics.median(t_read2)))
+                       ref=STAT(t_ref), fast=STAT(t_fast), cold=STAT(t_cold), floor=min(STAT(t_read1), STAT(t_read2)))
             if check:
                 a, b = fast(), ref()
                 row["max_rel_diff"] = float((abs(a.qe - b.qe) / abs(b.qe).clip(min=1e-30)).max())
+            table = fast()
+            qems = np.geomspace(1.0, 1e4, 100)
+            row["search"] = STAT([run(lambda: search_many(table, qems)) for _ in range(repeats)])
+            row["breakpoints"] = STAT([run(lambda: breakpoints(table)) for _ in range(repeats)])
+            row["plans"] = len(breakpoints(table))
             out.append(row)
             print(format_row(row), flush=True)
     return out
@@ -89,13 +100,14 @@ def bench_model(name, device, quantizers, repeats, ref_repeats, check):
 def format_row(r) -> str:
     s = (f"| {r['model']:<18} | {r['quantizer']:<11} | {r['layers']:>4} | {r['params'] / 1e6:>6.1f} | "
          f"{r['ref'] * 1e3:>9.1f} | {r['fast'] * 1e3:>8.2f} | {r['cold'] * 1e3:>8.2f} | {r['floor'] * 1e3:>7.2f} | "
-         f"{r['ref'] / r['fast']:>7.0f}x | {r['fast'] / r['floor']:>6.1f}x |")
+         f"{r['ref'] / r['fast']:>7.0f}x | {r['fast'] / r['floor']:>6.1f}x | "
+         f"{r['search'] * 1e3:.3f} | {r['breakpoints'] * 1e3:.3f} ({r['plans']}) |")
     if "max_rel_diff" in r:
         s += f" {r['max_rel_diff']:.1e} |"
     return s
 
 
-HEADER = ("| model              | quantizer   | lay. | Mparam | plain (ms) | ours (ms) | ours, 1st call (ms) | read (ms) | plain/ours | ours/read |")
+HEADER = ("| model              | quantizer   | lay. | Mparam | plain (ms) | ours (ms) | ours, 1st call (ms) | read (ms) | plain/ours | ours/read | search, 100 QEMs (ms) | breakpoints (ms) (plans) |")
 
 
 def main(argv=None):
@@ -106,19 +118,25 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--ref-repeats", type=int, default=1)
     p.add_argument("--check", action="store_true", help="also print max relative QE difference fast vs plain")
+    p.add_argument("--stat", choices=["min", "median"], default="min")
     args = p.parse_args(argv)
+    global STAT
+    STAT = min if args.stat == "min" else statistics.median
     device = torch.device(args.device)
     torch.manual_seed(0)
     info = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} torch threads"
-    print(f"# QE table, bits 8..2, {info}, torch {torch.__version__}")
+    print(f"# QE table, bits 8..2, {info}, torch {torch.__version__}, {args.stat} of {args.repeats} runs "
+          f"(plain loop: {min(args.ref_repeats, args.repeats)})")
     print(HEADER + (" max rel diff |" if args.check else ""))
-    print("|" + "---|" * (10 + args.check))
+    print("|" + "---|" * (12 + args.check))
     rows = []
     for name in args.models:
         rows += bench_model(name, device, args.quantizers, args.repeats, args.ref_repeats, args.check)
     worst_speedup = min(r["ref"] / r["fast"] for r in rows)
     worst_floor = max(r["fast"] / r["floor"] for r in rows)
-    print(f"# worst plain/ours: {worst_speedup:.0f}x   worst ours/read: {worst_floor:.1f}x")
+    print(f"# worst plain/ours: {worst_speedup:.0f}x   worst ours/read: {worst_floor:.1f}x   "
+          f"slowest search: {max(r['search'] for r in rows) * 1e3:.3f} ms   "
+          f"slowest breakpoints: {max(r['breakpoints'] for r in rows) * 1e3:.3f} ms")
     return rows
 
 

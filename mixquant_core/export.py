@@ -311,3 +311,13 @@ def size_report(path_or_bytes, model: nn.Module) -> Dict[str, object]:
     accounted = accounted_bytes(model, plan, meta["scheme"])
     return {"bytes": actual, "accounted_bytes": accounted, "scheme": meta["scheme"],
             "difference_pct": 100.0 * (actual - accounted) / accounted}
+
+
+def quantized_model_bytes(model: nn.Module, plan: Plan, reconstructed=None) -> bytes:
+    """The export file for ``plan``: round-to-nearest codes, or a ReconResult's learned codes."""
+    if reconstructed is None:
+        return export_bytes(model, plan, rtn_layers(model, plan))
+    from .reconstruct import recon_metadata
+
+    meta = recon_metadata(reconstructed, getattr(reconstructed, "calib_images", 0))
+    return export_bytes(model, plan, reconstructed.layers, meta)

@@ -1,18 +1,21 @@
-"""Fast QE table kernels: every candidate bit-width of a layer from one pass over its weights.
+"""Fast QE table kernels: every candidate bit-width of every layer from two reads of the weights.
 
-The reference (``qe._layer_qe_reference``) runs the quantizer once per bit-width: min/max, then
-about ten full-tensor ops, per bit. Here a layer is read twice at most: one pass for min/max and
-sum(w^2), then one pass in which each block of ``BLOCK`` weights (16 KiB, it stays in L1) is
-quantized at all bit-widths before the next block is read. On CPU the loops are numba-compiled
-(vectorised with AVX2 where the CPU has it, blocks spread over the cores); without numba, and on
-CUDA without Triton, a torch version does the same in [B, chunk] slabs.
+The reference (``qe._layer_qe_reference``) runs the quantizer once per layer and bit-width:
+min/max, then about ten full-tensor ops, per bit. Here the whole model goes through two parallel
+passes: one for every row's min/max and sum(w^2), then one in which each work item (at most
+``BLOCK`` weights of one row, 16 KiB: it stays in L1) is quantized at all bit-widths before the
+next is read. On CPU the loops are numba-compiled (AVX2-vectorised, items spread over the cores);
+on CUDA ``qe_triton`` runs the same two passes as two Triton launches; without numba (CPU) or
+Triton (CUDA), a torch version does each layer in [rows, B, cols] slabs.
 
 Float semantics, on purpose slightly different from the reference (compare within ~1e-4 relative):
   * ``round(w / s)`` is computed as ``rint(w * (1/s))``: where that differs it is a rounding tie
     flipped, and both sides of a tie have the same |error| (s/2), so the MSE barely moves;
   * ``clamp(round(x) + zp, 0, qmax) - zp`` is ``clamp(round(x), -zp, qmax - zp)`` (exact on
-    integers in float32), then ``e = code * s - w``;
-  * squared errors are summed in float32 within a block, blocks in float64.
+    integers in float32), skipped where the row's min and max show no code can leave the range;
+  * ``e = code * s - w`` with ``code * s`` rounded first, as the reference does (no FMA), so a
+    layer the reference quantizes exactly (QE 0) gets exactly 0 here too;
+  * squared errors are summed in float32 within an item, items in float64; sum(w^2) in float64.
 The scale and zero-point themselves are computed with exactly the reference's float32 formulas.
 """
 from __future__ import annotations
@@ -28,6 +31,9 @@ import torch
 from .quantizers import SCALE_EPS
 
 BLOCK = 4096  # weights per work item: 16 KiB of float32, L1-resident while all bit-widths run
+# Items handed to a thread at a time: dynamic scheduling, so a core that another process holds
+# does not leave half of the items waiting for it (this machine is shared).
+_CHUNK_ITEMS = 16
 
 try:  # numba is optional: without it the torch path below is used
     import numba
@@ -137,9 +143,17 @@ if HAVE_NUMBA:
             sq[k] = acc
         return lo.view(np.float32), hi.view(np.float32), sq
 
+    @njit(fastmath=_FM | {"contract"}, cache=True)
+    def _add_square(acc, e):  # pragma: no cover - compiled
+        """acc + e*e as one FMA: contraction is harmless here (unlike in code*s - w), and LLVM
+        inlines this keeping each instruction's own flags."""
+        return acc + e * e
+
     @njit(parallel=True, fastmath=_FM, cache=True, nogil=True)
-    def _item_sq_errors(ptrs, layer, start, stop, row, scale, cmin, cmax):  # pragma: no cover - compiled
-        """Sum of squared quantization errors of each work item at every bit-width [items, B]."""
+    def _item_sq_errors(ptrs, layer, start, stop, row, scale, inv_scale, cmin, cmax, clamp):  # pragma: no cover
+        """Sum of squared quantization errors of each work item at every bit-width [items, B].
+        ``clamp[r, j]`` is False where no code of row r can leave its range at bit-width j (known
+        from the row's min/max): that loop then skips the two clamp instructions."""
         n = layer.shape[0]
         nb = scale.shape[1]
         out = np.empty((n, nb), np.float64)
@@ -148,16 +162,19 @@ if HAVE_NUMBA:
             r = row[k]
             for j in range(nb):
                 s = scale[r, j]
-                inv = np.float32(1.0) / s
-                a = cmin[r, j]
-                c = cmax[r, j]
+                inv = inv_scale[r, j]
                 acc = np.float32(0.0)
-                for i in range(start[k], stop[k]):
-                    x = w[i]
-                    q = np.rint(x * inv)
-                    q = min(max(q, a), c)
-                    e = q * s - x
-                    acc += e * e
+                if clamp[r, j]:
+                    a = cmin[r, j]
+                    c = cmax[r, j]
+                    for i in range(start[k], stop[k]):
+                        x = w[i]
+                        q = min(max(np.rint(x * inv), a), c)
+                        acc = _add_square(acc, q * s - x)
+                else:
+                    for i in range(start[k], stop[k]):
+                        x = w[i]
+                        acc = _add_square(acc, np.rint(x * inv) * s - x)
                 out[k, j] = acc
         return out
 
@@ -215,13 +232,19 @@ def items_for(weights: List[torch.Tensor], quantizer: str, block: int = BLOCK) -
 def _numba_rows(weights: List[torch.Tensor], bits: Sequence[int], quantizer: str):
     items = items_for(weights, quantizer)
     ptrs = np.array([w.data_ptr() for w in weights], dtype=np.int64)
-    lo, hi, sq = _item_stats(ptrs, items.layer, items.start, items.stop)
+    with numba.parallel_chunksize(_CHUNK_ITEMS):
+        lo, hi, sq = _item_stats(ptrs, items.layer, items.start, items.stop)
     lo_row = np.minimum.reduceat(lo, items.row_first_item)
     hi_row = np.maximum.reduceat(hi, items.row_first_item)
     mean_sq = np.add.reduceat(sq, items.layer_first_item) / items.numel
     ok = np.isfinite(mean_sq)
-    scale, cmin, cmax = params_for(quantizer, lo_row, hi_row, bits)
-    err = _item_sq_errors(ptrs, items.layer, items.start, items.stop, items.row, scale, cmin, cmax)
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN/Inf layers: flagged by ``ok`` already
+        scale, cmin, cmax = params_for(quantizer, lo_row, hi_row, bits)
+        inv = np.float32(1.0) / scale
+        # x -> rint(x * inv) is monotonic, so the row's min and max give the extreme codes
+        clamp = ~((np.rint(lo_row[:, None] * inv) >= cmin) & (np.rint(hi_row[:, None] * inv) <= cmax))
+    with numba.parallel_chunksize(_CHUNK_ITEMS):
+        err = _item_sq_errors(ptrs, items.layer, items.start, items.stop, items.row, scale, inv, cmin, cmax, clamp)
     qe = np.add.reduceat(err, items.layer_first_item, axis=0) / items.numel[:, None]
     qe[~ok] = np.nan
     return qe, mean_sq, ok

@@ -91,6 +91,7 @@ class ReconResult:
     blocks: List[BlockReport] = field(default_factory=list)
     config: Optional[ReconConfig] = None
     seconds: float = 0.0
+    calib_images: int = 0
 
 
 # --- base quantizer: MSE-chosen affine range ----------------------------------------------------
@@ -353,6 +354,7 @@ def reconstruct_plan(model: nn.Module, plan, calib: torch.Tensor, cfg: ReconConf
     """``reconstruct`` for a Plan (checked against the model first); codes in plan order."""
     plan.check_against(model)
     result = reconstruct(model, plan.bits, calib, cfg, progress)
+    result.calib_images = len(calib)
     result.layers = {name: result.layers[name] for name in plan.layers}
     return result
 
@@ -366,3 +368,34 @@ def recon_metadata(result: ReconResult, calib_images: int) -> Dict[str, str]:
             "config": asdict(result.config) if result.config else None,
             "blocks": [[b.name, round(b.mse_nearest, 6), round(b.mse_learned, 6)] for b in result.blocks]}
     return {"reconstruction": json.dumps(info, separators=(",", ":"))}
+
+
+# --- one-call entry points for the app's background job -----------------------------------------
+def reconstruct_from_folder(loaded, plan, calib_dir: str, calib_images: int = 1024, cfg: ReconConfig = ReconConfig(),
+                            progress: Progress = None) -> ReconResult:
+    """Decode ``calib_images`` images spread over ``calib_dir`` and reconstruct ``plan`` on them.
+
+    Progress runs 0..1000 over the whole job (decoding is the first 5 %), ``what`` says the stage.
+    """
+    from .data import load_tensors
+    from .sensitivity import open_calibration_folder
+
+    plan.check_against(loaded.model)  # a wrong plan fails before the slow work
+    images = open_calibration_folder(calib_dir, calib_images)
+    decode = (lambda d, t, w: progress(int(50 * d / max(t, 1)), 1000, "decoding calibration images")) if progress else None
+    calib = load_tensors(images, loaded.preprocess.transform(), decode)
+    fit = (lambda d, t, w: progress(50 + int(950 * d / max(t, 1)), 1000, w)) if progress else None
+    result = reconstruct_plan(loaded.model, plan, calib.images, cfg, fit)
+    result.calib_images = len(calib)
+    return result
+
+
+def evaluate_quantized(model: nn.Module, layers: Dict[str, QuantizedLayer], data, device: str = "cpu",
+                       progress: Progress = None):
+    """Metrics of ``model`` with ``layers``' quantized weights (restored afterwards)."""
+    from .evaluate import evaluate, resolve_device
+
+    dev = resolve_device(device)
+    model.to(dev)
+    with quantized_applied(model, layers):
+        return evaluate(model, data, dev, progress=progress)

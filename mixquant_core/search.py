@@ -41,12 +41,32 @@ def _ratios_ascending(table: QETable):
     return bits_up, np.minimum.accumulate(ratio, axis=1)
 
 
+def _check_qems(qems) -> np.ndarray:
+    """``check_qem`` on every value, vectorised (breakpoints passes hundreds of them)."""
+    try:
+        values = np.atleast_1d(np.asarray(qems, dtype=np.float64))
+    except (TypeError, ValueError):
+        values = None
+    if values is None or not (np.isfinite(values) & (values >= 1)).all():
+        return np.array([check_qem(q) for q in np.atleast_1d(qems)], dtype=np.float64)  # raises on the bad one
+    return values
+
+
 def search_many(table: QETable, qems: Sequence[float], pinned: Optional[Sequence[bool]] = None) -> np.ndarray:
     """Bit-widths [Q, L] for every QEM in ``qems`` (pinned layers stay at 8 bits)."""
-    qems = np.array([check_qem(q) for q in np.atleast_1d(qems)], dtype=np.float64)
+    qems = _check_qems(qems)
     bits_up, running_min = _ratios_ascending(table)
-    # count of k with M(l, k) > q == index of the chosen bit in ascending order
-    chosen = (running_min[None, :, :] > qems[:, None, None]).sum(axis=2)
+    # count of k with M(l, k) > q == index of the chosen bit in ascending order. Counted for all
+    # QEMs at once in O(Q*L): with the QEMs sorted, M(l, k) > q_i exactly for i < p(l, k), the
+    # number of QEMs below M(l, k); so the count at i sums the histogram of p above i.
+    ascending = bool(np.all(qems[1:] >= qems[:-1]))  # breakpoints() passes them sorted
+    order = None if ascending else np.argsort(qems, kind="stable")
+    p = np.searchsorted(qems if ascending else qems[order], running_min, side="left")  # [L, B] in 0..Q
+    (n_l, n_b), n_q = running_min.shape, len(qems)
+    hist = np.bincount((p * n_l + np.arange(n_l)[:, None]).ravel(), minlength=(n_q + 1) * n_l).reshape(n_q + 1, n_l)
+    chosen = n_b - np.cumsum(hist[:n_q], axis=0, dtype=np.int32)  # k with p(l, k) > i
+    if order is not None:
+        chosen[order] = chosen.copy()
     out = bits_up[chosen]
     if pinned is not None and any(pinned):
         out[:, np.asarray(pinned, dtype=bool)] = BASE_BITS

@@ -30,10 +30,10 @@ def new_app(data: str | None = "", limit: int = EVAL_IMAGES, **state) -> AppTest
 
 
 def open_page(at: AppTest, page: str) -> AppTest:
-    """Run once (registers the navigation), then switch to ``pages/<page>.py``."""
+    """Run once (registers the navigation), then switch to ``app_pages/<page>.py``."""
     if not at.session_state.to_dict().get("settings"):
         at.run()
-    return at.switch_page(f"pages/{page}.py").run()
+    return at.switch_page(f"app_pages/{page}.py").run()
 
 
 def errors(at: AppTest) -> list[str]:

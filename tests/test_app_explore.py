@@ -111,8 +111,8 @@ def test_sidebar_choices_drive_the_plan_and_survive_page_changes():
     bits = ws.bits_for([qem])[0]
     assert bits[0] == bits[-1] == 8  # pinned
     assert {m.label: m.value for m in at.metric}["Plan"] == f"{ws.size(bits).plan_mb:.2f} MB"
-    at.switch_page("pages/export.py").run()
-    at.switch_page("pages/explore.py").run()
+    at.switch_page("app_pages/export.py").run()
+    at.switch_page("app_pages/explore.py").run()
     assert at.sidebar.selectbox(key="quantizer").value == "per-channel"
     assert at.sidebar.checkbox(key="keep_first_last").value is True
     assert {m.label: m.value for m in at.metric}["Plan"] == f"{ws.size(bits).plan_mb:.2f} MB"

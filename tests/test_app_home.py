@@ -124,7 +124,7 @@ def test_state_dict_upload_with_its_architecture_is_summarised():
     assert metrics["Quantizable layers"] == str(len(find_layers(model)))
     assert metrics["Parameters"] == f"{sum(p.numel() for p in model.parameters()):,}"
     # the upload is remembered when the user moves to another page
-    at.switch_page("pages/explore.py").run()
+    at.switch_page("app_pages/explore.py").run()
     assert_ran_cleanly(at)
     assert not errors(at)
     assert at.session_state["settings"].model_name == "my-squeezenet.pth"

@@ -39,7 +39,7 @@ def test_one_kind_at_a_time(val_dir):
     assert {t.name for t in fig.data} == {"first_conv", "fc"}
     assert len(fig.layout.shapes) == 2  # float32 and int8 reference lines
     # the selection survives a trip to another page, and so do the results
-    at.switch_page("pages/explore.py").run()
-    at.switch_page("pages/sensitivity.py").run()
+    at.switch_page("app_pages/explore.py").run()
+    at.switch_page("app_pages/sensitivity.py").run()
     assert at.multiselect(key="sens_bits").value == [2]
     assert list(at.dataframe[0].value["kind"]) == ["first_conv", "fc"]

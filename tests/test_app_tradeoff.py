@@ -54,7 +54,7 @@ def test_budget_pick_and_use_sets_qem_everywhere(swept):
     biggest_qem = float(table["QEM"].iloc[-1])
     at.button(key="use_qem").click().run()
     assert at.session_state["qem"] == pytest.approx(biggest_qem)
-    at.switch_page("pages/explore.py").run()
+    at.switch_page("app_pages/explore.py").run()
     assert_ran_cleanly(at)
     assert "Set from the Trade-off page" in at.caption[0].value
     # Explore shows exactly the plan of that QEM (size metric)
@@ -63,14 +63,14 @@ def test_budget_pick_and_use_sets_qem_everywhere(swept):
     assert {m.label: m.value for m in at.metric}["Plan"] == f"{size.plan_mb:.2f} MB"
     assert f32 >= 0
     # coming back is free: the results are still there without pressing the button
-    at.switch_page("pages/tradeoff.py").run()
+    at.switch_page("app_pages/tradeoff.py").run()
     assert at.dataframe and list(at.dataframe[0].value["method"][:2]) == ["float32", "int8"]
 
 
 @pytest.mark.data
 def test_impossible_budget_is_explained(swept):
     at = swept
-    at.switch_page("pages/tradeoff.py").run()
+    at.switch_page("app_pages/tradeoff.py").run()
     at.number_input(key="max_drop").set_value(0.0).run()
     assert_ran_cleanly(at)
     # either some plan matches float32 exactly, or the page says none does

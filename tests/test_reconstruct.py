@@ -12,7 +12,7 @@ from mixquant_core.reconstruct import (ReconConfig, apply_quantized_, mse_affine
                                        reconstruct_plan)
 from recon_support import MIXED_BITS, images, tiny_chain, workspace
 
-CFG = ReconConfig(iters=200, batch_size=8, seed=0, eval_samples=16)
+CFG = ReconConfig(iters=100, batch_size=8, lr=3e-2, seed=0, eval_samples=16)
 
 
 @pytest.fixture(scope="module", autouse=True)
