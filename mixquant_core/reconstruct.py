@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -223,8 +222,7 @@ def reconstruct(model: nn.Module, bits: Dict[str, int], calib: torch.Tensor, cfg
     if missing:
         raise MixQuantError(f"layer '{missing[0]}' is outside the blocks reconstruction knows for this model")
     modules = dict(work.named_modules())
-    gen = torch.Generator().manual_seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)  # the only randomness: which samples each step sees
     chunk = max(cfg.batch_size, 64)
     x_fp = calib.to(device)
     x_q = x_fp
