@@ -8,7 +8,7 @@ import streamlit as st
 
 from mixquant_core import default_qem_grid, plots
 from mixquant_core.tradeoff import baseline, rows_to_csv, smallest_within
-from studio_ui import sidebar, state
+from studio_ui import pareto, sidebar, state
 
 sidebar.render()
 st.title("Trade-off")
@@ -89,3 +89,5 @@ frame = pd.DataFrame([r.to_dict() for r in rows]).rename(columns={
 st.dataframe(frame, hide_index=True, column_config={"quant MSE": st.column_config.NumberColumn(format="%.3e")})
 st.download_button("Download table (CSV)", rows_to_csv(rows), file_name=f"{ws.loaded.name}-tradeoff.csv",
                    mime="text/csv", on_click="ignore", key="tradeoff_csv")
+
+pareto.render(ws, data)

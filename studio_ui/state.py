@@ -216,6 +216,37 @@ def eval_tensors(ws: Workspace, s: Optional[Settings] = None) -> Optional[EvalTe
     return data
 
 
+def default_calib_dir() -> str:
+    """``$MIXQUANT_DATA/imagenet-calib-1000`` when present (the calibration set beside the eval set)."""
+    from mixquant_core.data import default_data_root
+
+    root = default_data_root()
+    calib = Path(root) / "imagenet-calib-1000" if root else None
+    return str(calib) if calib is not None and calib.is_dir() else ""
+
+
+def calib_tensors(ws: Workspace, folder: str, n: int) -> Optional[EvalTensors]:
+    """``n`` calibration images (spread over the folder) for the Fisher cost, decoded once."""
+    from mixquant_core.sensitivity import open_calibration_folder
+
+    key = ("calib", folder, n, repr(ws.loaded.preprocess))
+    store = _tensor_store()
+    with compute_lock():
+        data = store.get(key)
+        if data is None:
+            try:
+                with progress("Decoding calibration images") as cb:
+                    data = load_tensors(open_calibration_folder(folder, n), ws.loaded.preprocess.transform(), cb)
+            except USER_ERRORS as exc:
+                st.error(f"Calibration set unusable: {one_line(exc)}")
+                return None
+            store[key] = data
+            while len(store) > TENSOR_CACHE_SIZE:
+                store.popitem(last=False)
+        store.move_to_end(key)
+    return data
+
+
 def data_key(s: Settings, data: EvalTensors) -> tuple:
     return (s.data_key, s.limit, len(data))
 

@@ -93,3 +93,36 @@ def test_one_unreadable_image_is_reported_and_left_out(tmp_path):
     assert_ran_cleanly(at)
     assert any("1 image(s) could not be read" in e and "bad.jpg" in e for e in errors(at)), errors(at)
     assert at.button(key="run_sweep")  # the page goes on with the readable image
+
+
+@pytest.mark.data
+def test_pareto_section_compares_methods_and_exports_a_point(swept):
+    at = swept
+    at.multiselect(key="pareto_methods").set_value(["uniform", "budget-qe"])
+    at.multiselect(key="pareto_targets").set_value([6.0])
+    at.button(key="run_pareto").click().run()
+    assert_ran_cleanly(at)
+    assert not errors(at)
+    assert "pareto_chart" in charts(at)
+    frame = at.dataframe[-1].value
+    assert list(frame["method"]) == ["float32"] + ["uniform"] * 7 + ["budget-qe"]
+    assert frame["pareto"].any()
+    budget = frame[frame["method"] == "budget-qe"].iloc[0]
+    assert budget["avg bits"] <= 6.0 + 1e-9
+    # the budgeted plan is at least as accurate as the uniform 6-bit plan of the same budget
+    assert budget["top-1 %"] >= float(frame[(frame["method"] == "uniform") & (frame["avg bits"] == 6.0)]["top-1 %"].iloc[0])
+    label = next(o for o in at.selectbox(key="pareto_pick").options if o.startswith("budget-qe"))
+    at.selectbox(key="pareto_pick").set_value(label).run()
+    assert at.download_button(key="pareto_plan_json").label == "Download this point's plan (JSON)"
+    # the exported point is the budgeted plan: its summary says so
+    assert any("budget-qe" in c.value and "6 average bits" in c.value for c in at.caption), [c.value for c in at.caption]
+
+
+@pytest.mark.data
+def test_pareto_fisher_without_calibration_folder_is_an_error(swept):
+    at = swept
+    at.multiselect(key="pareto_methods").set_value(["budget-fisher"])
+    at.text_input(key="calib_dir").set_value("")
+    at.button(key="run_pareto").click().run()
+    assert_ran_cleanly(at)
+    assert any("needs a calibration folder" in e for e in errors(at))

@@ -162,5 +162,5 @@ def test_lite0_fisher_on_real_calibration_images(lite0, data_root):
     table = ws.fisher(calib)
     assert table.cost.shape == (50, 7) and table.labelled == 2
     assert np.all(np.isfinite(table.cost)) and np.all(table.fisher_sum > 0)
-    # per layer, fewer bits never cost less (asymmetric rounding error grows as the step grows)
-    assert np.mean(np.diff(table.cost, axis=1) > 0) > 0.95
+    # per layer, fewer bits always cost more (the rounding step doubles with each bit removed)
+    assert np.all(np.diff(table.cost, axis=1) > 0)
