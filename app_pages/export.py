@@ -3,6 +3,7 @@ import pandas as pd
 import streamlit as st
 
 from mixquant_core import Plan, plots, plan_size
+from mixquant_core.export import quantized_model_bytes, read_quantized, size_report
 from mixquant_core.tradeoff import rows_to_csv
 from studio_ui import sidebar, state
 
@@ -30,6 +31,36 @@ else:
     c2.caption("The trade-off table (CSV) can be downloaded once the Trade-off page has evaluated it for this model.")
 with st.expander("Preview plan JSON"):
     st.code(plan_json, language="json")
+
+st.subheader("Quantized model (safetensors)")
+st.caption("Each quantized layer's integer codes packed at its bit-width with its scale and zero-point, the other "
+           "tensors as float32, the plan as metadata. `mixquant_core.export.load_quantized_(model, file)` loads it "
+           "back bit-exact to the fake-quantized weights.")
+files = st.session_state.setdefault("quantized_files", {})
+file_key = (s.workspace_key, plan_json)
+if st.button("Build the quantized model file", key="build_export"):
+    try:
+        with st.spinner("Packing codes..."), state.compute_lock():
+            files[file_key] = quantized_model_bytes(ws.loaded.model, plan)
+    except state.USER_ERRORS as exc:
+        st.error(f"Export failed: {state.one_line(exc)}")
+if file_key in files:
+    report = size_report(files[file_key], ws.loaded.model)
+    st.download_button("Download quantized model (.safetensors)", files[file_key], on_click="ignore",
+                       file_name=f"{ws.loaded.name}-qem{qem:.4g}.safetensors", mime="application/octet-stream",
+                       key="model_safetensors")
+    st.caption(f"{report['bytes'] / 1e6:.3f} MB on disk; the size accounting says {report['accounted_bytes'] / 1e6:.3f} MB "
+               f"({report['difference_pct']:+.2f} %: the file's header and metadata).")
+exported_upload = st.file_uploader("Upload a quantized model file to check it against the current model",
+                                   type=["safetensors"], key="export_upload")
+if exported_upload is not None:
+    try:
+        qf = read_quantized(exported_upload.getvalue(), ws.loaded.model)
+    except state.USER_ERRORS as exc:
+        st.error(f"'{exported_upload.name}' cannot be used: {state.one_line(exc)}")
+    else:
+        st.success(f"'{exported_upload.name}' fits {ws.loaded.name}: {len(qf.layers)} quantized layers "
+                   f"({qf.scheme}), {qf.plan.size['avg_bits']:.2f} average bits.")
 
 st.subheader("Check a plan file")
 uploaded = st.file_uploader("Upload a plan (JSON) to check against the current model", type=["json"], key="plan_upload")

@@ -85,3 +85,25 @@ def test_plan_for_another_model_is_refused(export, core_ws):
     at.run()
     errs = errors(at)
     assert len(errs) == 1 and "plan is for another model" in errs[0] and "features.0.0" in errs[0], errs
+
+
+def test_quantized_model_file_builds_checks_and_refuses_junk(export, core_ws):
+    from mixquant_core.export import quantized_model_bytes
+
+    at = export
+    at.button(key="build_export").click().run()
+    assert_ran_cleanly(at)
+    assert not errors(at)
+    assert at.download_button(key="model_safetensors").label == "Download quantized model (.safetensors)"
+    note = next(c.value for c in at.caption if "on disk" in c.value)
+    data = quantized_model_bytes(core_ws.loaded.model, core_ws.plan(64.0))
+    assert f"{len(data) / 1e6:.3f} MB on disk" in note
+    # the same file, uploaded back, is accepted; junk is refused with one line
+    at.file_uploader(key="export_upload").upload("lite0.safetensors", data, "application/octet-stream")
+    at.run()
+    assert any("fits efficientnet_lite0" in s.value and "50 quantized layers" in s.value for s in at.success)
+    at.file_uploader(key="export_upload").upload("junk.safetensors", b"\x00" * 64, "application/octet-stream")
+    at.run()
+    assert_ran_cleanly(at)
+    assert any(e.startswith("'junk.safetensors' cannot be used:") for e in errors(at))
+    assert at.download_button(key="plan_json")  # the rest of the page still works
