@@ -196,20 +196,9 @@ def eval_tensors(ws: Workspace, s: Optional[Settings] = None) -> Optional[EvalTe
         return None
     images = images.subset(s.limit)
     key = (s.data_key, len(images), repr(ws.loaded.preprocess))
-    store = _tensor_store()
-    with compute_lock():
-        data = store.get(key)
-        if data is None:
-            try:
-                with progress("Decoding images") as cb:
-                    data = load_tensors(images, ws.loaded.preprocess.transform(), cb)
-            except USER_ERRORS as exc:
-                st.error(f"Evaluation set unusable: {one_line(exc)}")
-                return None
-            store[key] = data
-            while len(store) > TENSOR_CACHE_SIZE:
-                store.popitem(last=False)
-        store.move_to_end(key)
+    data = _decoded(key, "Evaluation set", lambda cb: load_tensors(images, ws.loaded.preprocess.transform(), cb))
+    if data is None:
+        return None
     if data.skipped:
         names = ", ".join(Path(p).name for p in data.skipped[:3]) + (" ..." if len(data.skipped) > 3 else "")
         st.error(f"{len(data.skipped)} image(s) could not be read and were left out: {names}")
@@ -230,15 +219,22 @@ def calib_tensors(ws: Workspace, folder: str, n: int) -> Optional[EvalTensors]:
     from mixquant_core.sensitivity import open_calibration_folder
 
     key = ("calib", folder, n, repr(ws.loaded.preprocess))
+    return _decoded(key, "Calibration set",
+                    lambda cb: load_tensors(open_calibration_folder(folder, n), ws.loaded.preprocess.transform(), cb))
+
+
+def _decoded(key: tuple, what: str, decode) -> Optional[EvalTensors]:
+    """Decoded images from the shared LRU store, decoding (with a progress bar) on a miss;
+    None after showing why the set is unusable."""
     store = _tensor_store()
     with compute_lock():
         data = store.get(key)
         if data is None:
             try:
-                with progress("Decoding calibration images") as cb:
-                    data = load_tensors(open_calibration_folder(folder, n), ws.loaded.preprocess.transform(), cb)
+                with progress(f"Decoding images ({what.lower()})") as cb:
+                    data = decode(cb)
             except USER_ERRORS as exc:
-                st.error(f"Calibration set unusable: {one_line(exc)}")
+                st.error(f"{what} unusable: {one_line(exc)}")
                 return None
             store[key] = data
             while len(store) > TENSOR_CACHE_SIZE:
