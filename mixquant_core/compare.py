@@ -121,13 +121,7 @@ def compare(ws: Workspace, data: EvalTensors, targets: Sequence[float] = DEFAULT
     if "budget-fisher" in methods:
         ws.fisher(calib, progress)
     cands = candidates(ws, targets, methods, calib, include_float)
-    distinct = list(dict.fromkeys(c.bits for c in cands))
-    for k, bits in enumerate(distinct):
-        if progress:
-            progress(k, len(distinct), f"plan {k + 1}/{len(distinct)}")
-        ws.evaluate_bits(bits, data)
-    if progress:
-        progress(len(distinct), len(distinct), "done")
+    ws.evaluate_plans([c.bits for c in cands], data, progress)
     rows = []
     for c in cands:
         sweep_row = ws.row(c.method, c.bits, data, qem=c.qem)

@@ -63,6 +63,8 @@ class Workspace:
         self._family: Optional[PlanFamily] = None
         self._metrics: Dict[tuple, Metrics] = {}
         self._metrics_data: Optional[int] = None
+        self._fisher = None  # (calibration set, FisherTable); holding the set keeps its id unique
+        self._allocations: Dict[tuple, object] = {}  # (cost, unit) -> allocation family
 
     # --- QE table and search ---------------------------------------------------------------
     def table(self, progress: Progress = None) -> QETable:
@@ -137,6 +139,16 @@ class Workspace:
                     self._metrics[key] = evaluate(model, data, self.device, progress=progress)
         return self._metrics[key]
 
+    def evaluate_plans(self, plans: Sequence[Optional[Sequence[int]]], data: EvalTensors, progress: Progress = None) -> None:
+        """Evaluate each distinct plan of ``plans`` once (``None`` = float32), one progress step per plan."""
+        distinct = list(dict.fromkeys(None if b is None else tuple(int(x) for x in b) for b in plans))
+        for k, bits in enumerate(distinct):
+            if progress:
+                progress(k, len(distinct), f"plan {k + 1}/{len(distinct)}")
+            self.evaluate_bits(bits, data)
+        if progress:
+            progress(len(distinct), len(distinct), "done")
+
     def row(self, method: str, bits: Optional[Sequence[int]], data: EvalTensors, qem: Optional[float] = None,
             progress: Progress = None) -> SweepRow:
         m = self.evaluate_bits(bits, data, progress)
@@ -153,20 +165,7 @@ class Workspace:
         qems = [check_qem(q) for q in qems]
         all_bits = self.bits_for(qems) if qems else np.zeros((0, len(self.layers)), dtype=np.int64)
         plans = [None, tuple(self.uniform(BASE_BITS))] + [tuple(b) for b in all_bits]
-        distinct = list(dict.fromkeys(plans))
-        done = [0]
-
-        def step(i, n, what):
-            if progress:
-                progress(done[0], len(distinct), what)
-
-        for k, bits in enumerate(distinct):
-            done[0] = k
-            if progress:
-                progress(k, len(distinct), f"plan {k + 1}/{len(distinct)}")
-            self.evaluate_bits(bits, data, step)
-        if progress:
-            progress(len(distinct), len(distinct), "done")
+        self.evaluate_plans(plans, data, progress)
         rows = [self.row("float32", None, data), self.row("int8", self.uniform(BASE_BITS), data)]
         rows += [self.row("mixquant", b, data, qem=q) for q, b in zip(qems, all_bits)]
         return rows
@@ -180,11 +179,11 @@ class Workspace:
         """Fisher-weighted error table on calibration images, cached per calibration set."""
         from .sensitivity import fisher_table
 
-        held = getattr(self, "_fisher", None)  # (calib, table): holding calib keeps its id unique
+        held = self._fisher
         if held is None or held[0] is not calib:
             table = fisher_table(self.loaded.model, self.layers, calib, self.quantizer, self.bits, self.device, progress)
             self._fisher = (calib, table)
-            self.__dict__.setdefault("_allocations", {}).clear()
+            self._allocations.clear()
         return self._fisher[1]
 
     def allocation_family(self, cost: str = "qe", unit: str = "bytes", calib: Optional[EvalTensors] = None):
@@ -198,7 +197,7 @@ class Workspace:
             raise MixQuantError("the Fisher cost needs calibration images (--calib DIR)")
         costs = self.cost_table(cost, calib)  # may refresh the Fisher table (and clear this cache)
         key = (cost, unit)
-        cache = self.__dict__.setdefault("_allocations", {})
+        cache = self._allocations
         if key not in cache:
             cache[key] = allocation_family(self.bits, self.budget_weights(unit), costs, self.pinned)
         return cache[key]
