@@ -9,7 +9,7 @@ import time
 from contextlib import contextmanager
 from typing import List, Optional
 
-from .errors import MixQuantError
+from .errors import MixQuantError, first_line
 
 QUANTIZER_CHOICES = ("asymmetric", "symmetric", "per-channel")
 
@@ -139,6 +139,18 @@ def _eval_tensors(args, ws, show: bool):
     return data
 
 
+def calibration_tensors(folder: str, n: int, preprocess, show: bool):
+    """``n`` calibration images spread over ``folder`` (labelled or plain), decoded with a progress bar."""
+    from .data import load_tensors
+    from .sensitivity import open_calibration_folder
+
+    if n < 1:
+        raise MixQuantError(f"--calib-images must be at least 1, got {n}")
+    images = open_calibration_folder(folder, n)
+    with progress_bar(show, "decode calibration") as cb:
+        return load_tensors(images, preprocess.transform(), cb)
+
+
 def _fmt(v, nd=2) -> str:
     if v is None:
         return "N/A"
@@ -265,7 +277,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("mixquant: interrupted", file=sys.stderr)
         return 130
     except (OSError, RuntimeError, ValueError) as exc:  # anything else the user's input can trigger
-        print(f"mixquant: error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", file=sys.stderr)
+        print(f"mixquant: error: {type(exc).__name__}: {first_line(exc)}", file=sys.stderr)
         return 1
     return 0
 

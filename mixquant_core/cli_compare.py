@@ -5,7 +5,6 @@ import csv
 import json
 import sys
 import time
-from pathlib import Path
 from typing import Optional
 
 from .errors import MixQuantError
@@ -18,28 +17,18 @@ def _add_calib_args(p) -> None:
 
 
 def _calib_dir(args) -> Optional[str]:
-    if args.calib:
-        return args.calib
-    from .data import default_data_root
+    from .data import default_calib_dir
 
-    root = default_data_root()
-    found = Path(root) / "imagenet-calib-1000" if root else None
-    return str(found) if found and found.is_dir() else None
+    return args.calib or default_calib_dir()
 
 
 def _calib_tensors(args, ws, show: bool):
-    from .cli import progress_bar
-    from .data import load_tensors
-    from .sensitivity import open_calibration_folder
+    from .cli import calibration_tensors
 
     where = _calib_dir(args)
     if where is None:
         raise MixQuantError("the Fisher cost needs calibration images: pass --calib DIR (or set MIXQUANT_DATA)")
-    if args.calib_images < 1:
-        raise MixQuantError(f"--calib-images must be at least 1, got {args.calib_images}")
-    images = open_calibration_folder(where, args.calib_images)
-    with progress_bar(show, "decode calibration") as cb:
-        return load_tensors(images, ws.loaded.preprocess.transform(), cb)
+    return calibration_tensors(where, args.calib_images, ws.loaded.preprocess, show)
 
 
 def cmd_allocate(args) -> None:

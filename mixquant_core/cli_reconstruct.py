@@ -80,20 +80,16 @@ def _out_dir_ok(path: str) -> None:
 
 
 def cmd_reconstruct(args) -> None:
-    from .cli import progress_bar
-    from .data import load_tensors
+    from .cli import calibration_tensors, progress_bar
     from .export import save_quantized, size_report
     from .reconstruct import ReconConfig, reconstruct_plan, recon_metadata
-    from .sensitivity import open_calibration_folder
 
     _out_dir_ok(args.out)
-    if args.calib_images < 1:
+    if args.calib_images < 1:  # before the (slow) model load
         raise MixQuantError(f"--calib-images must be at least 1, got {args.calib_images}")
     loaded, plan = _plan_and_model(args)
     show = not args.no_progress
-    images = open_calibration_folder(args.calib, args.calib_images)
-    with progress_bar(show, "decode calibration") as cb:
-        calib = load_tensors(images, loaded.preprocess.transform(), cb)
+    calib = calibration_tensors(args.calib, args.calib_images, loaded.preprocess, show)
     cfg = ReconConfig(iters=args.iters, batch_size=args.batch_size, scheme=args.scheme, seed=args.seed, device=args.device)
     with progress_bar(show, "reconstruct") as cb:
         result = reconstruct_plan(loaded.model, plan, calib.images, cfg, cb)

@@ -56,6 +56,13 @@ def default_eval_dir() -> Optional[str]:
     return str(val if val.is_dir() else root)
 
 
+def default_calib_dir() -> Optional[str]:
+    """``$MIXQUANT_DATA/imagenet-calib-1000`` when that exists (calibration images beside the eval set)."""
+    root = default_data_root()
+    calib = Path(root) / "imagenet-calib-1000" if root else None
+    return str(calib) if calib is not None and calib.is_dir() else None
+
+
 def _read_class_names(root: Path) -> List[str]:
     for cand in (root / "classes.txt", root.parent / "classes.txt"):
         if cand.is_file():

@@ -19,3 +19,9 @@ class DatasetError(MixQuantError):
 
 class PlanError(MixQuantError):
     """A plan file is malformed or does not fit the model it is applied to."""
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (its type name when it has none), for one-line errors."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:limit] if lines else type(exc).__name__

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import MixQuantError
+from .errors import MixQuantError, first_line
 from .plan import Plan
 from .reconstruct import QuantizedLayer, apply_quantized_
 
@@ -175,7 +175,7 @@ def _read(path_or_bytes) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
         raise
     except Exception as exc:
         raise ExportError(f"{name} is not a readable safetensors file (corrupt or truncated): "
-                          f"{str(exc).splitlines()[0][:150] if str(exc) else type(exc).__name__}") from None
+                          f"{first_line(exc, 150)}") from None
     return tensors, meta
 
 

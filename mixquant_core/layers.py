@@ -70,8 +70,15 @@ def find_layers(model: nn.Module, exclude: Sequence[str] = ()) -> List[LayerInfo
 
 
 def layer_weights(model: nn.Module, layers: Iterable[LayerInfo]) -> List[torch.Tensor]:
-    modules = dict(model.named_modules())
-    return [modules[layer.name].weight for layer in layers]
+    """Each layer's weight, found by walking its dotted name (building a dict of every module first
+    costs more than the fast QE table itself on deep models)."""
+    out = []
+    for layer in layers:
+        module = model
+        for part in layer.name.split(".") if layer.name else ():
+            module = module._modules[part] if part in module._modules else getattr(module, part)
+        out.append(module.weight)
+    return out
 
 
 def pinned_mask(layers: Sequence[LayerInfo], keep_first_last: bool) -> List[bool]:

@@ -18,7 +18,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 from torch import nn
 
-from .errors import ModelUnavailableError
+from .errors import ModelUnavailableError, first_line
 from .preprocess import TF_MEAN, TF_STD, Preprocess, from_timm, from_torchvision
 
 DEFAULT_MODEL = "efficientnet_lite0"
@@ -141,7 +141,7 @@ def _build_timm(name: str, pretrained: bool = True) -> LoadedModel:
     except RuntimeError as exc:
         if "Unknown model" in str(exc):
             raise ModelUnavailableError(f"timm has no model '{name}'") from None
-        raise ModelUnavailableError(f"cannot load timm model '{name}': {str(exc).splitlines()[0]}") from None
+        raise ModelUnavailableError(f"cannot load timm model '{name}': {first_line(exc)}") from None
     except Exception as exc:  # huggingface_hub raises many kinds when offline
         raise ModelUnavailableError(
             f"cannot download the timm weights for '{name}' ({type(exc).__name__}: no network?); "
@@ -223,7 +223,7 @@ def load_file(path: str | Path, arch: Optional[str] = None, allow_pickle: bool =
             try:
                 model = torch.jit.load(str(path), map_location="cpu")
             except Exception as exc:
-                raise ModelUnavailableError(f"'{path.name}' looks like TorchScript but does not load: {str(exc).splitlines()[0]}") from None
+                raise ModelUnavailableError(f"'{path.name}' looks like TorchScript but does not load: {first_line(exc)}") from None
             pre = build_model(arch, pretrained=False).preprocess if arch else Preprocess(resize=256, crop=224)
             loaded = LoadedModel(model.eval(), path.stem, "file", pre, notes=["TorchScript file"])
             loaded.fingerprint = fingerprint(loaded.model)
@@ -240,7 +240,7 @@ def load_file(path: str | Path, arch: Optional[str] = None, allow_pickle: bool =
     try:
         loaded.model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        first = " ".join(str(exc).split("\n")[1:2]).strip() or str(exc).splitlines()[0]
+        first = " ".join(str(exc).split("\n")[1:2]).strip() or first_line(exc)
         raise ModelUnavailableError(f"'{path.name}' does not fit architecture '{arch}': {first[:300]}") from None
     loaded.name, loaded.source = f"{arch}:{path.stem}", "file"
     loaded.fingerprint = fingerprint(loaded.model)
@@ -254,7 +254,7 @@ def _read_tensors(path: Path, allow_pickle: bool):
         try:
             return st_load(str(path), device="cpu")
         except Exception as exc:
-            raise ModelUnavailableError(f"'{path.name}' is not a readable safetensors file: {str(exc).splitlines()[0]}") from None
+            raise ModelUnavailableError(f"'{path.name}' is not a readable safetensors file: {first_line(exc)}") from None
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -270,9 +270,9 @@ def _read_tensors(path: Path, allow_pickle: bool):
         try:
             return torch.load(str(path), map_location="cpu", weights_only=False)
         except Exception as exc2:
-            raise ModelUnavailableError(f"'{path.name}' does not load: {str(exc2).splitlines()[0]}") from None
+            raise ModelUnavailableError(f"'{path.name}' does not load: {first_line(exc2)}") from None
     except Exception as exc:
-        raise ModelUnavailableError(f"'{path.name}' is not a PyTorch checkpoint (corrupt or wrong format): {str(exc).splitlines()[0][:200]}") from None
+        raise ModelUnavailableError(f"'{path.name}' is not a PyTorch checkpoint (corrupt or wrong format): {first_line(exc, 200)}") from None
 
 
 def load_model(name_or_path: str, arch: Optional[str] = None, allow_pickle: bool = False) -> LoadedModel:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Sequence
@@ -16,7 +15,7 @@ from .errors import PlanError
 from .layers import LayerInfo, find_layers
 from .qe import QETable
 from .quantizers import MAX_BITS, MIN_BITS, QUANTIZERS, fake_quantize
-from .size import SizeSummary, float32_bytes, plan_size
+from .size import plan_size
 
 PLAN_FORMAT = "mixquant-plan"
 PLAN_VERSION = 1

@@ -108,18 +108,6 @@ def _fast_rows(weights, layers, bits, quantizer, progress):
 _METHODS = {"fast": _fast_rows, "reference": _reference_rows}
 
 
-def _weights(model: nn.Module, layers: List[LayerInfo]) -> List[torch.Tensor]:
-    """Each layer's weight, found by walking its dotted name (``layer_weights`` builds a dict of
-    every module first, which costs more than the fast QE table itself on deep models)."""
-    out = []
-    for layer in layers:
-        module = model
-        for part in layer.name.split(".") if layer.name else ():
-            module = module._modules[part] if part in module._modules else getattr(module, part)
-        out.append(module.weight)
-    return out
-
-
 def _as_float32(w: torch.Tensor, device: torch.device) -> torch.Tensor:
     same_device = w.device == device or (device.type == w.device.type and device.index is None)
     return w if same_device and w.dtype == torch.float32 else w.to(device=device, dtype=torch.float32)
@@ -146,6 +134,6 @@ def qe_table(
         raise MixQuantError(f"unknown QE method '{method}'; choose fast or reference") from None
     device = torch.device(device)
     with torch.inference_mode():
-        weights = [_as_float32(w.detach(), device) for w in _weights(model, layers)]
+        weights = [_as_float32(w.detach(), device) for w in layer_weights(model, layers)]
         qe, mean_sq = rows(weights, layers, bits, quantizer, progress)
     return QETable(layers=list(layers), bits=bits, qe=qe, mean_sq=mean_sq, quantizer=quantizer)

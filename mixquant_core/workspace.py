@@ -10,7 +10,6 @@ from dataclasses import asdict, dataclass
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
-import torch
 
 from .data import EvalTensors
 from .errors import MixQuantError

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from mixquant_core.data import default_calib_dir
 from mixquant_core.compare import DEFAULT_TARGETS, METHODS, compare, plan_for
 from mixquant_core.plots_pareto import pareto_figure
 
@@ -21,7 +22,7 @@ def render(ws, data) -> None:
                "Each method's plan at the same average-bit budgets, evaluated on the same images; "
                "points on the Pareto front of size vs top-1 are outlined.")
     state.persist(pareto_methods=list(METHODS), pareto_targets=list(DEFAULT_TARGETS),
-                  calib_dir=state.default_calib_dir(), calib_images=64)
+                  calib_dir=default_calib_dir() or "", calib_images=64)
     left, right = st.columns(2)
     methods = left.multiselect("Methods", list(METHODS), key="pareto_methods", format_func=lambda m: f"{m}: {METHODS[m]}")
     targets = right.multiselect("Average-bit budgets", [8.0, 7.0, 6.5, 6.0, 5.5, 5.0, 4.5, 4.0, 3.5, 3.0, 2.5],

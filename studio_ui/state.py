@@ -17,7 +17,7 @@ import numpy as np
 import streamlit as st
 
 from mixquant_core import EvalTensors, ImageList, Workspace, load_model, load_tensors, open_image_folder, open_imagenette
-from mixquant_core.errors import DatasetError, MixQuantError
+from mixquant_core.errors import DatasetError, MixQuantError, first_line
 from mixquant_core.models import torchvision_cache_path
 
 from .settings import DEFAULT_QEM, Settings
@@ -30,8 +30,7 @@ def one_line(exc: BaseException) -> str:
     """A user-facing line: core errors already are one; others get their type and first line."""
     if isinstance(exc, MixQuantError):
         return str(exc)
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else 'unexpected failure'}"
+    return f"{type(exc).__name__}: {first_line(exc)}"
 
 
 def settings() -> Settings:
@@ -203,15 +202,6 @@ def eval_tensors(ws: Workspace, s: Optional[Settings] = None) -> Optional[EvalTe
         names = ", ".join(Path(p).name for p in data.skipped[:3]) + (" ..." if len(data.skipped) > 3 else "")
         st.error(f"{len(data.skipped)} image(s) could not be read and were left out: {names}")
     return data
-
-
-def default_calib_dir() -> str:
-    """``$MIXQUANT_DATA/imagenet-calib-1000`` when present (the calibration set beside the eval set)."""
-    from mixquant_core.data import default_data_root
-
-    root = default_data_root()
-    calib = Path(root) / "imagenet-calib-1000" if root else None
-    return str(calib) if calib is not None and calib.is_dir() else ""
 
 
 def calib_tensors(ws: Workspace, folder: str, n: int) -> Optional[EvalTensors]:

@@ -1,5 +1,4 @@
 """Model registry: the built-in Lite models, torchvision through its cache, timm, and user files."""
-import io
 import urllib.error
 
 import pytest

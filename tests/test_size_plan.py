@@ -1,7 +1,6 @@
 """Size accounting on a hand-built model; plan JSON round trip and every invalid-plan error."""
 import json
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
