@@ -56,19 +56,23 @@ def search_many(table: QETable, qems: Sequence[float], pinned: Optional[Sequence
     """Bit-widths [Q, L] for every QEM in ``qems`` (pinned layers stay at 8 bits)."""
     qems = _check_qems(qems)
     bits_up, running_min = _ratios_ascending(table)
-    # count of k with M(l, k) > q == index of the chosen bit in ascending order. Counted for all
-    # QEMs at once in O(Q*L): with the QEMs sorted, M(l, k) > q_i exactly for i < p(l, k), the
-    # number of QEMs below M(l, k); so the count at i sums the histogram of p above i.
     ascending = bool(np.all(qems[1:] >= qems[:-1]))  # breakpoints() passes them sorted
     order = None if ascending else np.argsort(qems, kind="stable")
+    # p(l, k) = number of (sorted) QEMs below M(l, k), so M(l, k) > q_i exactly for i < p(l, k),
+    # and the chosen index at q_i is the count of k with p(l, k) > i. M is non-increasing in k,
+    # so p is too: read backwards, a layer's p splits 0..Q into B+1 runs on which that count is
+    # B, B-1, ..., 0. One np.repeat writes every layer's runs: O(Q*L) output, O(L*B) work besides.
     p = np.searchsorted(qems if ascending else qems[order], running_min, side="left")  # [L, B] in 0..Q
     (n_l, n_b), n_q = running_min.shape, len(qems)
-    hist = np.bincount((p * n_l + np.arange(n_l)[:, None]).ravel(), minlength=(n_q + 1) * n_l).reshape(n_q + 1, n_l)
-    chosen = n_b - np.cumsum(hist[:n_q], axis=0, dtype=np.int32)  # k with p(l, k) > i
+    edges = np.concatenate([np.zeros((n_l, 1), p.dtype), p[:, ::-1], np.full((n_l, 1), n_q, p.dtype)], axis=1)
+    counts = np.arange(n_b, -1, -1)  # run r holds count B - r; count B has p(l, B-1) = 0 QEMs
+    values = np.concatenate([bits_up, bits_up[-1:]])[np.minimum(counts, n_b - 1)]
+    out = np.repeat(np.broadcast_to(values, (n_l, n_b + 1)).ravel(), np.diff(edges, axis=1).ravel())
+    out = out.reshape(n_l, n_q).T  # [Q, L], a transposed view: rows are read one plan at a time
     if order is not None:
-        chosen[order] = chosen.copy()
-    out = bits_up[chosen]
+        out = out[np.argsort(order, kind="stable")]
     if pinned is not None and any(pinned):
+        out = np.array(out)
         out[:, np.asarray(pinned, dtype=bool)] = BASE_BITS
     return out
 
@@ -101,12 +105,10 @@ def breakpoints(table: QETable, pinned: Optional[Sequence[bool]] = None) -> Plan
     cands = running_min[mask].ravel()
     cands = np.unique(cands[np.isfinite(cands) & (cands > 1.0)])
     qems = np.concatenate([[1.0], cands])
-    bits = search_many(table, qems, pinned)
-    # Candidates equal as floats but reached by different layers are merged by np.unique already;
-    # keep only points where the plan really changes (guards against exotic ties).
-    keep = np.ones(len(qems), dtype=bool)
-    keep[1:] = np.any(bits[1:] != bits[:-1], axis=1)
-    return PlanFamily(qems=qems[keep], bits=bits[keep])
+    # Every candidate changes the plan: at q = M(l, k) > 1 layer l (not pinned) counts one more
+    # k with M(l, k) <= q than just below it, and distinct counts are distinct bit-widths. Values
+    # equal as floats but reached by different layers were merged by np.unique.
+    return PlanFamily(qems=qems, bits=search_many(table, qems, pinned))
 
 
 def default_qem_grid(table: QETable, steps: int = 12, qem_min: float = 1.0, qem_max: Optional[float] = None) -> np.ndarray:
