@@ -1,11 +1,12 @@
-"""Export: the current plan as JSON (and the trade-off table as CSV); check an uploaded plan."""
+"""Export: the current plan as JSON (and the trade-off table as CSV), the quantized model file (round-to-nearest,
+or the codes of a reconstruction finished on the Trade-off page); check an uploaded plan."""
 import pandas as pd
 import streamlit as st
 
 from mixquant_core import Plan, plots, plan_size
 from mixquant_core.export import quantized_model_bytes, read_quantized, size_report
 from mixquant_core.tradeoff import rows_to_csv
-from studio_ui import sidebar, state
+from studio_ui import recon_job, sidebar, state
 
 sidebar.render()
 st.title("Export")
@@ -51,6 +52,36 @@ if file_key in files:
                        key="model_safetensors")
     st.caption(f"{report['bytes'] / 1e6:.3f} MB on disk; the size accounting says {report['accounted_bytes'] / 1e6:.3f} MB "
                f"({report['difference_pct']:+.2f} %: the file's header and metadata).")
+
+done = recon_job.latest_done(st.session_state.get("recon_jobs", []), s.model_key)
+if done is None:
+    st.caption("A reconstruction (AdaRound + BRECQ, on the Trade-off page) can be downloaded here once it finishes: "
+               "learned rounding, same plan and file size.")
+else:
+    for_plan = ""  # the same plan as the current one needs no label; another plan is named on its buttons
+    if done.plan.bits != plan.bits:
+        for_plan = f" for {done.label}"
+        st.info(f"The finished reconstruction is for another plan ({done.label}, "
+                f"{done.plan.size['avg_bits']:.2f} average bits), not the current QEM {qem:.5g}'s. "
+                "Its file carries its own plan.")
+    recon_files = st.session_state.setdefault("recon_files", {})
+    if st.button(f"Build the reconstructed model file{for_plan}", key="build_recon_export"):
+        try:
+            with st.spinner("Packing codes..."), state.compute_lock():
+                recon_files.clear()  # one reconstructed file at a time: they are as large as the model
+                recon_files[done.id] = quantized_model_bytes(ws.loaded.model, done.plan, reconstructed=done.result)
+        except state.USER_ERRORS as exc:
+            st.error(f"Export of the reconstruction failed: {state.one_line(exc)}")
+    if done.id in recon_files:
+        report = size_report(recon_files[done.id], ws.loaded.model)
+        qem_part = "" if done.plan.qem is None else f"-qem{done.plan.qem:.4g}"
+        st.download_button(f"Download reconstructed model{for_plan} (.safetensors)", recon_files[done.id],
+                           on_click="ignore", file_name=f"{ws.loaded.name}{qem_part}-adaround.safetensors",
+                           mime="application/octet-stream", key="recon_safetensors")
+        st.caption(f"Reconstructed: {report['bytes'] / 1e6:.3f} MB on disk; the size accounting says "
+                   f"{report['accounted_bytes'] / 1e6:.3f} MB ({report['difference_pct']:+.2f} %: the file's header "
+                   f"and metadata, with how the rounding was learned). Iterations per block: {done.result.config.iters}, "
+                   f"calibration images: {done.result.calib_images}.")
 exported_upload = st.file_uploader("Upload a quantized model file to check it against the current model",
                                    type=["safetensors"], key="export_upload")
 if exported_upload is not None:

@@ -1,4 +1,5 @@
-"""Trade-off: top-1/top-5 against QEM and against size on the evaluation subset (the paper's Table 2).
+"""Trade-off: top-1/top-5 against QEM and against size on the evaluation subset (the paper's Table 2),
+and reconstruction (AdaRound + BRECQ) of a plan in the background.
 
 Workspace.sweep evaluates each distinct plan once and caches its metrics, so coming back, or
 sweeping again with more points, only evaluates plans not seen before.
@@ -8,7 +9,7 @@ import streamlit as st
 
 from mixquant_core import default_qem_grid, plots
 from mixquant_core.tradeoff import baseline, rows_to_csv, smallest_within
-from studio_ui import pareto, sidebar, state
+from studio_ui import pareto, recon_panel, sidebar, state
 
 sidebar.render()
 st.title("Trade-off")
@@ -37,6 +38,7 @@ if st.button("Evaluate trade-off", type="primary", key="run_sweep"):
 rows = sweeps.get(key)
 if rows is None:
     st.info("Press **Evaluate trade-off** to measure float32, int8 and every plan of the QEM grid on the subset.")
+    recon_panel.render(ws, data, [])  # reconstruction needs no sweep: it offers the current QEM's plan
     st.stop()
 st.session_state["last_sweep"] = (s.workspace_key, rows)
 
@@ -91,3 +93,4 @@ st.download_button("Download table (CSV)", rows_to_csv(rows), file_name=f"{ws.lo
                    mime="text/csv", on_click="ignore", key="tradeoff_csv")
 
 pareto.render(ws, data)
+recon_panel.render(ws, data, mq_rows)

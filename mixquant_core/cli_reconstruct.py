@@ -35,6 +35,7 @@ def register(subparsers, commands) -> None:
                    help=f"calibration images, spread over the folder (default {DEFAULT_CALIB_IMAGES})")
     p.add_argument("--iters", type=int, default=500, help="optimisation steps per block (default 500; BRECQ: 20000)")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=None, help="Adam learning rate of the rounding variables (default 0.01)")
     p.add_argument("--scheme", default="per-channel", choices=("per-channel", "asymmetric"),
                    help="base quantizer: MSE-clipped affine per channel (BRECQ, default) or per tensor")
     p.add_argument("--seed", type=int, default=0)
@@ -91,6 +92,8 @@ def cmd_reconstruct(args) -> None:
     show = not args.no_progress
     calib = calibration_tensors(args.calib, args.calib_images, loaded.preprocess, show)
     cfg = ReconConfig(iters=args.iters, batch_size=args.batch_size, scheme=args.scheme, seed=args.seed, device=args.device)
+    if args.lr is not None:
+        cfg.lr = args.lr
     with progress_bar(show, "reconstruct") as cb:
         result = reconstruct_plan(loaded.model, plan, calib.images, cfg, cb)
     size = save_quantized(args.out, loaded.model, plan, result.layers, recon_metadata(result, len(calib)))

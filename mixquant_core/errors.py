@@ -25,3 +25,10 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
     """The first line of an exception's message (its type name when it has none), for one-line errors."""
     lines = str(exc).strip().splitlines()
     return lines[0][:limit] if lines else type(exc).__name__
+
+
+def one_line(exc: BaseException) -> str:
+    """A user-facing line: our errors already are one; others get their type and first line."""
+    if isinstance(exc, MixQuantError):
+        return str(exc)
+    return f"{type(exc).__name__}: {first_line(exc)}"

@@ -17,20 +17,13 @@ import numpy as np
 import streamlit as st
 
 from mixquant_core import EvalTensors, ImageList, Workspace, load_model, load_tensors, open_image_folder, open_imagenette
-from mixquant_core.errors import DatasetError, MixQuantError, first_line
+from mixquant_core.errors import DatasetError, MixQuantError, one_line
 from mixquant_core.models import torchvision_cache_path
 
 from .settings import DEFAULT_QEM, Settings
 
 USER_ERRORS = (MixQuantError, OSError, RuntimeError, ValueError)
 TENSOR_CACHE_SIZE = 4
-
-
-def one_line(exc: BaseException) -> str:
-    """A user-facing line: core errors already are one; others get their type and first line."""
-    if isinstance(exc, MixQuantError):
-        return str(exc)
-    return f"{type(exc).__name__}: {first_line(exc)}"
 
 
 def settings() -> Settings:

@@ -1,4 +1,5 @@
-"""Shared by test_reconstruct.py and test_export.py: a tiny chain model, its plans, images."""
+"""Shared by test_reconstruct.py, test_recon_job.py and test_export.py: a tiny chain model, its
+plans, images (the ``one_thread`` fixture is in conftest.py)."""
 from __future__ import annotations
 
 import torch

@@ -15,13 +15,7 @@ from recon_support import MIXED_BITS, images, tiny_chain, workspace
 CFG = ReconConfig(iters=100, batch_size=8, lr=3e-2, seed=0, eval_samples=16)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is faster, and far faster on a loaded machine (no spin-waits)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # recon_support's fixture, for every test here
 
 
 @pytest.fixture(scope="module")

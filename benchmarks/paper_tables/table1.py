@@ -48,13 +48,22 @@ def eval_tensors(loaded, cache: Path):
     return data
 
 
-def plans(ws, levels=LEVELS):
-    """(label, plan) for uniform b bits and the MixQuant plan at <= b average bits."""
+def plans(ws, levels=LEVELS, paper_qe=False):
+    """(label, plan) for uniform b bits and the MixQuant plan at <= b average bits.
+
+    With ``paper_qe`` also the MixQuant plan chosen with the paper's QE (per-tensor asymmetric
+    round-to-nearest) at <= b average bits, then quantized with the per-channel base quantizer
+    like every other row: on Lite0 that plan is mixed where the per-channel one is uniform."""
     out = []
+    paper = Workspace(ws.loaded, "asymmetric", device="cpu") if paper_qe else None
     for b in levels:
         out.append((f"uniform {b}", ws.plan_from_bits(ws.uniform(b))))
         qem = ws.qem_for_budget(avg_bits=b)
         out.append((f"MixQuant <= {b} avg bits", ws.plan(qem)))
+        if paper is not None:
+            qem = paper.qem_for_budget(avg_bits=b)
+            out.append((f"MixQuant (per-tensor QE) <= {b} avg bits",
+                        ws.plan_from_bits(paper.bits_for([qem])[0], qem, extra={"qe_quantizer": "asymmetric"})))
     return out
 
 
@@ -75,15 +84,19 @@ def main() -> None:
     ap.add_argument("--cache", default="/tmp/mixquant_val1300.pt")
     ap.add_argument("--export-dir", default="/tmp")
     ap.add_argument("--levels", default=",".join(map(str, LEVELS)), help="uniform bit-widths, e.g. 4,3")
+    ap.add_argument("--paper-qe", action="store_true", help="also the plans chosen with the per-tensor QE")
+    ap.add_argument("--only", help="only the rows whose label contains this text")
     args = ap.parse_args()
     torch.set_num_threads(1)
     loaded = load_model("efficientnet_lite0")
     ws = Workspace(loaded, QUANTIZER, device="cpu")
-    todo = plans(ws, tuple(int(b) for b in args.levels.split(",")))
+    todo = plans(ws, tuple(int(b) for b in args.levels.split(",")), args.paper_qe)
+    if args.only:
+        todo = [(label, plan) for label, plan in todo if args.only in label]
     out = open(args.out, "a")
     if args.part == "rtn":
         data = eval_tensors(loaded, Path(args.cache))
-        rows = [("float32", None)] + todo
+        rows = ([] if args.only else [("float32", None)]) + todo
         for label, plan in rows:
             t0 = time.perf_counter()
             bits = None if plan is None else [plan.bits[l.name] for l in ws.layers]
