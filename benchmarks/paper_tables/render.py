@@ -33,16 +33,39 @@ def table2(out: Path) -> str:
 
 
 def table1(out: Path) -> str:
+    """One row per plan: round-to-nearest and reconstruction side by side (the last record of each wins)."""
     rows = _rows(out / "table1.jsonl")
+    by_plan = {}
+    for r in rows:
+        kind = "recon" if "iters" in r else "rtn"
+        by_plan.setdefault(r["plan"], {})[kind] = r
     order = {"float32": 0}
+
+    def key(label):
+        any_row = next(iter(by_plan[label].values()))
+        return (order.get(label, 1), -round(any_row["avg_bits"]), not label.startswith("uniform"), label)
+
+    def metrics(r):
+        return ["-"] * 3 if r is None else [f"{r['top1']:.2f}", f"{r['top5']:.2f}", f"{r['loss']:.3f}"]
+
     body = []
-    for r in sorted(rows, key=lambda r: (order.get(r["plan"], 1), -r["avg_bits"], r["plan"], r["method"])):
-        how = r["method"] if "iters" not in r else (f"{r['method']}; {r['iters']} iters/block, batch {r['batch_size']}, "
-                                                    f"lr {r['lr']}, {r['calib_images']} calib images, {r['device']}, "
-                                                    f"{r['recon_seconds']:.0f} s")
-        body.append([r["plan"], r.get("bit_set", "32"), f"{r['avg_bits']:.2f}", f"{r['size_mb']:.2f}", how,
-                     f"{r['top1']:.2f}", f"{r['top5']:.2f}", f"{r['loss']:.3f}"])
-    return _md(["weights", "bit-widths", "avg bits", "size MB", "quantization", "top-1 %", "top-5 %", "loss"], body)
+    for label in sorted(by_plan, key=key):
+        rtn, rec = by_plan[label].get("rtn"), by_plan[label].get("recon")
+        first = rtn or rec
+        same = (rec or {}).get("same_plan_as")
+        name = label + (f" (= {same})" if same else "")
+        secs = "-" if rec is None else ("same run" if same else f"{rec['recon_seconds']:.0f}")
+        body.append([name, first.get("bit_set", "32"), f"{first['avg_bits']:.2f}", f"{first['size_mb']:.2f}",
+                     *metrics(rtn), *metrics(rec), secs])
+    recs = [r for r in rows if "iters" in r]
+    how = ""
+    if recs:
+        r = recs[-1]
+        how = (f"\n\nReconstruction: AdaRound + BRECQ blocks, MSE-clipped affine per channel, {r['iters']} iterations "
+               f"per block, batch {r['batch_size']}, lr {r['lr']}, {r['calib_images']} calibration images, {r['device']}, seed 0. "
+               "Round-to-nearest: min/max affine per channel.")
+    return _md(["weights", "bit-widths", "avg bits", "size MB", "nearest top-1 %", "nearest top-5 %", "nearest loss",
+                "reconstructed top-1 %", "reconstructed top-5 %", "reconstructed loss", "reconstruction s"], body) + how
 
 
 def table3(out: Path) -> str:

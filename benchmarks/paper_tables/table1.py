@@ -86,11 +86,22 @@ def main() -> None:
     ap.add_argument("--levels", default=",".join(map(str, LEVELS)), help="uniform bit-widths, e.g. 4,3")
     ap.add_argument("--paper-qe", action="store_true", help="also the plans chosen with the per-tensor QE")
     ap.add_argument("--only", help="only the rows whose label contains this text")
+    ap.add_argument("--fisher", action="store_true", help="also the Fisher-budgeted plans at the same average bits")
+    ap.add_argument("--fisher-images", type=int, default=64, help="calibration images for the Fisher table")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: parts run side by side)")
     args = ap.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     loaded = load_model("efficientnet_lite0")
     ws = Workspace(loaded, QUANTIZER, device="cpu")
-    todo = plans(ws, tuple(int(b) for b in args.levels.split(",")), args.paper_qe)
+    levels = tuple(int(b) for b in args.levels.split(","))
+    todo = plans(ws, levels, args.paper_qe)
+    calib_list = open_calibration_folder(str(Path(os.environ["MIXQUANT_DATA"]) / "imagenet-calib-1000"), args.calib_images)
+    if args.fisher:  # the budgeted allocation of least Fisher-weighted error (#6) at the same budgets
+        fisher_calib = load_tensors(calib_list.subset(args.fisher_images), loaded.preprocess.transform())
+        for b in levels:
+            bits = ws.budget_bits("fisher", avg_bits=b, calib=fisher_calib)
+            todo.append((f"Fisher-budgeted <= {b} avg bits",
+                         ws.plan_from_bits(bits, extra={"allocation": "fisher", "fisher_images": len(fisher_calib)})))
     if args.only:
         todo = [(label, plan) for label, plan in todo if args.only in label]
     out = open(args.out, "a")
@@ -112,7 +123,6 @@ def main() -> None:
     wanted = [(l, p) for l, p in todo
               if args.part == "recon" or l.startswith("uniform") == (args.part == "uniform-recon")]
     seen = {}
-    calib_list = open_calibration_folder(str(Path(os.environ["MIXQUANT_DATA"]) / "imagenet-calib-1000"), args.calib_images)
     calib = load_tensors(calib_list, loaded.preprocess.transform()).images
     cfg = ReconConfig(iters=args.iters, batch_size=args.batch_size, lr=args.lr, device="cpu", seed=0)
     for label, plan in wanted:
