@@ -206,3 +206,24 @@ def test_channels_last_and_strided_weights_give_the_same_rows():
             assert not other.is_contiguous()
             b, _, _ = qe_fast.qe_rows([other], DEFAULT_BITS, quantizer)
             np.testing.assert_array_equal(a, b)
+
+
+finite_f32 = st.floats(-1e6, 1e6, width=32) | st.sampled_from([0.0, -0.0, 1e-30, -1e-30, 1e-45, 3e19])
+
+
+@pytest.mark.skipif(not qe_fast.HAVE_NUMBA, reason="numba not installed")
+@pytest.mark.parametrize("quantizer", QUANTIZERS)
+@given(rows=st.lists(st.tuples(finite_f32, finite_f32), min_size=1, max_size=20))
+def test_compiled_row_params_equal_the_numpy_formulas(quantizer, rows):
+    """The error pass's per-row scale, bounds and clamp flags (one numba pass) are exactly the
+    float32 values of ``params_for`` and the monotonic clamp test written with numpy."""
+    lo = np.array([min(a, b) for a, b in rows], dtype=np.float32)
+    hi = np.array([max(a, b) for a, b in rows], dtype=np.float32)
+    scale, inv, cmin, cmax, clamp = qe_fast.row_params(quantizer, lo, hi, DEFAULT_BITS)
+    with np.errstate(invalid="ignore", over="ignore"):
+        ref_scale, ref_cmin, ref_cmax = qe_fast.params_for(quantizer, lo, hi, DEFAULT_BITS)
+        ref_inv = np.float32(1.0) / ref_scale
+        ref_clamp = ~((np.rint(lo[:, None] * ref_inv) >= ref_cmin) & (np.rint(hi[:, None] * ref_inv) <= ref_cmax))
+    for got, want in ((scale, ref_scale), (inv, ref_inv), (cmin, ref_cmin), (cmax, ref_cmax)):
+        assert got.dtype == np.float32 and np.array_equal(got, want)  # equal floats (0.0 == -0.0)
+    assert np.array_equal(clamp, ref_clamp)
