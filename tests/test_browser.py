@@ -1,8 +1,8 @@
 """End-to-end: a real headless Chromium drives `streamlit run app.py` on localhost.
 
 Checks what a user sees: the home page with the default model, the Explore heatmap and QEM
-slider, that moving the slider changes the plan, and that the JSON download is a valid plan for
-the model. Every page is screenshotted to artifacts/screenshots/ (and to docs/screenshots/ for
+slider, that moving the slider changes the plan, that the JSON download is a valid plan for
+the model, and that a background reconstruction shows its results without another click. Every page is screenshotted to artifacts/screenshots/ (and to docs/screenshots/ for
 the README when MIXQUANT_README_SHOTS=1).
 Two timings are measured and written to artifacts/browser_timings.json, never asserted:
 `streamlit run` start -> first heatmap drawn, and slider key press -> changed plan figure.
@@ -183,12 +183,12 @@ def _wait(driver, timeout: float = RENDER_TIMEOUT) -> WebDriverWait:
                          ignored_exceptions=(StaleElementReferenceException, NoSuchElementException))
 
 
-def _find(driver, css: str, text: str = ""):
-    """The first element matching ``css`` whose text starts with ``text`` (case-insensitive)."""
-    for element in driver.find_elements(By.CSS_SELECTOR, css):
-        if element.text.strip().lower().startswith(text.lower()):
-            return element
-    raise NoSuchElementException(f"no {css} with text {text!r}")
+def _find(driver, css: str, text: str = "", last: bool = False):
+    """The first (or last) element matching ``css`` whose text starts with ``text`` (case-insensitive)."""
+    found = [e for e in driver.find_elements(By.CSS_SELECTOR, css) if e.text.strip().lower().startswith(text.lower())]
+    if not found:
+        raise NoSuchElementException(f"no {css} with text {text!r}")
+    return found[-1] if last else found[0]
 
 
 # Counts finished script runs: the root's data-test-script-state leaving "running". Waiting for
@@ -273,14 +273,22 @@ def _metric(driver, label: str) -> str:
     raise NoSuchElementException(f"no metric labelled {label!r}")
 
 
+def _has_metric(driver, label: str) -> bool:
+    try:
+        return bool(_metric(driver, label))
+    except NoSuchElementException:
+        return False
+
+
 def _plan_figures(driver) -> tuple:
     return tuple(_metric(driver, label) for label in PLAN_METRICS)
 
 
-def _set_number(driver, label: str, value) -> None:
-    """Type ``value`` into the number input labelled ``label`` and wait for the rerun."""
+def _set_number(driver, label: str, value, last: bool = False) -> None:
+    """Type ``value`` into the number input labelled ``label`` (the page's last such with ``last``)
+    and wait for the rerun."""
     def box():
-        return _find(driver, '[data-testid="stNumberInput"]', label).find_element(By.CSS_SELECTOR, "input")
+        return _find(driver, '[data-testid="stNumberInput"]', label, last).find_element(By.CSS_SELECTOR, "input")
 
     if box().get_attribute("value") != str(value):
         def type_value():
@@ -302,6 +310,8 @@ def _screenshot(driver, name: str) -> Path:
         "const chrome = window.outerHeight - window.innerHeight;"
         "return chrome + Math.max(m ? m.scrollHeight : 0, s ? s.scrollHeight : 0, document.body.scrollHeight);")
     driver.set_window_size(WINDOW[0], max(WINDOW[1], min(int(height), MAX_SHOT_HEIGHT)))
+    # from the top of the page, even after widgets further down were used
+    driver.execute_script("const m = document.querySelector('[data-testid=\"stMain\"]'); if (m) m.scrollTo(0, 0);")
     # park the pointer in the empty header: no hover effects (title anchor, sidebar arrow, chart toolbars)
     pointer = ActionBuilder(driver)
     pointer.pointer_action.move_to_location(WINDOW[0] // 2, 5)
@@ -415,6 +425,15 @@ def test_tradeoff_evaluates_plans(app, browser):
     assert 0.0 <= top1 <= 100.0
     assert 2 <= int(_metric(browser, "Distinct plans in the grid")) <= SWEEP_POINTS
     assert browser.find_elements(By.CSS_SELECTOR, '[data-testid="stPlotlyChart"] .js-plotly-plot .scatterlayer .trace')
+    # a (tiny) reconstruction in the background: its results must appear with no further click,
+    # which only the polling fragment can do in a real browser
+    _set_number(browser, "Iterations per block", 1)
+    _set_number(browser, "Calibration images", 4, last=True)  # the Pareto section above has one too
+    _set_number(browser, "Batch size", 4)
+    _click_button(browser, "Start reconstruction")
+    _until(browser, lambda d: _has_metric(d, "Reconstructed top-1"), "the reconstruction's results", timeout=240)
+    assert 0.0 <= float(_metric(browser, "Reconstructed top-1").rstrip(" %")) <= 100.0
+    _wait_idle(browser)
     _screenshot(browser, "tradeoff")
 
 
