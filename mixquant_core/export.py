@@ -37,7 +37,8 @@ from torch import nn
 
 from .errors import MixQuantError, first_line
 from .plan import Plan
-from .reconstruct import QuantizedLayer, apply_quantized_
+from .adaround import QuantizedLayer
+from .reconstruct import apply_quantized_
 
 EXPORT_FORMAT = "mixquant-quantized"
 EXPORT_VERSION = 1

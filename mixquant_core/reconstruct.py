@@ -2,10 +2,10 @@
 
 Weights only (activations stay float32), each layer at the bit-width its plan gives it.
 
-* Base quantizer: affine (asymmetric), per output channel by default, with the clipping range
+* Base quantizer (adaround.py): affine (asymmetric), per output channel by default, with the clipping range
   chosen per channel by MSE over 80 shrink ratios (BRECQ's ``mse`` init: ratio 1.00 .. 0.21,
   error |w - q(w)|^2.4). Unlike BRECQ the range always contains 0, so the zero-point is a code.
-* Rounding: AdaRound. Each weight is ``floor(w/s) + h(V)`` with ``h`` the rectified sigmoid
+* Rounding (adaround.py): AdaRound. Each weight is ``floor(w/s) + h(V)`` with ``h`` the rectified sigmoid
   ``clip(sigmoid(V) * 1.2 - 0.1, 0, 1)``; V starts where h(V) equals the fractional part (the
   soft weights start equal to the float ones). Loss = block output MSE (summed over channels,
   averaged over batch and positions) + 0.01 * sum(1 - |2h - 1|^beta), the rounding term off for
@@ -33,12 +33,12 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from .adaround import AdaRoundWeight, QuantizedLayer
 from .blocks import Stage, model_stages
 from .errors import MixQuantError
-from .quantizers import SCALE_EPS, QuantMeta, check_bits, check_finite, dequantize
+from .quantizers import check_bits, check_finite
 
 Progress = Optional[Callable[[int, int, str], None]]
-ZETA, GAMMA = 1.1, -0.1  # rectified sigmoid stretch (AdaRound)
 SCHEMES = ("per-channel", "asymmetric")
 
 
@@ -58,24 +58,6 @@ class ReconConfig:
 
 
 @dataclass
-class QuantizedLayer:
-    """One layer's integer codes (uint8, weight's shape) and its affine parameters."""
-
-    codes: torch.Tensor
-    scale: torch.Tensor  # float32, broadcastable to codes ([C,1,..] per channel, [] per tensor)
-    zero_point: torch.Tensor  # float32 integral values, same shape as scale
-    nbits: int
-    scheme: str
-
-    @property
-    def meta(self) -> QuantMeta:
-        return QuantMeta(self.scale, self.zero_point, self.nbits, self.scheme)
-
-    def weight(self) -> torch.Tensor:
-        return dequantize(self.codes.float(), self.meta)
-
-
-@dataclass
 class BlockReport:
     name: str
     layers: List[str]
@@ -91,75 +73,6 @@ class ReconResult:
     config: Optional[ReconConfig] = None
     seconds: float = 0.0
     calib_images: int = 0
-
-
-# --- base quantizer: MSE-chosen affine range ----------------------------------------------------
-def mse_affine_params(w: torch.Tensor, nbits: int, per_channel: bool = True, steps: int = 80, p: float = 2.4):
-    """Scale and zero-point (shaped to broadcast over ``w``) minimising mean |w - q(w)|^p."""
-    qmax = 2**nbits - 1
-    flat = w.detach().float().reshape(w.shape[0] if per_channel and w.dim() > 1 else 1, -1)
-    lo0, hi0 = flat.amin(1).clamp(max=0.0), flat.amax(1).clamp(min=0.0)
-    best_err = torch.full_like(lo0, float("inf"))
-    best_scale, best_zp = torch.ones_like(lo0), torch.zeros_like(lo0)
-    for i in range(steps):
-        ratio = 1.0 - 0.01 * i
-        lo, hi = lo0 * ratio, hi0 * ratio
-        scale = torch.clamp((hi - lo) / qmax, min=SCALE_EPS)
-        zp = torch.clamp(torch.round(-lo / scale), 0, qmax)
-        q = (torch.clamp(torch.round(flat / scale[:, None]) + zp[:, None], 0, qmax) - zp[:, None]) * scale[:, None]
-        err = (flat - q).abs().pow(p).mean(1)
-        better = err < best_err
-        best_err = torch.where(better, err, best_err)
-        best_scale = torch.where(better, scale, best_scale)
-        best_zp = torch.where(better, zp, best_zp)
-    shape = (-1,) + (1,) * (w.dim() - 1) if per_channel and w.dim() > 1 else ()
-    return best_scale.reshape(shape), best_zp.reshape(shape)
-
-
-class AdaRoundWeight(nn.Module):
-    """Parametrization: the layer's weight becomes its (soft or hard) quantized version."""
-
-    def __init__(self, w: torch.Tensor, nbits: int, scheme: str):
-        super().__init__()
-        self.nbits, self.scheme, self.qmax = nbits, scheme, 2**nbits - 1
-        scale, zp = mse_affine_params(w, nbits, per_channel=scheme == "per-channel")
-        w = w.detach().float()
-        self.register_buffer("scale", scale)
-        self.register_buffer("zero_point", zp)
-        self.register_buffer("floor", torch.floor(w / scale))
-        rest = (w / scale - self.floor).clamp(0.0, 1.0)
-        self.alpha = nn.Parameter(-torch.log((ZETA - GAMMA) / (rest - GAMMA) - 1))
-        self.register_buffer("nearest_up", (rest >= 0.5).float())
-        self.mode = "soft"  # soft | hard | nearest
-        self._h: Optional[torch.Tensor] = None
-
-    def h(self) -> torch.Tensor:
-        return torch.clamp(torch.sigmoid(self.alpha) * (ZETA - GAMMA) + GAMMA, 0, 1)
-
-    def codes(self, mode: Optional[str] = None) -> torch.Tensor:
-        mode = mode or self.mode
-        if mode == "soft":
-            up = self.h()
-        elif mode == "hard":
-            up = (self.alpha >= 0).float()
-        else:  # nearest: plain rounding on the same grid, the baseline a block report compares to
-            up = self.nearest_up
-        return torch.clamp(self.floor + up + self.zero_point, 0, self.qmax)
-
-    def round_loss(self, beta: float) -> torch.Tensor:
-        h = self._h if self._h is not None else self.h()  # reuse this step's forward
-        return (1 - (2 * h - 1).abs().pow(beta)).sum()
-
-    def forward(self, _original: torch.Tensor) -> torch.Tensor:
-        if self.mode == "soft":
-            self._h = self.h()
-            codes = torch.clamp(self.floor + self._h + self.zero_point, 0, self.qmax)
-            return (codes - self.zero_point) * self.scale
-        return dequantize(self.codes(), QuantMeta(self.scale, self.zero_point, self.nbits, self.scheme))
-
-    def result(self) -> QuantizedLayer:
-        codes = self.codes("hard").detach().to(torch.uint8)
-        return QuantizedLayer(codes, self.scale.detach().clone(), self.zero_point.detach().clone(), self.nbits, self.scheme)
 
 
 def _beta(step: int, cfg: ReconConfig) -> Optional[float]:

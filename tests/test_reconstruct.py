@@ -6,9 +6,10 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from mixquant_core.adaround import mse_affine_params
 from mixquant_core.blocks import model_stages, run_stages
 from mixquant_core.errors import MixQuantError
-from mixquant_core.reconstruct import (ReconConfig, apply_quantized_, mse_affine_params, reconstruct,
+from mixquant_core.reconstruct import (ReconConfig, apply_quantized_, reconstruct,
                                        reconstruct_plan)
 from recon_support import MIXED_BITS, images, tiny_chain, workspace
 

@@ -1,0 +1,104 @@
+"""AdaRound's pieces: the MSE-clipped affine base quantizer, the learned-rounding weight
+parametrization, and a layer's result (integer codes + scale + zero-point).
+
+The block-by-block fitting (BRECQ) that drives them is reconstruct.py.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .quantizers import SCALE_EPS, QuantMeta, dequantize
+
+ZETA, GAMMA = 1.1, -0.1  # rectified sigmoid stretch (AdaRound)
+
+
+@dataclass
+class QuantizedLayer:
+    """One layer's integer codes (uint8, weight's shape) and its affine parameters."""
+
+    codes: torch.Tensor
+    scale: torch.Tensor  # float32, broadcastable to codes ([C,1,..] per channel, [] per tensor)
+    zero_point: torch.Tensor  # float32 integral values, same shape as scale
+    nbits: int
+    scheme: str
+
+    @property
+    def meta(self) -> QuantMeta:
+        return QuantMeta(self.scale, self.zero_point, self.nbits, self.scheme)
+
+    def weight(self) -> torch.Tensor:
+        return dequantize(self.codes.float(), self.meta)
+
+
+
+# --- base quantizer: MSE-chosen affine range ----------------------------------------------------
+def mse_affine_params(w: torch.Tensor, nbits: int, per_channel: bool = True, steps: int = 80, p: float = 2.4):
+    """Scale and zero-point (shaped to broadcast over ``w``) minimising mean |w - q(w)|^p."""
+    qmax = 2**nbits - 1
+    flat = w.detach().float().reshape(w.shape[0] if per_channel and w.dim() > 1 else 1, -1)
+    lo0, hi0 = flat.amin(1).clamp(max=0.0), flat.amax(1).clamp(min=0.0)
+    best_err = torch.full_like(lo0, float("inf"))
+    best_scale, best_zp = torch.ones_like(lo0), torch.zeros_like(lo0)
+    for i in range(steps):
+        ratio = 1.0 - 0.01 * i
+        lo, hi = lo0 * ratio, hi0 * ratio
+        scale = torch.clamp((hi - lo) / qmax, min=SCALE_EPS)
+        zp = torch.clamp(torch.round(-lo / scale), 0, qmax)
+        q = (torch.clamp(torch.round(flat / scale[:, None]) + zp[:, None], 0, qmax) - zp[:, None]) * scale[:, None]
+        err = (flat - q).abs().pow(p).mean(1)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_scale = torch.where(better, scale, best_scale)
+        best_zp = torch.where(better, zp, best_zp)
+    shape = (-1,) + (1,) * (w.dim() - 1) if per_channel and w.dim() > 1 else ()
+    return best_scale.reshape(shape), best_zp.reshape(shape)
+
+
+class AdaRoundWeight(nn.Module):
+    """Parametrization: the layer's weight becomes its (soft or hard) quantized version."""
+
+    def __init__(self, w: torch.Tensor, nbits: int, scheme: str):
+        super().__init__()
+        self.nbits, self.scheme, self.qmax = nbits, scheme, 2**nbits - 1
+        scale, zp = mse_affine_params(w, nbits, per_channel=scheme == "per-channel")
+        w = w.detach().float()
+        self.register_buffer("scale", scale)
+        self.register_buffer("zero_point", zp)
+        self.register_buffer("floor", torch.floor(w / scale))
+        rest = (w / scale - self.floor).clamp(0.0, 1.0)
+        self.alpha = nn.Parameter(-torch.log((ZETA - GAMMA) / (rest - GAMMA) - 1))
+        self.register_buffer("nearest_up", (rest >= 0.5).float())
+        self.mode = "soft"  # soft | hard | nearest
+        self._h: Optional[torch.Tensor] = None
+
+    def h(self) -> torch.Tensor:
+        return torch.clamp(torch.sigmoid(self.alpha) * (ZETA - GAMMA) + GAMMA, 0, 1)
+
+    def codes(self, mode: Optional[str] = None) -> torch.Tensor:
+        mode = mode or self.mode
+        if mode == "soft":
+            up = self.h()
+        elif mode == "hard":
+            up = (self.alpha >= 0).float()
+        else:  # nearest: plain rounding on the same grid, the baseline a block report compares to
+            up = self.nearest_up
+        return torch.clamp(self.floor + up + self.zero_point, 0, self.qmax)
+
+    def round_loss(self, beta: float) -> torch.Tensor:
+        h = self._h if self._h is not None else self.h()  # reuse this step's forward
+        return (1 - (2 * h - 1).abs().pow(beta)).sum()
+
+    def forward(self, _original: torch.Tensor) -> torch.Tensor:
+        if self.mode == "soft":
+            self._h = self.h()
+            codes = torch.clamp(self.floor + self._h + self.zero_point, 0, self.qmax)
+            return (codes - self.zero_point) * self.scale
+        return dequantize(self.codes(), QuantMeta(self.scale, self.zero_point, self.nbits, self.scheme))
+
+    def result(self) -> QuantizedLayer:
+        codes = self.codes("hard").detach().to(torch.uint8)
+        return QuantizedLayer(codes, self.scale.detach().clone(), self.zero_point.detach().clone(), self.nbits, self.scheme)
