@@ -33,6 +33,16 @@ else:
 with st.expander("Preview plan JSON"):
     st.code(plan_json, language="json")
 
+
+def offer_file(data: bytes, label: str, file_name: str, key: str, note: str = "", prefix: str = "") -> None:
+    """Download button for a quantized-model file, and its size against the size accounting."""
+    report = size_report(data, ws.loaded.model)
+    st.download_button(label, data, on_click="ignore", file_name=file_name, mime="application/octet-stream", key=key)
+    st.caption(f"{prefix}{report['bytes'] / 1e6:.3f} MB on disk; the size accounting says "
+               f"{report['accounted_bytes'] / 1e6:.3f} MB ({report['difference_pct']:+.2f} %: the file's header "
+               f"and metadata{note}).")
+
+
 st.subheader("Quantized model (safetensors)")
 st.caption("Each quantized layer's integer codes packed at its bit-width with its scale and zero-point, the other "
            "tensors as float32, the plan as metadata. `mixquant_core.export.load_quantized_(model, file)` loads it "
@@ -46,12 +56,8 @@ if st.button("Build the quantized model file", key="build_export"):
     except state.USER_ERRORS as exc:
         st.error(f"Export failed: {state.one_line(exc)}")
 if file_key in files:
-    report = size_report(files[file_key], ws.loaded.model)
-    st.download_button("Download quantized model (.safetensors)", files[file_key], on_click="ignore",
-                       file_name=f"{ws.loaded.name}-qem{qem:.4g}.safetensors", mime="application/octet-stream",
-                       key="model_safetensors")
-    st.caption(f"{report['bytes'] / 1e6:.3f} MB on disk; the size accounting says {report['accounted_bytes'] / 1e6:.3f} MB "
-               f"({report['difference_pct']:+.2f} %: the file's header and metadata).")
+    offer_file(files[file_key], "Download quantized model (.safetensors)", f"{ws.loaded.name}-qem{qem:.4g}.safetensors",
+               "model_safetensors")
 
 done = recon_job.latest_done(st.session_state.get("recon_jobs", []), s.model_key)
 if done is None:
@@ -73,15 +79,11 @@ else:
         except state.USER_ERRORS as exc:
             st.error(f"Export of the reconstruction failed: {state.one_line(exc)}")
     if done.id in recon_files:
-        report = size_report(recon_files[done.id], ws.loaded.model)
         qem_part = "" if done.plan.qem is None else f"-qem{done.plan.qem:.4g}"
-        st.download_button(f"Download reconstructed model{for_plan} (.safetensors)", recon_files[done.id],
-                           on_click="ignore", file_name=f"{ws.loaded.name}{qem_part}-adaround.safetensors",
-                           mime="application/octet-stream", key="recon_safetensors")
-        st.caption(f"Reconstructed: {report['bytes'] / 1e6:.3f} MB on disk; the size accounting says "
-                   f"{report['accounted_bytes'] / 1e6:.3f} MB ({report['difference_pct']:+.2f} %: the file's header "
-                   f"and metadata, with how the rounding was learned). Iterations per block: {done.result.config.iters}, "
-                   f"calibration images: {done.result.calib_images}.")
+        offer_file(recon_files[done.id], f"Download reconstructed model{for_plan} (.safetensors)",
+                   f"{ws.loaded.name}{qem_part}-adaround.safetensors", "recon_safetensors",
+                   note=", with how the rounding was learned", prefix="Reconstructed: ")
+        st.caption(f"Iterations per block: {done.result.config.iters}, calibration images: {done.result.calib_images}.")
 exported_upload = st.file_uploader("Upload a quantized model file to check it against the current model",
                                    type=["safetensors"], key="export_upload")
 if exported_upload is not None:

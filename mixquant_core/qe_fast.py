@@ -49,11 +49,20 @@ _NUMBA_LOCK = threading.Lock()
 
 
 # --- quantizer parameters, vectorised over rows and bit-widths ------------------------------------
+def code_range(quantizer: str, bits: Sequence[int]):
+    """(qmin, qmax) [B] float32: the integer codes of each bit-width, as the reference's quantizers
+    use them (affine: 0 .. 2^b - 1, symmetric: -2^(b-1) .. 2^(b-1) - 1)."""
+    b = np.asarray(bits, dtype=np.float64)
+    if quantizer == "symmetric":
+        return (-(2.0 ** (b - 1))).astype(np.float32), (2.0 ** (b - 1) - 1).astype(np.float32)
+    return np.zeros(len(b), np.float32), (2.0 ** b - 1).astype(np.float32)
+
+
 def affine_params(lo: np.ndarray, hi: np.ndarray, bits: Sequence[int]):
     """The reference's ``_affine_params`` for lo/hi [R] and bits [B], all float32 like torch's.
 
     Returns scale, and the clamp bounds of ``round(w/scale)``: [-zp, qmax - zp], each [R, B]."""
-    qmax = (2.0 ** np.asarray(bits, dtype=np.float64) - 1).astype(np.float32)[None, :]
+    qmax = code_range("asymmetric", bits)[1][None, :]
     lo = np.minimum(lo.astype(np.float32), np.float32(0))[:, None]
     hi = np.maximum(hi.astype(np.float32), np.float32(0))[:, None]
     scale = np.maximum((hi - lo) / qmax, _EPS32)
@@ -63,9 +72,7 @@ def affine_params(lo: np.ndarray, hi: np.ndarray, bits: Sequence[int]):
 
 def symmetric_params(lo: np.ndarray, hi: np.ndarray, bits: Sequence[int]):
     """The reference's symmetric scheme: scale = max|w| / (2^(b-1) - 1), codes in [-2^(b-1), 2^(b-1)-1]."""
-    b = np.asarray(bits, dtype=np.float64)
-    qmax = (2.0 ** (b - 1) - 1).astype(np.float32)[None, :]
-    qmin = (-(2.0 ** (b - 1))).astype(np.float32)[None, :]
+    qmin, qmax = (c[None, :] for c in code_range("symmetric", bits))
     absmax = np.maximum(np.abs(lo.astype(np.float32)), np.abs(hi.astype(np.float32)))[:, None]
     scale = np.maximum(absmax / qmax, _EPS32).astype(np.float32)
     rows = scale.shape[0]
@@ -218,11 +225,7 @@ if HAVE_NUMBA:
 
 def row_params(quantizer: str, lo: np.ndarray, hi: np.ndarray, bits: Sequence[int]):
     """scale, 1/scale, clamp bounds and "clamp needed" [rows, B] for the error pass."""
-    b = np.asarray(bits, dtype=np.float64)
-    if quantizer == "symmetric":
-        qmax, qmin = (2.0 ** (b - 1) - 1).astype(np.float32), (-(2.0 ** (b - 1))).astype(np.float32)
-    else:
-        qmax, qmin = (2.0 ** b - 1).astype(np.float32), np.zeros(len(b), np.float32)
+    qmin, qmax = code_range(quantizer, bits)
     return _row_params(lo.astype(np.float32), hi.astype(np.float32), qmin, qmax, quantizer == "symmetric")
 
 

@@ -65,8 +65,8 @@ def search_many(table: QETable, qems: Sequence[float], pinned: Optional[Sequence
     p = np.searchsorted(qems if ascending else qems[order], running_min, side="left")  # [L, B] in 0..Q
     (n_l, n_b), n_q = running_min.shape, len(qems)
     edges = np.concatenate([np.zeros((n_l, 1), p.dtype), p[:, ::-1], np.full((n_l, 1), n_q, p.dtype)], axis=1)
-    counts = np.arange(n_b, -1, -1)  # run r holds count B - r; count B has p(l, B-1) = 0 QEMs
-    values = np.concatenate([bits_up, bits_up[-1:]])[np.minimum(counts, n_b - 1)]
+    counts = np.arange(n_b, -1, -1)  # run r holds count B - r
+    values = bits_up[np.minimum(counts, n_b - 1)]  # count B never occurs: p(l, B-1) = 0, its run is empty
     out = np.repeat(np.broadcast_to(values, (n_l, n_b + 1)).ravel(), np.diff(edges, axis=1).ravel())
     out = out.reshape(n_l, n_q).T  # [Q, L], a transposed view: rows are read one plan at a time
     if order is not None:

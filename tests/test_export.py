@@ -134,13 +134,14 @@ def test_cli_reconstruct_export_load_round_trip(data_root, tmp_path, capsys):
     assert main(argv) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["calib_images"] == 4 and report["iters"] == 2 and abs(report["difference_pct"]) < 1.0
-    meta = json.loads(read_quantized(recon, build_model("efficientnet_lite0").model).metadata["reconstruction"])
+    model = build_model("efficientnet_lite0").model
+    first = read_quantized(recon, model)
+    meta = json.loads(first.metadata["reconstruction"])
     assert meta["config"]["lr"] == 0.05 and meta["config"]["batch_size"] == 2 and meta["calib_images"] == 4
     assert main(["export", "--uniform", "4", "--quantizer", "per-channel", "--reconstructed", str(recon),
                  "--out", str(again), "--no-progress"]) == 0
     capsys.readouterr()
-    model = build_model("efficientnet_lite0").model
-    first, second = read_quantized(recon, model), read_quantized(again, model)
+    second = read_quantized(again, model)
     assert first.layers.keys() == second.layers.keys()
     assert all(torch.equal(first.layers[n].codes, second.layers[n].codes) for n in first.layers)
     assert main(["load", str(again), "--json"]) == 0

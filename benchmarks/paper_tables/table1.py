@@ -95,7 +95,10 @@ def main() -> None:
     ws = Workspace(loaded, QUANTIZER, device="cpu")
     levels = tuple(int(b) for b in args.levels.split(","))
     todo = plans(ws, levels, args.paper_qe)
-    calib_list = open_calibration_folder(str(Path(os.environ["MIXQUANT_DATA"]) / "imagenet-calib-1000"), args.calib_images)
+    calib_list = None  # listed only by the parts that use calibration images
+    if args.fisher or args.part != "rtn":
+        calib_list = open_calibration_folder(str(Path(os.environ["MIXQUANT_DATA"]) / "imagenet-calib-1000"),
+                                             args.calib_images)
     if args.fisher:  # the budgeted allocation of least Fisher-weighted error (#6) at the same budgets
         fisher_calib = load_tensors(calib_list.subset(args.fisher_images), loaded.preprocess.transform())
         for b in levels:
