@@ -6,8 +6,8 @@ plan view (a fragment): no weights are touched, so it feels instant.
 import pandas as pd
 import streamlit as st
 
-from mixquant_core import plots
-from mixquant_core.size import params_per_bits
+from mixquant_viz import figures
+from mixquant_core.plans.size import params_per_bits
 from studio_ui import sidebar, state
 
 SLIDER_LABEL = "QEM (quantization error multiplier, log scale)"
@@ -50,12 +50,12 @@ def plan_view() -> None:
     m[3].metric("Average bits", f"{size.avg_bits:.2f}")
 
     avg_bits, plan_mb = state.family_sizes(s.workspace_key, ws)
-    st.plotly_chart(plots.qem_family(family.qems, avg_bits, plan_mb, qem, options[-1]), key="family_chart")
+    st.plotly_chart(figures.qem_family(family.qems, avg_bits, plan_mb, qem, options[-1]), key="family_chart")
 
     left, right = st.columns([2, 1])
-    left.plotly_chart(plots.plan_bits_bar(ws.layers, bits, ws.pinned), key="plan_chart")
-    right.plotly_chart(plots.size_bars(size), key="size_chart")
-    right.plotly_chart(plots.params_per_bits_bar(params_per_bits(ws.layers, bits)), key="params_chart")
+    left.plotly_chart(figures.plan_bits_bar(ws.layers, bits, ws.pinned), key="plan_chart")
+    right.plotly_chart(figures.size_bars(size), key="size_chart")
+    right.plotly_chart(figures.params_per_bits_bar(params_per_bits(ws.layers, bits)), key="params_chart")
 
     st.subheader("Plan")
     col = {b: j for j, b in enumerate(table.bits)}
@@ -70,4 +70,4 @@ def plan_view() -> None:
 plan_view()
 
 st.subheader("QE table")
-st.plotly_chart(plots.qe_heatmap(table), key="qe_heatmap")
+st.plotly_chart(figures.qe_heatmap(table), key="qe_heatmap")

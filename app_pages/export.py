@@ -3,9 +3,10 @@ or the codes of a reconstruction finished on the Trade-off page); check an uploa
 import pandas as pd
 import streamlit as st
 
-from mixquant_core import Plan, plots, plan_size
-from mixquant_core.export import quantized_model_bytes, read_quantized, size_report
-from mixquant_core.tradeoff import rows_to_csv
+from mixquant_core import Plan, plan_size
+from mixquant_viz import figures
+from mixquant_core.export.packed import quantized_model_bytes, read_quantized, size_report
+from mixquant_core.studies.tradeoff import rows_to_csv
 from studio_ui import recon_job, sidebar, state
 
 sidebar.render()
@@ -45,7 +46,7 @@ def offer_file(data: bytes, label: str, file_name: str, key: str, note: str = ""
 
 st.subheader("Quantized model (safetensors)")
 st.caption("Each quantized layer's integer codes packed at its bit-width with its scale and zero-point, the other "
-           "tensors as float32, the plan as metadata. `mixquant_core.export.load_quantized_(model, file)` loads it "
+           "tensors as float32, the plan as metadata. `mixquant_core.export.packed.load_quantized_(model, file)` loads it "
            "back bit-exact to the fake-quantized weights.")
 files = st.session_state.setdefault("quantized_files", {})
 file_key = (s.workspace_key, plan_json)
@@ -117,6 +118,6 @@ if uploaded is not None:
         m[0].metric("Plan size", f"{other_size.plan_mb:.2f} MB")
         m[1].metric("Compression", f"{other_size.compression:.2f}x")
         m[2].metric("Average bits", f"{other_size.avg_bits:.2f}")
-        st.plotly_chart(plots.plan_bits_bar(layers, bits), key="uploaded_plan_chart")
+        st.plotly_chart(figures.plan_bits_bar(layers, bits), key="uploaded_plan_chart")
         st.dataframe(pd.DataFrame([{"layer": l.name, "kind": l.kind, "params": l.params, "bits": b}
                                    for l, b in zip(layers, bits)]), hide_index=True)

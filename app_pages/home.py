@@ -5,7 +5,7 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from mixquant_core.layers import KINDS
+from mixquant_core.models.layers import KINDS
 from studio_ui import sidebar, state
 
 SAMPLE_IMAGES = 8

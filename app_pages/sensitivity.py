@@ -2,8 +2,8 @@
 import pandas as pd
 import streamlit as st
 
-from mixquant_core import plots
-from mixquant_core.sensitivity_kind import kind_sensitivity, kinds_present, most_sensitive_by_rqe
+from mixquant_viz import figures
+from mixquant_core.studies.kind_sensitivity import kind_sensitivity, kinds_present, most_sensitive_by_rqe
 from studio_ui import sidebar, state
 
 sidebar.render()
@@ -38,7 +38,7 @@ if data is not None and kinds and bits:
             st.error(f"Evaluation failed: {state.one_line(exc)}")
     if key in results:
         rows, (float_top1, int8_top1) = results[key]
-        st.plotly_chart(plots.kind_sensitivity_figure(rows, int8_top1=int8_top1, float_top1=float_top1),
+        st.plotly_chart(figures.kind_sensitivity_figure(rows, int8_top1=int8_top1, float_top1=float_top1),
                         key="kind_chart")
         frame = pd.DataFrame([r.to_dict() for r in rows])
         frame["top-1 drop vs int8"] = frame["top1"] - int8_top1
@@ -51,7 +51,7 @@ elif data is not None:
 st.subheader("Most sensitive layer by RQE")
 st.caption("RQE = QE / mean(w^2): the error relative to the layer's own weight energy (paper Table 4).")
 top = most_sensitive_by_rqe(table)
-st.plotly_chart(plots.most_sensitive_figure(top), key="rqe_chart")
+st.plotly_chart(figures.most_sensitive_figure(top), key="rqe_chart")
 st.dataframe(pd.DataFrame([t.to_dict() for t in top]), hide_index=True,
              column_config={"rqe": st.column_config.NumberColumn(format="%.3e"),
                             "qe": st.column_config.NumberColumn(format="%.3e")})

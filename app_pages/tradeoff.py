@@ -7,8 +7,9 @@ sweeping again with more points, only evaluates plans not seen before.
 import pandas as pd
 import streamlit as st
 
-from mixquant_core import default_qem_grid, plots
-from mixquant_core.tradeoff import baseline, rows_to_csv, smallest_within
+from mixquant_core import default_qem_grid
+from mixquant_viz import figures
+from mixquant_core.studies.tradeoff import baseline, rows_to_csv, smallest_within
 from studio_ui import pareto, recon_panel, sidebar, state
 
 sidebar.render()
@@ -60,9 +61,9 @@ def use_point(chart_key: str, curves: tuple) -> None:
 
 
 left, right = st.columns(2)
-left.plotly_chart(plots.accuracy_vs_qem(rows), key="acc_qem_chart", on_select=lambda: use_point("acc_qem_chart", (0, 1)),
+left.plotly_chart(figures.accuracy_vs_qem(rows), key="acc_qem_chart", on_select=lambda: use_point("acc_qem_chart", (0, 1)),
                   selection_mode="points")
-right.plotly_chart(plots.accuracy_vs_size(rows), key="acc_size_chart", on_select=lambda: use_point("acc_size_chart", (0,)),
+right.plotly_chart(figures.accuracy_vs_size(rows), key="acc_size_chart", on_select=lambda: use_point("acc_size_chart", (0,)),
                    selection_mode="points")
 st.caption("Click a point to use its QEM on every page.")
 

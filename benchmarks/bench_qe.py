@@ -31,11 +31,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mixquant_core.layers import find_layers, layer_weights  # noqa: E402
-from mixquant_core.models import PAPER_MODELS, build_model  # noqa: E402
-from mixquant_core.qe import qe_table  # noqa: E402
-from mixquant_core.qe_fast import work_items  # noqa: E402
-from mixquant_core.search import breakpoints, search_many  # noqa: E402
+from mixquant_core.models.layers import find_layers, layer_weights  # noqa: E402
+from mixquant_core.models.registry import PAPER_MODELS, build_model  # noqa: E402
+from mixquant_core.quant.qe import qe_table  # noqa: E402
+from mixquant_core.quant.kernels.numba_cpu import work_items  # noqa: E402
+from mixquant_core.plans.search import breakpoints, search_many  # noqa: E402
 
 MODELS = list(PAPER_MODELS) + ["efficientnet_lite0"]
 STAT = min  # --stat: min (default: on a shared machine noise only ever adds time) or median

@@ -33,9 +33,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mixquant_core.data import EvalTensors, default_eval_dir, load_tensors, open_image_folder  # noqa: E402
-from mixquant_core.evaluate import _cudnn_autotune, _device_batches, default_batch_size  # noqa: E402
-from mixquant_core.models import build_model  # noqa: E402
+from mixquant_core.data.image_sets import EvalTensors, default_eval_dir, load_tensors, open_image_folder  # noqa: E402
+from mixquant_core.evaluation.evaluate import _cudnn_autotune, _device_batches, default_batch_size  # noqa: E402
+from mixquant_core.models.registry import build_model  # noqa: E402
 from mixquant_core.workspace import Workspace  # noqa: E402
 
 
@@ -111,7 +111,7 @@ def main(argv=None):
 
     ws = Workspace(loaded, device=args.device)
     table = ws.table()
-    from mixquant_core.search import default_qem_grid
+    from mixquant_core.plans.search import default_qem_grid
 
     qems = list(default_qem_grid(table, steps=args.plans))
 

@@ -2,7 +2,7 @@
 loop; run on a GPU machine: ``python benchmarks/check_cuda.py``. Exits 1 on a mismatch.
 
 Compared within a relative tolerance of 1e-4 (the fast kernels compute rint(w * (1/s)) where the
-reference computes round(w / s); see mixquant_core/qe_fast.py)."""
+reference computes round(w / s); see mixquant_core/quant/kernels/numba_cpu.py)."""
 from __future__ import annotations
 
 import os
@@ -13,9 +13,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mixquant_core import qe_fast, qe_triton  # noqa: E402
-from mixquant_core.models import build_model  # noqa: E402
-from mixquant_core.qe import _layer_qe_reference, qe_table  # noqa: E402
+from mixquant_core.quant import kernels  # noqa: E402
+from mixquant_core.quant.kernels import triton_cuda  # noqa: E402
+from mixquant_core.models.registry import build_model  # noqa: E402
+from mixquant_core.quant.qe import _layer_qe_reference, qe_table  # noqa: E402
 
 BITS = (8, 7, 6, 5, 4, 3, 2)
 QUANTIZERS = ("asymmetric", "symmetric", "per-channel")
@@ -38,7 +39,7 @@ def tensors(gen):
 
 def main():
     assert torch.cuda.is_available(), "no CUDA device"
-    print("device:", torch.cuda.get_device_name(0), "| torch", torch.__version__, "| triton available:", qe_triton.available())
+    print("device:", torch.cuda.get_device_name(0), "| torch", torch.__version__, "| triton available:", triton_cuda.available())
     gen = torch.Generator().manual_seed(0)
     worst = 0.0
     for trial in range(3):
@@ -47,20 +48,20 @@ def main():
             ref = np.array([_layer_qe_reference(w, BITS, q) for w in ws])
             ref_ms = np.array([float((w.double() ** 2).mean()) for w in ws])
             cuda_ws = [w.cuda() for w in ws]
-            qe, ms, ok = qe_fast.qe_rows(cuda_ws, BITS, q)  # Triton
-            saved = qe_triton.available
-            qe_triton.available = lambda: False
+            qe, ms, ok = kernels.qe_rows(cuda_ws, BITS, q)  # Triton
+            saved = triton_cuda.available
+            triton_cuda.available = lambda: False
             try:
-                qe_t, ms_t, ok_t = qe_fast.qe_rows(cuda_ws, BITS, q)  # torch fallback on CUDA
+                qe_t, ms_t, ok_t = kernels.qe_rows(cuda_ws, BITS, q)  # torch fallback on CUDA
             finally:
-                qe_triton.available = saved
+                triton_cuda.available = saved
             r = max(rel(qe, ref), rel(ms, ref_ms), rel(qe_t, ref), rel(ms_t, ref_ms))
             worst = max(worst, r)
             print(f"random trial {trial} {q:<11}: triton {rel(qe, ref):.1e} torch-cuda {rel(qe_t, ref):.1e} "
                   f"mean_sq {rel(ms, ref_ms):.1e} ok {bool(ok.all() and ok_t.all())}")
     bad = [w.clone().cuda() for w in tensors(gen)[:3]]
     bad[1][3, 7] = float("nan")
-    qe, ms, ok = qe_fast.qe_rows(bad, BITS, "asymmetric")
+    qe, ms, ok = kernels.qe_rows(bad, BITS, "asymmetric")
     print("NaN layer flagged:", list(ok) == [True, False, True])
     worst = max(worst, 0.0 if list(ok) == [True, False, True] else 1.0)
     for name in ("resnet18", "mobilenet_v2", "efficientnet_lite0"):

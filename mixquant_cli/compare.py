@@ -7,7 +7,7 @@ import sys
 import time
 from typing import Optional
 
-from .errors import MixQuantError
+from mixquant_core.errors import MixQuantError
 
 
 def _add_calib_args(p) -> None:
@@ -17,13 +17,13 @@ def _add_calib_args(p) -> None:
 
 
 def _calib_dir(args) -> Optional[str]:
-    from .data import default_calib_dir
+    from mixquant_core.data.image_sets import default_calib_dir
 
     return args.calib or default_calib_dir()
 
 
 def _calib_tensors(args, ws, show: bool):
-    from .cli import calibration_tensors
+    from .main import calibration_tensors
 
     where = _calib_dir(args)
     if where is None:
@@ -32,7 +32,7 @@ def _calib_tensors(args, ws, show: bool):
 
 
 def cmd_allocate(args) -> None:
-    from .cli import _workspace, progress_bar
+    from .main import _workspace, progress_bar
 
     ws = _workspace(args)
     show = not args.no_progress
@@ -60,8 +60,8 @@ def cmd_allocate(args) -> None:
 
 
 def cmd_compare(args) -> None:
-    from .cli import _eval_tensors, _fmt, _print_table, _workspace, progress_bar
-    from .compare import COMPARE_COLUMNS, compare, matched
+    from .main import _eval_tensors, _fmt, _print_table, _workspace, progress_bar
+    from mixquant_core.studies.compare import COMPARE_COLUMNS, compare, matched
 
     t0 = time.perf_counter()
     ws = _workspace(args)
@@ -114,8 +114,8 @@ def cmd_compare(args) -> None:
 
 def register(subparsers, commands) -> None:
     """``allocate`` sub-command; ``sweep --compare`` (wraps the plain sweep)."""
-    from .cli import _add_model_args, _float_list
-    from .compare import DEFAULT_TARGETS, METHODS
+    from .main import _add_model_args, _float_list
+    from mixquant_core.studies.compare import DEFAULT_TARGETS, METHODS
 
     p = subparsers.add_parser("allocate", help="least-cost bit-widths within a size budget (Lagrangian hull sweep)")
     _add_model_args(p)

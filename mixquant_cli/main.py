@@ -9,7 +9,7 @@ import time
 from contextlib import contextmanager
 from typing import List, Optional
 
-from .errors import MixQuantError, first_line
+from mixquant_core.errors import MixQuantError, first_line
 
 QUANTIZER_CHOICES = ("asymmetric", "symmetric", "per-channel")
 
@@ -52,7 +52,7 @@ def progress_bar(enabled: bool, desc: str):
 
 
 def _add_model_args(p: argparse.ArgumentParser, compute: bool = True) -> None:
-    from .models import DEFAULT_MODEL
+    from mixquant_core.models.registry import DEFAULT_MODEL
 
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"registry name or model file (default {DEFAULT_MODEL})")
     p.add_argument("--arch", help="architecture (registry name) of a state-dict file")
@@ -115,8 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _workspace(args, progress: bool = True):
-    from .models import load_model
-    from .workspace import Workspace
+    from mixquant_core.models.registry import load_model
+    from mixquant_core.workspace import Workspace
 
     loaded = load_model(args.model, arch=args.arch, allow_pickle=args.allow_pickle)
     return Workspace(loaded, args.quantizer, args.bits, args.keep_first_last, args.exclude,
@@ -124,7 +124,7 @@ def _workspace(args, progress: bool = True):
 
 
 def _eval_tensors(args, ws, show: bool):
-    from .data import load_tensors, open_image_folder, open_imagenette
+    from mixquant_core.data.image_sets import load_tensors, open_image_folder, open_imagenette
 
     if args.data.startswith("imagenette"):
         root = args.data.partition(":")[2] or "imagenette-data"
@@ -141,8 +141,8 @@ def _eval_tensors(args, ws, show: bool):
 
 def calibration_tensors(folder: str, n: int, preprocess, show: bool):
     """``n`` calibration images spread over ``folder`` (labelled or plain), decoded with a progress bar."""
-    from .data import load_tensors
-    from .sensitivity import open_calibration_folder
+    from mixquant_core.data.image_sets import load_tensors
+    from mixquant_core.data.image_sets import open_calibration_folder
 
     if n < 1:
         raise MixQuantError(f"--calib-images must be at least 1, got {n}")
@@ -168,7 +168,7 @@ def _print_table(headers: List[str], rows: List[List[str]]) -> None:
 
 
 def cmd_models(args) -> None:
-    from .models import list_models
+    from mixquant_core.models.registry import list_models
 
     entries = list_models(args.filter, args.source)
     if args.json:
@@ -210,7 +210,7 @@ def cmd_search(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from .plan import Plan
+    from mixquant_core.plans.plan import Plan
 
     plan = Plan.load(args.plan) if args.plan else None  # a bad plan fails before any slow work
     ws = _workspace(args)
@@ -230,7 +230,7 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_sweep(args) -> None:
-    from .search import default_qem_grid
+    from mixquant_core.plans.search import default_qem_grid
 
     t0 = time.perf_counter()
     ws = _workspace(args)
@@ -262,7 +262,7 @@ def cmd_sweep(args) -> None:
 
 COMMANDS = {"models": cmd_models, "qe": cmd_qe, "search": cmd_search, "evaluate": cmd_evaluate, "sweep": cmd_sweep}
 # Feature modules add their own sub-commands/options: each has register(subparsers, COMMANDS).
-EXTENSIONS = ("mixquant_core.cli_reconstruct", "mixquant_core.cli_compare")
+EXTENSIONS = ("mixquant_cli.reconstruct", "mixquant_cli.compare")
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -5,13 +5,13 @@ import json
 import os
 import sys
 
-from .errors import MixQuantError
+from mixquant_core.errors import MixQuantError
 
 DEFAULT_CALIB_IMAGES = 1024  # BRECQ's usual calibration set size
 
 
 def _add_common(p, compute: bool = True) -> None:
-    from .models import DEFAULT_MODEL
+    from mixquant_core.models.registry import DEFAULT_MODEL
 
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"registry name or model file (default {DEFAULT_MODEL})")
     p.add_argument("--arch", help="architecture (registry name) of a state-dict file")
@@ -60,13 +60,13 @@ def register(subparsers, commands) -> None:
 
 
 def _plan_and_model(args):
-    from .models import load_model
-    from .plan import Plan
+    from mixquant_core.models.registry import load_model
+    from mixquant_core.plans.plan import Plan
 
     plan = Plan.load(args.plan) if args.plan else None  # a bad plan fails before any slow work
     loaded = load_model(args.model, arch=args.arch, allow_pickle=args.allow_pickle)
     if plan is None:
-        from .workspace import Workspace
+        from mixquant_core.workspace import Workspace
 
         ws = Workspace(loaded, args.quantizer, bits=[args.uniform], device="cpu")
         plan = ws.plan_from_bits(ws.uniform(args.uniform), extra={"uniform": args.uniform})
@@ -81,9 +81,9 @@ def _out_dir_ok(path: str) -> None:
 
 
 def cmd_reconstruct(args) -> None:
-    from .cli import calibration_tensors, progress_bar
-    from .export import save_quantized, size_report
-    from .reconstruct import ReconConfig, reconstruct_plan, recon_metadata
+    from .main import calibration_tensors, progress_bar
+    from mixquant_core.export.packed import save_quantized, size_report
+    from mixquant_core.recon.reconstruct import ReconConfig, reconstruct_plan, recon_metadata
 
     _out_dir_ok(args.out)
     if args.calib_images < 1:  # before the (slow) model load
@@ -111,7 +111,7 @@ def cmd_reconstruct(args) -> None:
 
 
 def cmd_export(args) -> None:
-    from .export import file_layers, rtn_layers, save_quantized, size_report
+    from mixquant_core.export.packed import file_layers, rtn_layers, save_quantized, size_report
 
     _out_dir_ok(args.out)
     loaded, plan = _plan_and_model(args)
@@ -133,11 +133,11 @@ def cmd_export(args) -> None:
 
 
 def cmd_load(args) -> None:
-    from .cli import progress_bar
-    from .data import load_tensors, open_image_folder
-    from .evaluate import evaluate, resolve_device
-    from .export import load_quantized_, peek_plan
-    from .models import load_model
+    from .main import progress_bar
+    from mixquant_core.data.image_sets import load_tensors, open_image_folder
+    from mixquant_core.evaluation.evaluate import evaluate, resolve_device
+    from mixquant_core.export.packed import load_quantized_, peek_plan
+    from mixquant_core.models.registry import load_model
 
     plan = peek_plan(args.file)
     loaded = load_model(args.model or plan.model.get("name", ""))

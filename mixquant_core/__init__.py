@@ -1,17 +1,16 @@
-"""MixQuant Studio core: quantizers, QE table, bit-width search, plans, sizes, models and evaluation.
+"""MixQuant Studio core: the stages of the data's path, each a folder that imports only earlier ones.
 
-Knows nothing of any UI; the CLI (``mixquant``), the Streamlit app and the tests all call it.
+models/, data/ -> quant/ -> plans/ -> evaluation/ -> recon/ -> export/ -> workspace -> studies/.
+Knows nothing of any UI or plotting; the CLI (``mixquant_cli``), the figures (``mixquant_viz``),
+the Streamlit app and the tests all call it.
 """
 from .data import EvalTensors, ImageList, default_eval_dir, load_tensors, open_image_folder, open_imagenette
 from .errors import DatasetError, InvalidWeightsError, MixQuantError, ModelUnavailableError, PlanError
-from .evaluate import Metrics, evaluate, resolve_device
-from .layers import KINDS, LayerInfo, find_layers
-from .models import DEFAULT_MODEL, PAPER_MODELS, LoadedModel, build_model, list_models, load_model
-from .plan import Plan, applied, make_plan, quantize_model_
-from .qe import DEFAULT_BITS, QETable, qe_table
-from .quantizers import QUANTIZERS, dequantize, fake_quantize, quantize
-from .search import PlanFamily, breakpoints, default_qem_grid, search, search_many
-from .size import SizeSummary, float32_bytes, plan_size
+from .evaluation import Metrics, evaluate, resolve_device
+from .models import DEFAULT_MODEL, KINDS, PAPER_MODELS, LayerInfo, LoadedModel, build_model, find_layers, list_models, load_model
+from .plans import (Plan, PlanFamily, SizeSummary, applied, breakpoints, default_qem_grid, float32_bytes, make_plan,
+                    plan_size, quantize_model_, search, search_many)
+from .quant import DEFAULT_BITS, QUANTIZERS, QETable, dequantize, fake_quantize, qe_table, quantize
 from .workspace import SWEEP_COLUMNS, SweepRow, Workspace
 
 __version__ = "0.1.0"

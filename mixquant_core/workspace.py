@@ -11,15 +11,15 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .data import EvalTensors
+from .data.image_sets import EvalTensors
 from .errors import MixQuantError
-from .evaluate import Metrics, evaluate, resolve_device
-from .layers import LayerInfo, find_layers, pinned_mask
-from .models import LoadedModel
-from .plan import Plan, applied, make_plan
-from .qe import BASE_BITS, DEFAULT_BITS, QETable, normalize_bits, qe_table
-from .search import PlanFamily, breakpoints, check_qem, search_many
-from .size import SizeSummary, float32_bytes, plan_size
+from .evaluation.evaluate import Metrics, evaluate, resolve_device
+from .models.layers import LayerInfo, find_layers, pinned_mask
+from .models.registry import LoadedModel
+from .plans.plan import Plan, applied, make_plan
+from .quant.qe import BASE_BITS, DEFAULT_BITS, QETable, normalize_bits, qe_table
+from .plans.search import PlanFamily, breakpoints, check_qem, search_many
+from .plans.size import SizeSummary, float32_bytes, plan_size
 
 Progress = Optional[Callable[[int, int, str], None]]
 
@@ -176,7 +176,7 @@ class Workspace:
     # --- budgeted allocation (sensitivity.py + allocate.py) ----------------------------------
     def fisher(self, calib: EvalTensors, progress: Progress = None):
         """Fisher-weighted error table on calibration images, cached per calibration set."""
-        from .sensitivity import fisher_table
+        from .plans.fisher import fisher_table
 
         held = self._fisher
         if held is None or held[0] is not calib:
@@ -188,7 +188,7 @@ class Workspace:
     def allocation_family(self, cost: str = "qe", unit: str = "bytes", calib: Optional[EvalTensors] = None):
         """Every Lagrangian-optimal plan for summed ``cost`` ("qe" or "fisher") under a budget in
         ``unit`` ("bytes" of the model, or "bits" = params x bit-width), cached."""
-        from .allocate import allocation_family
+        from .plans.allocate import allocation_family
 
         if cost not in ("qe", "fisher"):
             raise MixQuantError(f"unknown allocation cost '{cost}'; choose qe or fisher")
@@ -207,7 +207,7 @@ class Workspace:
 
     def budget_weights(self, unit: str) -> np.ndarray:
         """[L, B] what a budget counts: bytes of each quantized layer, or params x bit-width."""
-        from .size import quantized_layer_bytes
+        from .plans.size import quantized_layer_bytes
 
         if unit == "bytes":
             rows = [[quantized_layer_bytes(l, b, self.quantizer) for b in self.bits] for l in self.layers]
@@ -218,7 +218,7 @@ class Workspace:
     def budget_bits(self, cost: str = "qe", max_mb: Optional[float] = None, avg_bits: Optional[float] = None,
                     calib: Optional[EvalTensors] = None) -> np.ndarray:
         """Bit-widths of least summed ``cost`` whose size is <= max_mb or average bits <= avg_bits."""
-        from .allocate import allocate
+        from .plans.allocate import allocate
 
         if (max_mb is None) == (avg_bits is None):
             raise MixQuantError("give exactly one budget: a size in MB or an average bit-width")

@@ -10,9 +10,9 @@ from typing import Dict, Mapping, Optional, Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-from .layers import KINDS, LayerInfo
-from .qe import QETable
-from .size import SizeSummary
+from mixquant_core.models.layers import KINDS, LayerInfo
+from mixquant_core.quant.qe import QETable
+from mixquant_core.plans.size import SizeSummary
 
 # One colour per layer kind, shared by every figure so a kind reads the same everywhere.
 KIND_COLORS = {"first_conv": "#d62728", "kxk_conv": "#ff7f0e", "1x1_conv": "#1f77b4",

@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 
 import plotly.graph_objects as go
 
-from .compare import METHODS, CompareRow
+from mixquant_core.studies.compare import METHODS, CompareRow
 
 STYLE = {  # method -> (legend name, marker symbol, colour)
     "uniform": ("uniform bits", "square", "#7f7f7f"),

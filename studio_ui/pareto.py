@@ -1,6 +1,6 @@
 """The Trade-off page's Pareto section: uniform, MixQuant-QEM and budgeted plans on one size axis.
 
-The comparison itself is mixquant_core.compare.compare (the CLI's `sweep --compare`); this module
+The comparison itself is mixquant_core.studies.compare.compare (the CLI's `sweep --compare`); this module
 only reads widgets, calls it, draws pareto_figure and offers the chosen point's plan.
 """
 from __future__ import annotations
@@ -8,9 +8,9 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from mixquant_core.data import default_calib_dir
-from mixquant_core.compare import DEFAULT_TARGETS, METHODS, compare, plan_for
-from mixquant_core.plots_pareto import pareto_figure
+from mixquant_core.data.image_sets import default_calib_dir
+from mixquant_core.studies.compare import DEFAULT_TARGETS, METHODS, compare, plan_for
+from mixquant_viz.pareto import pareto_figure
 
 from . import state
 

@@ -2,7 +2,7 @@
 
 No Streamlit here: the thread has no script context and must never draw. Pages read the job's
 fields (status, fraction, stage, result) from their own runs, polling. The work itself is
-mixquant_core.reconstruct.reconstruct_from_folder, the call behind `mixquant reconstruct`.
+mixquant_core.recon.reconstruct.reconstruct_from_folder, the call behind `mixquant reconstruct`.
 
 One job per session: a session keeps its jobs in a list (newest last) and ``start`` refuses a
 second while one runs. Cancel is cooperative: the progress callback raises JobCancelled at the
@@ -18,12 +18,12 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional
 
-from mixquant_core.blocks import model_stages
+from mixquant_core.recon.blocks import model_stages
 from mixquant_core.errors import MixQuantError, one_line
-from mixquant_core.models import LoadedModel
-from mixquant_core.plan import Plan
-from mixquant_core.reconstruct import ReconConfig, ReconResult, reconstruct_from_folder
-from mixquant_core.sensitivity import open_calibration_folder
+from mixquant_core.models.registry import LoadedModel
+from mixquant_core.plans.plan import Plan
+from mixquant_core.recon.reconstruct import ReconConfig, ReconResult, reconstruct_from_folder
+from mixquant_core.data.image_sets import open_calibration_folder
 
 log = logging.getLogger(__name__)
 RUNNING, DONE, FAILED, CANCELLED = "running", "done", "failed", "cancelled"

@@ -9,9 +9,9 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from mixquant_core.data import default_calib_dir
-from mixquant_core.plots_recon import block_error_figure
-from mixquant_core.reconstruct import SCHEMES, ReconConfig, evaluate_quantized
+from mixquant_core.data.image_sets import default_calib_dir
+from mixquant_viz.recon import block_error_figure
+from mixquant_core.recon.reconstruct import SCHEMES, ReconConfig, evaluate_quantized
 
 from . import recon_job, state
 

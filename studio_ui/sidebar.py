@@ -19,8 +19,8 @@ from typing import List
 import streamlit as st
 import torch
 
-from mixquant_core import DEFAULT_MODEL, default_eval_dir, list_models
-from mixquant_core.quantizers import MAX_BITS, MIN_BITS
+from mixquant_core import DEFAULT_MODEL, default_eval_dir
+from mixquant_core.quant.quantizers import MAX_BITS, MIN_BITS
 
 from . import state
 from .settings import DEFAULT_LIMIT, QUANTIZER_LABELS, Settings
@@ -28,12 +28,6 @@ from .settings import DEFAULT_LIMIT, QUANTIZER_LABELS, Settings
 MODEL_FILE_TYPES = ["pt", "pth", "ts", "safetensors", "bin"]
 UPLOAD_DIR = Path(tempfile.gettempdir()) / "mixquant-studio-uploads"
 NO_ARCH = "(TorchScript: none needed)"
-
-
-@st.cache_resource(show_spinner=False)
-def registry() -> List[tuple]:
-    """(name, source) for every model the registry knows: built-in, torchvision (paper's eight first), timm."""
-    return [(e.name, e.source) for e in list_models()]
 
 
 def _save_upload(uploaded) -> tuple:
@@ -61,7 +55,7 @@ def _defaults(names: List[str]) -> None:
 
 
 def render() -> Settings:
-    entries = registry()
+    entries = state.registry()
     names = [n for n, _ in entries]
     source_of = dict(entries)
     _defaults(names)

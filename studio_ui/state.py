@@ -16,9 +16,9 @@ from typing import List, Optional, Sequence
 import numpy as np
 import streamlit as st
 
-from mixquant_core import EvalTensors, ImageList, Workspace, load_model, load_tensors, open_image_folder, open_imagenette
+from mixquant_core import EvalTensors, ImageList, Workspace, list_models, load_model, load_tensors, open_image_folder, open_imagenette
 from mixquant_core.errors import DatasetError, MixQuantError, one_line
-from mixquant_core.models import torchvision_cache_path
+from mixquant_core.models.registry import torchvision_cache_path
 
 from .settings import DEFAULT_QEM, Settings
 
@@ -61,7 +61,7 @@ def download_needed(s: Settings) -> Optional[str]:
     """What a registry model still has to download, or None when it can load offline."""
     if s.model_source != "registry":
         return None
-    source = dict((n, src) for n, src in _registry_sources()).get(s.model_name)
+    source = dict(registry()).get(s.model_name)
     if source == "torchvision":
         import torchvision
 
@@ -77,10 +77,10 @@ def download_needed(s: Settings) -> Optional[str]:
     return None
 
 
-def _registry_sources():
-    from .sidebar import registry
-
-    return registry()
+@st.cache_resource(show_spinner=False)
+def registry() -> List[tuple]:
+    """(name, source) for every model the registry knows: built-in, torchvision (paper's eight first), timm."""
+    return [(e.name, e.source) for e in list_models()]
 
 
 def _timm_download_needed(name: str) -> Optional[str]:
@@ -199,7 +199,7 @@ def eval_tensors(ws: Workspace, s: Optional[Settings] = None) -> Optional[EvalTe
 
 def calib_tensors(ws: Workspace, folder: str, n: int) -> Optional[EvalTensors]:
     """``n`` calibration images (spread over the folder) for the Fisher cost, decoded once."""
-    from mixquant_core.sensitivity import open_calibration_folder
+    from mixquant_core.data.image_sets import open_calibration_folder
 
     key = ("calib", folder, n, repr(ws.loaded.preprocess))
     return _decoded(key, "Calibration set",

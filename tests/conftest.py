@@ -39,7 +39,7 @@ def val_dir(data_root) -> Path:
 
 @pytest.fixture(scope="session")
 def lite0():
-    from mixquant_core.models import build_model
+    from mixquant_core.models.registry import build_model
 
     return build_model("efficientnet_lite0")
 

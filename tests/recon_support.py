@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mixquant_core.models import LoadedModel
-from mixquant_core.preprocess import Preprocess
+from mixquant_core.models.registry import LoadedModel
+from mixquant_core.models.preprocess import Preprocess
 from mixquant_core.workspace import Workspace
 
 

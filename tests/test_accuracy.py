@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from mixquant_core.cli import main
-from mixquant_core.data import load_tensors, open_image_folder
+from mixquant_cli.main import main
+from mixquant_core.data.image_sets import load_tensors, open_image_folder
 from mixquant_core.workspace import Workspace
 
 pytestmark = pytest.mark.data

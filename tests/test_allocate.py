@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mixquant_core.allocate import allocate, allocation_family, fill, lower_hull
+from mixquant_core.plans.allocate import allocate, allocation_family, fill, lower_hull
 from mixquant_core.errors import MixQuantError
 
 

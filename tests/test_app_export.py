@@ -88,7 +88,7 @@ def test_plan_for_another_model_is_refused(export, core_ws):
 
 
 def test_quantized_model_file_builds_checks_and_refuses_junk(export, core_ws):
-    from mixquant_core.export import quantized_model_bytes
+    from mixquant_core.export.packed import quantized_model_bytes
 
     at = export
     at.button(key="build_export").click().run()

@@ -8,7 +8,7 @@ from apptest_support import assert_ran_cleanly, errors, labelled_folder, new_app
 from torch import nn
 
 from mixquant_core import find_layers, load_model, open_image_folder
-from mixquant_core.models import torchvision_cache_path
+from mixquant_core.models.registry import torchvision_cache_path
 
 SIDEBAR_LABELS = {"Model source", "Model", "Quantizer", "Keep first and last layer at 8 bits", "Candidate bit-widths",
                   "Device", "Evaluation set", "Image folder", "Images to evaluate (subset size)"}

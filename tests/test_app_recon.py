@@ -8,8 +8,8 @@ import pytest
 from apptest_support import assert_ran_cleanly, charts, errors, new_app, open_page
 
 from mixquant_core import load_model, load_tensors, open_image_folder
-from mixquant_core.export import read_quantized
-from mixquant_core.reconstruct import evaluate_quantized
+from mixquant_core.export.packed import read_quantized
+from mixquant_core.recon.reconstruct import evaluate_quantized
 from mixquant_core.workspace import Workspace
 
 EVAL = 8  # evaluation images: the numbers only have to match the core's, not be meaningful

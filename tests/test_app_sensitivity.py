@@ -3,7 +3,7 @@ import pytest
 from apptest_support import assert_ran_cleanly, charts, errors, new_app, open_page
 
 from mixquant_core import Workspace, load_model
-from mixquant_core.sensitivity_kind import kinds_present, most_sensitive_by_rqe
+from mixquant_core.studies.kind_sensitivity import kinds_present, most_sensitive_by_rqe
 
 
 def test_rqe_table_renders_without_data():

@@ -398,8 +398,8 @@ def test_slider_changes_plan(app, browser):
 
 
 def test_export_downloads_the_slider_plan(app, browser, downloads):
-    from mixquant_core.models import load_model
-    from mixquant_core.plan import Plan
+    from mixquant_core.models.registry import load_model
+    from mixquant_core.plans.plan import Plan
 
     _open(browser, app, "explore", HEATMAP_DRAWN)
     _, (plan_mb, avg_bits), _ = _slider_to_end(browser)

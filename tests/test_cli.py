@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from mixquant_core.cli import main
-from mixquant_core.plan import Plan
+from mixquant_cli.main import main
+from mixquant_core.plans.plan import Plan
 
 
 def run(capsys, *argv):
@@ -62,7 +62,7 @@ def test_bad_input_one_line(capsys, argv, message):
 def test_corrupt_checkpoint_subprocess_no_traceback(tmp_path):
     bad = tmp_path / "model.pth"
     bad.write_bytes(b"\x00garbage" * 100)
-    proc = subprocess.run([sys.executable, "-m", "mixquant_core", "qe", "--model", str(bad), "--arch", "resnet18"],
+    proc = subprocess.run([sys.executable, "-m", "mixquant_cli", "qe", "--model", str(bad), "--arch", "resnet18"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "not a PyTorch checkpoint" in proc.stderr
@@ -70,7 +70,7 @@ def test_corrupt_checkpoint_subprocess_no_traceback(tmp_path):
 
 
 def test_plan_for_another_model_rejected_by_evaluate(capsys, tmp_path, val_dir):
-    from mixquant_core.models import build_model
+    from mixquant_core.models.registry import build_model
     from mixquant_core.workspace import Workspace
 
     plan = Workspace(build_model("resnet18", pretrained=False)).plan(10)

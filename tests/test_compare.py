@@ -9,14 +9,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from conftest import TinyNet
-from mixquant_core.cli import main
-from mixquant_core.compare import METHODS, candidates, compare, matched, pareto_mask, plan_for
-from mixquant_core.data import EvalTensors
+from mixquant_cli.main import main
+from mixquant_core.studies.compare import METHODS, candidates, compare, matched, pareto_mask, plan_for
+from mixquant_core.data.image_sets import EvalTensors
 from mixquant_core.errors import MixQuantError
-from mixquant_core.models import LoadedModel, fingerprint
-from mixquant_core.plan import Plan
-from mixquant_core.plots_pareto import pareto_figure
-from mixquant_core.preprocess import Preprocess
+from mixquant_core.models.registry import LoadedModel, fingerprint
+from mixquant_core.plans.plan import Plan
+from mixquant_viz.pareto import pareto_figure
+from mixquant_core.models.preprocess import Preprocess
 from mixquant_core.workspace import Workspace
 
 

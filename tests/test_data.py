@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mixquant_core.data import load_tensors, open_image_folder, open_imagenette
+from mixquant_core.data.image_sets import load_tensors, open_image_folder, open_imagenette
 from mixquant_core.errors import DatasetError
-from mixquant_core.preprocess import Preprocess
+from mixquant_core.models.preprocess import Preprocess
 
 
 def _img(path, seed):

@@ -10,12 +10,12 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mixquant_core.cli import main
-from mixquant_core.export import (ExportError, accounted_bytes, export_bytes, load_quantized_, pack_codes,
+from mixquant_cli.main import main
+from mixquant_core.export.packed import (ExportError, accounted_bytes, export_bytes, load_quantized_, pack_codes,
                                   read_quantized, rtn_layers, save_quantized, unpack_codes)
-from mixquant_core.models import build_model
-from mixquant_core.plan import quantize_model_
-from mixquant_core.reconstruct import ReconConfig, reconstruct_plan
+from mixquant_core.models.registry import build_model
+from mixquant_core.plans.plan import quantize_model_
+from mixquant_core.recon.reconstruct import ReconConfig, reconstruct_plan
 from recon_support import MIXED_BITS, images, tiny_chain, workspace
 
 
@@ -64,7 +64,7 @@ def test_reconstructed_export_is_bit_exact(tmp_path):
                                             ("resnet18", "asymmetric")])
 @pytest.mark.parametrize("bits", [2, 8])
 def test_file_size_within_one_percent_of_accounting(tmp_path, name, quantizer, bits):
-    from mixquant_core.models import build_model
+    from mixquant_core.models.registry import build_model
 
     loaded = build_model(name, pretrained=False)  # random weights: the size does not depend on them
     ws = workspace(loaded.model, quantizer)

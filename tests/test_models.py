@@ -6,7 +6,7 @@ import torch
 import torchvision
 
 from mixquant_core.errors import ModelUnavailableError
-from mixquant_core.models import (PAPER_MODELS, build_model, fingerprint, list_models, load_model,
+from mixquant_core.models.registry import (PAPER_MODELS, build_model, fingerprint, list_models, load_model,
                                   torchvision_cache_path)
 
 
@@ -114,7 +114,7 @@ def test_torchscript_file(tmp_path, tiny_model):
     assert torch.allclose(loaded.model(x), tiny_model(x))
     assert [n for n, _ in loaded.model.named_modules()][1:3] == ["stem", "dw"]
     # the scripted layers are found with the same names and kinds as the eager ones
-    from mixquant_core.layers import find_layers
+    from mixquant_core.models.layers import find_layers
 
     assert find_layers(loaded.model) == find_layers(tiny_model)
 

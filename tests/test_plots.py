@@ -1,12 +1,13 @@
-"""plots.py: pure figure builders, checked on real QE tables and real Workspace rows."""
+"""figures.py: pure figure builders, checked on real QE tables and real Workspace rows."""
 import numpy as np
 import plotly.graph_objects as go
 import pytest
 
-from mixquant_core import find_layers, plots, qe_table
-from mixquant_core.search import breakpoints, search
-from mixquant_core.sensitivity_kind import KindResult, most_sensitive_by_rqe
-from mixquant_core.size import float32_bytes, params_per_bits, plan_size
+from mixquant_core import find_layers, qe_table
+from mixquant_viz import figures
+from mixquant_core.plans.search import breakpoints, search
+from mixquant_core.studies.kind_sensitivity import KindResult, most_sensitive_by_rqe
+from mixquant_core.plans.size import float32_bytes, params_per_bits, plan_size
 from mixquant_core.workspace import SweepRow
 
 
@@ -19,14 +20,14 @@ def test_plots_module_does_not_import_streamlit():
     import ast
     import inspect
 
-    tree = ast.parse(inspect.getsource(plots))
+    tree = ast.parse(inspect.getsource(figures))
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert "streamlit" not in imported
 
 
 def test_heatmap_is_log_qe_in_model_order_with_hover(table):
-    fig = plots.qe_heatmap(table)
+    fig = figures.qe_heatmap(table)
     heat = fig.data[0]
     assert isinstance(heat, go.Heatmap)
     assert list(heat.y) == table.names
@@ -46,7 +47,7 @@ def test_heatmap_leaves_exact_zero_qe_blank(tiny_model):
     with torch.no_grad():
         tiny_model.fc.weight.zero_()  # an all-zero layer quantizes exactly: QE 0 has no logarithm
     table = qe_table(tiny_model)
-    z = np.asarray(plots.qe_heatmap(table).data[0].z, dtype=float)
+    z = np.asarray(figures.qe_heatmap(table).data[0].z, dtype=float)
     row = table.names.index("fc")
     assert np.isnan(z[row]).all()
     assert np.isfinite(np.delete(z, row, axis=0)).all()
@@ -55,7 +56,7 @@ def test_heatmap_leaves_exact_zero_qe_blank(tiny_model):
 def test_plan_bar_shows_every_layer_once_by_kind(tiny_model, table):
     layers = find_layers(tiny_model)
     bits = search(table, 50.0)
-    fig = plots.plan_bits_bar(layers, bits, pinned=[True] + [False] * (len(layers) - 1))
+    fig = figures.plan_bits_bar(layers, bits, pinned=[True] + [False] * (len(layers) - 1))
     shown = {x: y for trace in fig.data for x, y in zip(trace.x, trace.y)}
     assert shown == {layer.name: int(b) for layer, b in zip(layers, bits)}
     assert {trace.name for trace in fig.data} == {layer.kind for layer in layers}
@@ -67,11 +68,11 @@ def test_size_and_params_figures_follow_the_plan(tiny_model, table):
     layers = find_layers(tiny_model)
     fb = float32_bytes(tiny_model)
     small, large = search(table, 1000.0), search(table, 1.0)
-    figs = [plots.size_bars(plan_size(fb, layers, b, "asymmetric")) for b in (small, large)]
+    figs = [figures.size_bars(plan_size(fb, layers, b, "asymmetric")) for b in (small, large)]
     assert figs[0].data[0].y[1] < figs[1].data[0].y[1]
     assert figs[0].data[0].y[0] == figs[1].data[0].y[0] == pytest.approx(fb / 1e6)
     counts = params_per_bits(layers, small)
-    fig = plots.params_per_bits_bar(counts)
+    fig = figures.params_per_bits_bar(counts)
     assert list(fig.data[0].y) == [counts[b] for b in sorted(counts, reverse=True)]
     assert sum(fig.data[0].y) == sum(layer.params for layer in layers)
 
@@ -79,7 +80,7 @@ def test_size_and_params_figures_follow_the_plan(tiny_model, table):
 def test_family_strip_marks_every_breakpoint(table):
     fam = breakpoints(table)
     avg = [float(b.mean()) for b in fam.bits]
-    fig = plots.qem_family(fam.qems, avg, [1.0] * len(fam), qem=7.0)
+    fig = figures.qem_family(fam.qems, avg, [1.0] * len(fam), qem=7.0)
     np.testing.assert_allclose(fig.data[1].x, fam.qems)
     assert fig.layout.xaxis.type == "log"
     assert fig.data[0].line.shape == "hv"
@@ -98,11 +99,11 @@ def _rows():
 
 def test_accuracy_figures_have_points_and_reference_lines():
     rows = _rows()
-    fig = plots.accuracy_vs_qem(rows)
+    fig = figures.accuracy_vs_qem(rows)
     assert list(fig.data[0].x) == [4.0, 64.0] and list(fig.data[0].y) == [79.5, 70.0]
     assert list(fig.data[1].y) == [94.5, 90.0]
     assert [s.y0 for s in fig.layout.shapes] == [80.0, 79.0]
-    fig = plots.accuracy_vs_size([r.to_dict() for r in rows])  # dicts work too
+    fig = figures.accuracy_vs_size([r.to_dict() for r in rows])  # dicts work too
     assert list(fig.data[0].x) == [4.7, 3.5]
     assert [t.name for t in fig.data[1:]] == ["float32", "int8"]
     assert [s.y0 for s in fig.layout.shapes] == [80.0, 79.0]
@@ -111,11 +112,11 @@ def test_accuracy_figures_have_points_and_reference_lines():
 def test_sensitivity_figures(table):
     results = [KindResult("fc", b, 1, 10, 50.0 + b, 80.0, 1.0) for b in (6, 4, 2)]
     results += [KindResult("depthwise", 4, 3, 90, 20.0, 40.0, 3.0)]
-    fig = plots.kind_sensitivity_figure(results, int8_top1=60.0, float_top1=61.0)
+    fig = figures.kind_sensitivity_figure(results, int8_top1=60.0, float_top1=61.0)
     by_name = {t.name: t for t in fig.data}
     assert list(by_name["fc"].x) == [2, 4, 6] and list(by_name["fc"].y) == [52.0, 54.0, 56.0]
     assert [s.y0 for s in fig.layout.shapes] == [61.0, 60.0]
     top = most_sensitive_by_rqe(table)
-    fig = plots.most_sensitive_figure(top)
+    fig = figures.most_sensitive_figure(top)
     assert list(fig.data[0].text) == [t.name for t in top]
     assert fig.layout.yaxis.type == "log"

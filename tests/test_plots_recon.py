@@ -1,10 +1,10 @@
-"""plots_recon.block_error_figure on a real reconstruction's block reports."""
+"""recon_figures.block_error_figure on a real reconstruction's block reports."""
 import numpy as np
 import pytest
 import torch
 
-from mixquant_core import plots_recon
-from mixquant_core.reconstruct import ReconConfig, reconstruct_plan
+from mixquant_viz import recon as recon_figures
+from mixquant_core.recon.reconstruct import ReconConfig, reconstruct_plan
 from recon_support import MIXED_BITS, images, tiny_chain, workspace
 
 
@@ -21,7 +21,7 @@ def blocks():
 
 
 def test_bars_are_each_blocks_error_before_and_after_in_model_order(blocks):
-    fig = plots_recon.block_error_figure(blocks)
+    fig = recon_figures.block_error_figure(blocks)
     nearest, learned = fig.data
     assert (nearest.name, learned.name) == ("round-to-nearest", "learned rounding")
     assert list(nearest.x) == list(learned.x) == [b.name for b in blocks] == ["0", "1", "2", "3"]
@@ -33,14 +33,14 @@ def test_bars_are_each_blocks_error_before_and_after_in_model_order(blocks):
 
 def test_dicts_draw_the_same_figure(blocks):
     as_dicts = [dict(b.__dict__) for b in blocks]
-    assert plots_recon.block_error_figure(as_dicts).to_dict() == plots_recon.block_error_figure(blocks).to_dict()
+    assert recon_figures.block_error_figure(as_dicts).to_dict() == recon_figures.block_error_figure(blocks).to_dict()
 
 
 def test_module_does_not_import_streamlit():
     import ast
     import inspect
 
-    tree = ast.parse(inspect.getsource(plots_recon))
+    tree = ast.parse(inspect.getsource(recon_figures))
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert "streamlit" not in imported

@@ -1,4 +1,4 @@
-"""The fast QE table (qe_fast: numba on CPU, torch fallback; qe_triton: CUDA) against the plain
+"""The fast QE table (quant/kernels: numba on CPU, torch fallback; Triton on CUDA) against the plain
 loop of Algorithm 1 (``method="reference"``).
 
 Compared within a relative tolerance of 1e-4, not bit for bit: the fast kernels round
@@ -21,9 +21,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from mixquant_core import qe_fast, qe_triton
+from mixquant_core.quant import kernels
+from mixquant_core.quant.kernels import numba_cpu, torch_rows, triton_cuda, work_items
 from mixquant_core.errors import InvalidWeightsError, MixQuantError
-from mixquant_core.qe import DEFAULT_BITS, _layer_qe_reference, qe_table
+from mixquant_core.quant.qe import DEFAULT_BITS, _layer_qe_reference, qe_table
 
 QUANTIZERS = ("asymmetric", "symmetric", "per-channel")
 RTOL = 1e-4
@@ -37,7 +38,7 @@ def reference_rows(weights, quantizer, bits=DEFAULT_BITS):
 
 
 def assert_matches_reference(weights, quantizer, bits=DEFAULT_BITS):
-    qe, mean_sq, ok = qe_fast.qe_rows(weights, bits, quantizer)
+    qe, mean_sq, ok = kernels.qe_rows(weights, bits, quantizer)
     ref_qe, ref_ms = reference_rows(weights, quantizer, bits)
     assert ok.all()
     np.testing.assert_allclose(qe, ref_qe, rtol=RTOL, atol=0)
@@ -94,7 +95,7 @@ def test_fast_matches_reference_property(weights, quantizer, bits):
 @pytest.mark.parametrize("quantizer", QUANTIZERS)
 def test_torch_fallback_matches_reference(quantizer, monkeypatch):
     # what runs without numba on CPU, and on CUDA without Triton
-    monkeypatch.setattr(qe_fast, "HAVE_NUMBA", False)
+    monkeypatch.setattr(numba_cpu, "HAVE_NUMBA", False)
     assert_matches_reference(degenerate_tensors() + [torch.randn(70, 1000)], quantizer)
 
 
@@ -102,7 +103,7 @@ def test_torch_fallback_matches_reference(quantizer, monkeypatch):
 def test_qe_table_fast_equals_reference_on_lite0(lite0, quantizer):
     # a real model: the five depthwise convs with an all-zero output channel, and every 4th of the
     # other layers (the plain loop over all 50 takes long on a busy 2-core machine)
-    from mixquant_core.layers import find_layers
+    from mixquant_core.models.layers import find_layers
 
     modules = dict(lite0.model.named_modules())
     layers = find_layers(lite0.model)
@@ -149,7 +150,7 @@ def test_progress_is_reported_per_layer_and_bad_method_is_rejected(tiny_model):
 
 def test_work_items_cover_every_weight_once():
     shapes = ((1, 10_000), (3, 9), (2, 4096), (5, 4097))
-    items = qe_fast.work_items(shapes, 4096)
+    items = work_items.work_items(shapes, 4096)
     for layer, (rows, cols) in enumerate(shapes):
         mine = items.layer == layer
         covered = np.zeros(rows * cols, dtype=int)
@@ -163,13 +164,13 @@ def test_work_items_cover_every_weight_once():
 def test_cuda_unavailable_falls_back_cleanly(tiny_model, monkeypatch):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: benchmarks/check_cuda.py checks the CUDA paths")
-    assert qe_triton.available() is False
+    assert triton_cuda.available() is False
 
     def no_triton(*args):
         raise AssertionError("the Triton path ran without CUDA")
 
     # CPU weights never reach the Triton kernels, whatever the requested method
-    monkeypatch.setattr(qe_triton, "qe_rows", no_triton)
+    monkeypatch.setattr(triton_cuda, "qe_rows", no_triton)
     fast = qe_table(tiny_model, device="cpu")
     np.testing.assert_allclose(fast.qe, qe_table(tiny_model, method="reference").qe, rtol=RTOL)
 
@@ -180,13 +181,13 @@ def test_triton_kernels_match_reference_in_interpreter():
     pytest.importorskip("triton")
     code = (
         "import numpy as np, torch\n"
-        "from mixquant_core import qe_triton\n"
-        "from mixquant_core.qe import _layer_qe_reference, DEFAULT_BITS\n"
+        "from mixquant_core.quant.kernels import triton_cuda\n"
+        "from mixquant_core.quant.qe import _layer_qe_reference, DEFAULT_BITS\n"
         "torch.manual_seed(0)\n"
         "dw = torch.randn(8, 1, 3, 3); dw[2] = 0\n"
         "ws = [torch.randn(16, 3, 3, 3), torch.randn(5, 1500) * 0.01, dw, torch.full((3, 7), 0.25), torch.zeros(4, 4)]\n"
         "for q in ('asymmetric', 'symmetric', 'per-channel'):\n"
-        "    qe, ms, ok = qe_triton.qe_rows(ws, DEFAULT_BITS, q)\n"
+        "    qe, ms, ok = triton_cuda.qe_rows(ws, DEFAULT_BITS, q)\n"
         "    ref = np.array([_layer_qe_reference(w, DEFAULT_BITS, q) for w in ws])\n"
         "    np.testing.assert_allclose(qe, ref, rtol=1e-4, atol=0)\n"
         "    assert np.array_equal(qe == 0, ref == 0) and ok.all()\n"
@@ -201,17 +202,17 @@ def test_channels_last_and_strided_weights_give_the_same_rows():
     w = nn.Conv2d(4, 6, 3).weight.detach()
     others = [w.contiguous(memory_format=torch.channels_last), w.transpose(0, 1).contiguous().transpose(0, 1)]
     for quantizer in QUANTIZERS:
-        a, _, _ = qe_fast.qe_rows([w], DEFAULT_BITS, quantizer)
+        a, _, _ = kernels.qe_rows([w], DEFAULT_BITS, quantizer)
         for other in others:
             assert not other.is_contiguous()
-            b, _, _ = qe_fast.qe_rows([other], DEFAULT_BITS, quantizer)
+            b, _, _ = kernels.qe_rows([other], DEFAULT_BITS, quantizer)
             np.testing.assert_array_equal(a, b)
 
 
 finite_f32 = st.floats(-1e6, 1e6, width=32) | st.sampled_from([0.0, -0.0, 1e-30, -1e-30, 1e-45, 3e19])
 
 
-@pytest.mark.skipif(not qe_fast.HAVE_NUMBA, reason="numba not installed")
+@pytest.mark.skipif(not numba_cpu.HAVE_NUMBA, reason="numba not installed")
 @pytest.mark.parametrize("quantizer", QUANTIZERS)
 @given(rows=st.lists(st.tuples(finite_f32, finite_f32), min_size=1, max_size=20))
 def test_compiled_row_params_equal_the_numpy_formulas(quantizer, rows):
@@ -219,9 +220,9 @@ def test_compiled_row_params_equal_the_numpy_formulas(quantizer, rows):
     float32 values of ``params_for`` and the monotonic clamp test written with numpy."""
     lo = np.array([min(a, b) for a, b in rows], dtype=np.float32)
     hi = np.array([max(a, b) for a, b in rows], dtype=np.float32)
-    scale, inv, cmin, cmax, clamp = qe_fast.row_params(quantizer, lo, hi, DEFAULT_BITS)
+    scale, inv, cmin, cmax, clamp = numba_cpu.row_params(quantizer, lo, hi, DEFAULT_BITS)
     with np.errstate(invalid="ignore", over="ignore"):
-        ref_scale, ref_cmin, ref_cmax = qe_fast.params_for(quantizer, lo, hi, DEFAULT_BITS)
+        ref_scale, ref_cmin, ref_cmax = torch_rows.params_for(quantizer, lo, hi, DEFAULT_BITS)
         ref_inv = np.float32(1.0) / ref_scale
         ref_clamp = ~((np.rint(lo[:, None] * ref_inv) >= ref_cmin) & (np.rint(hi[:, None] * ref_inv) <= ref_cmax))
     for got, want in ((scale, ref_scale), (inv, ref_inv), (cmin, ref_cmin), (cmax, ref_cmax)):

@@ -7,9 +7,9 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from mixquant_core.errors import InvalidWeightsError, MixQuantError
-from mixquant_core.layers import find_layers, pinned_mask
-from mixquant_core.qe import QETable, qe_table
-from mixquant_core.search import breakpoints, search, search_many
+from mixquant_core.models.layers import find_layers, pinned_mask
+from mixquant_core.quant.qe import QETable, qe_table
+from mixquant_core.plans.search import breakpoints, search, search_many
 
 
 def plain_qe(w: torch.Tensor, b: int) -> float:
@@ -83,7 +83,7 @@ tables = st.integers(1, 6).flatmap(lambda L: arrays(np.float64, (L, 7), elements
 
 
 def _table(qe: np.ndarray) -> QETable:
-    from mixquant_core.layers import LayerInfo
+    from mixquant_core.models.layers import LayerInfo
 
     layers = [LayerInfo(f"l{i}", "kxk_conv", 10, (10,)) for i in range(len(qe))]
     return QETable(layers, (8, 7, 6, 5, 4, 3, 2), qe, np.ones(len(qe)), "asymmetric")

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from mixquant_core.errors import InvalidWeightsError, MixQuantError
-from mixquant_core.quantizers import QUANTIZERS, check_finite, dequantize, fake_quantize, quantize
+from mixquant_core.quant.quantizers import QUANTIZERS, check_finite, dequantize, fake_quantize, quantize
 
 SCHEMES = list(QUANTIZERS)
 finite = st.floats(-10, 10, allow_nan=False, allow_infinity=False, width=32)

@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 from mixquant_core.errors import MixQuantError
-from mixquant_core.models import LoadedModel
-from mixquant_core.preprocess import Preprocess
-from mixquant_core.reconstruct import ReconConfig, reconstruct_from_folder
+from mixquant_core.models.registry import LoadedModel
+from mixquant_core.models.preprocess import Preprocess
+from mixquant_core.recon.reconstruct import ReconConfig, reconstruct_from_folder
 from recon_support import MIXED_BITS, tiny_chain, workspace
 from studio_ui import recon_job
 from studio_ui.recon_job import CANCELLED, DONE, FAILED, JobRefused, ReconJob

@@ -6,10 +6,10 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mixquant_core.adaround import mse_affine_params
-from mixquant_core.blocks import model_stages, run_stages
+from mixquant_core.recon.adaround import mse_affine_params
+from mixquant_core.recon.blocks import model_stages, run_stages
 from mixquant_core.errors import MixQuantError
-from mixquant_core.reconstruct import (ReconConfig, apply_quantized_, reconstruct,
+from mixquant_core.recon.reconstruct import (ReconConfig, apply_quantized_, reconstruct,
                                        reconstruct_plan)
 from recon_support import MIXED_BITS, images, tiny_chain, workspace
 
@@ -98,8 +98,8 @@ def test_unsupported_architecture_named():
 
 @pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet18", "mobilenet_v2"])
 def test_block_chain_reproduces_the_model(name):
-    from mixquant_core.layers import find_layers
-    from mixquant_core.models import build_model
+    from mixquant_core.models.layers import find_layers
+    from mixquant_core.models.registry import build_model
 
     model = build_model(name, pretrained=False).model
     x = images(2, 64)

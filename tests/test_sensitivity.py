@@ -8,13 +8,14 @@ from PIL import Image
 from torch import nn
 
 from conftest import TinyNet
-from mixquant_core.data import EvalTensors, load_tensors
+from mixquant_core.data.image_sets import EvalTensors, load_tensors
 from mixquant_core.errors import DatasetError, InvalidWeightsError, MixQuantError
-from mixquant_core.layers import find_layers, layer_weights
-from mixquant_core.models import LoadedModel, fingerprint
-from mixquant_core.plan import applied
-from mixquant_core.preprocess import Preprocess
-from mixquant_core.sensitivity import NO_LABEL, fisher_diagonal, fisher_table, open_calibration_folder
+from mixquant_core.models.layers import find_layers, layer_weights
+from mixquant_core.models.registry import LoadedModel, fingerprint
+from mixquant_core.plans.plan import applied
+from mixquant_core.models.preprocess import Preprocess
+from mixquant_core.data.image_sets import NO_LABEL, open_calibration_folder
+from mixquant_core.plans.fisher import fisher_diagonal, fisher_table
 from mixquant_core.workspace import Workspace
 
 

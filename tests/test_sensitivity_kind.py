@@ -4,12 +4,12 @@ import pytest
 import torch
 
 from mixquant_core import Workspace, find_layers, qe_table
-from mixquant_core.data import EvalTensors
+from mixquant_core.data.image_sets import EvalTensors
 from mixquant_core.errors import MixQuantError
-from mixquant_core.models import LoadedModel
-from mixquant_core.preprocess import Preprocess
-from mixquant_core.sensitivity_kind import bits_for_kind, kind_sensitivity, kinds_present, most_sensitive_by_rqe
-from mixquant_core.tradeoff import rows_to_csv, smallest_within
+from mixquant_core.models.registry import LoadedModel
+from mixquant_core.models.preprocess import Preprocess
+from mixquant_core.studies.kind_sensitivity import bits_for_kind, kind_sensitivity, kinds_present, most_sensitive_by_rqe
+from mixquant_core.studies.tradeoff import rows_to_csv, smallest_within
 from mixquant_core.workspace import SWEEP_COLUMNS, SweepRow
 
 

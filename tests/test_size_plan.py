@@ -6,11 +6,11 @@ import torch
 from torch import nn
 
 from mixquant_core.errors import PlanError
-from mixquant_core.layers import find_layers
-from mixquant_core.models import LoadedModel, fingerprint
-from mixquant_core.plan import Plan, applied, quantize_model_
-from mixquant_core.preprocess import Preprocess
-from mixquant_core.size import float32_bytes, params_per_bits, plan_size
+from mixquant_core.models.layers import find_layers
+from mixquant_core.models.registry import LoadedModel, fingerprint
+from mixquant_core.plans.plan import Plan, applied, quantize_model_
+from mixquant_core.models.preprocess import Preprocess
+from mixquant_core.plans.size import float32_bytes, params_per_bits, plan_size
 from mixquant_core.workspace import Workspace
 
 

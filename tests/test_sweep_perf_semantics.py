@@ -11,12 +11,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from mixquant_core.data import EvalTensors, ImageList, load_tensors
+from mixquant_core.data.image_sets import EvalTensors, ImageList, load_tensors
 from mixquant_core.errors import MixQuantError
-from mixquant_core.evaluate import evaluate
-from mixquant_core.plan import applied
-from mixquant_core.preprocess import Preprocess
-from mixquant_core.quantizers import fake_quantize
+from mixquant_core.evaluation.evaluate import evaluate
+from mixquant_core.plans.plan import applied
+from mixquant_core.models.preprocess import Preprocess
+from mixquant_core.quant.quantizers import fake_quantize
 
 
 def snapshot(model):

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from mixquant_core.export import load_quantized_, rtn_layers, save_quantized, size_report
-from mixquant_core.models import load_model
-from mixquant_core.plan import quantize_model_
+from mixquant_core.export.packed import load_quantized_, rtn_layers, save_quantized, size_report
+from mixquant_core.models.registry import load_model
+from mixquant_core.plans.plan import quantize_model_
 from mixquant_core.workspace import Workspace
 
 

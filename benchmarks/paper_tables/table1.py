@@ -24,12 +24,12 @@ from pathlib import Path
 
 import torch
 
-from mixquant_core.data import load_tensors, open_image_folder
-from mixquant_core.evaluate import evaluate
-from mixquant_core.export import save_quantized, size_report
-from mixquant_core.models import load_model
-from mixquant_core.reconstruct import ReconConfig, quantized_applied, recon_metadata, reconstruct_plan
-from mixquant_core.sensitivity import open_calibration_folder
+from mixquant_core.data.image_sets import load_tensors, open_image_folder
+from mixquant_core.evaluation.evaluate import evaluate
+from mixquant_core.export.packed import save_quantized, size_report
+from mixquant_core.models.registry import load_model
+from mixquant_core.recon.reconstruct import ReconConfig, quantized_applied, recon_metadata, reconstruct_plan
+from mixquant_core.data.image_sets import open_calibration_folder
 from mixquant_core.workspace import Workspace
 
 QUANTIZER = "per-channel"

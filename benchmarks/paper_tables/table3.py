@@ -18,8 +18,8 @@ import time
 
 import torch
 
-from mixquant_core.models import PAPER_MODELS, build_model
-from mixquant_core.plan import quantize_model_
+from mixquant_core.models.registry import PAPER_MODELS, build_model
+from mixquant_core.plans.plan import quantize_model_
 from mixquant_core.workspace import Workspace
 
 QEMS_10 = [1.5, 2, 3, 5, 8, 13, 20, 40, 80, 160]

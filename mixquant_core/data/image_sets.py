@@ -10,12 +10,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .errors import DatasetError
+from ..errors import DatasetError
 
 IMAGE_EXTS = (".jpeg", ".jpg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
+NO_LABEL = -1  # an image without a label (calibration): losses use the model's own prediction
+DEFAULT_CALIB_IMAGES = 64
 DATA_ENV = "MIXQUANT_DATA"  # the one setting: a folder holding imagenet-val-1300 & co.
 # Imagenette's ten WNIDs and their ImageNet-1k class indices (sorted-WNID order).
 IMAGENETTE_CLASSES = {
@@ -203,3 +206,30 @@ def load_tensors(images: ImageList, transform: Callable, progress: Progress = No
         raise DatasetError(f"none of the {n} images in '{images.root}' could be read")
     images_t = out if len(ys) == n else out[:len(ys)].clone()  # clone: let the unused rows go
     return EvalTensors(images_t, torch.tensor(ys, dtype=torch.long), skipped)
+
+
+def spread_subset(images: ImageList, n: Optional[int]) -> ImageList:
+    """``n`` images spread evenly over the list (calibration sets are often sorted by class)."""
+    if n is None or n <= 0 or n >= len(images):
+        return images
+    idx = np.linspace(0, len(images) - 1, n).round().astype(int)
+    return ImageList(images.root, [images.paths[i] for i in idx], [images.labels[i] for i in idx], images.class_names)
+
+
+def open_calibration_folder(path: str, n: Optional[int] = DEFAULT_CALIB_IMAGES) -> ImageList:
+    """A labelled folder (as for evaluation) or, failing that, a plain folder of images whose
+    labels are unknown (the Fisher then uses the model's own predictions)."""
+    try:
+        images = open_image_folder(path)
+    except DatasetError as exc:
+        root = Path(path) if path else None
+        if root is None or not root.is_dir():
+            raise
+        files = sorted(f for f in root.iterdir() if f.suffix.lower() in IMAGE_EXTS)
+        if not files:
+            image_dir = root / "images"
+            files = sorted(f for f in image_dir.iterdir() if f.suffix.lower() in IMAGE_EXTS) if image_dir.is_dir() else []
+        if not files:
+            raise DatasetError(f"calibration folder '{root}' holds no images ({exc})") from None
+        images = ImageList(str(root), [str(f) for f in files], [NO_LABEL] * len(files))
+    return spread_subset(images, n)

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import EvalTensors
-from .errors import MixQuantError
+from ..data.image_sets import EvalTensors
+from ..errors import MixQuantError
 
 Progress = Optional[Callable[[int, int, str], None]]
 

@@ -35,10 +35,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import MixQuantError, first_line
-from .plan import Plan
-from .adaround import QuantizedLayer
-from .reconstruct import apply_quantized_
+from ..errors import MixQuantError, first_line
+from ..plans.plan import Plan
+from ..recon.adaround import QuantizedLayer
+from ..recon.reconstruct import apply_quantized_
 
 EXPORT_FORMAT = "mixquant-quantized"
 EXPORT_VERSION = 1
@@ -271,7 +271,7 @@ def load_quantized_(model: nn.Module, path_or_bytes) -> QuantizedFile:
 # --- size check -------------------------------------------------------------------------------
 def accounted_bytes(model: nn.Module, plan: Plan, scheme: str) -> int:
     """What size.py charges for ``plan`` stored with ``scheme``."""
-    from .size import float32_bytes, plan_size
+    from ..plans.size import float32_bytes, plan_size
 
     layers = plan.check_against(model)
     s = plan_size(float32_bytes(model), layers, [plan.bits[l.name] for l in layers], scheme)
@@ -280,7 +280,7 @@ def accounted_bytes(model: nn.Module, plan: Plan, scheme: str) -> int:
 
 def rtn_layers(model: nn.Module, plan: Plan) -> Dict[str, QuantizedLayer]:
     """Round-to-nearest codes with the plan's own quantizer (what ``plan.quantize_model_`` computes)."""
-    from .reconstruct import nearest_layers
+    from ..recon.reconstruct import nearest_layers
 
     plan.check_against(model)
     return nearest_layers(model, plan.bits, plan.quantizer)
@@ -318,7 +318,7 @@ def quantized_model_bytes(model: nn.Module, plan: Plan, reconstructed=None) -> b
     """The export file for ``plan``: round-to-nearest codes, or a ReconResult's learned codes."""
     if reconstructed is None:
         return export_bytes(model, plan, rtn_layers(model, plan))
-    from .reconstruct import recon_metadata
+    from ..recon.reconstruct import recon_metadata
 
     meta = recon_metadata(reconstructed, getattr(reconstructed, "calib_images", 0))
     return export_bytes(model, plan, reconstructed.layers, meta)

@@ -18,7 +18,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 from torch import nn
 
-from .errors import ModelUnavailableError, first_line
+from ..errors import ModelUnavailableError, first_line
 from .preprocess import TF_MEAN, TF_STD, Preprocess, from_timm, from_torchvision
 
 DEFAULT_MODEL = "efficientnet_lite0"

@@ -23,7 +23,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import MixQuantError
+from ..errors import MixQuantError
 
 PINNED_BITS = 8
 

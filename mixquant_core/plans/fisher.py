@@ -14,7 +14,6 @@ weight perturbation d as about 0.5 * sum(F * d**2); the table holds
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
 import numpy as np
@@ -22,15 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import IMAGE_EXTS, EvalTensors, ImageList, open_image_folder
-from .errors import DatasetError, MixQuantError
-from .layers import LayerInfo, layer_weights
-from .qe import normalize_bits
-from .quantizers import check_finite, fake_quantize, get_quantizer
+from ..data.image_sets import NO_LABEL, EvalTensors
+from ..errors import DatasetError, MixQuantError
+from ..models.layers import LayerInfo, layer_weights
+from ..quant.qe import normalize_bits
+from ..quant.quantizers import check_finite, fake_quantize, get_quantizer
 
 Progress = Optional[Callable[[int, int, str], None]]
-NO_LABEL = -1  # an image without a label: its loss uses the model's own prediction
-DEFAULT_CALIB_IMAGES = 64
 
 
 @dataclass
@@ -131,30 +128,3 @@ def fisher_table(model: nn.Module, layers: Sequence[LayerInfo], data: EvalTensor
     return FisherTable(layers=list(layers), bits=bits, cost=cost,
                        fisher_sum=np.array([float(f.sum()) for f in fisher]), images=len(data),
                        labelled=int((data.labels >= 0).sum()), quantizer=quantizer)
-
-
-def spread_subset(images: ImageList, n: Optional[int]) -> ImageList:
-    """``n`` images spread evenly over the list (calibration sets are often sorted by class)."""
-    if n is None or n <= 0 or n >= len(images):
-        return images
-    idx = np.linspace(0, len(images) - 1, n).round().astype(int)
-    return ImageList(images.root, [images.paths[i] for i in idx], [images.labels[i] for i in idx], images.class_names)
-
-
-def open_calibration_folder(path: str, n: Optional[int] = DEFAULT_CALIB_IMAGES) -> ImageList:
-    """A labelled folder (as for evaluation) or, failing that, a plain folder of images whose
-    labels are unknown (the Fisher then uses the model's own predictions)."""
-    try:
-        images = open_image_folder(path)
-    except DatasetError as exc:
-        root = Path(path) if path else None
-        if root is None or not root.is_dir():
-            raise
-        files = sorted(f for f in root.iterdir() if f.suffix.lower() in IMAGE_EXTS)
-        if not files:
-            image_dir = root / "images"
-            files = sorted(f for f in image_dir.iterdir() if f.suffix.lower() in IMAGE_EXTS) if image_dir.is_dir() else []
-        if not files:
-            raise DatasetError(f"calibration folder '{root}' holds no images ({exc})") from None
-        images = ImageList(str(root), [str(f) for f in files], [NO_LABEL] * len(files))
-    return spread_subset(images, n)

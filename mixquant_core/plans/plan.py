@@ -11,10 +11,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import PlanError
-from .layers import LayerInfo, find_layers
-from .qe import QETable
-from .quantizers import MAX_BITS, MIN_BITS, QUANTIZERS, fake_quantize
+from ..errors import PlanError
+from ..models.layers import LayerInfo, find_layers
+from ..quant.qe import QETable
+from ..quant.quantizers import MAX_BITS, MIN_BITS, QUANTIZERS, fake_quantize
 from .size import plan_size
 
 PLAN_FORMAT = "mixquant-plan"

@@ -14,8 +14,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .errors import MixQuantError
-from .qe import BASE_BITS, QETable
+from ..errors import MixQuantError
+from ..quant.qe import BASE_BITS, QETable
 
 
 def check_qem(qem: float) -> float:

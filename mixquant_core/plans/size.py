@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 from torch import nn
 
-from .layers import LayerInfo
+from ..models.layers import LayerInfo
 
 FLOAT_BYTES = 4
 MB = 1e6

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import MixQuantError
-from .layers import LayerInfo, find_layers, layer_weights
+from ..errors import MixQuantError
+from ..models.layers import LayerInfo, find_layers, layer_weights
 from .quantizers import MAX_BITS, MIN_BITS, check_finite, fake_quantize, get_quantizer
 
 DEFAULT_BITS = (8, 7, 6, 5, 4, 3, 2)
@@ -88,14 +88,14 @@ def _reference_rows(weights, layers, bits, quantizer, progress):
 
 
 def _fast_rows(weights, layers, bits, quantizer, progress):
-    """All layers and bit-widths at once (``qe_fast``: numba on CPU, Triton on CUDA)."""
-    from . import qe_fast
+    """All layers and bit-widths at once (``kernels``: numba on CPU, Triton on CUDA)."""
+    from . import kernels
 
     weights = [w.contiguous() for w in weights]
     usable = [i for i, w in enumerate(weights) if w.numel()]
     qe = np.zeros((len(layers), len(bits)), dtype=np.float64)
     mean_sq = np.zeros(len(layers), dtype=np.float64)
-    qe[usable], mean_sq[usable], ok = qe_fast.qe_rows([weights[i] for i in usable], bits, quantizer)
+    qe[usable], mean_sq[usable], ok = kernels.qe_rows([weights[i] for i in usable], bits, quantizer)
     redo = [i for i in range(len(layers)) if i not in set(usable)] + [usable[k] for k in np.flatnonzero(~ok)]
     for i in sorted(redo):  # NaN/Inf raises naming the layer; finite but huge (w^2 overflows) or empty: reference
         qe[i:i + 1], mean_sq[i:i + 1] = _reference_rows([weights[i]], [layers[i]], bits, quantizer, None)

@@ -19,7 +19,7 @@ from typing import Callable, Dict, Tuple
 
 import torch
 
-from .errors import InvalidWeightsError, MixQuantError
+from ..errors import InvalidWeightsError, MixQuantError
 
 MIN_BITS, MAX_BITS = 2, 8
 # Smallest scale we allow; far below any real weight's step but keeps 0/0 out.

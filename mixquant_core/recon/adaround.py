@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .quantizers import SCALE_EPS, QuantMeta, dequantize
+from ..quant.quantizers import SCALE_EPS, QuantMeta, dequantize
 
 ZETA, GAMMA = 1.1, -0.1  # rectified sigmoid stretch (AdaRound)
 

@@ -14,8 +14,8 @@ from typing import Callable, List
 import torch
 from torch import nn
 
-from .errors import MixQuantError
-from .layers import QUANTIZABLE
+from ..errors import MixQuantError
+from ..models.layers import QUANTIZABLE
 
 
 @dataclass

@@ -35,8 +35,8 @@ from torch.nn.utils import parametrize
 
 from .adaround import AdaRoundWeight, QuantizedLayer
 from .blocks import Stage, model_stages
-from .errors import MixQuantError
-from .quantizers import check_bits, check_finite
+from ..errors import MixQuantError
+from ..quant.quantizers import check_bits, check_finite
 
 Progress = Optional[Callable[[int, int, str], None]]
 SCHEMES = ("per-channel", "asymmetric")
@@ -121,7 +121,7 @@ def reconstruct(model: nn.Module, bits: Dict[str, int], calib: torch.Tensor, cfg
     ``calib`` holds preprocessed calibration images [N,3,H,W]. Deterministic for a given seed,
     device and thread count.
     """
-    from .evaluate import resolve_device
+    from ..evaluation.evaluate import resolve_device
 
     _check_inputs(model, bits, calib, cfg)
     device = resolve_device(cfg.device)
@@ -243,7 +243,7 @@ def quantized_applied(model: nn.Module, layers: Dict[str, QuantizedLayer]) -> It
 
 def nearest_layers(model: nn.Module, bits: Dict[str, int], scheme: str) -> Dict[str, QuantizedLayer]:
     """Round-to-nearest codes of the project's quantizers (quantizers.quantize), as QuantizedLayers."""
-    from .quantizers import quantize
+    from ..quant.quantizers import quantize
 
     modules = dict(model.named_modules())
     out = {}
@@ -288,8 +288,8 @@ def reconstruct_from_folder(loaded, plan, calib_dir: str, calib_images: int = 10
 
     Progress runs 0..1000 over the whole job (decoding is the first 5 %), ``what`` says the stage.
     """
-    from .data import load_tensors
-    from .sensitivity import open_calibration_folder
+    from ..data.image_sets import load_tensors
+    from ..data.image_sets import open_calibration_folder
 
     plan.check_against(loaded.model)  # a wrong plan fails before the slow work
     images = open_calibration_folder(calib_dir, calib_images)
@@ -304,7 +304,7 @@ def reconstruct_from_folder(loaded, plan, calib_dir: str, calib_images: int = 10
 def evaluate_quantized(model: nn.Module, layers: Dict[str, QuantizedLayer], data, device: str = "cpu",
                        progress: Progress = None):
     """Metrics of ``model`` with ``layers``' quantized weights (restored afterwards)."""
-    from .evaluate import evaluate, resolve_device
+    from ..evaluation.evaluate import evaluate, resolve_device
 
     dev = resolve_device(device)
     model.to(dev)

@@ -12,11 +12,11 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .data import EvalTensors
-from .errors import MixQuantError
-from .plan import Plan
-from .qe import BASE_BITS
-from .workspace import Workspace
+from ..data.image_sets import EvalTensors
+from ..errors import MixQuantError
+from ..plans.plan import Plan
+from ..quant.qe import BASE_BITS
+from ..workspace import Workspace
 
 Progress = Optional[Callable[[int, int, str], None]]
 

@@ -11,9 +11,9 @@ from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
-from .data import EvalTensors
-from .layers import KINDS, LayerInfo
-from .qe import BASE_BITS, QETable
+from ..data.image_sets import EvalTensors
+from ..models.layers import KINDS, LayerInfo
+from ..quant.qe import BASE_BITS, QETable
 
 Progress = Optional[Callable[[int, int, str], None]]
 

@@ -5,8 +5,8 @@ import csv
 import io
 from typing import Optional, Sequence
 
-from .errors import MixQuantError
-from .workspace import SWEEP_COLUMNS, SweepRow
+from ..errors import MixQuantError
+from ..workspace import SWEEP_COLUMNS, SweepRow
 
 
 def baseline(rows: Sequence[SweepRow], method: str) -> Optional[SweepRow]:

@@ -1,11 +1,11 @@
 """Fast QE table kernels: every candidate bit-width of every layer from two reads of the weights.
 
-The reference (``qe._layer_qe_reference``) runs the quantizer once per layer and bit-width:
+The reference (``quant.qe._layer_qe_reference``) runs the quantizer once per layer and bit-width:
 min/max, then about ten full-tensor ops, per bit. Here the whole model goes through two parallel
 passes: one for every row's min/max and sum(w^2), then one in which each work item (at most
 ``BLOCK`` weights of one row, 16 KiB: it stays in L1) is quantized at all bit-widths before the
 next is read. On CPU the loops are numba-compiled (AVX2-vectorised, items spread over the cores);
-on CUDA ``qe_triton`` runs the same two passes as two Triton launches; without numba (CPU) or
+on CUDA ``triton_cuda`` runs the same two passes as two Triton launches; without numba (CPU) or
 Triton (CUDA), a torch version does each layer in [rows, B, cols] slabs.
 
 Float semantics, on purpose slightly different from the reference (compare within ~1e-4 relative):
@@ -20,23 +20,20 @@ The scale and zero-point themselves are computed with exactly the reference's fl
 """
 from __future__ import annotations
 
-import functools
-import math
 import threading
-from dataclasses import dataclass, field
-from typing import List, Sequence, Tuple
+from typing import List, Sequence
 
 import numpy as np
 import torch
 
-from .quantizers import SCALE_EPS
+from ..quantizers import SCALE_EPS
+from .work_items import code_range, items_for
 
-BLOCK = 4096  # weights per work item: 16 KiB of float32, L1-resident while all bit-widths run
 # Items handed to a thread at a time: dynamic scheduling, so a core that another process holds
 # does not leave half of the items waiting for it (this machine is shared).
 _CHUNK_ITEMS = 16
 
-try:  # numba is optional: without it the torch path below is used
+try:  # numba is optional: without it kernels.qe_rows uses torch_rows
     import numba
     from numba import njit, prange
 
@@ -45,49 +42,7 @@ except ImportError:  # pragma: no cover - exercised only where numba is missing
     HAVE_NUMBA = False
 
 _EPS32 = np.float32(SCALE_EPS)
-_NUMBA_LOCK = threading.Lock()
-
-
-# --- quantizer parameters, vectorised over rows and bit-widths ------------------------------------
-def code_range(quantizer: str, bits: Sequence[int]):
-    """(qmin, qmax) [B] float32: the integer codes of each bit-width, as the reference's quantizers
-    use them (affine: 0 .. 2^b - 1, symmetric: -2^(b-1) .. 2^(b-1) - 1)."""
-    b = np.asarray(bits, dtype=np.float64)
-    if quantizer == "symmetric":
-        return (-(2.0 ** (b - 1))).astype(np.float32), (2.0 ** (b - 1) - 1).astype(np.float32)
-    return np.zeros(len(b), np.float32), (2.0 ** b - 1).astype(np.float32)
-
-
-def affine_params(lo: np.ndarray, hi: np.ndarray, bits: Sequence[int]):
-    """The reference's ``_affine_params`` for lo/hi [R] and bits [B], all float32 like torch's.
-
-    Returns scale, and the clamp bounds of ``round(w/scale)``: [-zp, qmax - zp], each [R, B]."""
-    qmax = code_range("asymmetric", bits)[1][None, :]
-    lo = np.minimum(lo.astype(np.float32), np.float32(0))[:, None]
-    hi = np.maximum(hi.astype(np.float32), np.float32(0))[:, None]
-    scale = np.maximum((hi - lo) / qmax, _EPS32)
-    zp = np.clip(np.rint(-lo / scale), np.float32(0), qmax).astype(np.float32)
-    return scale.astype(np.float32), (-zp).astype(np.float32), (qmax - zp).astype(np.float32)
-
-
-def symmetric_params(lo: np.ndarray, hi: np.ndarray, bits: Sequence[int]):
-    """The reference's symmetric scheme: scale = max|w| / (2^(b-1) - 1), codes in [-2^(b-1), 2^(b-1)-1]."""
-    qmin, qmax = (c[None, :] for c in code_range("symmetric", bits))
-    absmax = np.maximum(np.abs(lo.astype(np.float32)), np.abs(hi.astype(np.float32)))[:, None]
-    scale = np.maximum(absmax / qmax, _EPS32).astype(np.float32)
-    rows = scale.shape[0]
-    return scale, np.broadcast_to(qmin, (rows, len(bits))).copy(), np.broadcast_to(qmax, (rows, len(bits))).copy()
-
-
-def params_for(quantizer: str, lo: np.ndarray, hi: np.ndarray, bits: Sequence[int]):
-    return symmetric_params(lo, hi, bits) if quantizer == "symmetric" else affine_params(lo, hi, bits)
-
-
-def rows_view(w: torch.Tensor, quantizer: str) -> torch.Tensor:
-    """[R, M]: one row per output channel for per-channel, the whole tensor as one row otherwise."""
-    if quantizer == "per-channel" and w.dim() > 1:
-        return w.reshape(w.shape[0], -1)
-    return w.reshape(1, -1)
+NUMBA_LOCK = threading.Lock()
 
 
 # --- numba kernels (CPU) --------------------------------------------------------------------------
@@ -229,57 +184,7 @@ def row_params(quantizer: str, lo: np.ndarray, hi: np.ndarray, bits: Sequence[in
     return _row_params(lo.astype(np.float32), hi.astype(np.float32), qmin, qmax, quantizer == "symmetric")
 
 
-def row_shape(shape: Tuple[int, ...], quantizer: str) -> Tuple[int, int]:
-    """(rows, weights per row) of a layer: output channels for per-channel, else one row."""
-    numel = math.prod(shape)  # not np.prod: this runs for every layer on every call (cache key)
-    if quantizer == "per-channel" and len(shape) > 1:
-        return int(shape[0]), numel // max(int(shape[0]), 1)
-    return 1, numel
-
-
-@dataclass(frozen=True, eq=False)
-class WorkItems:
-    """How a model's layers split into work items: a slice of at most ``block`` weights of one
-    row of one layer. Items are ordered by row, rows by layer, so per-row and per-layer results
-    reduce with ``reduceat`` at the ``*_first_item`` offsets. Depends on the shapes only (cached)."""
-
-    layer: np.ndarray  # [items] layer index
-    row: np.ndarray  # [items] global row index
-    start: np.ndarray  # [items] first element, from the layer's start
-    stop: np.ndarray  # [items] one past the last element
-    row_first_item: np.ndarray  # [rows]
-    layer_first_item: np.ndarray  # [layers]
-    numel: np.ndarray  # [layers] float64
-    device_copies: dict = field(default_factory=dict)  # device -> tensors (qe_triton)
-
-
-@functools.lru_cache(maxsize=64)
-def work_items(shapes: Tuple[Tuple[int, int], ...], block: int = BLOCK) -> WorkItems:
-    """Work items for layers seen as [rows, cols] (see ``row_shape``)."""
-    rows = np.array([r for r, _ in shapes], dtype=np.int64)
-    cols = np.array([m for _, m in shapes], dtype=np.int64)
-    chunks = (cols + block - 1) // block
-    row_layer = np.repeat(np.arange(len(shapes)), rows)
-    row_first = np.concatenate([[0], np.cumsum(rows)[:-1]])
-    per_row_chunks = chunks[row_layer]
-    item_row = np.repeat(np.arange(len(row_layer)), per_row_chunks)
-    item_layer = row_layer[item_row]
-    row_first_item = np.concatenate([[0], np.cumsum(per_row_chunks)[:-1]])
-    chunk_in_row = np.arange(len(item_row)) - row_first_item[item_row]
-    base = (item_row - row_first[item_layer]) * cols[item_layer]
-    start = base + chunk_in_row * block
-    stop = np.minimum(start + block, base + cols[item_layer])
-    layer_items = np.bincount(item_layer, minlength=len(shapes))
-    layer_first_item = np.concatenate([[0], np.cumsum(layer_items)[:-1]])
-    return WorkItems(item_layer, item_row, start, stop, row_first_item, layer_first_item,
-                     (rows * cols).astype(np.float64))
-
-
-def items_for(weights: List[torch.Tensor], quantizer: str, block: int = BLOCK) -> WorkItems:
-    return work_items(tuple(row_shape(tuple(w.shape), quantizer) for w in weights), block)
-
-
-def _numba_rows(weights: List[torch.Tensor], bits: Sequence[int], quantizer: str):
+def numba_rows(weights: List[torch.Tensor], bits: Sequence[int], quantizer: str):
     items = items_for(weights, quantizer)
     ptrs = np.array([w.data_ptr() for w in weights], dtype=np.int64)
     with numba.parallel_chunksize(_CHUNK_ITEMS):
@@ -294,48 +199,3 @@ def _numba_rows(weights: List[torch.Tensor], bits: Sequence[int], quantizer: str
     qe = np.add.reduceat(err, items.layer_first_item, axis=0) / items.numel[:, None]
     qe[~ok] = np.nan
     return qe, mean_sq, ok
-
-
-# --- torch version (no numba on CPU, no Triton on CUDA) --------------------------------------------
-_TORCH_CHUNK = 1 << 16
-
-
-def _torch_layer(w: torch.Tensor, bits: Sequence[int], quantizer: str) -> Tuple[np.ndarray, float, bool]:
-    w2 = rows_view(w, quantizer)
-    lo, hi = torch.aminmax(w2, dim=1)
-    sumsq = float(torch.sum(w2.double() ** 2))
-    if not np.isfinite(sumsq):
-        return np.full(len(bits), np.nan), sumsq, False
-    scale, cmin, cmax = (torch.from_numpy(p).to(w.device) for p in
-                         params_for(quantizer, lo.cpu().numpy(), hi.cpu().numpy(), bits))
-    inv = 1.0 / scale
-    rows, m = w2.shape
-    total = torch.zeros(len(bits), dtype=torch.float64, device=w.device)
-    step = max(1, _TORCH_CHUNK // max(m, 1))  # rows per slab
-    for r0 in range(0, rows, step):
-        x = w2[r0:r0 + step][:, None, :]  # [r, 1, m]
-        sl = slice(r0, r0 + step)
-        q = torch.round(x * inv[sl, :, None])
-        q = torch.maximum(torch.minimum(q, cmax[sl, :, None]), cmin[sl, :, None])
-        e = q * scale[sl, :, None] - x
-        total += (e * e).sum(dim=(0, 2), dtype=torch.float64)
-    return (total / w.numel()).cpu().numpy(), sumsq / w.numel(), True
-
-
-def qe_rows(weights: List[torch.Tensor], bits: Sequence[int], quantizer: str):
-    """QE [L, B], mean(w^2) [L] and ``ok`` [L] (False where a layer holds NaN/Inf: the caller
-    raises the error that names it) for non-empty float32 weights on one device."""
-    bits = tuple(int(b) for b in bits)
-    weights = [w if w.is_contiguous() else w.contiguous() for w in weights]  # kernels read raw memory
-    if not weights:
-        return np.zeros((0, len(bits))), np.zeros(0), np.ones(0, dtype=bool)
-    if weights[0].is_cuda:
-        from . import qe_triton
-
-        if qe_triton.available():
-            return qe_triton.qe_rows(weights, bits, quantizer)
-    elif HAVE_NUMBA:
-        with _NUMBA_LOCK:  # one model at a time: the two parallel regions use all cores anyway
-            return _numba_rows(weights, bits, quantizer)
-    out = [_torch_layer(w, bits, quantizer) for w in weights]
-    return (np.array([o[0] for o in out]), np.array([o[1] for o in out]), np.array([o[2] for o in out]))

@@ -7,10 +7,10 @@ scale and clamp bounds with the reference's float32 formulas ([rows, B], tiny). 
 every item once more and sums the squared error at all bit-widths while the slice is in registers.
 Layers are reached through a table of addresses, so no weight is copied or concatenated.
 
-Same float semantics as the CPU kernels (see ``qe_fast``): rint(w * (1/s)) instead of
+Same float semantics as the CPU kernels (see ``numba_cpu``): rint(w * (1/s)) instead of
 round(w / s), clamp on the code minus zero-point, float32 sums per item and float64 across items.
 
-Triton is imported only when this module is (``qe_fast`` imports it for CUDA weights only);
+Triton is imported only when this module is (``kernels.qe_rows`` imports it for CUDA weights only);
 ``available()`` says whether it can run here, and the caller falls back to torch otherwise.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import List, Sequence
 import numpy as np
 import torch
 
-from .quantizers import SCALE_EPS
+from ..quantizers import SCALE_EPS
 
 BLOCK = 4096  # weights per program for per-tensor schemes
 BLOCK_PER_CHANNEL = 1024  # rows (output channels) are short: 9 to a few thousand weights
@@ -113,8 +113,8 @@ def _on_device(items, device):
 
 
 def qe_rows(weights: List[torch.Tensor], bits: Sequence[int], quantizer: str):
-    """QE [L, B], mean(w^2) [L], ok [L] for contiguous float32 CUDA weights (see ``qe_fast``)."""
-    from .qe_fast import items_for
+    """QE [L, B], mean(w^2) [L], ok [L] for contiguous float32 CUDA weights (see ``numba_cpu``)."""
+    from .work_items import items_for
 
     device = weights[0].device
     block = BLOCK_PER_CHANNEL if quantizer == "per-channel" else BLOCK

@@ -1,0 +1,6 @@
+"""Stage 2, the weights' error: quantizers (pure quantize/dequantize functions) and the QE table,
+with its fast kernels in ``kernels/``. Imports models/ and errors only."""
+from .qe import DEFAULT_BITS, QETable, qe_table
+from .quantizers import QUANTIZERS, dequantize, fake_quantize, quantize
+
+__all__ = ["DEFAULT_BITS", "QETable", "qe_table", "QUANTIZERS", "dequantize", "fake_quantize", "quantize"]
