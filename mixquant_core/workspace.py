@@ -61,7 +61,7 @@ class Workspace:
         self._table: Optional[QETable] = None
         self._family: Optional[PlanFamily] = None
         self._metrics: Dict[tuple, Metrics] = {}
-        self._metrics_data: Optional[int] = None
+        self._metrics_data: Optional[str] = None
         self._fisher = None  # (calibration set, FisherTable); holding the set keeps its id unique
         self._allocations: Dict[tuple, object] = {}  # (cost, unit) -> allocation family
 
@@ -125,9 +125,10 @@ class Workspace:
         return self._evaluate(plan.bits, plan.quantizer, data, progress)
 
     def _evaluate(self, named: Optional[Dict[str, int]], quantizer: str, data: EvalTensors, progress: Progress) -> Metrics:
-        # One cache per evaluation set; a plan is its (quantizer, layer -> bits) mapping.
-        if self._metrics_data != id(data):
-            self._metrics, self._metrics_data = {}, id(data)
+        # One cache per evaluation set, keyed by its content (never id(): a new set can reuse a
+        # freed address); a plan is its (quantizer, layer -> bits) mapping.
+        if self._metrics_data != data.fingerprint:
+            self._metrics, self._metrics_data = {}, data.fingerprint
         key = ("f32",) if named is None else (quantizer, tuple(named.items()))
         if key not in self._metrics:
             model = self.loaded.model.to(self.device)

@@ -5,6 +5,7 @@ sweep reuses; unreadable images are skipped and counted.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,19 @@ class ImageList:
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def fingerprint(self) -> str:
+        """Content key of the set: file names (relative to the root), sizes and labels, in order.
+        Two folders with the same files give the same key; any renamed, resized, added, removed
+        or relabelled image changes it."""
+        h = hashlib.sha256()
+        for path, label in zip(self.paths, self.labels):
+            try:
+                size = os.stat(path).st_size
+            except OSError:
+                size = -1
+            h.update(f"{os.path.relpath(path, self.root)}\0{size}\0{label}\n".encode("utf-8", "surrogateescape"))
+        return h.hexdigest()[:16]
 
     def subset(self, limit: Optional[int]) -> "ImageList":
         if limit is None or limit <= 0 or limit >= len(self):
@@ -152,9 +166,25 @@ class EvalTensors:
     images: torch.Tensor
     labels: torch.Tensor
     skipped: List[str] = field(default_factory=list)
+    source: str = ""  # content key of what was decoded (``load_tensors``); "" = hash the tensors
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @property
+    def fingerprint(self) -> str:
+        """Content key of these tensors: caches and stored results are keyed by it, never by id()."""
+        key = self.__dict__.get("_fingerprint")
+        if key is None:
+            h = hashlib.sha256()
+            if self.source:
+                h.update(f"{self.source}\0{len(self)}".encode())
+            else:  # built by hand (tests, API users): the bytes themselves
+                h.update(self.labels.cpu().numpy().tobytes())
+                h.update(str(tuple(self.images.shape)).encode())
+                h.update(self.images.detach().cpu().contiguous().numpy().tobytes())
+            key = self.__dict__["_fingerprint"] = h.hexdigest()[:16]
+        return key
 
     def batches(self, batch_size: int) -> Sequence[Tuple[torch.Tensor, torch.Tensor]]:
         return [(self.images[i:i + batch_size], self.labels[i:i + batch_size]) for i in range(0, len(self), batch_size)]
@@ -205,7 +235,8 @@ def load_tensors(images: ImageList, transform: Callable, progress: Progress = No
     if out is None:
         raise DatasetError(f"none of the {n} images in '{images.root}' could be read")
     images_t = out if len(ys) == n else out[:len(ys)].clone()  # clone: let the unused rows go
-    return EvalTensors(images_t, torch.tensor(ys, dtype=torch.long), skipped)
+    source = f"{images.fingerprint()}|{transform!r}|skipped={len(skipped)}"
+    return EvalTensors(images_t, torch.tensor(ys, dtype=torch.long), skipped, source)
 
 
 def spread_subset(images: ImageList, n: Optional[int]) -> ImageList:

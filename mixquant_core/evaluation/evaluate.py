@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import contextlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,9 +22,25 @@ class Metrics:
     top5: float  # percent
     loss: float  # mean cross-entropy
     images: int
+    # Per image, in the set's order (paired comparisons, intervals, stores): top-1 / top-5 right,
+    # and the cross-entropy. None only for metrics built by hand.
+    hit1: Optional[np.ndarray] = field(default=None, repr=False, compare=False)  # [images] bool
+    hit5: Optional[np.ndarray] = field(default=None, repr=False, compare=False)  # [images] bool
+    losses: Optional[np.ndarray] = field(default=None, repr=False, compare=False)  # [images] float64
+
+    @classmethod
+    def from_per_image(cls, hit1, hit5, losses) -> "Metrics":
+        """Metrics from per-image results (any engine): the summary numbers are computed here only."""
+        hit1, hit5 = np.asarray(hit1, dtype=bool), np.asarray(hit5, dtype=bool)
+        losses = np.asarray(losses, dtype=np.float64)
+        n = len(hit1)
+        if n == 0 or len(hit5) != n or len(losses) != n:
+            raise MixQuantError(f"per-image results disagree in length or are empty ({len(hit1)}, {len(hit5)}, {len(losses)})")
+        return cls(100.0 * int(hit1.sum()) / n, 100.0 * int(hit5.sum()) / n, float(losses.sum()) / n, n,
+                   hit1, hit5, losses)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {"top1": self.top1, "top5": self.top5, "loss": self.loss, "images": self.images}
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -70,31 +87,36 @@ def evaluate(model: nn.Module, data: EvalTensors, device: torch.device | str = "
              batch_size: Optional[int] = None, progress: Progress = None) -> Metrics:
     """Evaluate ``model`` (already on ``device``) on ``data``.
 
-    Counts stay on the device and are read once at the end (no per-batch sync on CUDA)."""
+    Per-image results stay on the device and are read once at the end (no per-batch sync on CUDA)."""
     device = torch.device(device)
     batch_size = batch_size or default_batch_size(device)
     n = len(data)
     done = 0
-    correct1 = torch.zeros((), dtype=torch.long, device=device)
-    correct5 = torch.zeros((), dtype=torch.long, device=device)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    hit1, hit5, losses = [], [], []
     finite = torch.ones((), dtype=torch.bool, device=device)
     with torch.inference_mode(), _cudnn_autotune(device):
         for x, y in _device_batches(data, device, batch_size):
             logits = model(x).float()
             finite &= torch.isfinite(logits).all()
-            loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
-            top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
-            hits = top5 == y[:, None]
-            correct1 += hits[:, 0].sum()
-            correct5 += hits.any(dim=1).sum()
+            h1, h5, loss = per_image(logits, y)
+            hit1.append(h1)
+            hit5.append(h5)
+            losses.append(loss)
             done += len(y)
             if progress:
                 progress(done, n, "evaluating")
         if not bool(finite):
             raise MixQuantError("the model produced NaN/Inf outputs (a quantized layer blew up)")
-        c1, c5, loss = int(correct1), int(correct5), float(loss_sum)
-    return Metrics(100.0 * c1 / n, 100.0 * c5 / n, loss / n, n)
+        arrays = [torch.cat(parts).cpu().numpy() for parts in (hit1, hit5, losses)]
+    return Metrics.from_per_image(*arrays)
+
+
+def per_image(logits: torch.Tensor, labels: torch.Tensor):
+    """(top-1 right, top-5 right, cross-entropy) per row of ``logits``; every engine uses this."""
+    logits = logits.float()
+    top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
+    hits = top5 == labels[:, None]
+    return hits[:, 0], hits.any(dim=1), F.cross_entropy(logits, labels, reduction="none").double()
 
 
 @contextlib.contextmanager
