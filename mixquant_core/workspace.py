@@ -13,10 +13,11 @@ import numpy as np
 
 from .data.image_sets import EvalTensors
 from .errors import MixQuantError
-from .evaluation.evaluate import Metrics, evaluate, resolve_device
+from .evaluation.engines import get_engine
+from .evaluation.evaluate import Metrics, resolve_device
 from .models.layers import LayerInfo, find_layers, pinned_mask
 from .models.registry import LoadedModel
-from .plans.plan import Plan, applied, make_plan
+from .plans.plan import Plan, make_plan
 from .quant.qe import BASE_BITS, DEFAULT_BITS, QETable, normalize_bits, qe_table
 from .plans.search import PlanFamily, breakpoints, check_qem, search_many
 from .plans.size import SizeSummary, float32_bytes, plan_size
@@ -48,11 +49,14 @@ SWEEP_COLUMNS = list(SweepRow.__dataclass_fields__)
 
 class Workspace:
     def __init__(self, loaded: LoadedModel, quantizer: str = "asymmetric", bits: Sequence[int] = DEFAULT_BITS,
-                 keep_first_last: bool = False, exclude: Sequence[str] = (), device: str = "auto"):
+                 keep_first_last: bool = False, exclude: Sequence[str] = (), device: str = "auto",
+                 engine: str = "auto", notify: Optional[Callable[[str], None]] = None):
         self.loaded = loaded
         self.quantizer = quantizer
         self.bits = normalize_bits(bits)
         self.device = resolve_device(device)
+        # Evaluation only (auto: ONNX Runtime on CPU, torch on CUDA); QE, Fisher and reconstruction stay torch.
+        self.engine = get_engine(engine, self.device, notify)
         self.layers: List[LayerInfo] = find_layers(loaded.model, exclude)
         if not self.layers:
             raise MixQuantError("no quantizable layer left (every Conv/Linear layer was excluded or the model has none)")
@@ -131,12 +135,7 @@ class Workspace:
             self._metrics, self._metrics_data = {}, data.fingerprint
         key = ("f32",) if named is None else (quantizer, tuple(named.items()))
         if key not in self._metrics:
-            model = self.loaded.model.to(self.device)
-            if named is None:
-                self._metrics[key] = evaluate(model, data, self.device, progress=progress)
-            else:
-                with applied(model, named, quantizer):
-                    self._metrics[key] = evaluate(model, data, self.device, progress=progress)
+            self._metrics[key] = self.engine.evaluate(self.loaded.model, data, named, quantizer, progress)
         return self._metrics[key]
 
     def evaluate_plans(self, plans: Sequence[Optional[Sequence[int]]], data: EvalTensors, progress: Progress = None) -> None:

@@ -1,0 +1,103 @@
+"""ONNX Runtime on the CPU: 3-4x eager PyTorch for the small convnets this tool targets.
+
+The float model is traced to ONNX once per (model, process) (``models.onnx_graph``); for each plan
+the planned layers' fake-quantized weights, computed from the float weights with the same
+quantizer functions as the torch engine, replace their initializers in a copy of that graph, and a
+new session is built from it. Measured against overridable initializers (weights fed as inputs
+on every run): rebuilding keeps ORT's graph optimisations (BatchNorm folded into the convolution,
+Conv+activation fusion), which inputs would forbid, for ~70 ms per plan (benchmarks/bench_sweep.py).
+The shared torch model is only read, never changed.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable, Dict, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from ...data.image_sets import EvalTensors
+from ...errors import MixQuantError
+from ...models.onnx_graph import INPUT_NAME, OnnxExportError, float_graph, set_initializers, state_initializers
+from ...quant.quantizers import fake_quantize
+from ..evaluate import Metrics, Progress, per_image
+from .torch_engine import TorchEngine
+
+# Images per run: measured on 2 cores (Lite0), batch 4/8/16/32 within ~10 % of each other; 8 keeps
+# activations small and the progress bar moving.
+DEFAULT_BATCH = 8
+
+
+def cpu_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def new_session(model_bytes: bytes, threads: Optional[int] = None):
+    """An ORT CPU session with every graph optimisation, ``threads`` intra-op threads (default: cores)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or cpu_threads()
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only: no warnings on the user's terminal
+    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+
+
+def planned_weights(model: nn.Module, bits: Dict[str, int], quantizer: str) -> Dict[str, torch.Tensor]:
+    """name.weight -> fake-quantized weight for every planned layer (what ``plans.applied`` writes)."""
+    modules = dict(model.named_modules())
+    return {f"{name}.weight": fake_quantize(modules[name].weight.detach().float().cpu(), int(b), quantizer)
+            for name, b in bits.items()}
+
+
+def run_session(session, data: EvalTensors, batch_size: int, progress: Progress = None) -> Metrics:
+    """Metrics of an ONNX session (input ``input``, first output the logits) over ``data``."""
+    input_name = session.get_inputs()[0].name
+    hit1, hit5, losses = [], [], []
+    done, n = 0, len(data)
+    for x, y in data.batches(batch_size):
+        logits = torch.from_numpy(session.run(None, {input_name: x.numpy()})[0])
+        if not torch.isfinite(logits).all():
+            raise MixQuantError("the model produced NaN/Inf outputs (a quantized layer blew up)")
+        for parts, value in zip((hit1, hit5, losses), per_image(logits, y)):
+            parts.append(value)
+        done += len(y)
+        if progress:
+            progress(done, n, "evaluating")
+    return Metrics.from_per_image(*(torch.cat(p).numpy() for p in (hit1, hit5, losses)))
+
+
+class OnnxRuntimeEngine:
+    name = "onnxruntime"
+
+    def __init__(self, batch_size: Optional[int] = None, threads: Optional[int] = None,
+                 notify: Optional[Callable[[str], None]] = None):
+        self.batch_size = batch_size or DEFAULT_BATCH
+        self.threads = threads
+        self.notify = notify
+        self._told = set()  # models whose fallback was already announced (by id, while alive)
+
+    def session_for(self, model: nn.Module, data: EvalTensors, bits: Optional[Dict[str, int]], quantizer: str):
+        proto = float_graph(model, tuple(data.images.shape[1:]))
+        tensors = state_initializers(model, proto)  # the model's current floats, whatever was traced
+        if bits:
+            tensors.update(planned_weights(model, bits, quantizer))
+        set_initializers(proto, tensors)
+        return new_session(proto.SerializeToString(), self.threads)
+
+    def evaluate(self, model: nn.Module, data: EvalTensors, bits: Optional[Dict[str, int]] = None,
+                 quantizer: str = "asymmetric", progress: Progress = None) -> Metrics:
+        try:
+            session = self.session_for(model, data, bits, quantizer)
+        except OnnxExportError as exc:
+            if self.notify and id(model) not in self._told:
+                self._told.add(id(model))
+                self.notify(f"{exc}; evaluating with torch instead")
+            device = next(iter(model.parameters()), torch.zeros(0)).device  # leave the model where it is
+            return TorchEngine(device, self.batch_size).evaluate(model, data, bits, quantizer, progress)
+        return run_session(session, data, self.batch_size, progress)
