@@ -70,6 +70,17 @@ def _add_model_args(p: argparse.ArgumentParser, compute: bool = True) -> None:
 def _add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--data", required=required, help="evaluation folder (labels.txt or class subfolders), or 'imagenette[:DIR]'")
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N images only")
+    add_engine_arg(p)
+
+
+def add_engine_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", default="auto", choices=("auto", "torch", "onnxruntime"),
+                   help="evaluation engine (default auto: ONNX Runtime on CPU, torch on CUDA)")
+
+
+def notice(message: str) -> None:
+    """A one-line notice on stderr (e.g. an engine falling back to torch)."""
+    print(f"mixquant: note: {message}", file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,7 +131,7 @@ def _workspace(args, progress: bool = True):
 
     loaded = load_model(args.model, arch=args.arch, allow_pickle=args.allow_pickle)
     return Workspace(loaded, args.quantizer, args.bits, args.keep_first_last, args.exclude,
-                     device=getattr(args, "device", "cpu"))
+                     device=getattr(args, "device", "cpu"), engine=getattr(args, "engine", "auto"), notify=notice)
 
 
 def _eval_tensors(args, ws, show: bool):
