@@ -42,18 +42,25 @@ def register(subparsers, commands) -> None:
     p.add_argument("--out", required=True, help="write the reconstructed model here (.safetensors export file)")
     commands["reconstruct"] = cmd_reconstruct
 
-    p = subparsers.add_parser("export", help="write the quantized model (packed codes + scales + plan) as safetensors")
+    p = subparsers.add_parser("export", help="write the quantized model (packed codes + scales + plan) as safetensors or ONNX")
     _add_common(p, compute=False)
     p.add_argument("--reconstructed", help="a file from `mixquant reconstruct` (default: round-to-nearest codes)")
-    p.add_argument("--out", required=True, help="output .safetensors file")
+    p.add_argument("--format", choices=("safetensors", "onnx"), default=None,
+                   help="safetensors (packed codes, runs in mixquant) or onnx (integer codes + DequantizeLinear, "
+                        "runs in ONNX Runtime); default: from --out's suffix, else safetensors")
+    p.add_argument("--out", required=True, help="output .safetensors or .onnx file")
     commands["export"] = cmd_export
 
     p = subparsers.add_parser("load", help="load an export file into its model, check it, and evaluate it")
-    p.add_argument("file", help="a .safetensors file from `mixquant export` or `mixquant reconstruct`")
+    p.add_argument("file", help="a .safetensors file from `mixquant export` or `mixquant reconstruct`, or an .onnx "
+                                "file from `mixquant export --format onnx` (evaluated by ONNX Runtime itself)")
     p.add_argument("--model", help="registry name (default: the one recorded in the file)")
     p.add_argument("--data", help="evaluation folder; omit to only check the file")
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N images only")
     p.add_argument("--device", default="auto")
+    from .main import add_engine_arg
+
+    add_engine_arg(p)
     p.add_argument("--json", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     commands["load"] = cmd_load
@@ -122,6 +129,8 @@ def cmd_export(args) -> None:
         extra = {k: v for k, v in qf.metadata.items() if k == "reconstruction"}
     else:
         layers = rtn_layers(loaded.model, plan)
+    if _export_format(args) == "onnx":
+        return _export_onnx(args, loaded, plan, layers)
     size = save_quantized(args.out, loaded.model, plan, layers, extra)
     report = size_report(args.out, loaded.model)
     if args.json:
@@ -132,10 +141,69 @@ def cmd_export(args) -> None:
               f"{plan.size['avg_bits']:.2f} average bits")
 
 
-def cmd_load(args) -> None:
+def _export_format(args) -> str:
+    if args.format:
+        return args.format
+    return "onnx" if args.out.lower().endswith(".onnx") else "safetensors"
+
+
+def _export_onnx(args, loaded, plan, layers) -> None:
+    from .main import progress_bar
+    from mixquant_core.export.onnx import build_onnx, onnx_size_report, read_onnx
+
+    with progress_bar(not args.no_progress, "ONNX export") as cb:
+        data = build_onnx(loaded.model, plan, layers, loaded.preprocess, cb).SerializeToString()
+    f = read_onnx(data, loaded.model)  # what we hand out must read back and run
+    f.session()
+    tmp = args.out + ".part"
+    with open(tmp, "wb") as fh:  # a failed write never leaves half a model under the real name
+        fh.write(data)
+    os.replace(tmp, args.out)
+    report = onnx_size_report(data, loaded.model, plan, f.scheme)
+    if args.json:
+        print(json.dumps({"out": args.out, "format": "onnx", "scheme": f.scheme, **report}, indent=2))
+    else:
+        print(f"wrote {args.out}: {report['bytes']} bytes, size accounting {report['accounted_bytes']} bytes "
+              f"({report['difference_pct']:+.2f} %; {report['container_padding_bytes']} bytes of it are 3/5/6/7-bit codes "
+              f"in 4/8-bit containers), {f.scheme} codes, {plan.size['avg_bits']:.2f} average bits")
+
+
+def _load_onnx(args) -> None:
     from .main import progress_bar
     from mixquant_core.data.image_sets import load_tensors, open_image_folder
-    from mixquant_core.evaluation.evaluate import evaluate, resolve_device
+    from mixquant_core.export.onnx import evaluate_onnx, read_onnx
+
+    f = read_onnx(args.file)
+    name = f.plan.model.get("name", "")
+    if args.model and args.model != name:
+        raise MixQuantError(f"'{args.file}' is an ONNX export of {name}, not of {args.model}")
+    f.session()  # ORT must accept it before any image is decoded
+    out = {"file": args.file, "model": name, "layers": len(f.plan.layers), "scheme": f.scheme,
+           "avg_bits": f.plan.size.get("avg_bits"), "engine": "onnxruntime"}
+    if args.data:
+        images = open_image_folder(args.data).subset(args.limit)
+        show = not args.no_progress
+        with progress_bar(show, "decode") as cb:
+            data = load_tensors(images, f.preprocess.transform(), cb)
+        with progress_bar(show, "evaluate") as cb:
+            out.update(evaluate_onnx(f, data, progress=cb).to_dict())
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        line = f"{args.file}: ONNX, {out['layers']} quantized layers ({out['scheme']}) of {name}, run by ONNX Runtime"
+        if args.data:
+            line += f"; top-1 {out['top1']:.2f} %  top-5 {out['top5']:.2f} %  loss {out['loss']:.4f}  ({out['images']} images)"
+        print(line)
+
+
+def cmd_load(args) -> None:
+    if args.file.lower().endswith(".onnx"):
+        return _load_onnx(args)
+    from .main import progress_bar
+    from mixquant_core.data.image_sets import load_tensors, open_image_folder
+    from .main import notice
+    from mixquant_core.evaluation.engines import get_engine
+    from mixquant_core.evaluation.evaluate import resolve_device
     from mixquant_core.export.packed import load_quantized_, peek_plan
     from mixquant_core.models.registry import load_model
 
@@ -149,9 +217,9 @@ def cmd_load(args) -> None:
         show = not args.no_progress
         with progress_bar(show, "decode") as cb:
             data = load_tensors(images, loaded.preprocess.transform(), cb)
-        device = resolve_device(args.device)
+        engine = get_engine(args.engine, resolve_device(args.device), notice)
         with progress_bar(show, "evaluate") as cb:
-            m = evaluate(loaded.model.to(device), data, device, progress=cb)
+            m = engine.evaluate(loaded.model, data, progress=cb)
         out.update(m.to_dict())
     if args.json:
         print(json.dumps(out, indent=2))
