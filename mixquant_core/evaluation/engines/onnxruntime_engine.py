@@ -99,5 +99,5 @@ class OnnxRuntimeEngine:
                 self._told.add(id(model))
                 self.notify(f"{exc}; evaluating with torch instead")
             device = next(iter(model.parameters()), torch.zeros(0)).device  # leave the model where it is
-            return TorchEngine(device, self.batch_size).evaluate(model, data, bits, quantizer, progress)
+            return TorchEngine(device).evaluate(model, data, bits, quantizer, progress)
         return run_session(session, data, self.batch_size, progress)
