@@ -186,7 +186,8 @@ def read_onnx(path_or_bytes, model: Optional[nn.Module] = None) -> OnnxFile:
         raise OnnxFileError(f"{name} is not a valid ONNX model (corrupt): {first_line(exc, 120)}") from None
     plan = Plan.from_json(meta.get("mixquant_plan", ""))
     try:
-        preprocess = Preprocess(**json.loads(meta.get("mixquant_preprocess", "")))
+        fields = json.loads(meta.get("mixquant_preprocess", ""))
+        preprocess = Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
     except Exception:
         raise OnnxFileError(f"{name} has unreadable preprocessing metadata (corrupt)") from None
     out = OnnxFile(proto, plan, meta.get("mixquant_scheme", ""), preprocess, data)

@@ -1,0 +1,163 @@
+"""ONNX export of a plan: integer codes in the narrowest type, DequantizeLinear weights equal to
+the fake-quantized ones, runs in ONNX Runtime with the torch model's outputs; bad files refused
+with one line; on Lite0 + real images `mixquant load model.onnx` = the fake-quantized model."""
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, numpy_helper
+
+from mixquant_cli.main import main
+from mixquant_core.errors import MixQuantError
+from mixquant_core.export.onnx import (OnnxFileError, build_onnx, container_bits, evaluate_onnx, onnx_bytes,
+                                       onnx_size_report, read_onnx)
+from mixquant_core.export.packed import rtn_layers
+from mixquant_core.models.onnx_graph import OnnxExportError
+from mixquant_core.models.preprocess import Preprocess
+from mixquant_core.plans.plan import quantize_model_
+from mixquant_core.quant.quantizers import fake_quantize
+from recon_support import MIXED_BITS, images, tiny_chain, workspace
+
+PRE = Preprocess(resize=32, crop=24)
+WANT_TYPE = {  # (container bits, signed) -> ONNX element type
+    (2, False): TensorProto.UINT2, (2, True): TensorProto.INT2, (4, False): TensorProto.UINT4,
+    (4, True): TensorProto.INT4, (8, False): TensorProto.UINT8, (8, True): TensorProto.INT8,
+}
+
+
+def _export(quantizer="asymmetric", bits=MIXED_BITS, model=None):
+    model = model or tiny_chain()
+    plan = workspace(model, quantizer).plan_from_bits(bits)
+    return model, plan, onnx_bytes(model, plan, PRE)
+
+
+@pytest.mark.parametrize("quantizer", ["asymmetric", "symmetric", "per-channel"])
+def test_codes_types_and_dequantized_weights_are_exact(quantizer, one_thread):
+    model, plan, data = _export(quantizer)
+    proto = onnx.load_model_from_string(data)
+    inits = {i.name: i for i in proto.graph.initializer}
+    modules = dict(model.named_modules())
+    signed = quantizer == "symmetric"
+    for name, b in plan.bits.items():
+        base = f"{name}.weight"
+        assert base not in inits  # the float weight is gone: only codes, scale, zero-point
+        codes = inits[base + "_codes"]
+        assert codes.data_type == WANT_TYPE[(container_bits(b), signed)]
+        q = numpy_helper.to_array(codes).astype(np.float32)  # astype copies: writable arrays for torch
+        scale = numpy_helper.to_array(inits[base + "_scale"]).copy()
+        zp = numpy_helper.to_array(inits[base + "_zero_point"]).astype(np.float32)
+        assert scale.shape == ((modules[name].weight.shape[0],) if quantizer == "per-channel" else ())
+        if signed:
+            assert not zp.any() and q.min() >= -(2 ** (b - 1)) and q.max() <= 2 ** (b - 1) - 1
+        else:
+            assert q.min() >= 0 and q.max() <= 2**b - 1
+        shape = (-1,) + (1,) * (q.ndim - 1) if scale.ndim else ()
+        weight = (torch.from_numpy(q) - torch.from_numpy(zp).reshape(shape)) * torch.from_numpy(scale).reshape(shape)
+        assert torch.equal(weight, fake_quantize(modules[name].weight.detach(), b, quantizer))
+    assert {n.op_type for n in proto.graph.node} >= {"DequantizeLinear", "Conv", "BatchNormalization", "Gemm"}
+    assert proto.opset_import[0].version == 25
+    f = read_onnx(data, model)
+    assert f.plan.bits == plan.bits and f.scheme == quantizer and f.preprocess == PRE
+
+
+@pytest.mark.parametrize("quantizer", ["asymmetric", "per-channel"])
+def test_onnx_runtime_output_equals_the_fake_quantized_model(quantizer, one_thread):
+    model, plan, data = _export(quantizer)
+    x = images(6)
+    expected = quantize_model_(copy.deepcopy(model), plan)(x).detach().numpy()
+    out = read_onnx(data, model).session().run(None, {"input": x.numpy()})[0]
+    np.testing.assert_allclose(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_reconstructed_codes_export_the_same_way(one_thread):
+    from mixquant_core.recon.reconstruct import ReconConfig, reconstruct_plan
+
+    model = tiny_chain()
+    plan = workspace(model).plan_from_bits(MIXED_BITS)
+    result = reconstruct_plan(model, plan, images(8), ReconConfig(iters=5, batch_size=4, eval_samples=8))
+    proto = onnx.load_model_from_string(onnx_bytes(model, plan, PRE, reconstructed=result))
+    inits = {i.name: i for i in proto.graph.initializer}
+    for name, q in result.layers.items():
+        codes = numpy_helper.to_array(inits[f"{name}.weight_codes"]).astype(np.int64)
+        np.testing.assert_array_equal(codes, q.codes.numpy().astype(np.int64))
+    assert json.loads({p.key: p.value for p in proto.metadata_props}["mixquant_plan"])["layers"].keys() == plan.bits.keys()
+
+
+def test_size_report_counts_container_padding():
+    model, plan, data = _export()
+    report = onnx_size_report(data, model, plan, "asymmetric")
+    params = {l.name: l.params for l in workspace(model).layers}
+    want = sum((container_bits(b) - b) * params[n] for n, b in plan.bits.items()) // 8  # 5->8, 3->4, 6->8
+    assert report["container_padding_bytes"] == want > 0 and report["bytes"] == len(data)
+
+
+# --- bad input --------------------------------------------------------------------------------
+def test_truncated_file_is_refused_in_one_line(tmp_path, capsys):
+    _, _, data = _export()
+    path = tmp_path / "cut.onnx"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(OnnxFileError, match="corrupt or truncated|not a MixQuant ONNX export"):
+        read_onnx(path)
+    assert main(["load", str(path), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mixquant: error:") and "\n" not in err
+
+
+def test_onnx_of_another_model_is_refused():
+    _, _, data = _export(model=tiny_chain(width=8))
+    with pytest.raises(OnnxFileError, match="another model"):
+        read_onnx(data, tiny_chain(width=12))
+
+
+def test_plain_onnx_and_external_data_are_refused(tmp_path):
+    from mixquant_core.models.onnx_graph import float_graph
+
+    plain = float_graph(tiny_chain(), (3, 24, 24))
+    with pytest.raises(OnnxFileError, match="not a MixQuant ONNX export"):
+        read_onnx(plain.SerializeToString())
+    _, _, data = _export()
+    proto = onnx.load_model_from_string(data)
+    init = proto.graph.initializer[0]
+    init.data_location = TensorProto.EXTERNAL
+    init.external_data.add(key="location", value="../../etc/passwd")
+    with pytest.raises(OnnxFileError, match="external data"):
+        read_onnx(proto.SerializeToString())
+
+
+def test_a_model_that_cannot_be_exported_fails_in_one_line():
+    from test_engines import ValueBranch
+
+    model = ValueBranch().eval()
+    loaded_plan = workspace(model).plan_from_bits([4, 8])
+    with pytest.raises(OnnxExportError) as exc:
+        build_onnx(model, loaded_plan, rtn_layers(model, loaded_plan), PRE)
+    assert isinstance(exc.value, MixQuantError) and "\n" not in str(exc.value)
+
+
+# --- Lite0 on real images ----------------------------------------------------------------------
+@pytest.mark.data
+@pytest.mark.slow
+def test_lite0_onnx_file_has_the_fake_quantized_top1_top5(lite0, val_dir, tmp_path, capsys):
+    from mixquant_core.data.image_sets import load_tensors, open_image_folder
+    from mixquant_core.workspace import Workspace
+
+    ws = Workspace(lite0, device="cpu", engine="torch")
+    plan = ws.plan_from_bits(ws.budget_bits("qe", avg_bits=5))
+    plan_path, out = tmp_path / "plan.json", tmp_path / "lite0.onnx"
+    plan.save(plan_path)
+    assert main(["export", "--format", "onnx", "--plan", str(plan_path), "--out", str(out), "--no-progress", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["bytes"] == out.stat().st_size and report["container_padding_bytes"] > 0
+    assert main(["load", str(out), "--data", str(val_dir), "--limit", "100", "--no-progress", "--json"]) == 0
+    loaded = json.loads(capsys.readouterr().out)
+    data = load_tensors(open_image_folder(val_dir).subset(100), lite0.preprocess.transform())
+    fake = ws.evaluate_plan(plan, data)
+    assert (loaded["top1"], loaded["top5"], loaded["images"]) == (fake.top1, fake.top5, 100)
+    assert abs(loaded["loss"] - fake.loss) <= 1e-4
+    assert main(["load", str(out), "--model", "resnet18", "--no-progress"]) == 2
+    assert "not of resnet18" in capsys.readouterr().err
