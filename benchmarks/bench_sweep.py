@@ -36,6 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mixquant_core.data.image_sets import EvalTensors, default_eval_dir, load_tensors, open_image_folder  # noqa: E402
 from mixquant_core.evaluation.evaluate import _cudnn_autotune, _device_batches, default_batch_size  # noqa: E402
 from mixquant_core.models.registry import build_model  # noqa: E402
+from mixquant_core.plans.search import default_qem_grid  # noqa: E402
 from mixquant_core.workspace import Workspace  # noqa: E402
 
 
@@ -77,6 +78,8 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--random-images", action="store_true")
     p.add_argument("--random-weights", action="store_true")
+    p.add_argument("--engines", action="store_true",
+                   help="CPU: eager PyTorch vs ONNX Runtime, bare and per plan, side by side (bench_engines.py)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -109,9 +112,16 @@ def main(argv=None):
                 model(x)
         sync(device)
 
-    ws = Workspace(loaded, device=args.device)
+    if args.engines:
+        import bench_engines
+
+        qems = list(default_qem_grid(Workspace(loaded, device="cpu").table(), steps=args.plans))
+        result = bench_engines.run(loaded, data, qems, args.repeats)
+        bench_engines.print_table(result, args.model)
+        return result
+
+    ws = Workspace(loaded, device=args.device, engine="torch")
     table = ws.table()
-    from mixquant_core.plans.search import default_qem_grid
 
     qems = list(default_qem_grid(table, steps=args.plans))
 

@@ -249,10 +249,13 @@ def cmd_sweep(args) -> None:
     with progress_bar(show, "QE table") as cb:
         table = ws.table(cb)
     qems = args.qems if args.qems else default_qem_grid(table, args.steps, args.qem_min, args.qem_max)
+    t_decode = time.perf_counter()
     data = _eval_tensors(args, ws, show)
+    t_eval = time.perf_counter()
     with progress_bar(show, "sweep") as cb:
         rows = ws.sweep(data, qems, cb)
     elapsed = time.perf_counter() - t0
+    decode_s, eval_s = t_eval - t_decode, time.perf_counter() - t_eval
     if args.out:
         with open(args.out, "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=list(rows[0].to_dict()))
@@ -260,7 +263,8 @@ def cmd_sweep(args) -> None:
             writer.writerows(r.to_dict() for r in rows)
     if args.json:
         print(json.dumps({"model": ws.loaded.name, "quantizer": ws.quantizer, "images": len(data),
-                          "distinct_plans": ws.distinct_evaluated, "seconds": elapsed,
+                          "distinct_plans": ws.distinct_evaluated, "seconds": elapsed, "decode_seconds": decode_s,
+                          "evaluate_seconds": eval_s, "engine": ws.engine.name,
                           "rows": [r.to_dict() for r in rows]}, indent=2))
         return
     headers = ["method", "QEM", "bit-widths", "top-1", "top-5", "loss", "quant MSE", "avg bits", "size MB", "x"]
@@ -268,7 +272,8 @@ def cmd_sweep(args) -> None:
              _fmt(r.loss, 3), _fmt(r.quant_mse), _fmt(r.avg_bits), _fmt(r.size_mb), _fmt(r.compression)] for r in rows]
     _print_table(headers, body)
     print(f"\n{ws.loaded.name}, {ws.quantizer}, {len(data)} images, {len(qems)} QEMs, "
-          f"{ws.distinct_evaluated} distinct plans evaluated (float32 included), {elapsed:.1f} s on {ws.device}")
+          f"{ws.distinct_evaluated} distinct plans evaluated (float32 included), {elapsed:.1f} s on {ws.device} "
+          f"(decode {decode_s:.1f} s, evaluation {eval_s:.1f} s with {ws.engine.name})")
 
 
 COMMANDS = {"models": cmd_models, "qe": cmd_qe, "search": cmd_search, "evaluate": cmd_evaluate, "sweep": cmd_sweep}
