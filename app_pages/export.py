@@ -5,6 +5,7 @@ import streamlit as st
 
 from mixquant_core import Plan, plan_size
 from mixquant_viz import figures
+from mixquant_core.export.onnx import onnx_bytes, onnx_size_report, read_onnx
 from mixquant_core.export.packed import quantized_model_bytes, read_quantized, size_report
 from mixquant_core.studies.tradeoff import rows_to_csv
 from studio_ui import recon_job, sidebar, state
@@ -60,6 +61,30 @@ if file_key in files:
     offer_file(files[file_key], "Download quantized model (.safetensors)", f"{ws.loaded.name}-qem{qem:.4g}.safetensors",
                "model_safetensors")
 
+st.subheader("Quantized model (ONNX)")
+st.caption("Integer codes (int2/uint2 for 2 bits, int4/uint4 for 3-4, int8/uint8 for 5-8) with their scale and "
+           "zero-point feeding DequantizeLinear, the other tensors float32, the plan in the metadata: runs in ONNX "
+           "Runtime (and other ONNX runtimes) without MixQuant. Checked after building: read back and opened by ONNX Runtime.")
+onnx_files = st.session_state.setdefault("onnx_files", {})
+if st.button("Build the ONNX model", key="build_onnx"):
+    try:
+        with state.progress("ONNX export") as cb, state.compute_lock():
+            onnx_data = onnx_bytes(ws.loaded.model, plan, ws.loaded.preprocess, progress=cb)
+            onnx_file = read_onnx(onnx_data, ws.loaded.model)
+            onnx_file.session()  # what we hand out must run
+        onnx_files.clear()  # one at a time: they are as large as the model
+        onnx_files[file_key] = (onnx_data, onnx_size_report(onnx_data, ws.loaded.model, plan, onnx_file.scheme))
+    except state.USER_ERRORS as exc:
+        st.error(f"ONNX export failed: {state.one_line(exc)}")
+if file_key in onnx_files:
+    onnx_data, report = onnx_files[file_key]
+    st.download_button("Download quantized model (.onnx)", onnx_data, on_click="ignore", key="model_onnx",
+                       file_name=f"{ws.loaded.name}-qem{qem:.4g}.onnx", mime="application/octet-stream")
+    st.caption(f"Checked: ONNX Runtime opens it. {report['bytes'] / 1e6:.3f} MB on disk; the size accounting says "
+               f"{report['accounted_bytes'] / 1e6:.3f} MB ({report['difference_pct']:+.2f} %: "
+               f"{report['container_padding_bytes'] / 1e6:.3f} MB of it are 3/5/6/7-bit codes stored in 4/8-bit "
+               "containers, the rest the graph and metadata).")
+
 done = recon_job.latest_done(st.session_state.get("recon_jobs", []), s.model_key)
 if done is None:
     st.caption("A reconstruction (AdaRound + BRECQ, on the Trade-off page) can be downloaded here once it finishes: "
@@ -85,9 +110,30 @@ else:
                    f"{ws.loaded.name}{qem_part}-adaround.safetensors", "recon_safetensors",
                    note=", with how the rounding was learned", prefix="Reconstructed: ")
         st.caption(f"Iterations per block: {done.result.config.iters}, calibration images: {done.result.calib_images}.")
+    if st.button(f"Build the reconstructed ONNX model{for_plan}", key="build_recon_onnx"):
+        try:
+            with state.progress("ONNX export") as cb, state.compute_lock():
+                recon_onnx = onnx_bytes(ws.loaded.model, done.plan, ws.loaded.preprocess, done.result, cb)
+                read_onnx(recon_onnx, ws.loaded.model).session()  # checked: it reads back and runs
+            st.session_state["recon_onnx"] = (done.id, recon_onnx)
+        except state.USER_ERRORS as exc:
+            st.error(f"ONNX export of the reconstruction failed: {state.one_line(exc)}")
+    held = st.session_state.get("recon_onnx")
+    if held and held[0] == done.id:
+        st.download_button(f"Download reconstructed model{for_plan} (.onnx)", held[1], on_click="ignore",
+                           file_name=f"{ws.loaded.name}-adaround.onnx", mime="application/octet-stream", key="recon_onnx_dl")
 exported_upload = st.file_uploader("Upload a quantized model file to check it against the current model",
-                                   type=["safetensors"], key="export_upload")
-if exported_upload is not None:
+                                   type=["safetensors", "onnx"], key="export_upload")
+if exported_upload is not None and exported_upload.name.lower().endswith(".onnx"):
+    try:
+        of = read_onnx(exported_upload.getvalue(), ws.loaded.model)
+        of.session()
+    except state.USER_ERRORS as exc:
+        st.error(f"'{exported_upload.name}' cannot be used: {state.one_line(exc)}")
+    else:
+        st.success(f"'{exported_upload.name}' is an ONNX export of {ws.loaded.name} that ONNX Runtime runs: "
+                   f"{len(of.plan.layers)} quantized layers ({of.scheme}), {of.plan.size['avg_bits']:.2f} average bits.")
+elif exported_upload is not None:
     try:
         qf = read_quantized(exported_upload.getvalue(), ws.loaded.model)
     except state.USER_ERRORS as exc:

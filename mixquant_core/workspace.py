@@ -56,7 +56,16 @@ class Workspace:
         self.bits = normalize_bits(bits)
         self.device = resolve_device(device)
         # Evaluation only (auto: ONNX Runtime on CPU, torch on CUDA); QE, Fisher and reconstruction stay torch.
-        self.engine = get_engine(engine, self.device, notify)
+        # Notices (e.g. "cannot export, using torch") go to ``notify``, and are kept in ``notices``.
+        self.notices: List[str] = []
+
+        def tell(message: str) -> None:
+            if message not in self.notices:
+                self.notices.append(message)
+                if notify:
+                    notify(message)
+
+        self.engine = get_engine(engine, self.device, tell)
         self.layers: List[LayerInfo] = find_layers(loaded.model, exclude)
         if not self.layers:
             raise MixQuantError("no quantizable layer left (every Conv/Linear layer was excluded or the model has none)")

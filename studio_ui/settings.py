@@ -11,6 +11,11 @@ QUANTIZER_LABELS = {
 }
 DEFAULT_LIMIT = 100  # images: enough for relative numbers, a few seconds per plan on a laptop CPU
 DEFAULT_QEM = 20.0
+ENGINE_LABELS = {
+    "auto": "auto (ONNX Runtime on CPU, torch on CUDA)",
+    "onnxruntime": "ONNX Runtime (CPU)",
+    "torch": "PyTorch (eager)",
+}
 
 
 @dataclass(frozen=True)
@@ -27,6 +32,7 @@ class Settings:
     data_kind: str  # "folder" | "imagenette"
     data_dir: str
     limit: int
+    engine: str = "auto"  # evaluation engine: auto | torch | onnxruntime
 
     @property
     def model_key(self) -> tuple:
@@ -36,7 +42,7 @@ class Settings:
 
     @property
     def workspace_key(self) -> tuple:
-        return (self.model_key, self.quantizer, self.bits, self.keep_first_last, self.device)
+        return (self.model_key, self.quantizer, self.bits, self.keep_first_last, self.device, self.engine)
 
     @property
     def data_key(self) -> tuple:

@@ -23,7 +23,7 @@ from mixquant_core import DEFAULT_MODEL, default_eval_dir
 from mixquant_core.quant.quantizers import MAX_BITS, MIN_BITS
 
 from . import state
-from .settings import DEFAULT_LIMIT, QUANTIZER_LABELS, Settings
+from .settings import DEFAULT_LIMIT, ENGINE_LABELS, QUANTIZER_LABELS, Settings
 
 MODEL_FILE_TYPES = ["pt", "pth", "ts", "safetensors", "bin"]
 UPLOAD_DIR = Path(tempfile.gettempdir()) / "mixquant-studio-uploads"
@@ -50,7 +50,7 @@ def _defaults(names: List[str]) -> None:
         quantizer="asymmetric", keep_first_last=False, bits=list(range(MAX_BITS, MIN_BITS - 1, -1)),
         device="cuda" if torch.cuda.is_available() else "cpu", data_kind="Image folder", data_dir=default_eval_dir() or "",
         imagenette_dir=os.path.join(os.environ.get("MIXQUANT_DATA") or os.path.expanduser("~/.cache/mixquant"), "imagenette"),
-        limit=DEFAULT_LIMIT,
+        limit=DEFAULT_LIMIT, engine="auto",
     )
 
 
@@ -94,6 +94,9 @@ def render() -> Settings:
     if st.session_state["device"] not in devices:
         st.session_state["device"] = "cpu"
     device = sb.selectbox("Device", devices, key="device")
+    engine = sb.selectbox("Engine", list(ENGINE_LABELS), key="engine", format_func=ENGINE_LABELS.get,
+                          help="What runs the evaluations. ONNX Runtime is several times faster than eager PyTorch "
+                               "on a CPU; a model it cannot export is evaluated with torch (you are told).")
 
     sb.header("Evaluation set")
     data_kind = sb.radio("Evaluation set", ["Image folder", "Imagenette"], key="data_kind", horizontal=True)
@@ -108,7 +111,7 @@ def render() -> Settings:
         model_source="upload" if source != "Registry" else "registry", model_name=name, model_path=path,
         model_digest=digest, arch=arch, quantizer=quantizer, bits=tuple(sorted({8, *map(int, bits)}, reverse=True)),
         keep_first_last=bool(keep), device=device, data_kind="folder" if data_kind == "Image folder" else "imagenette",
-        data_dir=(data_dir or "").strip(), limit=int(limit),
+        data_dir=(data_dir or "").strip(), limit=int(limit), engine=engine,
     )
     st.session_state["settings"] = settings
     return settings

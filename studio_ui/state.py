@@ -101,9 +101,9 @@ def _timm_download_needed(name: str) -> Optional[str]:
 
 @st.cache_resource(max_entries=4, show_spinner=False)
 def _workspace(model_key: tuple, model_ref: str, arch: Optional[str], quantizer: str, bits: tuple,
-               keep_first_last: bool, device: str) -> Workspace:
+               keep_first_last: bool, device: str, engine: str = "auto") -> Workspace:
     loaded = load_model(model_ref, arch=arch)
-    return Workspace(loaded, quantizer, bits, keep_first_last, (), device)
+    return Workspace(loaded, quantizer, bits, keep_first_last, (), device, engine=engine)
 
 
 def require_workspace() -> Workspace:
@@ -122,10 +122,13 @@ def require_workspace() -> Workspace:
     ref = s.model_path if s.model_source == "upload" else s.model_name
     try:
         with st.spinner(f"Loading {s.model_name}..."), compute_lock():
-            return _workspace(s.model_key, ref, s.arch, s.quantizer, s.bits, s.keep_first_last, s.device)
+            ws = _workspace(s.model_key, ref, s.arch, s.quantizer, s.bits, s.keep_first_last, s.device, s.engine)
     except USER_ERRORS as exc:
         st.error(f"Cannot use this model: {one_line(exc)}")
         st.stop()
+    for message in ws.notices:  # e.g. the engine fell back to torch for a model ONNX cannot express
+        st.info(message)
+    return ws
 
 
 def require_table(ws: Workspace):

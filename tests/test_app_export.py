@@ -107,3 +107,35 @@ def test_quantized_model_file_builds_checks_and_refuses_junk(export, core_ws):
     assert_ran_cleanly(at)
     assert any(e.startswith("'junk.safetensors' cannot be used:") for e in errors(at))
     assert at.download_button(key="plan_json")  # the rest of the page still works
+
+
+def test_onnx_model_builds_checked_and_truncated_upload_refused(export, core_ws):
+    from mixquant_core.export.onnx import onnx_bytes, read_onnx
+
+    at = export
+    at.button(key="build_onnx").click().run()
+    assert_ran_cleanly(at)
+    assert not errors(at)
+    assert at.download_button(key="model_onnx").label == "Download quantized model (.onnx)"
+    note = next(c.value for c in at.caption if c.value.startswith("Checked: ONNX Runtime opens it."))
+    data = onnx_bytes(core_ws.loaded.model, core_ws.plan(64.0), core_ws.loaded.preprocess)
+    assert f"{len(data) / 1e6:.3f} MB on disk" in note
+    assert read_onnx(data, core_ws.loaded.model).plan.bits == core_ws.plan(64.0).bits
+    at.file_uploader(key="export_upload").upload("lite0.onnx", data, "application/octet-stream")
+    at.run()
+    assert any("ONNX export of efficientnet_lite0 that ONNX Runtime runs" in s.value for s in at.success)
+    at.file_uploader(key="export_upload").upload("cut.onnx", data[: len(data) // 3], "application/octet-stream")
+    at.run()
+    assert_ran_cleanly(at)
+    errs = errors(at)
+    assert len(errs) == 1 and errs[0].startswith("'cut.onnx' cannot be used:") and "\n" not in errs[0], errs
+    assert at.download_button(key="plan_json")  # the rest of the page still works
+
+
+def test_sidebar_engine_select_reaches_the_workspace(export):
+    at = export
+    assert at.sidebar.selectbox(key="engine").value == "auto"
+    at.sidebar.selectbox(key="engine").set_value("torch").run()
+    assert_ran_cleanly(at)
+    assert at.session_state["settings"].engine == "torch"
+    assert at.session_state["settings"].workspace_key[-1] == "torch"
