@@ -36,7 +36,8 @@ _lock = threading.Lock()
 
 
 def _trace(model: nn.Module, image_shape: Tuple[int, ...]) -> bytes:
-    example = torch.zeros((1, *image_shape), dtype=torch.float32)
+    device = next(iter(model.parameters()), torch.zeros(0)).device  # trace where the model is (CPU or CUDA)
+    example = torch.zeros((1, *image_shape), dtype=torch.float32, device=device)
     was_training = model.training
     model.eval()
     buf = io.BytesIO()
