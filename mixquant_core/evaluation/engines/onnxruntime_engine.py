@@ -24,7 +24,8 @@ from ...quant.quantizers import fake_quantize
 from ..evaluate import Metrics, Progress, per_image
 from .torch_engine import TorchEngine
 
-# Images per run: measured on 2 cores (Lite0), batch 4/8/16/32 within ~10 % of each other; 8 keeps
+# Images per run: on 2 cores (Lite0) ORT's throughput hardly depends on the batch (issue #12, quiet:
+# 219 img/s at 4, 203 at 32; benchmarks/README, loaded: 15.9/15.8/16.8/18.6 at 4/8/16/32); 8 keeps
 # activations small and the progress bar moving.
 DEFAULT_BATCH = 8
 
