@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..errors import PlanError
+from ..files import atomic_write
 from ..models.layers import LayerInfo, find_layers
 from ..quant.qe import QETable
 from ..quant.quantizers import MAX_BITS, MIN_BITS, QUANTIZERS, fake_quantize
@@ -115,8 +116,8 @@ class Plan:
             raise PlanError(f"cannot read plan file '{path}': {exc.strerror}") from None
 
     def save(self, path) -> None:
-        with open(path, "w") as fh:
-            fh.write(self.to_json() + "\n")
+        """Write the plan JSON atomically (a failed write leaves an existing file as it was)."""
+        atomic_write(path, self.to_json() + "\n")
 
     def check_against(self, model: nn.Module) -> List[LayerInfo]:
         """The plan's layers in the model, or a PlanError naming the first mismatch."""
