@@ -181,6 +181,16 @@ def _eval_tensors(args, ws, show: bool):
     return data
 
 
+def plan_notice(plan, model) -> None:
+    """Check a loaded plan against the model, recompute its size, and say on stderr (one line)
+    how many quantizable layers it leaves float32."""
+    from mixquant_core.plans.plan import float32_notice
+
+    left = plan.fit(model)
+    if left:
+        print(float32_notice(left), file=sys.stderr)
+
+
 def calibration_tensors(folder: str, n: int, preprocess, show: bool):
     """``n`` calibration images spread over ``folder`` (labelled or plain), decoded with a progress bar."""
     from mixquant_core.data.image_sets import load_tensors
@@ -269,7 +279,7 @@ def cmd_evaluate(args) -> None:
     plan = Plan.load(args.plan) if args.plan else None  # a bad plan fails before any slow work
     ws = _workspace(args)
     if plan:
-        plan.check_against(ws.loaded.model)
+        plan_notice(plan, ws.loaded.model)
     data = _eval_tensors(args, ws, not args.no_progress)
     with progress_bar(not args.no_progress, "evaluate") as cb:
         if plan:

@@ -66,6 +66,7 @@ def register(subparsers, commands) -> None:
 
 
 def _plan_and_model(args):
+    from .main import plan_notice
     from mixquant_core.models.registry import load_model
     from mixquant_core.plans.plan import Plan
 
@@ -76,7 +77,7 @@ def _plan_and_model(args):
 
         ws = Workspace(loaded, args.quantizer, bits=[args.uniform], device="cpu")
         plan = ws.plan_from_bits(ws.uniform(args.uniform), extra={"uniform": args.uniform})
-    plan.check_against(loaded.model)
+    plan_notice(plan, loaded.model)
     return loaded, plan
 
 
