@@ -52,7 +52,7 @@ files = st.session_state.setdefault("quantized_files", {})
 file_key = (s.workspace_key, plan_json)
 if st.button("Build the quantized model file", key="build_export"):
     try:
-        with st.spinner("Packing codes..."), state.compute_lock():
+        with st.spinner("Packing codes..."):
             files[file_key] = quantized_model_bytes(ws.loaded.model, plan)
     except state.USER_ERRORS as exc:
         st.error(f"Export failed: {state.one_line(exc)}")
@@ -74,7 +74,7 @@ else:
     recon_files = st.session_state.setdefault("recon_files", {})
     if st.button(f"Build the reconstructed model file{for_plan}", key="build_recon_export"):
         try:
-            with st.spinner("Packing codes..."), state.compute_lock():
+            with st.spinner("Packing codes..."):
                 recon_files.clear()  # one reconstructed file at a time: they are as large as the model
                 recon_files[done.id] = quantized_model_bytes(ws.loaded.model, done.plan, reconstructed=done.result)
         except state.USER_ERRORS as exc:
