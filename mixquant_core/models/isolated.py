@@ -92,9 +92,22 @@ def _limit_memory(extra_mb: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this child when its parent ends (a killed CLI or server leaves no
+    orphan looping on; the time limit itself is enforced by the parent)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def child_main(load: Callable[..., Tuple[dict, Dict[str, torch.Tensor]]]) -> int:
     """The child's side: ``load(*args, shown)`` under the memory limit, tensors saved for the parent."""
     *args, out, memory_mb = sys.argv[1:]
+    _die_with_parent()
     _limit_memory(int(memory_mb))
     try:
         info, state = load(*args)
