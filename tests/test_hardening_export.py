@@ -117,3 +117,13 @@ def test_plan_with_empty_size_exports_with_recomputed_size(tmp_path, capsys):
     capsys.readouterr()
     assert main(["export", "--plan", str(plan_path), "--out", str(out)]) == 0
     assert "average bits" in capsys.readouterr().out and out.stat().st_size > 0
+
+
+def test_plan_past_the_metadata_limit_refused_before_work(monkeypatch):
+    model = tiny_chain()
+    plan = workspace(model).plan_from_bits(MIXED_BITS)
+    monkeypatch.setattr(packed, "METADATA_LIMIT", 2000)  # a real one is 100 MB: scaled down, same rule
+    with pytest.raises(ExportError, match="metadata holds at most"):
+        packed.check_metadata_fits(plan)
+    with pytest.raises(ExportError, match="metadata holds at most"):
+        export_bytes(model, plan, rtn_layers(model, plan))
