@@ -122,7 +122,7 @@ def test_plan_with_empty_size_exports_with_recomputed_size(tmp_path, capsys):
 def test_plan_past_the_metadata_limit_refused_before_work(monkeypatch):
     model = tiny_chain()
     plan = workspace(model).plan_from_bits(MIXED_BITS)
-    monkeypatch.setattr(packed, "METADATA_LIMIT", 2000)  # a real one is 100 MB: scaled down, same rule
+    monkeypatch.setattr(packed, "METADATA_LIMIT", 200)  # a real one is 100 MB: scaled down, same rule
     with pytest.raises(ExportError, match="metadata holds at most"):
         packed.check_metadata_fits(plan)
     with pytest.raises(ExportError, match="metadata holds at most"):
