@@ -55,28 +55,40 @@ def run_child(module: str, args: List[str], shown: str) -> Tuple[dict, Dict[str,
         # (and a trusted pickle finds the same classes).
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
         cmd = [sys.executable, "-m", module, *args, str(out), str(int(memory_mb))]
-        try:
-            done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
-                                  stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired:  # run() has killed the child
-            raise ModelUnavailableError(f"loading '{shown}' took longer than {timeout:g} s and was stopped "
-                                        f"(time limit, {TIMEOUT_ENV})") from None
-        message = (done.stderr.strip().splitlines() or [""])[-1][:300]
+        # Output goes to files, read back from their ends: a file's code printing without end
+        # fills the disk of a temporary folder, not this process's memory.
+        with open(Path(tmp) / "stdout", "w+b") as fout, open(Path(tmp) / "stderr", "w+b") as ferr:
+            try:
+                done = subprocess.run(cmd, env=env, stdout=fout, stderr=ferr, timeout=timeout, stdin=subprocess.DEVNULL)
+            except subprocess.TimeoutExpired:  # run() has killed the child
+                raise ModelUnavailableError(f"loading '{shown}' took longer than {timeout:g} s and was stopped "
+                                            f"(time limit, {TIMEOUT_ENV})") from None
+            stdout, stderr = _tail(fout), _tail(ferr)
+        message = (stderr.strip().splitlines() or [""])[-1][:300]
         if done.returncode == _EXIT_UNTRUSTED:
             raise UntrustedCodeError(message)
         if done.returncode == _EXIT_USER:
             raise ModelUnavailableError(message)
-        if done.returncode == _EXIT_MEMORY or done.returncode < 0:
+        if done.returncode == _EXIT_MEMORY:
             raise ModelUnavailableError(f"loading '{shown}' needed more than {memory_mb:g} MB and was stopped "
                                         f"(memory limit, {MEMORY_ENV})")
+        if done.returncode < 0:
+            raise ModelUnavailableError(f"loading '{shown}' crashed its child process (signal {-done.returncode}; "
+                                        f"out of memory? limit {MEMORY_ENV}={memory_mb:g} MB)")
         if done.returncode != 0:
             raise ModelUnavailableError(f"loading '{shown}' failed in its child process: {message or done.returncode}")
         try:
-            info = json.loads(done.stdout.strip().splitlines()[-1])
+            info = json.loads(stdout.strip().splitlines()[-1])
             state = torch.load(out, map_location="cpu", weights_only=True)
         except Exception as exc:
             raise ModelUnavailableError(f"'{shown}': the child process returned unreadable tensors: {first_line(exc)}") from None
     return info, state
+
+
+def _tail(fh, size: int = 65536) -> str:
+    fh.seek(0, os.SEEK_END)
+    fh.seek(max(0, fh.tell() - size))
+    return fh.read().decode("utf-8", "replace")
 
 
 def _limit_memory(extra_mb: int) -> None:
