@@ -245,6 +245,8 @@ def _load_isolated(path: Path, arch: Optional[str], trust_code: bool, shown: str
 
     info, state = run_child(__name__, [str(path), arch or "", "1" if trust_code else "0", shown], shown)
     if info["kind"] == "state":
+        if not arch:
+            raise ModelUnavailableError(f"'{shown}' is a state dict: name its architecture too (--arch NAME, e.g. resnet18)")
         return from_state_dict(state, arch, shown)
     if arch:
         try:
@@ -257,10 +259,16 @@ def _load_isolated(path: Path, arch: Optional[str], trust_code: bool, shown: str
 
 
 def _child_load(path: str, arch: str, trust: str, shown: str):
-    """What the child process of ``_load_isolated`` does: load, and return the tensors."""
-    loaded = _load_file_here(Path(path), arch or None, trust == "1", shown)
-    kind = "state" if not loaded.notes else "code"
-    return {"kind": kind, "note": (loaded.notes or [""])[0]}, loaded.model.state_dict()
+    """What the child process of ``_load_isolated`` does: read the file, return its tensors.
+    A state dict is returned as read (the parent fits it to the architecture: no model is built
+    here); code (trusted) is loaded and its module's state dict returned."""
+    path_ = Path(path)
+    if file_kind(path_) != "script":
+        obj = _read_tensors(path_, trust == "1", shown)
+        if not isinstance(obj, nn.Module):
+            return {"kind": "state", "note": ""}, _unwrap_state_dict(obj)
+    loaded = _load_file_here(path_, arch or None, trust == "1", shown)
+    return {"kind": "code", "note": (loaded.notes or [""])[0]}, loaded.model.state_dict()
 
 
 def check_model_path(path: Path, shown_as: Optional[str] = None) -> None:
