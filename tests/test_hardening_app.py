@@ -47,3 +47,30 @@ def test_an_evaluation_does_not_block_other_sessions_pages():
     finally:
         for ws in workspaces:
             ws.lock.release()
+
+
+def _folder(root, labels=None):
+    import numpy as np
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True)
+    for i in range(2):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(root / "images" / f"img{i}.png")
+    if labels is not None:
+        (root / "labels.txt").write_text("".join(f"img{i}.png {lab}\n" for i, lab in enumerate(labels)))
+    return root
+
+
+def test_unlabelled_folder_refused_in_the_app(tmp_path):
+    at = new_app(data=str(_folder(tmp_path)))
+    at.run()
+    assert_ran_cleanly(at)
+    assert any("has images/ but no labels.txt" in e for e in errors(at))
+
+
+def test_label_outside_the_classes_is_an_error_not_a_number(tmp_path):
+    at = new_app(data=str(_folder(tmp_path, [3, 1000])))
+    open_page(at, "tradeoff")
+    at.button(key="run_sweep").click().run()
+    assert_ran_cleanly(at)
+    assert any("labels.txt line 2) has label 1000, outside the model's 1000 classes" in e for e in errors(at))
