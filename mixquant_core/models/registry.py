@@ -234,6 +234,8 @@ def load_file(path: str | Path, arch: Optional[str] = None, trust_code: bool = F
     shown = shown_as or path.name
     check_model_path(path, shown_as)
     if isolate:
+        if not trust_code and file_kind(path) == "script":  # refused here: no child needed to say no
+            raise _script_refused(shown)
         return _load_isolated(path, arch, trust_code, shown)
     return _load_file_here(path, arch, trust_code, shown)
 
@@ -299,6 +301,10 @@ def file_kind(path: Path) -> str:
     return "checkpoint"
 
 
+def _script_refused(shown: str) -> UntrustedCodeError:
+    return UntrustedCodeError(f"'{shown}' is TorchScript, which runs the file's own code when loaded")
+
+
 def _file_preprocess(arch: Optional[str]) -> Preprocess:
     return build_model(arch, pretrained=False).preprocess if arch else Preprocess(resize=256, crop=224)
 
@@ -312,7 +318,7 @@ def _load_file_here(path: Path, arch: Optional[str], trust_code: bool, shown: st
     """load_file in this process (the child of load_isolated runs this too)."""
     if file_kind(path) == "script":
         if not trust_code:
-            raise UntrustedCodeError(f"'{shown}' is TorchScript, which runs the file's own code when loaded")
+            raise _script_refused(shown)
         try:
             model = torch.jit.load(str(path), map_location="cpu")
         except Exception as exc:
