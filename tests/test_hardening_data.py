@@ -106,3 +106,11 @@ def test_folder_messages_name_the_right_thing(tmp_path):
         open_calibration_folder(str(tmp_path / "nope"))
     with pytest.raises(DatasetError, match="evaluation folder '/etc/passwd' is not a folder"):
         open_image_folder("/etc/passwd")
+
+
+def test_calibration_labels_txt_must_be_right_when_present(tmp_path):
+    _folder(tmp_path, [1, -7, 2])
+    with pytest.raises(DatasetError, match="line 2 has a negative label"):
+        open_calibration_folder(str(tmp_path))
+    (tmp_path / "labels.txt").unlink()
+    assert open_calibration_folder(str(tmp_path)).labels == [-1, -1, -1]  # plain images: unlabelled, allowed

@@ -312,6 +312,8 @@ def open_calibration_folder(path: str, n: Optional[int] = DEFAULT_CALIB_IMAGES) 
     if not path:
         raise DatasetError(f"no {what} given (pass --calib DIR or set MIXQUANT_DATA)")
     root = check_folder(path, what)
+    if (root / "labels.txt").exists():  # labels given: they must be right, never silently dropped
+        return spread_subset(open_image_folder(path, what), n)
     try:
         images = open_image_folder(path, what)
     except DatasetError as exc:
