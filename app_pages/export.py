@@ -53,7 +53,7 @@ files = st.session_state.setdefault("quantized_files", {})
 file_key = (s.workspace_key, plan_json)
 if st.button("Build the quantized model file", key="build_export"):
     try:
-        with st.spinner("Packing codes..."), state.compute_lock():
+        with st.spinner("Packing codes..."):
             files[file_key] = quantized_model_bytes(ws.loaded.model, plan)
     except state.USER_ERRORS as exc:
         st.error(f"Export failed: {state.one_line(exc)}")
@@ -68,7 +68,7 @@ st.caption("Integer codes (int2/uint2 for 2 bits, int4/uint4 for 3-4, int8/uint8
 onnx_files = st.session_state.setdefault("onnx_files", {})
 if st.button("Build the ONNX model", key="build_onnx"):
     try:
-        with state.progress("ONNX export") as cb, state.compute_lock():
+        with state.progress("ONNX export") as cb:  # reads the shared model, changes nothing
             onnx_data = onnx_bytes(ws.loaded.model, plan, ws.loaded.preprocess, progress=cb)
             onnx_file = read_onnx(onnx_data, ws.loaded.model)
             onnx_file.session()  # what we hand out must run
@@ -99,7 +99,7 @@ else:
     recon_files = st.session_state.setdefault("recon_files", {})
     if st.button(f"Build the reconstructed model file{for_plan}", key="build_recon_export"):
         try:
-            with st.spinner("Packing codes..."), state.compute_lock():
+            with st.spinner("Packing codes..."):
                 recon_files.clear()  # one reconstructed file at a time: they are as large as the model
                 recon_files[done.id] = quantized_model_bytes(ws.loaded.model, done.plan, reconstructed=done.result)
         except state.USER_ERRORS as exc:
@@ -112,7 +112,7 @@ else:
         st.caption(f"Iterations per block: {done.result.config.iters}, calibration images: {done.result.calib_images}.")
     if st.button(f"Build the reconstructed ONNX model{for_plan}", key="build_recon_onnx"):
         try:
-            with state.progress("ONNX export") as cb, state.compute_lock():
+            with state.progress("ONNX export") as cb:  # reads the shared model, changes nothing
                 recon_onnx = onnx_bytes(ws.loaded.model, done.plan, ws.loaded.preprocess, done.result, cb)
                 read_onnx(recon_onnx, ws.loaded.model).session()  # checked: it reads back and runs
             st.session_state["recon_onnx"] = (done.id, recon_onnx)

@@ -30,7 +30,7 @@ if data is not None and kinds and bits:
     st.caption(f"{len(kinds) * len(bits)} plans on {len(data)} images.")
     if st.button("Evaluate sensitivity", type="primary", key="run_sensitivity"):
         try:
-            with state.progress("Evaluating layer kinds") as cb, state.compute_lock():
+            with state.progress("Evaluating layer kinds") as cb:
                 rows = kind_sensitivity(ws, data, bits, kinds, cb)
                 refs = (ws.evaluate_bits(None, data).top1, ws.evaluate_bits(ws.uniform(8), data).top1)
             results[key] = (rows, refs)

@@ -32,7 +32,7 @@ st.caption(f"{len(data)} images from the evaluation set; QEMs {qems[0]:.3g} to {
 
 if st.button("Evaluate trade-off", type="primary", key="run_sweep"):
     try:
-        with state.progress("Evaluating plans") as cb, state.compute_lock():
+        with state.progress("Evaluating plans") as cb:
             sweeps[key] = ws.sweep(data, qems, cb)
     except state.USER_ERRORS as exc:
         st.error(f"Evaluation failed: {state.one_line(exc)}")

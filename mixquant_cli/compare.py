@@ -1,7 +1,6 @@
 """CLI of budgeted allocation: ``mixquant allocate`` and ``mixquant sweep --compare``."""
 from __future__ import annotations
 
-import csv
 import json
 import sys
 import time
@@ -32,8 +31,9 @@ def _calib_tensors(args, ws, show: bool):
 
 
 def cmd_allocate(args) -> None:
-    from .main import _workspace, progress_bar
+    from .main import _workspace, check_out, progress_bar
 
+    check_out(args, args.calib)
     ws = _workspace(args)
     show = not args.no_progress
     with progress_bar(show, "QE table") as cb:
@@ -60,10 +60,11 @@ def cmd_allocate(args) -> None:
 
 
 def cmd_compare(args) -> None:
-    from .main import _eval_tensors, _fmt, _print_table, _workspace, progress_bar
+    from .main import _eval_tensors, _fmt, _print_table, _workspace, check_out, progress_bar, write_csv
     from mixquant_core.studies.compare import COMPARE_COLUMNS, compare, matched
 
     t0 = time.perf_counter()
+    check_out(args, args.data, args.calib)
     ws = _workspace(args)
     show = not args.no_progress
     with progress_bar(show, "QE table") as cb:
@@ -83,10 +84,7 @@ def cmd_compare(args) -> None:
         rows = compare(ws, data, args.targets, methods, calib, progress=cb)
     elapsed = time.perf_counter() - t0
     if args.out:
-        with open(args.out, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=COMPARE_COLUMNS)
-            writer.writeheader()
-            writer.writerows(r.to_dict() for r in rows)
+        write_csv(args.out, COMPARE_COLUMNS, [r.to_dict() for r in rows])
     info = {"model": ws.loaded.name, "quantizer": ws.quantizer, "images": len(data),
             "calibration_images": len(calib) if calib is not None else 0,
             "distinct_plans": ws.distinct_evaluated, "seconds": elapsed}

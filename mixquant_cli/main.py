@@ -3,15 +3,18 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import sys
 import time
 from contextlib import contextmanager
 from typing import List, Optional
 
-from mixquant_core.errors import MixQuantError, first_line
+from mixquant_core.errors import MixQuantError, UntrustedCodeError, first_line
 
 QUANTIZER_CHOICES = ("asymmetric", "symmetric", "per-channel")
+MAX_SWEEP_STEPS = 10_000  # each step is a plan row: far past any readable table, far below a MemoryError
+MAX_MESSAGE = 400  # characters of an error line (a layer name can be megabytes long)
 
 
 def _bits_list(text: str) -> List[int]:
@@ -26,6 +29,44 @@ def _float_list(text: str) -> List[float]:
         return [float(t) for t in text.split(",") if t.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 5,20,80, got {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (``--limit 0`` must not mean "everything")."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def bounded_int(low: int, high: int):
+    """An argparse type: an integer in [low, high]."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low} and {high}, got {value}")
+        return value
+    return parse
+
+
+def add_trust_code(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust-code", "--allow-pickle", dest="trust_code", action="store_true",
+                   help="load TorchScript or pickled-module files, which run their own code (only files you trust; "
+                        "loaded in a time- and memory-limited child process first). --allow-pickle: old name")
+
+
+def check_out(args, *inputs) -> None:
+    """``--out`` refused before any work: a folder, unwritable, or one of the command's inputs."""
+    from mixquant_core.files import check_output
+
+    if getattr(args, "out", None):
+        check_output(args.out, [getattr(args, "model", None), *inputs])
 
 
 @contextmanager
@@ -56,7 +97,7 @@ def _add_model_args(p: argparse.ArgumentParser, compute: bool = True) -> None:
 
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"registry name or model file (default {DEFAULT_MODEL})")
     p.add_argument("--arch", help="architecture (registry name) of a state-dict file")
-    p.add_argument("--allow-pickle", action="store_true", help="allow files that need pickled code (only if you trust them)")
+    add_trust_code(p)
     p.add_argument("--quantizer", default="asymmetric", choices=QUANTIZER_CHOICES)
     p.add_argument("--bits", type=_bits_list, default=[8, 7, 6, 5, 4, 3, 2], help="candidate bit-widths (default 8,7,6,5,4,3,2)")
     p.add_argument("--keep-first-last", action="store_true", help="hold the first and last layer at 8 bits")
@@ -69,7 +110,7 @@ def _add_model_args(p: argparse.ArgumentParser, compute: bool = True) -> None:
 
 def _add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--data", required=required, help="evaluation folder (labels.txt or class subfolders), or 'imagenette[:DIR]'")
-    p.add_argument("--limit", type=int, default=None, help="evaluate the first N images only")
+    p.add_argument("--limit", type=positive_int, default=None, help="evaluate the first N images only (N >= 1)")
     add_engine_arg(p)
 
 
@@ -116,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--qems", type=_float_list, help="explicit QEMs, e.g. 5,20,80")
     p.add_argument("--qem-min", type=float, default=1.0)
     p.add_argument("--qem-max", type=float, default=None, help="default: where the last layer reaches its lowest bit-width")
-    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--steps", type=bounded_int(1, MAX_SWEEP_STEPS), default=12,
+                   help=f"QEMs on the default grid (1..{MAX_SWEEP_STEPS}, default 12)")
     p.add_argument("--out", help="also write the table as CSV")
     import importlib
 
@@ -129,7 +171,7 @@ def _workspace(args, progress: bool = True):
     from mixquant_core.models.registry import load_model
     from mixquant_core.workspace import Workspace
 
-    loaded = load_model(args.model, arch=args.arch, allow_pickle=args.allow_pickle)
+    loaded = load_model(args.model, arch=args.arch, trust_code=args.trust_code)
     return Workspace(loaded, args.quantizer, args.bits, args.keep_first_last, args.exclude,
                      device=getattr(args, "device", "cpu"), engine=getattr(args, "engine", "auto"), notify=notice)
 
@@ -150,6 +192,16 @@ def _eval_tensors(args, ws, show: bool):
     return data
 
 
+def plan_notice(plan, model) -> None:
+    """Check a loaded plan against the model, recompute its size, and say on stderr (one line)
+    how many quantizable layers it leaves float32."""
+    from mixquant_core.plans.plan import float32_notice
+
+    left = plan.fit(model)
+    if left:
+        print(float32_notice(left), file=sys.stderr)
+
+
 def calibration_tensors(folder: str, n: int, preprocess, show: bool):
     """``n`` calibration images spread over ``folder`` (labelled or plain), decoded with a progress bar."""
     from mixquant_core.data.image_sets import load_tensors
@@ -160,6 +212,17 @@ def calibration_tensors(folder: str, n: int, preprocess, show: bool):
     images = open_calibration_folder(folder, n)
     with progress_bar(show, "decode calibration") as cb:
         return load_tensors(images, preprocess.transform(), cb)
+
+
+def write_csv(path: str, columns: List[str], rows: List[dict]) -> None:
+    """The table as CSV, written atomically."""
+    from mixquant_core.files import atomic_write
+
+    buf = io.StringIO(newline="")
+    writer = csv.DictWriter(buf, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, buf.getvalue())
 
 
 def _fmt(v, nd=2) -> str:
@@ -204,6 +267,7 @@ def cmd_qe(args) -> None:
 
 
 def cmd_search(args) -> None:
+    check_out(args)
     ws = _workspace(args)
     with progress_bar(not args.no_progress, "QE table") as cb:
         ws.table(cb)
@@ -226,7 +290,7 @@ def cmd_evaluate(args) -> None:
     plan = Plan.load(args.plan) if args.plan else None  # a bad plan fails before any slow work
     ws = _workspace(args)
     if plan:
-        plan.check_against(ws.loaded.model)
+        plan_notice(plan, ws.loaded.model)
     data = _eval_tensors(args, ws, not args.no_progress)
     with progress_bar(not args.no_progress, "evaluate") as cb:
         if plan:
@@ -244,6 +308,7 @@ def cmd_sweep(args) -> None:
     from mixquant_core.plans.search import default_qem_grid
 
     t0 = time.perf_counter()
+    check_out(args, args.data)
     ws = _workspace(args)
     show = not args.no_progress
     with progress_bar(show, "QE table") as cb:
@@ -257,10 +322,7 @@ def cmd_sweep(args) -> None:
     elapsed = time.perf_counter() - t0
     decode_s, eval_s = t_eval - t_decode, time.perf_counter() - t_eval
     if args.out:
-        with open(args.out, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(rows[0].to_dict()))
-            writer.writeheader()
-            writer.writerows(r.to_dict() for r in rows)
+        write_csv(args.out, list(rows[0].to_dict()), [r.to_dict() for r in rows])
     if args.json:
         print(json.dumps({"model": ws.loaded.name, "quantizer": ws.quantizer, "images": len(data),
                           "distinct_plans": ws.distinct_evaluated, "seconds": elapsed, "decode_seconds": decode_s,
@@ -286,16 +348,33 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         COMMANDS[args.command](args)
+    except UntrustedCodeError as exc:
+        _error(f"{exc}; pass --trust-code to load it, only if you trust the file")
+        return 2
     except MixQuantError as exc:
-        print(f"mixquant: error: {exc}", file=sys.stderr)
+        _error(str(exc))
         return 2
     except KeyboardInterrupt:
         print("mixquant: interrupted", file=sys.stderr)
         return 130
+    except RecursionError:
+        _error("input nested too deeply to read (a JSON file with thousands of nested levels?)")
+        return 2
+    except MemoryError:
+        _error("out of memory: the input is too large for this machine")
+        return 2
     except (OSError, RuntimeError, ValueError) as exc:  # anything else the user's input can trigger
-        print(f"mixquant: error: {type(exc).__name__}: {first_line(exc)}", file=sys.stderr)
-        return 1
+        _error(f"{type(exc).__name__}: {first_line(exc, MAX_MESSAGE)}")
+        return 2
     return 0
+
+
+def _error(message: str) -> None:
+    """One line on stderr, however long or multi-line the message was."""
+    line = " ".join(message.split())
+    if len(line) > MAX_MESSAGE:
+        line = line[:MAX_MESSAGE] + f"... ({len(line)} characters)"
+    print(f"mixquant: error: {line}", file=sys.stderr)
 
 
 if __name__ == "__main__":

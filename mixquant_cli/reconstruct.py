@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 from mixquant_core.errors import MixQuantError
@@ -11,11 +10,12 @@ DEFAULT_CALIB_IMAGES = 1024  # BRECQ's usual calibration set size
 
 
 def _add_common(p, compute: bool = True) -> None:
+    from .main import add_trust_code
     from mixquant_core.models.registry import DEFAULT_MODEL
 
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"registry name or model file (default {DEFAULT_MODEL})")
     p.add_argument("--arch", help="architecture (registry name) of a state-dict file")
-    p.add_argument("--allow-pickle", action="store_true", help="allow files that need pickled code (only if you trust them)")
+    add_trust_code(p)
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--plan", help="plan JSON (from `mixquant search`)")
     g.add_argument("--uniform", type=int, metavar="BITS", help="every layer at BITS bits instead of a plan")
@@ -28,6 +28,10 @@ def _add_common(p, compute: bool = True) -> None:
 
 
 def register(subparsers, commands) -> None:
+    from .main import positive_int
+
+    from .main import add_trust_code
+
     p = subparsers.add_parser("reconstruct", help="learn each layer's rounding (AdaRound, BRECQ block-wise) for a plan")
     _add_common(p)
     p.add_argument("--calib", required=True, help="calibration image folder (e.g. imagenet-calib-1000)")
@@ -54,9 +58,11 @@ def register(subparsers, commands) -> None:
     p = subparsers.add_parser("load", help="load an export file into its model, check it, and evaluate it")
     p.add_argument("file", help="a .safetensors file from `mixquant export` or `mixquant reconstruct`, or an .onnx "
                                 "file from `mixquant export --format onnx` (evaluated by ONNX Runtime itself)")
-    p.add_argument("--model", help="registry name (default: the one recorded in the file)")
+    p.add_argument("--model", help="registry name or model file (default: the registry model recorded in the file)")
+    p.add_argument("--arch", help="architecture (registry name) of a state-dict --model file")
+    add_trust_code(p)
     p.add_argument("--data", help="evaluation folder; omit to only check the file")
-    p.add_argument("--limit", type=int, default=None, help="evaluate the first N images only")
+    p.add_argument("--limit", type=positive_int, default=None, help="evaluate the first N images only (N >= 1)")
     p.add_argument("--device", default="auto")
     from .main import add_engine_arg
 
@@ -67,35 +73,31 @@ def register(subparsers, commands) -> None:
 
 
 def _plan_and_model(args):
+    from .main import plan_notice
     from mixquant_core.models.registry import load_model
     from mixquant_core.plans.plan import Plan
 
     plan = Plan.load(args.plan) if args.plan else None  # a bad plan fails before any slow work
-    loaded = load_model(args.model, arch=args.arch, allow_pickle=args.allow_pickle)
+    loaded = load_model(args.model, arch=args.arch, trust_code=args.trust_code)
     if plan is None:
         from mixquant_core.workspace import Workspace
 
         ws = Workspace(loaded, args.quantizer, bits=[args.uniform], device="cpu")
         plan = ws.plan_from_bits(ws.uniform(args.uniform), extra={"uniform": args.uniform})
-    plan.check_against(loaded.model)
+    plan_notice(plan, loaded.model)
     return loaded, plan
 
 
-def _out_dir_ok(path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise MixQuantError(f"cannot write '{path}': folder '{folder}' does not exist")
-
-
 def cmd_reconstruct(args) -> None:
-    from .main import calibration_tensors, progress_bar
-    from mixquant_core.export.packed import save_quantized, size_report
+    from .main import calibration_tensors, check_out, progress_bar
+    from mixquant_core.export.packed import check_metadata_fits, save_quantized, size_report
     from mixquant_core.recon.reconstruct import ReconConfig, reconstruct_plan, recon_metadata
 
-    _out_dir_ok(args.out)
+    check_out(args, args.plan, args.calib)
     if args.calib_images < 1:  # before the (slow) model load
         raise MixQuantError(f"--calib-images must be at least 1, got {args.calib_images}")
     loaded, plan = _plan_and_model(args)
+    check_metadata_fits(plan)  # before the (long) reconstruction, not after it
     show = not args.no_progress
     calib = calibration_tensors(args.calib, args.calib_images, loaded.preprocess, show)
     cfg = ReconConfig(iters=args.iters, batch_size=args.batch_size, scheme=args.scheme, seed=args.seed, device=args.device)
@@ -118,9 +120,10 @@ def cmd_reconstruct(args) -> None:
 
 
 def cmd_export(args) -> None:
+    from .main import check_out
     from mixquant_core.export.packed import file_layers, rtn_layers, save_quantized, size_report
 
-    _out_dir_ok(args.out)
+    check_out(args, args.plan, args.reconstructed)
     loaded, plan = _plan_and_model(args)
     extra = None
     if args.reconstructed:
@@ -150,15 +153,13 @@ def _export_format(args) -> str:
 def _export_onnx(args, loaded, plan, layers) -> None:
     from .main import progress_bar
     from mixquant_core.export.onnx import build_onnx, onnx_size_report, read_onnx
+    from mixquant_core.files import atomic_write
 
     with progress_bar(not args.no_progress, "ONNX export") as cb:
         data = build_onnx(loaded.model, plan, layers, loaded.preprocess, cb).SerializeToString()
     f = read_onnx(data, loaded.model)  # what we hand out must read back and run
     f.session()
-    tmp = args.out + ".part"
-    with open(tmp, "wb") as fh:  # a failed write never leaves half a model under the real name
-        fh.write(data)
-    os.replace(tmp, args.out)
+    atomic_write(args.out, data)  # a failed write never leaves half a model under the real name
     report = onnx_size_report(data, loaded.model, plan, f.scheme)
     if args.json:
         print(json.dumps({"out": args.out, "format": "onnx", "scheme": f.scheme, **report}, indent=2))
@@ -204,11 +205,14 @@ def cmd_load(args) -> None:
     from .main import notice
     from mixquant_core.evaluation.engines import get_engine
     from mixquant_core.evaluation.evaluate import resolve_device
-    from mixquant_core.export.packed import load_quantized_, peek_plan
-    from mixquant_core.models.registry import load_model
+    from mixquant_core.export.packed import load_quantized_, peek_plan, registry_model_of
+    from mixquant_core.models.registry import build_model, load_model
 
-    plan = peek_plan(args.file)
-    loaded = load_model(args.model or plan.model.get("name", ""))
+    plan = peek_plan(args.file)  # checksum verified before anything in the file is used
+    if args.model:
+        loaded = load_model(args.model, arch=args.arch, trust_code=args.trust_code)
+    else:  # only ever a registry name from the file, never a path it names
+        loaded = build_model(registry_model_of(plan))
     qf = load_quantized_(loaded.model, args.file)
     out = {"file": args.file, "model": loaded.name, "layers": len(qf.layers), "scheme": qf.scheme,
            "avg_bits": qf.plan.size.get("avg_bits")}

@@ -13,6 +13,11 @@ class ModelUnavailableError(MixQuantError):
     """A model cannot be built or its weights cannot be found (offline, unknown name, bad file)."""
 
 
+class UntrustedCodeError(ModelUnavailableError):
+    """A model file is code (TorchScript, a pickled module) and the user has not said they trust it.
+    The message says why; the CLI and the app each add how to opt in where they are."""
+
+
 class DatasetError(MixQuantError):
     """An evaluation folder is missing, empty, unlabeled or unreadable."""
 

@@ -2,14 +2,22 @@
 
 It is the single place where the numbers that the CLI prints, the app shows and the tests check
 are computed; everything expensive is cached on it (QE table, decoded images, per-plan metrics).
+
+Evaluations (and the Fisher pass) fake-quantize weights in place, so they run on the workspace's
+private copy of the model under its own lock: ``loaded.model`` is never changed, and readers of it
+(QE table, export, other sessions of the app drawing their pages) never wait for an evaluation.
 """
 from __future__ import annotations
 
+import copy
 import math
+import threading
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
+from torch import nn
 
 from .data.image_sets import EvalTensors
 from .errors import MixQuantError
@@ -77,12 +85,25 @@ class Workspace:
         self._metrics_data: Optional[str] = None
         self._fisher = None  # (calibration set, FisherTable); holding the set keeps its id unique
         self._allocations: Dict[tuple, object] = {}  # (cost, unit) -> allocation family
+        self.lock = threading.RLock()  # held while the private copy is in use (evaluations, Fisher)
+        self._table_lock = threading.Lock()  # the QE table is computed once, without waiting on evaluations
+        self._private: Optional[nn.Module] = None
+
+    @contextmanager
+    def private_model(self) -> Iterator[nn.Module]:
+        """The workspace's own copy of the model on its device, under ``lock``: whoever changes
+        weights (even for a moment) does it here, never on the shared ``loaded.model``."""
+        with self.lock:
+            if self._private is None:
+                self._private = copy.deepcopy(self.loaded.model).to(self.device).eval()
+            yield self._private
 
     # --- QE table and search ---------------------------------------------------------------
     def table(self, progress: Progress = None) -> QETable:
-        if self._table is None:
-            self._table = qe_table(self.loaded.model, self.quantizer, self.bits, self.layers,
-                                   device=self.device, progress=progress)
+        with self._table_lock:
+            if self._table is None:
+                self._table = qe_table(self.loaded.model, self.quantizer, self.bits, self.layers,
+                                       device=self.device, progress=progress)
         return self._table
 
     def family(self) -> PlanFamily:
@@ -140,12 +161,13 @@ class Workspace:
     def _evaluate(self, named: Optional[Dict[str, int]], quantizer: str, data: EvalTensors, progress: Progress) -> Metrics:
         # One cache per evaluation set, keyed by its content (never id(): a new set can reuse a
         # freed address); a plan is its (quantizer, layer -> bits) mapping.
-        if self._metrics_data != data.fingerprint:
-            self._metrics, self._metrics_data = {}, data.fingerprint
-        key = ("f32",) if named is None else (quantizer, tuple(named.items()))
-        if key not in self._metrics:
-            self._metrics[key] = self.engine.evaluate(self.loaded.model, data, named, quantizer, progress)
-        return self._metrics[key]
+        with self.private_model() as model:
+            if self._metrics_data != data.fingerprint:
+                self._metrics, self._metrics_data = {}, data.fingerprint
+            key = ("f32",) if named is None else (quantizer, tuple(named.items()))
+            if key not in self._metrics:
+                self._metrics[key] = self.engine.evaluate(model, data, named, quantizer, progress)
+            return self._metrics[key]
 
     def evaluate_plans(self, plans: Sequence[Optional[Sequence[int]]], data: EvalTensors, progress: Progress = None) -> None:
         """Evaluate each distinct plan of ``plans`` once (``None`` = float32), one progress step per plan."""
@@ -187,12 +209,13 @@ class Workspace:
         """Fisher-weighted error table on calibration images, cached per calibration set."""
         from .plans.fisher import fisher_table
 
-        held = self._fisher
-        if held is None or held[0] is not calib:
-            table = fisher_table(self.loaded.model, self.layers, calib, self.quantizer, self.bits, self.device, progress)
-            self._fisher = (calib, table)
-            self._allocations.clear()
-        return self._fisher[1]
+        with self.private_model() as model:  # gradients and requires_grad flags: the private copy
+            held = self._fisher
+            if held is None or held[0] is not calib:
+                table = fisher_table(model, self.layers, calib, self.quantizer, self.bits, self.device, progress)
+                self._fisher = (calib, table)
+                self._allocations.clear()
+            return self._fisher[1]
 
     def allocation_family(self, cost: str = "qe", unit: str = "bytes", calib: Optional[EvalTensors] = None):
         """Every Lagrangian-optimal plan for summed ``cost`` ("qe" or "fisher") under a budget in

@@ -45,7 +45,7 @@ def render(ws, data) -> None:
                     st.error("budget-fisher needs a calibration folder (or leave that method out).")
             if calib is not None or "budget-fisher" not in methods:
                 try:
-                    with state.progress("Comparing allocations") as cb, state.compute_lock():
+                    with state.progress("Comparing allocations") as cb:
                         results[key] = compare(ws, data, targets, methods, calib, progress=cb)
                 except state.USER_ERRORS as exc:
                     st.error(f"Comparison failed: {state.one_line(exc)}")

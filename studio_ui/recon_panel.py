@@ -6,6 +6,8 @@ module reads widgets, polls the job, and draws numbers that come from core funct
 """
 from __future__ import annotations
 
+import threading
+
 import pandas as pd
 import streamlit as st
 
@@ -88,7 +90,8 @@ def _start(ws, plan, calib_dir: str, n_calib: int, cfg: ReconConfig) -> None:
     try:
         recon_job.check_can_start(ws.loaded, plan, calib_dir, n_calib)
         job = recon_job.ReconJob(state.settings().model_key, ws.loaded.name, plan, calib_dir, n_calib, cfg)
-        recon_job.start(jobs, job, ws.loaded, state.compute_lock())
+        # evaluations use the workspace's private copy: the shared model never changes, nothing to wait for
+        recon_job.start(jobs, job, ws.loaded, threading.Lock())
     except recon_job.JobRefused as exc:
         st.warning(f"Not started: {exc}.")
     except state.USER_ERRORS as exc:
@@ -111,9 +114,10 @@ def _results(ws, data, job) -> None:
     """The finished job's accuracy next to round-to-nearest of its plan, and its per-block error."""
     key = (state.data_key(state.settings(), data), str(ws.device))
     try:
-        with state.progress("Evaluating the reconstructed model") as cb, state.compute_lock():
+        with state.progress("Evaluating the reconstructed model") as cb:
             if key not in job.evaluations:
-                job.evaluations[key] = evaluate_quantized(ws.loaded.model, job.result.layers, data, str(ws.device), cb)
+                with ws.private_model() as model:
+                    job.evaluations[key] = evaluate_quantized(model, job.result.layers, data, str(ws.device), cb)
             nearest = ws.evaluate_plan(job.plan, data)
     except state.USER_ERRORS as exc:
         st.error(f"Cannot evaluate the reconstructed model: {state.one_line(exc)}")

@@ -33,11 +33,12 @@ class Settings:
     data_dir: str
     limit: int
     engine: str = "auto"  # evaluation engine: auto | torch | onnxruntime
+    trust_code: bool = False  # the user ticked "Trust code in this file" for an upload
 
     @property
     def model_key(self) -> tuple:
         if self.model_source == "upload":
-            return ("file", self.model_digest, self.arch)
+            return ("file", self.model_digest, self.arch, self.trust_code)
         return ("registry", self.model_name)
 
     @property

@@ -50,7 +50,7 @@ def _defaults(names: List[str]) -> None:
         quantizer="asymmetric", keep_first_last=False, bits=list(range(MAX_BITS, MIN_BITS - 1, -1)),
         device="cuda" if torch.cuda.is_available() else "cpu", data_kind="Image folder", data_dir=default_eval_dir() or "",
         imagenette_dir=os.path.join(os.environ.get("MIXQUANT_DATA") or os.path.expanduser("~/.cache/mixquant"), "imagenette"),
-        limit=DEFAULT_LIMIT, engine="auto",
+        limit=DEFAULT_LIMIT, engine="auto", trust_code=False,
     )
 
 
@@ -64,6 +64,7 @@ def render() -> Settings:
     sb.header("Model")
     source = sb.radio("Model source", ["Registry", "Upload a file"], key="model_source", horizontal=True)
     path = digest = arch = None
+    trust = False
     if source == "Registry":
         name = sb.selectbox("Model", names, key="model_name", format_func=lambda n: f"{n}  ({source_of.get(n, '?')})",
                             help="Built-in EfficientNet-Lite works offline; torchvision lists the paper's eight models first.")
@@ -72,6 +73,13 @@ def render() -> Settings:
         arch_choice = sb.selectbox("Architecture of a state dict", [NO_ARCH] + names, key="model_arch",
                                    help="A state dict holds only weights: name the registry architecture they fit.")
         arch = None if arch_choice == NO_ARCH else arch_choice
+        trust = sb.checkbox("Trust code in this file", key="trust_code",
+                            help="TorchScript files and pickled models are programs: loading one runs its code. "
+                                 "Off, only plain weights (state dicts, safetensors) load.")
+        if trust:
+            sb.warning("A TorchScript or pickled model runs its own code on this server when loaded. Tick this "
+                       "only for files you made or fully trust (it is loaded in a time- and memory-limited "
+                       "child process first).")
         ss = st.session_state
         if uploaded is not None:
             path, digest = _save_upload(uploaded)
@@ -111,7 +119,7 @@ def render() -> Settings:
         model_source="upload" if source != "Registry" else "registry", model_name=name, model_path=path,
         model_digest=digest, arch=arch, quantizer=quantizer, bits=tuple(sorted({8, *map(int, bits)}, reverse=True)),
         keep_first_last=bool(keep), device=device, data_kind="folder" if data_kind == "Image folder" else "imagenette",
-        data_dir=(data_dir or "").strip(), limit=int(limit), engine=engine,
+        data_dir=(data_dir or "").strip(), limit=int(limit), engine=engine, trust_code=bool(trust),
     )
     st.session_state["settings"] = settings
     return settings

@@ -2,8 +2,10 @@
 
 Caches live in st.cache_resource (per server process, shared by sessions): a Workspace per
 (model, quantizer, bits, keep_first_last, device), decoded images per (set, subset, preprocessing).
-Evaluation fake-quantizes the model's weights in place for a moment, so everything that touches
-weights runs under one process-wide lock; two sessions never see each other's half-quantized model.
+There is no process-wide lock: evaluations fake-quantize the Workspace's private copy of the model
+under that Workspace's own lock, so the shared model never changes and a session drawing its pages
+never waits for another session's evaluation. Uploaded model files are loaded in a child process
+with a time and memory limit (registry.load_file, isolate=True): a hostile file costs that child.
 """
 from __future__ import annotations
 
@@ -17,22 +19,17 @@ import numpy as np
 import streamlit as st
 
 from mixquant_core import EvalTensors, ImageList, Workspace, list_models, load_model, load_tensors, open_image_folder, open_imagenette
-from mixquant_core.errors import DatasetError, MixQuantError, one_line
+from mixquant_core.errors import DatasetError, MixQuantError, UntrustedCodeError, one_line
 from mixquant_core.models.registry import torchvision_cache_path
 
 from .settings import DEFAULT_QEM, Settings
 
-USER_ERRORS = (MixQuantError, OSError, RuntimeError, ValueError)
+USER_ERRORS = (MixQuantError, OSError, RuntimeError, ValueError, MemoryError, RecursionError)
 TENSOR_CACHE_SIZE = 4
 
 
 def settings() -> Settings:
     return st.session_state["settings"]
-
-
-@st.cache_resource(show_spinner=False)
-def compute_lock() -> threading.RLock:
-    return threading.RLock()
 
 
 @contextmanager
@@ -101,9 +98,16 @@ def _timm_download_needed(name: str) -> Optional[str]:
 
 @st.cache_resource(max_entries=4, show_spinner=False)
 def _workspace(model_key: tuple, model_ref: str, arch: Optional[str], quantizer: str, bits: tuple,
-               keep_first_last: bool, device: str, engine: str = "auto") -> Workspace:
-    loaded = load_model(model_ref, arch=arch)
+               keep_first_last: bool, device: str, shown_as: Optional[str] = None, trust_code: bool = False, engine: str = "auto") -> Workspace:
+    if shown_as is None:  # a registry name
+        loaded = load_model(model_ref, arch=arch)
+    else:  # an upload: read in a limited child process, named by the user's own file name
+        loaded = load_model(model_ref, arch=arch, trust_code=trust_code, isolate=True, shown_as=shown_as)
     return Workspace(loaded, quantizer, bits, keep_first_last, (), device, engine=engine)
+
+
+TRUST_ADVICE = ("if you trust this file, tick 'Trust code in this file' in the sidebar "
+                "(its code then runs on this server)")
 
 
 def require_workspace() -> Workspace:
@@ -119,10 +123,15 @@ def require_workspace() -> Workspace:
         if not st.button("Download the weights and load the model", key="allow_download"):
             st.stop()
         allowed.add(s.model_key)
-    ref = s.model_path if s.model_source == "upload" else s.model_name
+    upload = s.model_source == "upload"
+    ref = s.model_path if upload else s.model_name
     try:
-        with st.spinner(f"Loading {s.model_name}..."), compute_lock():
-            ws = _workspace(s.model_key, ref, s.arch, s.quantizer, s.bits, s.keep_first_last, s.device, s.engine)
+        with st.spinner(f"Loading {s.model_name}..."):
+            return _workspace(s.model_key, ref, s.arch, s.quantizer, s.bits, s.keep_first_last, s.device,
+                              s.model_name if upload else None, s.trust_code, s.engine)
+    except UntrustedCodeError as exc:
+        st.error(f"Cannot use this model: {exc}; {TRUST_ADVICE}.")
+        st.stop()
     except USER_ERRORS as exc:
         st.error(f"Cannot use this model: {one_line(exc)}")
         st.stop()
@@ -133,7 +142,7 @@ def require_workspace() -> Workspace:
 
 def require_table(ws: Workspace):
     try:
-        with progress("QE table") as cb, compute_lock():
+        with progress("QE table") as cb:
             return ws.table(cb)
     except USER_ERRORS as exc:
         st.error(f"Cannot compute the QE table: {one_line(exc)}")
@@ -212,9 +221,12 @@ def calib_tensors(ws: Workspace, folder: str, n: int) -> Optional[EvalTensors]:
 def _decoded(key: tuple, what: str, decode) -> Optional[EvalTensors]:
     """Decoded images from the shared LRU store, decoding (with a progress bar) on a miss;
     None after showing why the set is unusable."""
-    store = _tensor_store()
-    with compute_lock():
-        data = store.get(key)
+    store, locks = _tensor_store(), _decode_locks()
+    with locks[None]:
+        key_lock = locks.setdefault(key, threading.Lock())
+    with key_lock:  # one decode per set; sessions decoding other sets (or none) never wait
+        with locks[None]:
+            data = store.get(key)
         if data is None:
             try:
                 with progress(f"Decoding images ({what.lower()})") as cb:
@@ -222,11 +234,18 @@ def _decoded(key: tuple, what: str, decode) -> Optional[EvalTensors]:
             except USER_ERRORS as exc:
                 st.error(f"{what} unusable: {one_line(exc)}")
                 return None
+        with locks[None]:
             store[key] = data
+            store.move_to_end(key)
             while len(store) > TENSOR_CACHE_SIZE:
-                store.popitem(last=False)
-        store.move_to_end(key)
+                locks.pop(store.popitem(last=False)[0], None)
     return data
+
+
+@st.cache_resource(show_spinner=False)
+def _decode_locks() -> dict:
+    """A lock per decoded set (key), and under None the lock of the store and of this dict."""
+    return {None: threading.Lock()}
 
 
 def data_key(s: Settings, data: EvalTensors) -> tuple:

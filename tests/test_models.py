@@ -109,7 +109,7 @@ def test_safetensors_state_dict(tmp_path, resnet18_random):
 def test_torchscript_file(tmp_path, tiny_model):
     path = tmp_path / "tiny.ts"
     torch.jit.script(tiny_model).save(str(path))
-    loaded = load_model(str(path))
+    loaded = load_model(str(path), trust_code=True)
     x = torch.randn(1, 3, 8, 8)
     assert torch.allclose(loaded.model(x), tiny_model(x))
     assert [n for n, _ in loaded.model.named_modules()][1:3] == ["stem", "dw"]
@@ -137,5 +137,5 @@ def test_pickled_module_refused_unless_allowed(tmp_path, tiny_model):
     torch.save(tiny_model, path)  # pickles the class: loading it runs code
     with pytest.raises(ModelUnavailableError, match="pickled code"):
         load_model(str(path))
-    loaded = load_model(str(path), allow_pickle=True)
+    loaded = load_model(str(path), trust_code=True)
     assert loaded.fingerprint == fingerprint(tiny_model)

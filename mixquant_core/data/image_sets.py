@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
@@ -37,6 +38,7 @@ class ImageList:
     paths: List[str]
     labels: List[int]
     class_names: List[str] = field(default_factory=list)  # index -> readable name, when known
+    origins: List[str] = field(default_factory=list)  # where each label came from ("labels.txt line 7"), when known
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -55,9 +57,14 @@ class ImageList:
         return h.hexdigest()[:16]
 
     def subset(self, limit: Optional[int]) -> "ImageList":
-        if limit is None or limit <= 0 or limit >= len(self):
+        """The first ``limit`` images (``None``: all); a limit below 1 is an error, never "all"."""
+        if limit is None:
             return self
-        return ImageList(self.root, self.paths[:limit], self.labels[:limit], self.class_names)
+        if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1:
+            raise DatasetError(f"the number of images to use must be at least 1, got {limit!r}")
+        if limit >= len(self):
+            return self
+        return ImageList(self.root, self.paths[:limit], self.labels[:limit], self.class_names, self.origins[:limit])
 
 
 def default_data_root() -> Optional[str]:
@@ -93,16 +100,25 @@ def _read_class_names(root: Path) -> List[str]:
 
 def _from_labels_txt(root: Path, labels_file: Path) -> ImageList:
     image_dir = root / "images" if (root / "images").is_dir() else root
-    paths, labels = [], []
-    for n, line in enumerate(labels_file.read_text().splitlines(), 1):
+    try:
+        text = labels_file.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DatasetError(f"{labels_file} is not a text file ('FILENAME LABEL' lines expected)") from None
+    except OSError as exc:
+        raise DatasetError(f"cannot read {labels_file}: {exc.strerror}") from None
+    paths, labels, origins = [], [], []
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         parts = line.split()
         if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
             raise DatasetError(f"{labels_file}: line {n} is not 'FILENAME LABEL': {line[:80]!r}")
+        if int(parts[1]) < 0:
+            raise DatasetError(f"{labels_file}: line {n} has a negative label {parts[1][:20]} (class indices start at 0)")
         paths.append(str(image_dir / parts[0]))
         labels.append(int(parts[1]))
-    return ImageList(str(root), paths, labels, _read_class_names(root))
+        origins.append(f"{labels_file.name} line {n}")
+    return ImageList(str(root), paths, labels, _read_class_names(root), origins)
 
 
 def _from_image_folder(root: Path, wnid_to_index: Optional[dict] = None) -> ImageList:
@@ -127,17 +143,38 @@ def _from_image_folder(root: Path, wnid_to_index: Optional[dict] = None) -> Imag
     return ImageList(str(root), paths, labels, _read_class_names(root))
 
 
-def open_image_folder(path: str | os.PathLike) -> ImageList:
-    """A folder with ``labels.txt`` (``FILENAME LABEL``), or ImageFolder-style class subfolders."""
-    if not path:
-        raise DatasetError("no evaluation folder given (set MIXQUANT_DATA or pass --data DIR)")
+def check_folder(path, what: str) -> Path:
+    """An existing, readable folder, or one line saying which of those it is not."""
     root = Path(path)
+    if not root.exists():
+        raise DatasetError(f"{what} '{root}' does not exist")
     if not root.is_dir():
-        raise DatasetError(f"evaluation folder '{root}' does not exist")
+        raise DatasetError(f"{what} '{root}' is not a folder")
+    if not os.access(root, os.R_OK | os.X_OK):
+        raise DatasetError(f"{what} '{root}' is not readable (permission denied)")
+    return root
+
+
+def open_image_folder(path: str | os.PathLike, what: str = "evaluation folder") -> ImageList:
+    """A folder with ``labels.txt`` (``FILENAME LABEL``), or ImageFolder-style class subfolders.
+
+    A folder with ``images/`` but no readable labels.txt is refused: its labels are unknown, and
+    reading ``images/`` as one class folder would score every image against class 0."""
+    if not path:
+        raise DatasetError(f"no {what} given (set MIXQUANT_DATA or pass --data DIR)")
+    root = check_folder(path, what)
     labels_file = root / "labels.txt"
-    images = _from_labels_txt(root, labels_file) if labels_file.is_file() else _from_image_folder(root)
+    if labels_file.exists() and not labels_file.is_file():
+        raise DatasetError(f"{labels_file} is not a regular file ('FILENAME LABEL' lines expected)")
+    if labels_file.is_file():
+        images = _from_labels_txt(root, labels_file)
+    elif (root / "images").is_dir():
+        raise DatasetError(f"{what} '{root}' has images/ but no labels.txt: its labels are unknown "
+                           "(add labels.txt with 'FILENAME LABEL' lines)")
+    else:
+        images = _from_image_folder(root)
     if not len(images):
-        raise DatasetError(f"evaluation folder '{root}' holds no labelled images")
+        raise DatasetError(f"{what} '{root}' holds no labelled images")
     return images
 
 
@@ -167,6 +204,7 @@ class EvalTensors:
     labels: torch.Tensor
     skipped: List[str] = field(default_factory=list)
     source: str = ""  # content key of what was decoded (``load_tensors``); "" = hash the tensors
+    origins: List[str] = field(default_factory=list)  # each kept image's path (and labels.txt line), when known
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -186,15 +224,32 @@ class EvalTensors:
             key = self.__dict__["_fingerprint"] = h.hexdigest()[:16]
         return key
 
+    def check_labels(self, num_classes: int, allow_unlabelled: bool = False) -> None:
+        """Every label is one of the model's ``num_classes`` classes, or one line naming the first
+        that is not (an unlabelled image, unless allowed, or an index past the model's classes)."""
+        labels = self.labels
+        low = NO_LABEL if allow_unlabelled else 0
+        bad = ((labels < low) | (labels >= num_classes)).nonzero()
+        if len(bad):
+            i = int(bad[0, 0])
+            where = f" ({self.origins[i]})" if i < len(self.origins) else f" (image {i + 1})"
+            label = int(labels[i])
+            what = "has no label" if label < 0 else f"has label {label}, outside the model's {num_classes} classes (0..{num_classes - 1})"
+            raise DatasetError(f"an image{where} {what}")
+
     def batches(self, batch_size: int) -> Sequence[Tuple[torch.Tensor, torch.Tensor]]:
         return [(self.images[i:i + batch_size], self.labels[i:i + batch_size]) for i in range(0, len(self), batch_size)]
 
 
 def _decode(path: str, transform: Callable) -> Optional[torch.Tensor]:
+    """The preprocessed image, or None when it cannot be used: not a regular file (a fifo or a
+    device would block or never end: never opened), corrupt, or too large (PIL's bomb limit)."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
         with Image.open(path) as img:
             return transform(img.convert("RGB"))
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError, MemoryError):
         return None
 
 
@@ -216,7 +271,7 @@ def load_tensors(images: ImageList, transform: Callable, progress: Progress = No
 
     n = len(images)
     out: Optional[torch.Tensor] = None
-    ys, skipped = [], []
+    ys, skipped, kept = [], [], []
     with ThreadPoolExecutor(max_workers=_decode_workers()) as pool:
         decoded = pool.map(lambda p: _decode(p, transform), images.paths)
         for i, (x, path, label) in enumerate(zip(decoded, images.paths, images.labels)):
@@ -230,13 +285,15 @@ def load_tensors(images: ImageList, transform: Callable, progress: Progress = No
                                        "the images before it; the transform must crop to one size")
                 out[len(ys)] = x
                 ys.append(label)
+                kept.append(f"'{os.path.basename(path)}', {images.origins[i]}" if i < len(images.origins)
+                            else f"'{os.path.basename(path)}'")
             if progress:
                 progress(i + 1, n, "decoding images")
     if out is None:
         raise DatasetError(f"none of the {n} images in '{images.root}' could be read")
     images_t = out if len(ys) == n else out[:len(ys)].clone()  # clone: let the unused rows go
     source = f"{images.fingerprint()}|{transform!r}|skipped={len(skipped)}"
-    return EvalTensors(images_t, torch.tensor(ys, dtype=torch.long), skipped, source)
+    return EvalTensors(images_t, torch.tensor(ys, dtype=torch.long), skipped, source, kept)
 
 
 def spread_subset(images: ImageList, n: Optional[int]) -> ImageList:
@@ -244,18 +301,22 @@ def spread_subset(images: ImageList, n: Optional[int]) -> ImageList:
     if n is None or n <= 0 or n >= len(images):
         return images
     idx = np.linspace(0, len(images) - 1, n).round().astype(int)
-    return ImageList(images.root, [images.paths[i] for i in idx], [images.labels[i] for i in idx], images.class_names)
+    origins = [images.origins[i] for i in idx] if images.origins else []
+    return ImageList(images.root, [images.paths[i] for i in idx], [images.labels[i] for i in idx], images.class_names, origins)
 
 
 def open_calibration_folder(path: str, n: Optional[int] = DEFAULT_CALIB_IMAGES) -> ImageList:
     """A labelled folder (as for evaluation) or, failing that, a plain folder of images whose
     labels are unknown (the Fisher then uses the model's own predictions)."""
+    what = "calibration folder"
+    if not path:
+        raise DatasetError(f"no {what} given (pass --calib DIR or set MIXQUANT_DATA)")
+    root = check_folder(path, what)
+    if (root / "labels.txt").exists():  # labels given: they must be right, never silently dropped
+        return spread_subset(open_image_folder(path, what), n)
     try:
-        images = open_image_folder(path)
+        images = open_image_folder(path, what)
     except DatasetError as exc:
-        root = Path(path) if path else None
-        if root is None or not root.is_dir():
-            raise
         files = sorted(f for f in root.iterdir() if f.suffix.lower() in IMAGE_EXTS)
         if not files:
             image_dir = root / "images"

@@ -97,6 +97,8 @@ def evaluate(model: nn.Module, data: EvalTensors, device: torch.device | str = "
     with torch.inference_mode(), _cudnn_autotune(device):
         for x, y in _device_batches(data, device, batch_size):
             logits = model(x).float()
+            if not done:  # the model's class count is known now: no label may fall outside it
+                data.check_labels(logits.shape[1])
             finite &= torch.isfinite(logits).all()
             h1, h5, loss = per_image(logits, y)
             hit1.append(h1)

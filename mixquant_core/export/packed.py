@@ -14,8 +14,14 @@ size accounting in size.py even for 2-bit plans):
 Metadata (strings): ``format``/``version``; ``plan`` (the plan JSON, compact); ``scheme`` (how
 the codes were made: the plan's quantizer for round-to-nearest, ``per-channel`` for the default
 reconstruction); ``index`` (zlib+base64 JSON of every state entry: name, shape, where it lives) so
-the file describes itself and a mismatched model is named; ``sha256`` over all tensor bytes so a
-corrupt file is refused; ``reconstruction`` (JSON, when the codes were learned).
+the file describes itself and a mismatched model is named; ``sha256`` over every other metadata
+entry and every tensor's bytes, so a corrupt or edited file (an edited scheme or plan) is refused;
+``reconstruction`` (JSON, when the codes were learned).
+
+Export files are untrusted input: the checksum is checked before anything else is parsed, the
+index is inflated with a bound (a description of the model's own state entries, never more), and
+every field (scheme, bits, shapes, sizes) is checked against the plan and the model before
+loading. Version 1 files (checksum over tensors only) are refused: export them again.
 
 Loading dequantizes with ``quantizers.dequantize`` - the same arithmetic as fake quantization -
 so the weights are bit-exact to the fake-quantized (or reconstructed) ones.
@@ -36,12 +42,15 @@ import torch
 from torch import nn
 
 from ..errors import MixQuantError, first_line
+from ..files import atomic_path
 from ..plans.plan import Plan
 from ..recon.adaround import QuantizedLayer
 from ..recon.reconstruct import apply_quantized_
 
 EXPORT_FORMAT = "mixquant-quantized"
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2  # 2: the checksum covers the metadata too
+SCHEMES = ("asymmetric", "symmetric", "per-channel")
+METADATA_LIMIT = 100_000_000  # safetensors refuses to read a header past 100 MB
 
 
 class ExportError(MixQuantError):
@@ -68,8 +77,11 @@ def packed_bytes(n: int, nbits: int) -> int:
 
 
 # --- writing ----------------------------------------------------------------------------------
-def _digest(tensors: Dict[str, torch.Tensor]) -> str:
+def _digest(tensors: Dict[str, torch.Tensor], meta: Dict[str, str]) -> str:
     h = hashlib.sha256()
+    for key in sorted(k for k in meta if k != "sha256"):
+        h.update(f"{len(key)}:{key}{len(meta[key])}:".encode())
+        h.update(meta[key].encode("utf-8", "surrogateescape"))
     for key in sorted(tensors):
         h.update(key.encode())
         h.update(tensors[key].contiguous().view(torch.uint8).numpy().tobytes() if tensors[key].numel() else b"")
@@ -80,8 +92,40 @@ def _encode_index(index: list) -> str:
     return base64.b64encode(zlib.compress(json.dumps(index, separators=(",", ":")).encode(), 9)).decode()
 
 
-def _decode_index(text: str) -> list:
-    return json.loads(zlib.decompress(base64.b64decode(text)))
+def _decode_index(text: str, limit: int) -> list:
+    """The index, inflated to at most ``limit`` bytes (a zlib bomb is refused, not inflated)."""
+    try:
+        inflater = zlib.decompressobj()
+        raw = inflater.decompress(base64.b64decode(text, validate=True), limit)
+        too_big = bool(inflater.unconsumed_tail) or len(raw) >= limit
+    except (ValueError, zlib.error):
+        raise ExportError("export file has an unreadable layer index (corrupt)") from None
+    if too_big:
+        raise ExportError(f"export file's layer index inflates past {limit} bytes, more than this model's "
+                          "state entries can need (corrupt or hostile)")
+    try:
+        index = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise ExportError("export file has an unreadable layer index (corrupt)") from None
+    ok = isinstance(index, list) and all(
+        isinstance(e, list) and len(e) == 3 and isinstance(e[0], str) and isinstance(e[1], list)
+        and all(isinstance(d, int) and d >= 0 for d in e[1]) and e[2] in ("q", "f", "i") for e in index)
+    if not ok:
+        raise ExportError("export file has a malformed layer index (corrupt)")
+    return index
+
+
+def _index_limit(state: Dict[str, torch.Tensor]) -> int:
+    """Bytes the index of ``state`` can take as JSON, with room to spare."""
+    return 4096 + 2 * sum(len(k) + 16 + 12 * len(v.shape) for k, v in state.items())
+
+
+def check_metadata_fits(plan: Plan) -> None:
+    """Refuse a plan whose JSON cannot fit in an export file's metadata (before any work)."""
+    n = len(plan.to_json(indent=None).encode())
+    if n > METADATA_LIMIT // 2:
+        raise ExportError(f"the plan is {n / 1e6:.0f} MB as JSON (very long layer names?); an export file's "
+                          f"metadata holds at most {METADATA_LIMIT // 1_000_000} MB")
 
 
 def build_tensors(model: nn.Module, plan: Plan, layers: Dict[str, QuantizedLayer],
@@ -122,9 +166,13 @@ def build_tensors(model: nn.Module, plan: Plan, layers: Dict[str, QuantizedLayer
         tensors["zero_points"] = torch.cat(zps).to(torch.uint8)
     if ints:
         tensors["ints"] = torch.cat(ints)
+    check_metadata_fits(plan)
     meta = {"format": EXPORT_FORMAT, "version": str(EXPORT_VERSION), "scheme": scheme,
-            "plan": plan.to_json(indent=None), "index": _encode_index(index), "sha256": _digest(tensors)}
+            "plan": plan.to_json(indent=None), "index": _encode_index(index)}
     meta.update(extra_meta or {})
+    if sum(len(k) + len(v) for k, v in meta.items()) > METADATA_LIMIT - 1_000_000:
+        raise ExportError(f"the export file's metadata would pass safetensors' {METADATA_LIMIT // 1_000_000} MB limit")
+    meta["sha256"] = _digest(tensors, meta)
     return tensors, meta
 
 
@@ -134,7 +182,8 @@ def save_quantized(path: str | os.PathLike, model: nn.Module, plan: Plan, layers
     from safetensors.torch import save_file
 
     tensors, meta = build_tensors(model, plan, layers, extra_meta)
-    save_file(tensors, str(path), metadata=meta)
+    with atomic_path(path) as tmp:
+        save_file(tensors, tmp, metadata=meta)
     return os.path.getsize(path)
 
 
@@ -167,8 +216,10 @@ def _read(path_or_bytes) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
             tensors = load(bytes(path_or_bytes))
             meta = _bytes_metadata(bytes(path_or_bytes))
         else:
-            if not os.path.isfile(path_or_bytes):
+            if not os.path.exists(path_or_bytes):
                 raise ExportError(f"export file {name} does not exist")
+            if not os.path.isfile(path_or_bytes):
+                raise ExportError(f"export file {name} is not a regular file")
             with safe_open(os.fspath(path_or_bytes), framework="pt") as fh:
                 meta = fh.metadata() or {}
                 tensors = {k: fh.get_tensor(k) for k in fh.keys()}
@@ -185,36 +236,58 @@ def _bytes_metadata(data: bytes) -> Dict[str, str]:
     return json.loads(data[8:8 + n]).get("__metadata__", {}) or {}
 
 
-def read_quantized(path_or_bytes, model: nn.Module) -> QuantizedFile:
-    """Parse and check an export file against ``model``; ExportError names the first problem."""
+def _verified(path_or_bytes) -> Tuple[Dict[str, torch.Tensor], Dict[str, str], Plan]:
+    """Tensors, metadata and plan of an export file whose format, version and checksum hold."""
     tensors, meta = _read(path_or_bytes)
     if meta.get("format") != EXPORT_FORMAT:
-        raise ExportError(f"not a MixQuant quantized-model file (format is {meta.get('format')!r})")
-    if not meta.get("version", "").isdigit() or int(meta["version"]) > EXPORT_VERSION:
-        raise ExportError(f"export version {meta.get('version')!r} is not one this MixQuant Studio reads ({EXPORT_VERSION})")
+        raise ExportError(f"not a MixQuant quantized-model file (format is {str(meta.get('format'))[:40]!r})")
+    version = meta.get("version", "")
+    if version == "1":
+        raise ExportError("export file is from an older MixQuant Studio (version 1, its checksum does not cover "
+                          "its metadata); export it again")
+    if not version.isdigit() or int(version) != EXPORT_VERSION:
+        raise ExportError(f"export version {version[:20]!r} is not one this MixQuant Studio reads ({EXPORT_VERSION})")
     for key in ("codes", "scales", "floats"):
         if key not in tensors:
             raise ExportError(f"export file is missing its '{key}' tensor (corrupt)")
-    if _digest(tensors) != meta.get("sha256"):
-        raise ExportError("export file is corrupt: its data does not match its checksum")
-    plan = Plan.from_json(meta.get("plan", ""))
+    if _digest(tensors, meta) != meta.get("sha256"):
+        raise ExportError("export file is corrupt or edited: its metadata and data do not match its checksum")
+    return tensors, meta, Plan.from_json(meta.get("plan", ""))
+
+
+def _check_fields(tensors, meta: Dict[str, str], plan: Plan, model: nn.Module) -> str:
+    """Scheme and plan size checked against the plan and the model; returns the scheme."""
+    from ..plans.size import float32_bytes, plan_size
+
     scheme = meta.get("scheme", "")
-    try:
-        index = _decode_index(meta["index"])
-    except Exception:
-        raise ExportError("export file has an unreadable layer index (corrupt)") from None
+    if scheme not in SCHEMES:
+        raise ExportError(f"export file names an unknown quantization scheme {scheme[:40]!r}")
+    if (scheme == "symmetric") != ("zero_points" not in tensors):
+        raise ExportError(f"export file's zero-points do not fit its '{scheme}' scheme (corrupt)")
+    layers = plan.check_against(model)
+    expected = plan_size(float32_bytes(model), layers, [plan.bits[l.name] for l in layers], plan.quantizer).to_dict()
+    for key in ("plan_mb", "avg_bits"):
+        if key in plan.size and not math.isclose(float(plan.size[key]), expected[key], rel_tol=1e-6, abs_tol=1e-9):
+            raise ExportError(f"export file's plan says {key} {plan.size[key]}, its bit-widths give {expected[key]:.6g}")
+    return scheme
+
+
+def read_quantized(path_or_bytes, model: nn.Module) -> QuantizedFile:
+    """Parse and check an export file against ``model``; ExportError names the first problem."""
+    tensors, meta, plan = _verified(path_or_bytes)
     state = model.state_dict()
+    index = _decode_index(meta.get("index", ""), _index_limit(state))
     if [e[0] for e in index] != list(state):
         theirs, ours = [e[0] for e in index], list(state)
         diff = next((i for i, (a, b) in enumerate(zip(theirs, ours)) if a != b), min(len(theirs), len(ours)))
-        what = theirs[diff] if diff < len(theirs) else ours[diff]
-        raise ExportError(f"export file is for another model ({plan.model.get('name')}): state entry "
+        what = (theirs[diff] if diff < len(theirs) else ours[diff])[:200]
+        raise ExportError(f"export file is for another model ({str(plan.model.get('name'))[:80]}): state entry "
                           f"'{what}' differs ({len(theirs)} entries in the file, {len(ours)} in this model)")
     for key, shape, _ in index:
         if list(state[key].shape) != shape:
-            raise ExportError(f"export file is for another model ({plan.model.get('name')}): '{key}' has shape "
+            raise ExportError(f"export file is for another model ({str(plan.model.get('name'))[:80]}): '{key}' has shape "
                               f"{tuple(shape)} there, {tuple(state[key].shape)} here")
-    plan.check_against(model)
+    scheme = _check_fields(tensors, meta, plan, model)
     return QuantizedFile(plan, scheme, _unpack_layers(tensors, plan, scheme, state),
                          _unpack_state(tensors, index, state), meta)
 
@@ -297,17 +370,26 @@ def file_layers(path_or_bytes, model: nn.Module, plan: Optional[Plan] = None) ->
 
 
 def peek_plan(path_or_bytes) -> Plan:
-    """The plan recorded in an export file (to know which model to build before loading it)."""
-    _, meta = _read(path_or_bytes)
-    if meta.get("format") != EXPORT_FORMAT:
-        raise ExportError(f"not a MixQuant quantized-model file (format is {meta.get('format')!r})")
-    return Plan.from_json(meta.get("plan", ""))
+    """The plan recorded in an (intact) export file, to know which model to build before loading it."""
+    return _verified(path_or_bytes)[2]
+
+
+def registry_model_of(plan: Plan) -> str:
+    """The registry name an export file's plan records; a file model (or anything that is not a
+    registry name) is refused: the user must name the model (``--model``) themselves."""
+    from ..models.registry import is_registry_name
+
+    name, source = str(plan.model.get("name", "")), plan.model.get("source")
+    if source == "file" or not is_registry_name(name):
+        raise ExportError(f"the export file was made from a model file ('{name[:80]}'), not a registry model: "
+                          "name the model yourself (--model NAME or FILE)")
+    return name
 
 
 def size_report(path_or_bytes, model: nn.Module) -> Dict[str, object]:
     """File size against the size accounting of its plan and scheme."""
-    _, meta = _read(path_or_bytes)
-    plan = Plan.from_json(meta.get("plan", ""))
+    tensors, meta, plan = _verified(path_or_bytes)
+    _check_fields(tensors, meta, plan, model)
     actual = len(path_or_bytes) if isinstance(path_or_bytes, (bytes, bytearray)) else os.path.getsize(path_or_bytes)
     accounted = accounted_bytes(model, plan, meta["scheme"])
     return {"bytes": actual, "accounted_bytes": accounted, "scheme": meta["scheme"],

@@ -18,7 +18,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 from torch import nn
 
-from ..errors import ModelUnavailableError, first_line
+from ..errors import ModelUnavailableError, UntrustedCodeError, first_line
 from .preprocess import TF_MEAN, TF_STD, Preprocess, from_timm, from_torchvision
 
 DEFAULT_MODEL = "efficientnet_lite0"
@@ -171,6 +171,18 @@ def _resolve_source(name: str) -> str:
     raise ModelUnavailableError(f"unknown model '{name}': not a file and not in the registry (see `mixquant models`)")
 
 
+def is_registry_name(name: str) -> bool:
+    """Whether ``name`` is a registry model (never a path)."""
+    bare = name.removeprefix("timm/")
+    if not bare or bare.startswith(".") or os.sep in bare or (os.altsep and os.altsep in bare):
+        return False
+    try:
+        _resolve_source(name)
+    except ModelUnavailableError:
+        return False
+    return True
+
+
 _BUILDERS: Dict[str, Callable[..., LoadedModel]] = {
     "builtin": _build_lite, "torchvision": _build_torchvision, "timm": _build_timm,
 }
@@ -209,77 +221,181 @@ def _unwrap_state_dict(obj) -> Dict[str, torch.Tensor]:
     return obj
 
 
-def load_file(path: str | Path, arch: Optional[str] = None, allow_pickle: bool = False) -> LoadedModel:
-    """TorchScript, or a state dict (.pt/.pth/.safetensors) for the registry architecture ``arch``."""
+def load_file(path: str | Path, arch: Optional[str] = None, trust_code: bool = False, *, isolate: bool = False,
+              shown_as: Optional[str] = None, allow_pickle: Optional[bool] = None) -> LoadedModel:
+    """TorchScript, or a state dict (.pt/.pth/.safetensors) for the registry architecture ``arch``.
+
+    TorchScript and pickled modules are code: refused unless ``trust_code``. ``isolate`` loads the
+    file in a child process with a time and memory limit first (isolated.py; the app always does,
+    the CLI for trusted code). ``shown_as`` is the name messages use (an upload's own file name).
+    ``allow_pickle`` is the old name of ``trust_code``."""
+    trust_code = bool(trust_code or allow_pickle)
     path = Path(path)
-    if not path.is_file():
-        raise ModelUnavailableError(f"model file '{path}' does not exist")
-    if path.stat().st_size == 0:
-        raise ModelUnavailableError(f"model file '{path}' is empty")
-    if path.suffix != ".safetensors" and zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as zf:
-            is_script = any(n.endswith("constants.pkl") or "/code/" in n for n in zf.namelist())
-        if is_script:
-            try:
-                model = torch.jit.load(str(path), map_location="cpu")
-            except Exception as exc:
-                raise ModelUnavailableError(f"'{path.name}' looks like TorchScript but does not load: {first_line(exc)}") from None
-            pre = build_model(arch, pretrained=False).preprocess if arch else Preprocess(resize=256, crop=224)
-            loaded = LoadedModel(model.eval(), path.stem, "file", pre, notes=["TorchScript file"])
-            loaded.fingerprint = fingerprint(loaded.model)
+    shown = shown_as or path.name
+    check_model_path(path, shown_as)
+    if isolate:
+        if not trust_code and file_kind(path) == "script":  # refused here: no child needed to say no
+            raise _script_refused(shown)
+        return _load_isolated(path, arch, trust_code, shown)
+    return _load_file_here(path, arch, trust_code, shown)
+
+
+def _load_isolated(path: Path, arch: Optional[str], trust_code: bool, shown: str) -> LoadedModel:
+    """The file read in a limited child process (isolated.py); the model rebuilt here from its
+    tensors, without the file's code wherever the registry architecture fits."""
+    from .isolated import run_child
+
+    info, state = run_child(__name__, [str(path), arch or "", "1" if trust_code else "0", shown], shown)
+    if info["kind"] == "state":
+        if not arch:
+            raise ModelUnavailableError(f"'{shown}' is a state dict: name its architecture too (--arch NAME, e.g. resnet18)")
+        return from_state_dict(state, arch, shown)
+    if arch:
+        try:
+            loaded = from_state_dict(state, arch, shown)
+            loaded.notes.append(f"{info['note']}, weights rebuilt into {arch}")
             return loaded
-    obj = _read_tensors(path, allow_pickle)
-    if isinstance(obj, nn.Module):  # a whole pickled model, only reachable with allow_pickle
-        loaded = LoadedModel(obj.eval(), path.stem, "file", build_model(arch, False).preprocess if arch else Preprocess(256, 224))
-        loaded.fingerprint = fingerprint(loaded.model)
-        return loaded
+        except ModelUnavailableError:
+            pass  # its own module differs from the registry's: load the trusted code here too
+    return _load_file_here(path, arch, True, shown)
+
+
+def _child_load(path: str, arch: str, trust: str, shown: str):
+    """What the child process of ``_load_isolated`` does: read the file, return its tensors.
+    A state dict is returned as read (the parent fits it to the architecture: no model is built
+    here); code (trusted) is loaded and its module's state dict returned."""
+    path_ = Path(path)
+    if file_kind(path_) != "script":
+        obj = _read_tensors(path_, trust == "1", shown)
+        if not isinstance(obj, nn.Module):
+            return {"kind": "state", "note": ""}, _unwrap_state_dict(obj)
+    loaded = _load_file_here(path_, arch or None, trust == "1", shown)
+    return {"kind": "code", "note": (loaded.notes or [""])[0]}, loaded.model.state_dict()
+
+
+def check_model_path(path: Path, shown_as: Optional[str] = None) -> None:
+    """A model path that is missing, not a regular file, unreadable or empty: one line naming it."""
+    shown = shown_as or str(path)
+    if not path.exists():
+        raise ModelUnavailableError(f"model file '{shown}' does not exist")
+    if not path.is_file():
+        raise ModelUnavailableError(f"model file '{shown}' is not a regular file")
+    if not os.access(path, os.R_OK):
+        raise ModelUnavailableError(f"model file '{shown}' is not readable (permission denied)")
+    if path.stat().st_size == 0:
+        raise ModelUnavailableError(f"model file '{shown}' is empty")
+
+
+def file_kind(path: Path) -> str:
+    """"script" (TorchScript archive), "safetensors" or "checkpoint" (torch.save), by content."""
+    if path.suffix == ".safetensors":
+        return "safetensors"
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError):
+            return "checkpoint"
+        if any(n.endswith("constants.pkl") or "/code/" in n for n in names):
+            return "script"
+    return "checkpoint"
+
+
+def _script_refused(shown: str) -> UntrustedCodeError:
+    return UntrustedCodeError(f"'{shown}' is TorchScript, which runs the file's own code when loaded")
+
+
+def _file_preprocess(arch: Optional[str]) -> Preprocess:
+    return build_model(arch, pretrained=False).preprocess if arch else Preprocess(resize=256, crop=224)
+
+
+def _finish(loaded: LoadedModel) -> LoadedModel:
+    loaded.fingerprint = fingerprint(loaded.model)
+    return loaded
+
+
+def _load_file_here(path: Path, arch: Optional[str], trust_code: bool, shown: str) -> LoadedModel:
+    """load_file in this process (the child of load_isolated runs this too)."""
+    if file_kind(path) == "script":
+        if not trust_code:
+            raise _script_refused(shown)
+        try:
+            model = torch.jit.load(str(path), map_location="cpu")
+        except Exception as exc:
+            _reraise_memory(exc)
+            raise ModelUnavailableError(f"'{shown}' looks like TorchScript but does not load: {first_line(exc)}") from None
+        return _finish(LoadedModel(model.eval(), Path(shown).stem, "file", _file_preprocess(arch), notes=["TorchScript file"]))
+    obj = _read_tensors(path, trust_code, shown)
+    if isinstance(obj, nn.Module):  # a whole pickled model, only reachable with trust_code
+        return _finish(LoadedModel(obj.eval(), Path(shown).stem, "file", _file_preprocess(arch), notes=["pickled module"]))
     state = _unwrap_state_dict(obj)
     if not arch:
-        raise ModelUnavailableError(f"'{path.name}' is a state dict: name its architecture too (--arch NAME, e.g. resnet18)")
+        raise ModelUnavailableError(f"'{shown}' is a state dict: name its architecture too (--arch NAME, e.g. resnet18)")
+    return from_state_dict(state, arch, shown)
+
+
+def from_state_dict(state: Dict[str, torch.Tensor], arch: str, shown: str) -> LoadedModel:
+    """The registry architecture ``arch`` (random init) with ``state`` loaded strictly."""
     loaded = build_model(arch, pretrained=False)
     try:
         loaded.model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         first = " ".join(str(exc).split("\n")[1:2]).strip() or first_line(exc)
-        raise ModelUnavailableError(f"'{path.name}' does not fit architecture '{arch}': {first[:300]}") from None
-    loaded.name, loaded.source = f"{arch}:{path.stem}", "file"
-    loaded.fingerprint = fingerprint(loaded.model)
-    return loaded
+        raise ModelUnavailableError(f"'{shown}' does not fit architecture '{arch}': {first[:300]}") from None
+    loaded.name, loaded.source = f"{arch}:{Path(shown).stem}", "file"
+    return _finish(loaded)
 
 
-def _read_tensors(path: Path, allow_pickle: bool):
+def _read_tensors(path: Path, trust_code: bool, shown: str):
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file as st_load
 
         try:
             return st_load(str(path), device="cpu")
         except Exception as exc:
-            raise ModelUnavailableError(f"'{path.name}' is not a readable safetensors file: {first_line(exc)}") from None
+            _reraise_memory(exc)
+            raise ModelUnavailableError(f"'{shown}' is not a readable safetensors file: {first_line(exc)}") from None
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         # weights_only refuses two kinds of file: ones naming Python classes/functions (pickled
         # code) and plain garbage; only the first may be loaded by opting in.
         if "safe_globals" not in str(exc):
-            raise ModelUnavailableError(f"'{path.name}' is not a PyTorch checkpoint (corrupt or wrong format)") from None
-        if not allow_pickle:
-            raise ModelUnavailableError(
-                f"'{path.name}' needs arbitrary pickled code to load, which could run anything; "
-                "save a state dict instead, or allow pickle explicitly (--allow-pickle) if you trust the file"
-            ) from None
+            raise ModelUnavailableError(f"'{shown}' is not a PyTorch checkpoint (corrupt or wrong format)") from None
+        if not trust_code:
+            raise UntrustedCodeError(f"'{shown}' needs arbitrary pickled code to load, which could run anything; "
+                                     "save a state dict instead") from None
         try:
             return torch.load(str(path), map_location="cpu", weights_only=False)
         except Exception as exc2:
-            raise ModelUnavailableError(f"'{path.name}' does not load: {first_line(exc2)}") from None
+            raise ModelUnavailableError(f"'{shown}' does not load: {first_line(exc2)}") from None
     except Exception as exc:
-        raise ModelUnavailableError(f"'{path.name}' is not a PyTorch checkpoint (corrupt or wrong format): {first_line(exc, 200)}") from None
+        _reraise_memory(exc)
+        raise ModelUnavailableError(f"'{shown}' is not a PyTorch checkpoint (corrupt or wrong format): {first_line(exc, 200)}") from None
 
 
-def load_model(name_or_path: str, arch: Optional[str] = None, allow_pickle: bool = False) -> LoadedModel:
-    """A registry name, or a path to a model file."""
+def _reraise_memory(exc: BaseException) -> None:
+    """torch reports an allocation past the memory limit as a RuntimeError: make it a MemoryError."""
+    if isinstance(exc, MemoryError) or "can't allocate memory" in str(exc):
+        raise MemoryError(first_line(exc)) from None
+
+
+def load_model(name_or_path: str, arch: Optional[str] = None, trust_code: bool = False, *, isolate: bool = False,
+               shown_as: Optional[str] = None, allow_pickle: Optional[bool] = None) -> LoadedModel:
+    """A registry name, or a path to a model file (see ``load_file``; trusted code is always
+    probed in a child process first)."""
     if not name_or_path:
         raise ModelUnavailableError("no model given")
     looks_like_path = os.sep in name_or_path or Path(name_or_path).suffix in (".pt", ".pth", ".ts", ".safetensors", ".bin")
     if looks_like_path or (Path(name_or_path).is_file() and name_or_path not in _LITE):
-        return load_file(name_or_path, arch=arch, allow_pickle=allow_pickle)
+        trust = bool(trust_code or allow_pickle)
+        return load_file(name_or_path, arch=arch, trust_code=trust, isolate=isolate or trust, shown_as=shown_as)
     return build_model(name_or_path)
+
+
+if __name__ == "__main__":  # the child process of _load_isolated
+    import sys
+
+    from .isolated import child_main
+
+    sys.exit(child_main(_child_load))

@@ -83,6 +83,8 @@ def fisher_diagonal(model: nn.Module, layers: Sequence[LayerInfo], data: EvalTen
         for i in range(n):
             x = data.images[i:i + 1].to(device=device, dtype=weights[0].dtype)
             logits = model(x)
+            if i == 0:
+                data.check_labels(logits.shape[1], allow_unlabelled=True)
             label = int(data.labels[i])
             target = logits.detach().argmax(dim=1) if label < 0 else torch.tensor([label], device=device)
             loss = F.cross_entropy(logits, target)

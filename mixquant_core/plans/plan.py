@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Sequence
@@ -12,10 +13,11 @@ import torch
 from torch import nn
 
 from ..errors import PlanError
+from ..files import atomic_write
 from ..models.layers import LayerInfo, find_layers
 from ..quant.qe import QETable
 from ..quant.quantizers import MAX_BITS, MIN_BITS, QUANTIZERS, fake_quantize
-from .size import plan_size
+from .size import float32_bytes, plan_size
 
 PLAN_FORMAT = "mixquant-plan"
 PLAN_VERSION = 1
@@ -53,6 +55,16 @@ PLAN_SCHEMA = {
 }
 
 
+def _no_constants(name: str):
+    raise PlanError(f"plan holds {name}, which is not a number JSON allows (QE and QEM must be finite)")
+
+
+def float32_notice(left_float: int) -> str:
+    """The one-line notice for a plan that does not cover every quantizable layer."""
+    return (f"notice: the plan does not cover {left_float} quantizable layer(s): they stay float32 "
+            "(size recomputed with them at 32 bits)")
+
+
 @dataclass
 class Plan:
     """Per-layer bit-widths for one model and quantizer, plus what they cost and save."""
@@ -79,7 +91,7 @@ class Plan:
         return out
 
     def to_json(self, indent: int = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)  # NaN/Infinity is not JSON
 
     @classmethod
     def from_dict(cls, data) -> "Plan":
@@ -92,8 +104,12 @@ class Plan:
         try:
             jsonschema.validate(data, PLAN_SCHEMA)
         except jsonschema.ValidationError as exc:
-            where = "/".join(str(p) for p in exc.absolute_path) or "(top level)"
-            raise PlanError(f"invalid plan at {where}: {exc.message}") from None
+            where = "/".join(str(p)[:80] for p in exc.absolute_path) or "(top level)"
+            raise PlanError(f"invalid plan at {where}: {exc.message[:200]}") from None
+        except RecursionError:
+            raise PlanError("plan nests too deeply to be a plan") from None
+        if data["qem"] is not None and not math.isfinite(data["qem"]):
+            raise PlanError(f"invalid plan at qem: must be a finite number >= 1, got {data['qem']}")
         return cls(model=data["model"], quantizer=data["quantizer"], qem=data["qem"],
                    candidate_bits=list(data["candidate_bits"]), layers=data["layers"], size=data["size"],
                    version=data["version"], extra=data.get("extra", {}))
@@ -101,9 +117,11 @@ class Plan:
     @classmethod
     def from_json(cls, text: str | bytes) -> "Plan":
         try:
-            data = json.loads(text)
+            data = json.loads(text, parse_constant=_no_constants)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise PlanError(f"plan is not valid JSON: {exc}") from None
+            raise PlanError(f"plan is not valid JSON: {str(exc)[:200]}") from None
+        except RecursionError:
+            raise PlanError("plan JSON nests too deeply to be a plan") from None
         return cls.from_dict(data)
 
     @classmethod
@@ -115,8 +133,15 @@ class Plan:
             raise PlanError(f"cannot read plan file '{path}': {exc.strerror}") from None
 
     def save(self, path) -> None:
-        with open(path, "w") as fh:
-            fh.write(self.to_json() + "\n")
+        """Write the plan JSON atomically (a failed write leaves an existing file as it was)."""
+        atomic_write(path, self.to_json() + "\n")
+
+    def fit(self, model: nn.Module) -> int:
+        """``check_against``, then the size recomputed for ``model`` (never the file's word);
+        returns how many of the model's quantizable layers the plan leaves float32."""
+        layers = self.check_against(model)
+        self.size = plan_size(float32_bytes(model), layers, [self.bits[l.name] for l in layers], self.quantizer).to_dict()
+        return len(find_layers(model)) - len(layers)
 
     def check_against(self, model: nn.Module) -> List[LayerInfo]:
         """The plan's layers in the model, or a PlanError naming the first mismatch."""

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import MixQuantError
+from ..errors import InvalidWeightsError, MixQuantError
 from ..models.layers import LayerInfo, find_layers, layer_weights
 from .quantizers import MAX_BITS, MIN_BITS, check_finite, fake_quantize, get_quantizer
 
@@ -105,6 +105,18 @@ def _fast_rows(weights, layers, bits, quantizer, progress):
     return qe, mean_sq
 
 
+def check_finite_qe(qe: np.ndarray, layers: Sequence[LayerInfo], weights: Sequence[torch.Tensor]) -> None:
+    """Finite weights can still give an infinite QE (squares past float range): an error naming
+    the first such layer, never an ``Infinity`` in a plan or a blank heatmap."""
+    bad = np.flatnonzero(~np.isfinite(qe).all(axis=1))
+    if len(bad):
+        i = int(bad[0])
+        peak = float(weights[i].abs().max()) if weights[i].numel() else 0.0
+        more = f" (and {len(bad) - 1} more layer(s))" if len(bad) > 1 else ""
+        raise InvalidWeightsError(f"layer '{layers[i].name[:200]}': its quantization error is not finite (weights up "
+                                  f"to {peak:.3g} overflow the arithmetic){more}; the model's weights are unusable")
+
+
 _METHODS = {"fast": _fast_rows, "reference": _reference_rows}
 
 
@@ -136,4 +148,5 @@ def qe_table(
     with torch.inference_mode():
         weights = [_as_float32(w.detach(), device) for w in layer_weights(model, layers)]
         qe, mean_sq = rows(weights, layers, bits, quantizer, progress)
+    check_finite_qe(qe, layers, weights)
     return QETable(layers=list(layers), bits=bits, qe=qe, mean_sq=mean_sq, quantizer=quantizer)
