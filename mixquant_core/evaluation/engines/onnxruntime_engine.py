@@ -63,6 +63,8 @@ def run_session(session, data: EvalTensors, batch_size: int, progress: Progress 
     done, n = 0, len(data)
     for x, y in data.batches(batch_size):
         logits = torch.from_numpy(session.run(None, {input_name: x.numpy()})[0])
+        if not done:  # the model's class count is known now: no label may fall outside it
+            data.check_labels(logits.shape[1])
         if not torch.isfinite(logits).all():
             raise MixQuantError("the model produced NaN/Inf outputs (a quantized layer blew up)")
         for parts, value in zip((hit1, hit5, losses), per_image(logits, y)):
