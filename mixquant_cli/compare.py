@@ -1,7 +1,6 @@
 """CLI of budgeted allocation: ``mixquant allocate`` and ``mixquant sweep --compare``."""
 from __future__ import annotations
 
-import csv
 import json
 import sys
 import time
@@ -60,8 +59,9 @@ def cmd_allocate(args) -> None:
 
 
 def cmd_compare(args) -> None:
-    from .main import _eval_tensors, _fmt, _print_table, _workspace, progress_bar
-    from mixquant_core.studies.compare import COMPARE_COLUMNS, compare, matched
+    from .main import VERSUS_HEADERS, VERSUS_NOTE, _eval_tensors, _fmt, _print_table, _versus, _with_ci, _workspace, \
+        progress_bar, write_csv
+    from mixquant_core.studies.compare import compare, matched
 
     t0 = time.perf_counter()
     ws = _workspace(args)
@@ -82,22 +82,21 @@ def cmd_compare(args) -> None:
     with progress_bar(show, "compare") as cb:
         rows = compare(ws, data, args.targets, methods, calib, progress=cb)
     elapsed = time.perf_counter() - t0
-    if args.out:
-        with open(args.out, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=COMPARE_COLUMNS)
-            writer.writeheader()
-            writer.writerows(r.to_dict() for r in rows)
+    write_csv(args.out, rows)
     info = {"model": ws.loaded.name, "quantizer": ws.quantizer, "images": len(data),
             "calibration_images": len(calib) if calib is not None else 0,
-            "distinct_plans": ws.distinct_evaluated, "seconds": elapsed}
+            "distinct_plans": ws.distinct_evaluated, "evaluated": ws.evaluated_now, "from_store": ws.from_store,
+            "seconds": elapsed}
     if args.json:
         print(json.dumps({**info, "rows": [r.to_dict(with_bits=True) for r in rows]}, indent=2))
         return
-    headers = ["method", "budget", "QEM", "bit-widths", "top-1", "top-5", "loss", "avg bits", "size MB", "x", "Pareto"]
+    headers = ["method", "budget", "QEM", "bit-widths", "top-1 [95 %]", "top-5 [95 %]", "loss", "avg bits", "size MB", "x",
+               "Pareto"]
     body = [[r.method, _fmt(r.target) if r.target is not None else "N/A", _fmt(r.qem, 3) if r.qem else "N/A",
-             r.bit_set, _fmt(r.top1), _fmt(r.top5), _fmt(r.loss, 3), _fmt(r.avg_bits), _fmt(r.size_mb, 3),
-             _fmt(r.compression), "*" if r.pareto else ""] for r in rows]
-    _print_table(headers, body)
+             r.bit_set, _with_ci(r.top1, r.top1_ci), _with_ci(r.top5, r.top5_ci), _fmt(r.loss, 3), _fmt(r.avg_bits),
+             _fmt(r.size_mb, 3), _fmt(r.compression), "*" if r.pareto else ""] + _versus(r.to_dict()) for r in rows]
+    _print_table(headers + VERSUS_HEADERS, body)
+    print(VERSUS_NOTE)
     print("\nAt matched budgets (top-1 %, average bits, MB; * = on the Pareto front):")
     shown = [m for m in ("uniform", "mixquant", "budget-qe", "budget-fisher") if m in methods]
     lines = []
@@ -109,7 +108,8 @@ def cmd_compare(args) -> None:
         lines.append(cells)
     _print_table(["avg-bit budget"] + shown, lines)
     print(f"\n{ws.loaded.name}, {ws.quantizer}, {len(data)} images, calibration {info['calibration_images']} images, "
-          f"{ws.distinct_evaluated} distinct plans evaluated (float32 included), {elapsed:.1f} s on {ws.device}")
+          f"{ws.distinct_evaluated} distinct plans (float32 included): {ws.evaluated_now} evaluated, {ws.from_store} from "
+          f"the results store, {elapsed:.1f} s on {ws.device}")
 
 
 def register(subparsers, commands) -> None:
