@@ -78,7 +78,7 @@ def test_workspace_reuses_stored_results_across_instances(tmp_path, tiny_model):
     rows_again = again.sweep(data, [1.0, 1e6])
     assert again.evaluated_now == 0 and again.from_store == first.evaluated_now
     assert [r.to_dict() for r in rows_again] == [r.to_dict() for r in rows]
-    assert not again.has_results([again.uniform(2)], data)
+    assert not again.has_results([again.uniform(4)], data)
 
 
 WRITER = textwrap.dedent("""
