@@ -94,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--qem", type=float, help="quantization error multiplier, >= 1")
     g.add_argument("--max-mb", type=float, help="largest model size allowed, in MB")
     g.add_argument("--max-avg-bits", type=float, help="largest average bit-width allowed")
+    g.add_argument("--max-drop", type=float, help="largest top-1 drop from float32 allowed, in points (needs --data)")
     p.add_argument("--out", help="write the plan JSON here (default: stdout)")
 
     p = sub.add_parser("evaluate", help="top-1/top-5/loss of float32, int8 or a plan")
@@ -306,7 +307,7 @@ def write_csv(path: Optional[str], rows) -> None:
 
 COMMANDS = {"models": cmd_models, "qe": cmd_qe, "search": cmd_search, "evaluate": cmd_evaluate, "sweep": cmd_sweep}
 # Feature modules add their own sub-commands/options: each has register(subparsers, COMMANDS).
-EXTENSIONS = ("mixquant_cli.reconstruct", "mixquant_cli.compare")
+EXTENSIONS = ("mixquant_cli.reconstruct", "mixquant_cli.compare", "mixquant_cli.target", "mixquant_cli.results")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
