@@ -307,7 +307,8 @@ def write_csv(path: Optional[str], rows) -> None:
 
 COMMANDS = {"models": cmd_models, "qe": cmd_qe, "search": cmd_search, "evaluate": cmd_evaluate, "sweep": cmd_sweep}
 # Feature modules add their own sub-commands/options: each has register(subparsers, COMMANDS).
-EXTENSIONS = ("mixquant_cli.reconstruct", "mixquant_cli.compare", "mixquant_cli.target", "mixquant_cli.results")
+EXTENSIONS = ("mixquant_cli.reconstruct", "mixquant_cli.compare", "mixquant_cli.target", "mixquant_cli.results",
+              "mixquant_cli.report")
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -122,10 +122,33 @@ def require_workspace() -> Workspace:
     ref = s.model_path if s.model_source == "upload" else s.model_name
     try:
         with st.spinner(f"Loading {s.model_name}..."), compute_lock():
-            return _workspace(s.model_key, ref, s.arch, s.quantizer, s.bits, s.keep_first_last, s.device)
+            ws = _workspace(s.model_key, ref, s.arch, s.quantizer, s.bits, s.keep_first_last, s.device)
     except USER_ERRORS as exc:
         st.error(f"Cannot use this model: {one_line(exc)}")
         st.stop()
+    if ws.store is None:
+        ws.store = results_store()
+    return ws
+
+
+@st.cache_resource(show_spinner=False)
+def _results_store(path: str) -> tuple:
+    from mixquant_core.evaluation.store import open_store
+
+    try:
+        return open_store(path), None
+    except MixQuantError as exc:
+        return None, one_line(exc)
+
+
+def results_store():
+    """The results store ($MIXQUANT_HOME/results.sqlite), or None after saying why results are not kept."""
+    from mixquant_core.evaluation.store import default_store_path
+
+    store, problem = _results_store(str(default_store_path()))
+    if problem:
+        st.warning(f"Evaluations are not kept between runs: {problem}")
+    return store
 
 
 def require_table(ws: Workspace):
