@@ -30,7 +30,9 @@ def _calib_tensors(args, ws, show: bool):
     return calibration_tensors(where, args.calib_images, ws.loaded.preprocess, show)
 
 
-def cmd_allocate(args) -> None:
+def workspace_with_table(args, fisher: bool) -> tuple:
+    """(Workspace with its QE table, calibration set or None, show progress): the Fisher table too
+    when ``fisher``; each step with a progress bar."""
     from .main import _workspace, progress_bar
 
     ws = _workspace(args)
@@ -38,10 +40,15 @@ def cmd_allocate(args) -> None:
     with progress_bar(show, "QE table") as cb:
         ws.table(cb)
     calib = None
-    if args.cost == "fisher":
+    if fisher:
         calib = _calib_tensors(args, ws, show)
         with progress_bar(show, "Fisher") as cb:
             ws.fisher(calib, cb)
+    return ws, calib, show
+
+
+def cmd_allocate(args) -> None:
+    ws, calib, _ = workspace_with_table(args, args.cost == "fisher")
     bits = ws.budget_bits(args.cost, max_mb=args.max_mb, avg_bits=args.avg_bits, calib=calib)
     budget = {"max_mb": args.max_mb} if args.max_mb is not None else {"avg_bits": args.avg_bits}
     within = f"{args.max_mb:g} MB" if args.max_mb is not None else f"{args.avg_bits:g} average bits"

@@ -8,21 +8,13 @@ from mixquant_core.errors import MixQuantError
 
 
 def cmd_target(args) -> None:
-    from .compare import _calib_tensors
-    from .main import _eval_tensors, _workspace, progress_bar
+    from .compare import workspace_with_table
+    from .main import _eval_tensors, progress_bar
     from mixquant_core.studies.target import smallest_within_drop, target_plan
 
     if not args.data:
         raise MixQuantError("--max-drop measures accuracy: give the evaluation images with --data DIR")
-    ws = _workspace(args)
-    show = not args.no_progress
-    with progress_bar(show, "QE table") as cb:
-        ws.table(cb)
-    calib = None
-    if args.method == "fisher":
-        calib = _calib_tensors(args, ws, show)
-        with progress_bar(show, "Fisher") as cb:
-            ws.fisher(calib, cb)
+    ws, calib, show = workspace_with_table(args, args.method == "fisher")
     data = _eval_tensors(args, ws, show)
     with progress_bar(show, "float32") as cb:
         ws.evaluate_bits(None, data, cb)

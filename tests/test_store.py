@@ -1,6 +1,7 @@
 """The results store (evaluation/store.py): round trip, reuse by the Workspace, two writers, bad files."""
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -141,3 +142,30 @@ def test_stopped_early_rows_are_reused_only_with_early_stop(tmp_path, tiny_model
     eager = tiny_workspace(tiny_model, ResultsStore(path), early_stop=True)
     got = eager.evaluate_bits(eager.uniform(2), data)
     assert got.stopped_early and got.images == 8 and eager.from_store == 1
+
+
+@pytest.mark.data
+def test_cli_evaluate_writes_reuses_and_lists_the_store(val_dir, tmp_path):
+    store = tmp_path / "cli.sqlite"
+    base = [sys.executable, "-m", "mixquant_cli"]
+    evaluate = base + ["evaluate", "--int8", "--data", str(val_dir), "--limit", "8", "--no-progress", "--json",
+                       "--store", str(store)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    first = subprocess.run(evaluate, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    assert first.returncode == 0, first.stderr
+    out = json.loads(first.stdout)
+    assert out["top1_ci"][0] <= out["top1"] <= out["top1_ci"][1] and out["images"] == 8
+    assert set(out["vs_float32"]) == {"delta_top1", "delta_ci", "p_value"} and out["from_store"] == 0
+    again = json.loads(subprocess.run(evaluate, capture_output=True, text=True, env=env, cwd=REPO, timeout=600).stdout)
+    assert again["from_store"] == 2 and again["top1"] == out["top1"] and again["vs_float32"] == out["vs_float32"]
+    listed = subprocess.run(base + ["results", "list", "--json", "--store", str(store)], capture_output=True, text=True,
+                            env=env, cwd=REPO, timeout=120)
+    assert sorted(r["quantizer"] for r in json.loads(listed.stdout)) == ["asymmetric", "float32"]
+    csv_path = tmp_path / "results.csv"
+    subprocess.run(base + ["results", "export", "--csv", str(csv_path), "--store", str(store)], env=env, cwd=REPO,
+                   check=True, timeout=120, capture_output=True)
+    assert len(csv_path.read_text().splitlines()) == 3
+    store.write_bytes(b"garbage" * 200)  # a corrupt store: refused in one line, left as it was
+    bad = subprocess.run(evaluate, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    assert bad.returncode == 2 and "move it aside" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    assert store.read_bytes() == b"garbage" * 200
