@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from mixquant_core import default_qem_grid
-from mixquant_core.evaluation.statistics import EarlyStop, describe_difference
+from mixquant_core.evaluation.statistics import EarlyStop, describe_difference, within_noise
 from mixquant_viz import figures
 from mixquant_core.studies.tradeoff import baseline, rows_to_csv
 from studio_ui import pareto, recon_panel, report_button, sidebar, state, target_panel
@@ -83,7 +83,7 @@ right.plotly_chart(figures.accuracy_vs_size(rows), key="acc_size_chart", on_sele
                    selection_mode="points")
 st.caption("Click a point to use its QEM on every page. Bars: 95 % intervals; crosses: plans stopped early.")
 half = (f32.top1_ci[1] - f32.top1_ci[0]) / 2
-noisy = [r for r in mq_rows if r.vs_float32 and r.vs_float32["delta_ci"][0] <= 0 <= r.vs_float32["delta_ci"][1]]
+noisy = [r for r in mq_rows if within_noise(r.vs_float32)]
 st.info(f"On {len(data)} images a top-1 near {f32.top1:.0f} % is known to about ±{half:.1f} points (95 %). "
         f"int8 vs float32: {describe_difference(ws.evaluate_bits(ws.uniform(8), data).versus(ws.evaluate_bits(None, data)))} "
         + (f"{len(noisy)} of {len(mq_rows)} QEM points are within noise of float32 (QEM "
@@ -106,7 +106,7 @@ frame = pd.DataFrame([r.to_flat_dict() for r in rows]).rename(columns={
     "top1_hi": "top-1 high", "top5_lo": "top-5 low", "top5_hi": "top-5 high", "delta_top1": "Δ top-1 vs float32",
     "delta_lo": "Δ low", "delta_hi": "Δ high", "p_value": "p (McNemar)"})
 frame["note"] = [f"stopped early after {r.images} images" if r.stopped_early else
-                 ("within noise" if r.vs_float32 and r.vs_float32["delta_ci"][0] <= 0 <= r.vs_float32["delta_ci"][1] else "")
+                 ("within noise" if within_noise(r.vs_float32) else "")
                  for r in rows]
 st.dataframe(frame, hide_index=True, column_config={
     "quant MSE": st.column_config.NumberColumn(format="%.3e"), "p (McNemar)": st.column_config.NumberColumn(format="%.2g"),

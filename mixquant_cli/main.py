@@ -177,8 +177,10 @@ def _versus(row: dict) -> List[str]:
     vs = row.get("vs_float32")
     if not vs:
         return ["", "", ""]
+    from mixquant_core.evaluation.statistics import within_noise
+
     lo, hi = vs["delta_ci"]
-    noise = " ~" if lo <= 0 <= hi else ""
+    noise = " ~" if within_noise(vs) else ""
     stopped = f"stopped early after {row['images']} images" if row.get("stopped_early") else ""
     return [f"{vs['delta_top1']:+.2f} [{lo:+.1f}, {hi:+.1f}]{noise}", f"{vs['p_value']:.2g}", stopped]
 

@@ -10,6 +10,7 @@ from typing import Dict, Mapping, Optional, Sequence
 import numpy as np
 import plotly.graph_objects as go
 
+from mixquant_core.evaluation.statistics import within_noise
 from mixquant_core.models.layers import KINDS, LayerInfo
 from mixquant_core.quant.qe import QETable
 from mixquant_core.plans.size import SizeSummary
@@ -157,7 +158,7 @@ def _noise_note(r: Mapping) -> str:
     vs = r.get("vs_float32")
     if vs:
         lo, hi = vs["delta_ci"]
-        verdict = "within noise" if lo <= 0 <= hi else ("really below" if hi < 0 else "really above")
+        verdict = "within noise" if within_noise(vs) else ("really below" if hi < 0 else "really above")
         parts.append(f"vs float32 {vs['delta_top1']:+.2f} [{lo:+.1f}, {hi:+.1f}], p={vs['p_value']:.2g}: {verdict}")
     if r.get("stopped_early"):
         parts.append(f"stopped early after {r['images']} images")

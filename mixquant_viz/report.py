@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 
 import plotly.io as pio
 
-from mixquant_core.evaluation.statistics import EarlyStop
+from mixquant_core.evaluation.statistics import EarlyStop, within_noise
 from mixquant_core.evaluation.store import mixquant_version
 from mixquant_core.models.layers import KINDS
 
@@ -42,7 +42,7 @@ def _versus(r) -> str:
     if not vs:
         return note
     lo, hi = vs["delta_ci"]
-    noise = ' <span class="noise">within noise</span>' if lo <= 0 <= hi else ""
+    noise = ' <span class="noise">within noise</span>' if within_noise(vs) else ""
     return f"{vs['delta_top1']:+.2f} <small>[{lo:+.1f}, {hi:+.1f}], p={vs['p_value']:.2g}</small>{noise}{note}"
 
 

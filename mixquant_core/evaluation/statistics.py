@@ -60,7 +60,7 @@ class PairedDifference:
     @property
     def within_noise(self) -> bool:
         """True when these images cannot tell the plan from float32 (the interval holds 0)."""
-        return self.ci[0] <= 0.0 <= self.ci[1]
+        return within_noise(self.to_dict())
 
     def to_dict(self) -> dict:
         return {"delta_top1": self.delta, "delta_ci": list(self.ci), "p_value": self.p_value}
@@ -101,6 +101,11 @@ def _newcombe_paired(both: int, only_first: int, only_second: int, neither: int,
     lower = delta - math.sqrt(max((p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2, 0.0))
     upper = delta + math.sqrt(max((u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2, 0.0))
     return max(lower, -1.0), min(upper, 1.0)
+
+
+def within_noise(vs_float32: Optional[dict]) -> bool:
+    """For a ``vs_float32`` dict (``PairedDifference.to_dict``): does its interval hold 0?"""
+    return bool(vs_float32) and vs_float32["delta_ci"][0] <= 0.0 <= vs_float32["delta_ci"][1]
 
 
 def describe_difference(diff: Optional[PairedDifference]) -> str:
