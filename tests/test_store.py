@@ -169,3 +169,12 @@ def test_cli_evaluate_writes_reuses_and_lists_the_store(val_dir, tmp_path):
     bad = subprocess.run(evaluate, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
     assert bad.returncode == 2 and "move it aside" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
     assert store.read_bytes() == b"garbage" * 200
+
+
+def test_unusable_location_is_one_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(MixQuantError, match="cannot create the folder of the results store"):
+        ResultsStore(blocker / "sub" / "results.sqlite")
+    with pytest.raises(MixQuantError, match="is not a file"):
+        ResultsStore(tmp_path)

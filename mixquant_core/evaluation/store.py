@@ -111,7 +111,11 @@ class ResultsStore:
         self.path = Path(path).expanduser()
         if self.path.exists() and not self.path.is_file():
             raise MixQuantError(f"results store {self.path} is not a file")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise MixQuantError(f"cannot create the folder of the results store {self.path}: {exc.strerror or exc}; "
+                                "use --store PATH or --no-store") from None
         with self._connect() as con:
             self._check_schema(con)
 
