@@ -30,19 +30,26 @@ def _calib_tensors(args, ws, show: bool):
     return calibration_tensors(where, args.calib_images, ws.loaded.preprocess, show)
 
 
-def cmd_allocate(args) -> None:
+def workspace_with_table(args, fisher: bool) -> tuple:
+    """(Workspace with its QE table, calibration set or None, show progress): the Fisher table too
+    when ``fisher``; each step with a progress bar."""
     from .main import _workspace, check_out, progress_bar
 
-    check_out(args, args.calib)
+    check_out(args, getattr(args, "calib", None))
     ws = _workspace(args)
     show = not args.no_progress
     with progress_bar(show, "QE table") as cb:
         ws.table(cb)
     calib = None
-    if args.cost == "fisher":
+    if fisher:
         calib = _calib_tensors(args, ws, show)
         with progress_bar(show, "Fisher") as cb:
             ws.fisher(calib, cb)
+    return ws, calib, show
+
+
+def cmd_allocate(args) -> None:
+    ws, calib, _ = workspace_with_table(args, args.cost == "fisher")
     bits = ws.budget_bits(args.cost, max_mb=args.max_mb, avg_bits=args.avg_bits, calib=calib)
     budget = {"max_mb": args.max_mb} if args.max_mb is not None else {"avg_bits": args.avg_bits}
     within = f"{args.max_mb:g} MB" if args.max_mb is not None else f"{args.avg_bits:g} average bits"
@@ -60,8 +67,9 @@ def cmd_allocate(args) -> None:
 
 
 def cmd_compare(args) -> None:
-    from .main import _eval_tensors, _fmt, _print_table, _workspace, check_out, progress_bar, write_csv
-    from mixquant_core.studies.compare import COMPARE_COLUMNS, compare, matched
+    from .main import VERSUS_HEADERS, VERSUS_NOTE, _eval_tensors, _fmt, _print_table, _versus, _with_ci, _workspace, \
+        check_out, progress_bar, write_csv
+    from mixquant_core.studies.compare import compare, matched
 
     t0 = time.perf_counter()
     check_out(args, args.data, args.calib)
@@ -83,19 +91,21 @@ def cmd_compare(args) -> None:
     with progress_bar(show, "compare") as cb:
         rows = compare(ws, data, args.targets, methods, calib, progress=cb)
     elapsed = time.perf_counter() - t0
-    if args.out:
-        write_csv(args.out, COMPARE_COLUMNS, [r.to_dict() for r in rows])
+    write_csv(args.out, rows)
     info = {"model": ws.loaded.name, "quantizer": ws.quantizer, "images": len(data),
             "calibration_images": len(calib) if calib is not None else 0,
-            "distinct_plans": ws.distinct_evaluated, "seconds": elapsed}
+            "distinct_plans": ws.distinct_evaluated, "evaluated": ws.evaluated_now, "from_store": ws.from_store,
+            "seconds": elapsed}
     if args.json:
         print(json.dumps({**info, "rows": [r.to_dict(with_bits=True) for r in rows]}, indent=2))
         return
-    headers = ["method", "budget", "QEM", "bit-widths", "top-1", "top-5", "loss", "avg bits", "size MB", "x", "Pareto"]
+    headers = ["method", "budget", "QEM", "bit-widths", "top-1 [95 %]", "top-5 [95 %]", "loss", "avg bits", "size MB", "x",
+               "Pareto"]
     body = [[r.method, _fmt(r.target) if r.target is not None else "N/A", _fmt(r.qem, 3) if r.qem else "N/A",
-             r.bit_set, _fmt(r.top1), _fmt(r.top5), _fmt(r.loss, 3), _fmt(r.avg_bits), _fmt(r.size_mb, 3),
-             _fmt(r.compression), "*" if r.pareto else ""] for r in rows]
-    _print_table(headers, body)
+             r.bit_set, _with_ci(r.top1, r.top1_ci), _with_ci(r.top5, r.top5_ci), _fmt(r.loss, 3), _fmt(r.avg_bits),
+             _fmt(r.size_mb, 3), _fmt(r.compression), "*" if r.pareto else ""] + _versus(r.to_dict()) for r in rows]
+    _print_table(headers + VERSUS_HEADERS, body)
+    print(VERSUS_NOTE)
     print("\nAt matched budgets (top-1 %, average bits, MB; * = on the Pareto front):")
     shown = [m for m in ("uniform", "mixquant", "budget-qe", "budget-fisher") if m in methods]
     lines = []
@@ -107,7 +117,8 @@ def cmd_compare(args) -> None:
         lines.append(cells)
     _print_table(["avg-bit budget"] + shown, lines)
     print(f"\n{ws.loaded.name}, {ws.quantizer}, {len(data)} images, calibration {info['calibration_images']} images, "
-          f"{ws.distinct_evaluated} distinct plans evaluated (float32 included), {elapsed:.1f} s on {ws.device}")
+          f"{ws.distinct_evaluated} distinct plans (float32 included): {ws.evaluated_now} evaluated, {ws.from_store} from "
+          f"the results store, {elapsed:.1f} s on {ws.device}")
 
 
 def register(subparsers, commands) -> None:

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import sys
 import time
@@ -111,6 +109,11 @@ def _add_model_args(p: argparse.ArgumentParser, compute: bool = True) -> None:
 def _add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--data", required=required, help="evaluation folder (labels.txt or class subfolders), or 'imagenette[:DIR]'")
     p.add_argument("--limit", type=positive_int, default=None, help="evaluate the first N images only (N >= 1)")
+    p.add_argument("--store", metavar="PATH", help="results store (default $MIXQUANT_HOME/results.sqlite, "
+                                                   "MIXQUANT_HOME defaulting to ~/.cache/mixquant)")
+    p.add_argument("--no-store", action="store_true", help="neither read nor write the results store")
+    p.add_argument("--early-stop", action="store_true",
+                   help="stop evaluating a plan once its top-1 is surely below half of float32's (error rate 0.001)")
     add_engine_arg(p)
 
 
@@ -142,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--qem", type=float, help="quantization error multiplier, >= 1")
     g.add_argument("--max-mb", type=float, help="largest model size allowed, in MB")
     g.add_argument("--max-avg-bits", type=float, help="largest average bit-width allowed")
+    g.add_argument("--max-drop", type=float, help="largest top-1 drop from float32 allowed, in points (needs --data)")
     p.add_argument("--out", help="write the plan JSON here (default: stdout)")
 
     p = sub.add_parser("evaluate", help="top-1/top-5/loss of float32, int8 or a plan")
@@ -171,9 +175,13 @@ def _workspace(args, progress: bool = True):
     from mixquant_core.models.registry import load_model
     from mixquant_core.workspace import Workspace
 
+    from mixquant_core.evaluation.store import open_store
+
+    store = open_store(args.store, not args.no_store) if hasattr(args, "store") else None  # a bad store fails first
     loaded = load_model(args.model, arch=args.arch, trust_code=args.trust_code)
     return Workspace(loaded, args.quantizer, args.bits, args.keep_first_last, args.exclude,
-                     device=getattr(args, "device", "cpu"), engine=getattr(args, "engine", "auto"), notify=notice)
+                     device=getattr(args, "device", "cpu"), engine=getattr(args, "engine", "auto"), notify=notice,
+                     store=store, early_stop=getattr(args, "early_stop", False))
 
 
 def _eval_tensors(args, ws, show: bool):
@@ -214,23 +222,35 @@ def calibration_tensors(folder: str, n: int, preprocess, show: bool):
         return load_tensors(images, preprocess.transform(), cb)
 
 
-def write_csv(path: str, columns: List[str], rows: List[dict]) -> None:
-    """The table as CSV, written atomically."""
-    from mixquant_core.files import atomic_write
-
-    buf = io.StringIO(newline="")
-    writer = csv.DictWriter(buf, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write(path, buf.getvalue())
-
-
 def _fmt(v, nd=2) -> str:
     if v is None:
         return "N/A"
     if isinstance(v, float):
         return f"{v:.3g}" if abs(v) < 0.01 and v != 0 else f"{v:.{nd}f}"
     return str(v)
+
+
+def _with_ci(value: float, ci) -> str:
+    """"81.00 [73.2, 87.1]": a percentage with its 95 % interval."""
+    return _fmt(value) if ci is None else f"{value:.2f} [{ci[0]:.1f}, {ci[1]:.1f}]"
+
+
+def _versus(row: dict) -> List[str]:
+    """Table cells for the paired comparison with float32: delta [interval], McNemar p, early stop."""
+    vs = row.get("vs_float32")
+    if not vs:
+        return ["", "", ""]
+    from mixquant_core.evaluation.statistics import within_noise
+
+    lo, hi = vs["delta_ci"]
+    noise = " ~" if within_noise(vs) else ""
+    stopped = f"stopped early after {row['images']} images" if row.get("stopped_early") else ""
+    return [f"{vs['delta_top1']:+.2f} [{lo:+.1f}, {hi:+.1f}]{noise}", f"{vs['p_value']:.2g}", stopped]
+
+
+VERSUS_HEADERS = ["vs float32 [95 %]", "p", ""]
+VERSUS_NOTE = ("top-1/top-5: 95 % Wilson intervals; vs float32: paired difference on the same images, Newcombe "
+               "interval, McNemar exact p; ~ = within noise (the interval holds 0)")
 
 
 def _print_table(headers: List[str], rows: List[List[str]]) -> None:
@@ -293,15 +313,23 @@ def cmd_evaluate(args) -> None:
         plan_notice(plan, ws.loaded.model)
     data = _eval_tensors(args, ws, not args.no_progress)
     with progress_bar(not args.no_progress, "evaluate") as cb:
+        ref = ws.evaluate_bits(None, data, cb) if (plan or args.int8) else None  # the paired comparison's other side
         if plan:
             m = ws.evaluate_plan(plan, data, cb)
         else:
             m = ws.evaluate_bits(ws.uniform(8) if args.int8 else None, data, cb)
+    out = m.summary(ref)
     if args.json:
-        print(json.dumps({"top1": m.top1, "top5": m.top5, "loss": m.loss, "images": m.images}))
-    else:
-        what = "plan " + args.plan if args.plan else "int8" if args.int8 else "float32"
-        print(f"{ws.loaded.name} {what}: top-1 {m.top1:.2f} %  top-5 {m.top5:.2f} %  loss {m.loss:.4f}  ({m.images} images)")
+        print(json.dumps({**out, "from_store": ws.from_store}))
+        return
+    from mixquant_core.evaluation.statistics import describe_difference
+
+    what = "plan " + args.plan if args.plan else "int8" if args.int8 else "float32"
+    print(f"{ws.loaded.name} {what}: top-1 {_with_ci(m.top1, out['top1_ci'])} %  top-5 {_with_ci(m.top5, out['top5_ci'])} %  "
+          f"loss {m.loss:.4f}  ({m.images} images{', stopped early' if m.stopped_early else ''}"
+          f"{', from the results store' if ws.from_store and not ws.evaluated_now else ''})")
+    if ref is not None:
+        print("vs float32: " + describe_difference(m.versus(ref)))
 
 
 def cmd_sweep(args) -> None:
@@ -321,26 +349,38 @@ def cmd_sweep(args) -> None:
         rows = ws.sweep(data, qems, cb)
     elapsed = time.perf_counter() - t0
     decode_s, eval_s = t_eval - t_decode, time.perf_counter() - t_eval
-    if args.out:
-        write_csv(args.out, list(rows[0].to_dict()), [r.to_dict() for r in rows])
+    write_csv(args.out, rows)
     if args.json:
         print(json.dumps({"model": ws.loaded.name, "quantizer": ws.quantizer, "images": len(data),
-                          "distinct_plans": ws.distinct_evaluated, "seconds": elapsed, "decode_seconds": decode_s,
+                          "distinct_plans": ws.distinct_evaluated, "evaluated": ws.evaluated_now,
+                          "from_store": ws.from_store, "seconds": elapsed, "decode_seconds": decode_s,
                           "evaluate_seconds": eval_s, "engine": ws.engine.name,
                           "rows": [r.to_dict() for r in rows]}, indent=2))
         return
-    headers = ["method", "QEM", "bit-widths", "top-1", "top-5", "loss", "quant MSE", "avg bits", "size MB", "x"]
-    body = [[r.method, _fmt(r.qem, 3) if r.qem is not None else "N/A", r.bit_set, _fmt(r.top1), _fmt(r.top5),
-             _fmt(r.loss, 3), _fmt(r.quant_mse), _fmt(r.avg_bits), _fmt(r.size_mb), _fmt(r.compression)] for r in rows]
-    _print_table(headers, body)
-    print(f"\n{ws.loaded.name}, {ws.quantizer}, {len(data)} images, {len(qems)} QEMs, "
-          f"{ws.distinct_evaluated} distinct plans evaluated (float32 included), {elapsed:.1f} s on {ws.device} "
+    headers = ["method", "QEM", "bit-widths", "top-1 [95 %]", "top-5 [95 %]", "loss", "quant MSE", "avg bits", "size MB", "x"]
+    body = [[r.method, _fmt(r.qem, 3) if r.qem is not None else "N/A", r.bit_set, _with_ci(r.top1, r.top1_ci),
+             _with_ci(r.top5, r.top5_ci), _fmt(r.loss, 3), _fmt(r.quant_mse), _fmt(r.avg_bits), _fmt(r.size_mb),
+             _fmt(r.compression)] + _versus(r.to_dict()) for r in rows]
+    _print_table(headers + VERSUS_HEADERS, body)
+    print(f"\n{VERSUS_NOTE}\n{ws.loaded.name}, {ws.quantizer}, {len(data)} images, {len(qems)} QEMs, "
+          f"{ws.distinct_evaluated} distinct plans (float32 included): {ws.evaluated_now} evaluated, "
+          f"{ws.from_store} from the results store, {elapsed:.1f} s on {ws.device} "
           f"(decode {decode_s:.1f} s, evaluation {eval_s:.1f} s with {ws.engine.name})")
+
+
+def write_csv(path: Optional[str], rows) -> None:
+    """The rows (sweep or comparison) as CSV at ``path``, intervals as plain columns; nothing without a path."""
+    from mixquant_core.files import atomic_write
+    from mixquant_core.studies.tradeoff import rows_to_csv
+
+    if path:
+        atomic_write(path, rows_to_csv(rows))
 
 
 COMMANDS = {"models": cmd_models, "qe": cmd_qe, "search": cmd_search, "evaluate": cmd_evaluate, "sweep": cmd_sweep}
 # Feature modules add their own sub-commands/options: each has register(subparsers, COMMANDS).
-EXTENSIONS = ("mixquant_cli.reconstruct", "mixquant_cli.compare")
+EXTENSIONS = ("mixquant_cli.reconstruct", "mixquant_cli.compare", "mixquant_cli.target", "mixquant_cli.results",
+              "mixquant_cli.report")
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -13,6 +13,7 @@ import copy
 import math
 import threading
 from contextlib import contextmanager
+import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
@@ -23,6 +24,8 @@ from .data.image_sets import EvalTensors
 from .errors import MixQuantError
 from .evaluation.engines import get_engine
 from .evaluation.evaluate import Metrics, resolve_device
+from .evaluation.statistics import EarlyStop
+from .evaluation.store import EvalKey, ResultsStore, mixquant_version
 from .models.layers import LayerInfo, find_layers, pinned_mask
 from .models.registry import LoadedModel
 from .plans.plan import Plan, make_plan
@@ -47,19 +50,52 @@ class SweepRow:
     avg_bits: float
     size_mb: float
     compression: float
+    # How sure the numbers are (evaluation/statistics.py): 95 % Wilson intervals in percent, the
+    # paired difference with float32 on the same images ({delta_top1, delta_ci, p_value}; None for
+    # float32 itself), the images evaluated and whether an early-stop rule ended the evaluation.
+    top1_ci: Optional[tuple] = None
+    top5_ci: Optional[tuple] = None
+    vs_float32: Optional[dict] = None
+    images: int = 0
+    stopped_early: bool = False
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        for k in ("top1_ci", "top5_ci"):
+            out[k] = list(out[k]) if out[k] is not None else None
+        return out
+
+    def to_flat_dict(self) -> dict:
+        """One CSV row: the intervals and the paired comparison as plain columns."""
+        return flat_stats(self.to_dict())
 
 
-SWEEP_COLUMNS = list(SweepRow.__dataclass_fields__)
+def flat_stats(row: dict) -> dict:
+    """``row`` with top1_ci/top5_ci/vs_float32 spread into plain columns (CSV, tables)."""
+    out = {k: v for k, v in row.items() if k not in ("top1_ci", "top5_ci", "vs_float32")}
+    for k in ("top1", "top5"):
+        lo, hi = row.get(f"{k}_ci") or (None, None)
+        out[f"{k}_lo"], out[f"{k}_hi"] = lo, hi
+    vs = row.get("vs_float32") or {}
+    lo, hi = vs.get("delta_ci") or (None, None)
+    out.update(delta_top1=vs.get("delta_top1"), delta_lo=lo, delta_hi=hi, p_value=vs.get("p_value"))
+    return out
+
+
+SWEEP_COLUMNS = list(flat_stats(SweepRow("", None, "", 0, 0, 0, None, 0, 0, 0).to_dict()))
 
 
 class Workspace:
     def __init__(self, loaded: LoadedModel, quantizer: str = "asymmetric", bits: Sequence[int] = DEFAULT_BITS,
                  keep_first_last: bool = False, exclude: Sequence[str] = (), device: str = "auto",
-                 engine: str = "auto", notify: Optional[Callable[[str], None]] = None):
+                 engine: str = "auto", notify: Optional[Callable[[str], None]] = None,
+                 store: Optional[ResultsStore] = None, early_stop: bool = False):
         self.loaded = loaded
+        self.store = store  # results kept across runs (evaluation/store.py); None = memory only
+        # Stop evaluating a plan once it is surely below half of float32's top-1 (statistics.EarlyStop).
+        self.early_stop = early_stop
+        self.evaluated_now = 0  # evaluations actually run by this Workspace (not from cache or store)
+        self.from_store = 0  # evaluations read back from the store
         self.quantizer = quantizer
         self.bits = normalize_bits(bits)
         self.device = resolve_device(device)
@@ -158,16 +194,56 @@ class Workspace:
         plan.check_against(self.loaded.model)
         return self._evaluate(plan.bits, plan.quantizer, data, progress)
 
-    def _evaluate(self, named: Optional[Dict[str, int]], quantizer: str, data: EvalTensors, progress: Progress) -> Metrics:
+    def _evaluate(self, named: Optional[Dict[str, int]], quantizer: str, data: EvalTensors, progress: Progress,
+                  cached_only: bool = False) -> Optional[Metrics]:
         # One cache per evaluation set, keyed by its content (never id(): a new set can reuse a
-        # freed address); a plan is its (quantizer, layer -> bits) mapping.
-        with self.private_model() as model:
-            if self._metrics_data != data.fingerprint:
-                self._metrics, self._metrics_data = {}, data.fingerprint
-            key = ("f32",) if named is None else (quantizer, tuple(named.items()))
-            if key not in self._metrics:
-                self._metrics[key] = self.engine.evaluate(model, data, named, quantizer, progress)
-            return self._metrics[key]
+        # freed address); a plan is its (quantizer, layer -> bits) mapping. Behind it, the store.
+        if self._metrics_data != data.fingerprint:
+            self._metrics, self._metrics_data = {}, data.fingerprint
+        key = ("f32",) if named is None else (quantizer, tuple(named.items()))
+        held = self._metrics.get(key)
+        if held is None or (held.stopped_early and not self.early_stop):
+            held = self._stored(named, quantizer, data)
+            if held is None:
+                if cached_only:
+                    return None
+                held = self._measure(named, quantizer, data, progress)
+            self._metrics[key] = held
+        return held
+
+    def store_key(self, named: Optional[Dict[str, int]], quantizer: str, data: EvalTensors) -> EvalKey:
+        return EvalKey(self.loaded.name, self.loaded.fingerprint, quantizer, None if named is None else dict(named),
+                       data.fingerprint, len(data), repr(self.loaded.preprocess), f"{self.engine.name}-{self.device.type}",
+                       mixquant_version())
+
+    def _stored(self, named, quantizer: str, data: EvalTensors) -> Optional[Metrics]:
+        if self.store is None:
+            return None
+        got = self.store.get(self.store_key(named, quantizer, data))
+        if got is None or (got.stopped_early and not self.early_stop) or got.images > len(data):
+            return None
+        self.from_store += 1
+        return got
+
+    def _measure(self, named, quantizer: str, data: EvalTensors, progress: Progress) -> Metrics:
+        rule = None
+        if named is not None and self.early_stop:
+            rule = EarlyStop.half_of(self._evaluate(None, quantizer, data, None).top1, len(data))
+        start = time.perf_counter()
+        with self.private_model() as model:  # weights change in place only on this private copy
+            metrics = self.engine.evaluate(model, data, named, quantizer, progress, early_stop=rule)
+        self.evaluated_now += 1
+        if self.store is not None:
+            self.store.put(self.store_key(named, quantizer, data), metrics, time.perf_counter() - start)
+        return metrics
+
+    def has_results(self, plans: Sequence[Optional[Sequence[int]]], data: EvalTensors) -> bool:
+        """True when every plan (``None`` = float32) is known from the cache or the store: nothing to evaluate."""
+        for bits in dict.fromkeys(None if b is None else tuple(int(x) for x in b) for b in plans):
+            named = None if bits is None else {layer.name: int(b) for layer, b in zip(self.layers, bits)}
+            if self._evaluate(named, self.quantizer, data, None, cached_only=True) is None:
+                return False
+        return True
 
     def evaluate_plans(self, plans: Sequence[Optional[Sequence[int]]], data: EvalTensors, progress: Progress = None) -> None:
         """Evaluate each distinct plan of ``plans`` once (``None`` = float32), one progress step per plan."""
@@ -182,19 +258,27 @@ class Workspace:
     def row(self, method: str, bits: Optional[Sequence[int]], data: EvalTensors, qem: Optional[float] = None,
             progress: Progress = None) -> SweepRow:
         m = self.evaluate_bits(bits, data, progress)
+        ci = m.intervals()
+        stats = dict(top1_ci=tuple(ci["top1_ci"]), top5_ci=tuple(ci["top5_ci"]), images=m.images,
+                     stopped_early=m.stopped_early)
         if bits is None:
             return SweepRow(method, None, "all float32", m.top1, m.top5, m.loss, None, 32.0,
-                            self.float_bytes / 1e6, 1.0)
+                            self.float_bytes / 1e6, 1.0, **stats)
         s = self.size(bits)
         bit_set = ", ".join(str(b) for b in sorted(set(int(b) for b in bits)))
+        vs = m.versus(self.evaluate_bits(None, data)).to_dict()
         return SweepRow(method, qem, bit_set, m.top1, m.top5, m.loss, self.quant_mse(bits), s.avg_bits,
-                        s.plan_mb, s.compression)
+                        s.plan_mb, s.compression, vs_float32=vs, **stats)
+
+    def sweep_plans(self, qems: Sequence[float]) -> tuple:
+        """(QEMs checked, their bits [Q, L], every plan a sweep evaluates: float32, int8, the QEMs')."""
+        qems = [check_qem(q) for q in qems]
+        all_bits = self.bits_for(qems) if qems else np.zeros((0, len(self.layers)), dtype=np.int64)
+        return qems, all_bits, [None, tuple(self.uniform(BASE_BITS))] + [tuple(b) for b in all_bits]
 
     def sweep(self, data: EvalTensors, qems: Sequence[float], progress: Progress = None) -> List[SweepRow]:
         """float32 and int8 baselines, then one row per QEM; each distinct plan is evaluated once."""
-        qems = [check_qem(q) for q in qems]
-        all_bits = self.bits_for(qems) if qems else np.zeros((0, len(self.layers)), dtype=np.int64)
-        plans = [None, tuple(self.uniform(BASE_BITS))] + [tuple(b) for b in all_bits]
+        qems, all_bits, plans = self.sweep_plans(qems)
         self.evaluate_plans(plans, data, progress)
         rows = [self.row("float32", None, data), self.row("int8", self.uniform(BASE_BITS), data)]
         rows += [self.row("mixquant", b, data, qem=q) for q, b in zip(qems, all_bits)]

@@ -10,6 +10,7 @@ from typing import Dict, Mapping, Optional, Sequence
 import numpy as np
 import plotly.graph_objects as go
 
+from mixquant_core.evaluation.statistics import within_noise
 from mixquant_core.models.layers import KINDS, LayerInfo
 from mixquant_core.quant.qe import QETable
 from mixquant_core.plans.size import SizeSummary
@@ -140,22 +141,52 @@ def _references(fig: go.Figure, rows, metric: str) -> None:
                           annotation_position=REFERENCE_LABEL[method])
 
 
+def interval_bars(rows: Sequence[Mapping], metric: str) -> Optional[dict]:
+    """Plotly error bars from each row's 95 % interval (``{metric}_ci``); None when rows carry none."""
+    cis = [r.get(f"{metric}_ci") for r in rows]
+    if not rows or any(ci is None for ci in cis):
+        return None
+    return dict(type="data", symmetric=False, array=[ci[1] - r[metric] for r, ci in zip(rows, cis)],
+                arrayminus=[r[metric] - ci[0] for r, ci in zip(rows, cis)], thickness=1.2, width=3)
+
+
+def _noise_note(r: Mapping) -> str:
+    """Hover line: the 95 % interval, the paired difference with float32, an early stop."""
+    parts = []
+    if r.get("top1_ci"):
+        parts.append(f"top-1 95 % interval {r['top1_ci'][0]:.1f} to {r['top1_ci'][1]:.1f} %")
+    vs = r.get("vs_float32")
+    if vs:
+        lo, hi = vs["delta_ci"]
+        verdict = "within noise" if within_noise(vs) else ("really below" if hi < 0 else "really above")
+        parts.append(f"vs float32 {vs['delta_top1']:+.2f} [{lo:+.1f}, {hi:+.1f}], p={vs['p_value']:.2g}: {verdict}")
+    if r.get("stopped_early"):
+        parts.append(f"stopped early after {r['images']} images")
+    return "<br>".join(parts)
+
+
+def _stopped_symbols(rows: Sequence[Mapping]) -> list:
+    return ["x" if r.get("stopped_early") else "circle" for r in rows]
+
+
 def accuracy_vs_qem(rows) -> go.Figure:
-    """Top-1 and top-5 of each swept QEM (log x), float32 and int8 top-1 as reference lines."""
+    """Top-1 and top-5 of each swept QEM (log x) with 95 % intervals as error bars, float32 and int8
+    top-1 as reference lines; plans stopped early are drawn as crosses."""
     mq = [_row(r) for r in rows if _row(r)["method"] == "mixquant"]
     fig = go.Figure()
     for metric, color in (("top1", "#1f77b4"), ("top5", "#2ca02c")):
         fig.add_trace(go.Scatter(
             x=[r["qem"] for r in mq], y=[r[metric] for r in mq], mode="lines+markers",
-            name=metric.replace("top", "top-"), line=dict(color=color),
-            customdata=[[r["size_mb"], r["avg_bits"], r["bit_set"]] for r in mq],
+            name=metric.replace("top", "top-"), line=dict(color=color), error_y=interval_bars(mq, metric),
+            marker=dict(symbol=_stopped_symbols(mq), size=8),
+            customdata=[[r["size_mb"], r["avg_bits"], r["bit_set"], _noise_note(r)] for r in mq],
             hovertemplate=("QEM %{x:.4g}<br>%{y:.2f} %<br>%{customdata[0]:.2f} MB, "
-                           "%{customdata[1]:.2f} avg bits<br>bits {%{customdata[2]}}<extra></extra>"),
+                           "%{customdata[1]:.2f} avg bits<br>bits {%{customdata[2]}}<br>%{customdata[3]}<extra></extra>"),
         ))
     _references(fig, rows, "top1")
     fig.update_xaxes(type="log", title="QEM (log scale)")
     fig.update_yaxes(title="accuracy (%)")
-    fig.update_layout(title="Accuracy against QEM", height=420, margin=dict(l=10, r=10, t=60, b=10))
+    fig.update_layout(title="Accuracy against QEM (bars: 95 % intervals; x: stopped early)", height=420, margin=dict(l=10, r=10, t=60, b=10))
     return fig
 
 
@@ -166,20 +197,22 @@ def accuracy_vs_size(rows) -> go.Figure:
     fig = go.Figure()
     fig.add_trace(go.Scatter(
         x=[r["size_mb"] for r in mq], y=[r["top1"] for r in mq], mode="lines+markers", name="MixQuant top-1",
-        line=dict(color="#1f77b4"), customdata=[[r["qem"], r["top5"], r["avg_bits"]] for r in mq],
+        line=dict(color="#1f77b4"), error_y=interval_bars(mq, "top1"), marker=dict(symbol=_stopped_symbols(mq), size=8),
+        customdata=[[r["qem"], r["top5"], r["avg_bits"], _noise_note(r)] for r in mq],
         hovertemplate=("%{x:.2f} MB<br>top-1 %{y:.2f} %<br>top-5 %{customdata[1]:.2f} %<br>QEM %{customdata[0]:.4g}, "
-                       "%{customdata[2]:.2f} avg bits<extra></extra>"),
+                       "%{customdata[2]:.2f} avg bits<br>%{customdata[3]}<extra></extra>"),
     ))
     for method, symbol in (("float32", "diamond"), ("int8", "square")):
         ref = next((r for r in all_rows if r["method"] == method), None)
         if ref is not None:
             fig.add_trace(go.Scatter(x=[ref["size_mb"]], y=[ref["top1"]], mode="markers", name=method,
+                                     error_y=interval_bars([ref], "top1"), customdata=[_noise_note(ref)],
                                      marker=dict(symbol=symbol, size=11, color=REFERENCE_STYLE[method]["color"]),
-                                     hovertemplate=f"{method}<br>%{{x:.2f}} MB<br>top-1 %{{y:.2f}} %<extra></extra>"))
+                                     hovertemplate=f"{method}<br>%{{x:.2f}} MB<br>top-1 %{{y:.2f}} %<br>%{{customdata}}<extra></extra>"))
     _references(fig, rows, "top1")
     fig.update_xaxes(title="model size (MB)")
     fig.update_yaxes(title="top-1 (%)")
-    fig.update_layout(title="Accuracy against model size", height=420, margin=dict(l=10, r=10, t=60, b=10))
+    fig.update_layout(title="Accuracy against model size (bars: 95 % intervals)", height=420, margin=dict(l=10, r=10, t=60, b=10))
     return fig
 
 

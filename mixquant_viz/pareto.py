@@ -11,6 +11,8 @@ import plotly.graph_objects as go
 
 from mixquant_core.studies.compare import METHODS, CompareRow
 
+from .figures import interval_bars
+
 STYLE = {  # method -> (legend name, marker symbol, colour)
     "uniform": ("uniform bits", "square", "#7f7f7f"),
     "mixquant": ("MixQuant QEM rule", "circle", "#1f77b4"),
@@ -40,6 +42,7 @@ def pareto_figure(rows: Sequence[CompareRow], selected: Optional[int] = None, ti
         fig.add_trace(go.Scatter(
             x=[r.size_mb for _, r in pts], y=[r.top1 for _, r in pts], mode="lines+markers", name=name,
             meta=name, marker=dict(symbol=symbol, size=9, color=colour), line=dict(color=colour, width=1),
+            error_y=interval_bars([r.to_dict() for _, r in pts], "top1"),  # 95 % intervals, when the rows carry them
             customdata=[_custom(i, r) for i, r in pts], hovertemplate=HOVER))
     front = sorted(((i, r) for i, r in indexed if r.pareto and r.bits is not None), key=lambda p: p[1].size_mb)
     if front:

@@ -73,7 +73,8 @@ def render(ws, data) -> None:
     st.download_button("Download this point's plan (JSON)", plan.to_json(), mime="application/json",
                        file_name=f"{ws.loaded.name}-{rows[pick].method}-{rows[pick].target:g}bits-plan.json",
                        on_click="ignore", key="pareto_plan_json")
-    frame = pd.DataFrame([r.to_dict() for r in rows]).rename(columns={
+    frame = pd.DataFrame([r.to_flat_dict() for r in rows]).rename(columns={
         "target": "budget (avg bits)", "top1": "top-1 %", "top5": "top-5 %", "avg_bits": "avg bits",
-        "size_mb": "size MB", "compression": "compression x", "bit_set": "bit-widths"})
+        "size_mb": "size MB", "compression": "compression x", "bit_set": "bit-widths", "top1_lo": "top-1 low",
+        "top1_hi": "top-1 high", "delta_top1": "Δ top-1 vs float32", "p_value": "p (McNemar)"})
     st.dataframe(frame, hide_index=True)

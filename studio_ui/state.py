@@ -127,8 +127,8 @@ def require_workspace() -> Workspace:
     ref = s.model_path if upload else s.model_name
     try:
         with st.spinner(f"Loading {s.model_name}..."):
-            return _workspace(s.model_key, ref, s.arch, s.quantizer, s.bits, s.keep_first_last, s.device,
-                              s.model_name if upload else None, s.trust_code, s.engine)
+            ws = _workspace(s.model_key, ref, s.arch, s.quantizer, s.bits, s.keep_first_last, s.device,
+                            s.model_name if upload else None, s.trust_code, s.engine)
     except UntrustedCodeError as exc:
         st.error(f"Cannot use this model: {exc}; {TRUST_ADVICE}.")
         st.stop()
@@ -137,7 +137,29 @@ def require_workspace() -> Workspace:
         st.stop()
     for message in ws.notices:  # e.g. the engine fell back to torch for a model ONNX cannot express
         st.info(message)
+    if ws.store is None:
+        ws.store = results_store()
     return ws
+
+
+@st.cache_resource(show_spinner=False)
+def _results_store(path: str) -> tuple:
+    from mixquant_core.evaluation.store import open_store
+
+    try:
+        return open_store(path), None
+    except MixQuantError as exc:
+        return None, one_line(exc)
+
+
+def results_store():
+    """The results store ($MIXQUANT_HOME/results.sqlite), or None after saying why results are not kept."""
+    from mixquant_core.evaluation.store import default_store_path
+
+    store, problem = _results_store(str(default_store_path()))
+    if problem:
+        st.warning(f"Evaluations are not kept between runs: {problem}")
+    return store
 
 
 def require_table(ws: Workspace):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,10 @@ settings.register_profile("ci", max_examples=60, deadline=None, derandomize=True
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+# The results store lives under MIXQUANT_HOME: tests (and the CLI/app processes they start) get a
+# fresh one, never the user's ~/.cache/mixquant.
+os.environ["MIXQUANT_HOME"] = tempfile.mkdtemp(prefix="mixquant-home-")
 
 DATA_ENV = "MIXQUANT_DATA"
 if os.environ.get(DATA_ENV):

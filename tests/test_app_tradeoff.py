@@ -43,16 +43,33 @@ def test_sweep_shows_baselines_table_and_charts(swept):
 
 
 @pytest.mark.data
+def test_sweep_table_and_text_carry_intervals(swept):
+    at = swept
+    table = at.dataframe[0].value
+    assert (table["top-1 low"] <= table["top-1 %"]).all() and (table["top-1 %"] <= table["top-1 high"]).all()
+    assert table["Δ top-1 vs float32"].isna()[0] and not table["Δ top-1 vs float32"][1:].isna().any()
+    info = " ".join(i.value for i in at.info)
+    assert "is known to about ±" in info and "int8 vs float32" in info
+    figs = charts(at)
+    assert figs["acc_qem_chart"].data[0].error_y.array is not None  # the curve draws its intervals
+
+
+@pytest.mark.data
 def test_budget_pick_and_use_sets_qem_everywhere(swept):
     at = swept
     table = at.dataframe[0].value
     f32 = float(table["top-1 %"][0])
     at.number_input(key="max_drop").set_value(100.0).run()
-    # with a 100-point allowance the smallest plan is the largest QEM of the grid
+    at.button(key="find_target").click().run()
+    assert_ran_cleanly(at)
+    # with a 100-point allowance the smallest plan is the family's smallest (its last breakpoint)
     success = [s.value for s in at.success]
-    assert any("Smallest plan within 100 points" in s for s in success), success
-    biggest_qem = float(table["QEM"].iloc[-1])
-    at.button(key="use_qem").click().run()
+    assert any("Smallest plan within 100 points" in s and "distinct plans evaluated" in s for s in success), success
+    ws = Workspace(load_model("efficientnet_lite0"))
+    smallest_qem = float(ws.family().qems[-1])
+    assert any("95 % interval" in m.value for m in list(at.info) + list(at.warning))  # how sure it is
+    at.button(key="use_target_qem").click().run()
+    biggest_qem = smallest_qem
     assert at.session_state["qem"] == pytest.approx(biggest_qem)
     at.switch_page("app_pages/explore.py").run()
     assert_ran_cleanly(at)
@@ -72,9 +89,12 @@ def test_impossible_budget_is_explained(swept):
     at = swept
     at.switch_page("app_pages/tradeoff.py").run()
     at.number_input(key="max_drop").set_value(0.0).run()
+    at.checkbox(key="target_confident").check().run()
+    at.button(key="find_target").click().run()
     assert_ran_cleanly(at)
-    # either some plan matches float32 exactly, or the page says none does
-    assert at.success or any("No evaluated plan stays within 0 points" in w.value for w in at.warning)
+    # either some plan is surely within 0 points of float32, or the page says none is
+    assert any("Smallest plan within 0 points" in s.value for s in at.success) or \
+        any("No qem plan keeps top-1 within 0 points" in w.value for w in at.warning), [w.value for w in at.warning]
 
 
 def test_unreadable_folder_stops_only_this_page(tmp_path):

@@ -4,8 +4,9 @@ Checks what a user sees: the home page with the default model, the Explore heatm
 slider, that moving the slider changes the plan, that the JSON download is a valid plan for
 the model, and that a background reconstruction shows its results without another click. Every page is screenshotted to artifacts/screenshots/ (and to docs/screenshots/ for
 the README when MIXQUANT_README_SHOTS=1).
-Two timings are measured and written to artifacts/browser_timings.json, never asserted:
-`streamlit run` start -> first heatmap drawn, and slider key press -> changed plan figure.
+Three timings are measured and written to artifacts/browser_timings.json, never asserted:
+`streamlit run` start -> first heatmap drawn, slider key press -> changed plan figure, and a
+restart -> the stored sweep drawn. The Trade-off report is downloaded and opened from disk.
 
 Needs Debian's `chromium` + `chromium-driver` (scripts/run.sh test installs them); skipped
 without them on a developer machine, failed without them in CI (CI=true).
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -107,14 +109,11 @@ def _healthy(url: str) -> bool:
         return False
 
 
-@pytest.fixture(scope="module")
-def app(tmp_path_factory):
-    """`streamlit run app.py` on a free localhost port; yields its URL and start time."""
-    _require_browser()
+def _launch(log_path: Path) -> dict:
+    """`streamlit run app.py` on a free localhost port, healthy; its URL, process and start time."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    log_path = tmp_path_factory.mktemp("streamlit") / "streamlit.log"
-    env = dict(os.environ)  # MIXQUANT_DATA and friends pass through
+    env = dict(os.environ)  # MIXQUANT_DATA, MIXQUANT_HOME (the results store) and friends pass through
     cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
            "--server.port", str(port), "--server.address", "127.0.0.1",
            "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
@@ -123,17 +122,28 @@ def app(tmp_path_factory):
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
+    deadline = started + START_TIMEOUT
+    while not _healthy(url):
+        if proc.poll() is not None:
+            pytest.fail(f"streamlit exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+        if time.perf_counter() > deadline:
+            _stop(proc)
+            pytest.fail(f"streamlit not healthy after {START_TIMEOUT}s:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.2)
+    return {"url": url, "started": started, "log": log_path, "proc": proc}
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    """The running app (a dict: url, start time, log, process); a test may restart it in place."""
+    _require_browser()
+    server = {"proc": None}
     try:
-        deadline = started + START_TIMEOUT
-        while not _healthy(url):
-            if proc.poll() is not None:
-                pytest.fail(f"streamlit exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-            if time.perf_counter() > deadline:
-                pytest.fail(f"streamlit not healthy after {START_TIMEOUT}s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.2)
-        yield {"url": url, "started": started, "log": log_path}
+        server.update(_launch(tmp_path_factory.mktemp("streamlit") / "streamlit.log"))
+        yield server
     finally:
-        _stop(proc)
+        if server["proc"] is not None:
+            _stop(server["proc"])
         if TIMINGS:
             _write_timings()
 
@@ -437,6 +447,27 @@ def test_tradeoff_evaluates_plans(app, browser):
     _screenshot(browser, "tradeoff")
 
 
+def test_report_opens_offline_with_its_figures(app, browser, downloads):
+    """The Trade-off page's report (after the sweep above): one HTML file that draws its figures alone."""
+    _open(browser, app, "tradeoff", '[data-testid="stNumberInput"]')
+    _set_number(browser, EVAL_LIMIT_LABEL, EVAL_IMAGES)
+    _set_number(browser, "QEM points", SWEEP_POINTS)  # the sweep above: shown from the store, no click
+    if not browser.find_elements(By.CSS_SELECTOR, '[data-testid="stPlotlyChart"]'):  # run alone (-k report)
+        _click_button(browser, "Evaluate trade-off")
+    _find(browser, '[data-testid="stDownloadButton"] button', "Download report").click()
+    files = _until(browser, lambda d: sorted(p for p in downloads.glob("*.html")), "the downloaded report", timeout=60)
+    _until(browser, lambda d: not list(downloads.glob("*.crdownload")), "the report download to finish", timeout=60)
+    text = files[0].read_text()
+    assert "<script" in text and not re.search(r"<script[^>]*\ssrc=", text)  # plotly.js inside, nothing fetched
+    browser.get(files[0].as_uri())
+    _until(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".js-plotly-plot .main-svg")) >= 3
+           and d.find_elements(By.CSS_SELECTOR, ".js-plotly-plot .heatmaplayer image"),
+           "the report's figures drawn", timeout=60)
+    assert "How the numbers were measured" in browser.find_element(By.TAG_NAME, "body").text
+    bars = browser.find_elements(By.CSS_SELECTOR, ".js-plotly-plot .errorbars .errorbar")
+    assert bars, "the accuracy curves draw their 95 % intervals"
+
+
 def test_sensitivity_evaluates_layer_kinds(app, browser):
     _open(browser, app, "sensitivity", '[data-testid="stPlotlyChart"] .js-plotly-plot')
     _set_number(browser, EVAL_LIMIT_LABEL, EVAL_IMAGES)
@@ -451,3 +482,19 @@ def test_sensitivity_evaluates_layer_kinds(app, browser):
     _click_button(browser, "Evaluate sensitivity")
     assert len(browser.find_elements(By.CSS_SELECTOR, '[data-testid="stPlotlyChart"]')) == charts + 1
     _screenshot(browser, "sensitivity")
+
+
+def test_restarted_app_shows_the_stored_sweep(app, browser, tmp_path):
+    """After a restart the Trade-off page shows the sweep measured before from the results store,
+    with no click and nothing evaluated; the time from the restart to the drawn curve is measured."""
+    _stop(app["proc"])
+    app.update(_launch(tmp_path / "streamlit-restarted.log"))
+    _open(browser, app, "tradeoff", '[data-testid="stNumberInput"]')
+    _set_number(browser, EVAL_LIMIT_LABEL, EVAL_IMAGES)
+    _set_number(browser, "QEM points", SWEEP_POINTS)
+    _until(browser, lambda d: d.find_elements(By.CSS_SELECTOR, '[data-testid="stPlotlyChart"] .js-plotly-plot .scatterlayer .trace'),
+           "the stored accuracy curves")
+    TIMINGS["restart_to_stored_sweep_s"] = round(time.perf_counter() - app["started"], 2)
+    main = browser.find_element(By.CSS_SELECTOR, '[data-testid="stMain"]').text
+    assert "Shown from the results store" in main and "nothing evaluated again" in main
+    assert 0.0 <= float(_metric(browser, "float32 top-1").rstrip(" %")) <= 100.0

@@ -109,6 +109,10 @@ def test_pareto_figure_has_a_trace_per_method_and_rings_the_front(tiny_ws, tiny_
             assert (rows[custom[0]].size_mb, rows[custom[0]].top1) == (x, y)
     assert next(t for t in fig.data if t.name == "selected").customdata[0][0] == 3
     assert any("float32" in a.text for a in fig.layout.annotations)
+    uniform = fig.data[0]  # each point's 95 % interval as an error bar, from the row itself
+    for y, up, custom in zip(uniform.y, uniform.error_y.array, uniform.customdata):
+        assert y + up == pytest.approx(rows[custom[0]].top1_ci[1])
+    assert all(r.vs_float32 is not None for r in rows if r.bits is not None)
 
 
 def run(capsys, *argv):

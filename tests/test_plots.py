@@ -120,3 +120,23 @@ def test_sensitivity_figures(table):
     fig = figures.most_sensitive_figure(top)
     assert list(fig.data[0].text) == [t.name for t in top]
     assert fig.layout.yaxis.type == "log"
+
+
+def test_accuracy_figures_draw_intervals_and_mark_early_stops():
+    vs = {"delta_top1": -1.0, "delta_ci": [-3.0, 1.0], "p_value": 0.5}
+    rows = [
+        SweepRow("float32", None, "all float32", 80.0, 95.0, 0.9, None, 32.0, 20.0, 1.0, (72.0, 86.0), (90.0, 98.0), None, 100),
+        SweepRow("mixquant", 4.0, "7, 8", 79.0, 94.0, 0.9, 2e-6, 7.5, 4.7, 4.3, (70.0, 85.0), (88.0, 97.0), vs, 100),
+        SweepRow("mixquant", 64.0, "2", 0.0, 1.0, 9.0, 5e-3, 2.0, 1.5, 12.0, (0.0, 7.0), (0.2, 9.0),
+                 {"delta_top1": -80.0, "delta_ci": [-87.0, -70.0], "p_value": 1e-20}, 52, True),
+    ]
+    fig = figures.accuracy_vs_qem(rows)
+    bars = fig.data[0].error_y
+    assert list(bars.array) == [6.0, 7.0] and list(bars.arrayminus) == [9.0, 0.0]
+    assert list(fig.data[0].marker.symbol) == ["circle", "x"]
+    assert "within noise" in fig.data[0].customdata[0][3]
+    assert "stopped early after 52 images" in fig.data[0].customdata[1][3]
+    size = figures.accuracy_vs_size(rows)
+    assert list(size.data[0].error_y.array) == [6.0, 7.0]
+    assert list(size.data[1].error_y.arrayminus) == [8.0]  # float32's own interval
+    assert figures.interval_bars([r.to_dict() for r in _rows()], "top1") is None  # rows without intervals: no bars

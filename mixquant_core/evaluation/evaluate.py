@@ -12,6 +12,7 @@ from torch import nn
 
 from ..data.image_sets import EvalTensors
 from ..errors import MixQuantError
+from .statistics import EarlyStop, PairedDifference, accuracy_intervals, paired_difference
 
 Progress = Optional[Callable[[int, int, str], None]]
 
@@ -27,9 +28,11 @@ class Metrics:
     hit1: Optional[np.ndarray] = field(default=None, repr=False, compare=False)  # [images] bool
     hit5: Optional[np.ndarray] = field(default=None, repr=False, compare=False)  # [images] bool
     losses: Optional[np.ndarray] = field(default=None, repr=False, compare=False)  # [images] float64
+    # True when an EarlyStop rule ended the evaluation after ``images`` images (a hopeless plan).
+    stopped_early: bool = False
 
     @classmethod
-    def from_per_image(cls, hit1, hit5, losses) -> "Metrics":
+    def from_per_image(cls, hit1, hit5, losses, stopped_early: bool = False) -> "Metrics":
         """Metrics from per-image results (any engine): the summary numbers are computed here only."""
         hit1, hit5 = np.asarray(hit1, dtype=bool), np.asarray(hit5, dtype=bool)
         losses = np.asarray(losses, dtype=np.float64)
@@ -37,10 +40,26 @@ class Metrics:
         if n == 0 or len(hit5) != n or len(losses) != n:
             raise MixQuantError(f"per-image results disagree in length or are empty ({len(hit1)}, {len(hit5)}, {len(losses)})")
         return cls(100.0 * int(hit1.sum()) / n, 100.0 * int(hit5.sum()) / n, float(losses.sum()) / n, n,
-                   hit1, hit5, losses)
+                   hit1, hit5, losses, bool(stopped_early))
 
     def to_dict(self) -> dict:
         return {"top1": self.top1, "top5": self.top5, "loss": self.loss, "images": self.images}
+
+    def intervals(self) -> dict:
+        """{"top1_ci": [lo, hi], "top5_ci": [lo, hi]}: 95 % Wilson intervals, percent."""
+        return accuracy_intervals(self.hit1, self.hit5)
+
+    def versus(self, reference: "Metrics") -> PairedDifference:
+        """This top-1 minus ``reference``'s on the same images (the first ``images`` of it if stopped early)."""
+        return paired_difference(self.hit1, reference.hit1)
+
+    def summary(self, reference: Optional["Metrics"] = None) -> dict:
+        """What the CLI prints as JSON: the numbers, their intervals and, given float32's metrics,
+        ``vs_float32`` (paired difference, its interval, McNemar's p)."""
+        out = {**self.to_dict(), **self.intervals(), "stopped_early": self.stopped_early}
+        if reference is not None:
+            out["vs_float32"] = self.versus(reference).to_dict()
+        return out
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -84,14 +103,19 @@ def _device_batches(data: EvalTensors, device: torch.device, batch_size: int):
 
 
 def evaluate(model: nn.Module, data: EvalTensors, device: torch.device | str = "cpu",
-             batch_size: Optional[int] = None, progress: Progress = None) -> Metrics:
+             batch_size: Optional[int] = None, progress: Progress = None,
+             early_stop: Optional[EarlyStop] = None) -> Metrics:
     """Evaluate ``model`` (already on ``device``) on ``data``.
 
-    Per-image results stay on the device and are read once at the end (no per-batch sync on CUDA)."""
+    Per-image results stay on the device and are read once at the end (no per-batch sync on CUDA).
+    With ``early_stop``, the running top-1 is read at every ``chunk`` images and the evaluation ends
+    as soon as the rule finds the model hopeless (``Metrics.stopped_early``)."""
     device = torch.device(device)
     batch_size = batch_size or default_batch_size(device)
     n = len(data)
     done = 0
+    next_look = early_stop.chunk if early_stop else n + 1
+    stopped = False
     hit1, hit5, losses = [], [], []
     finite = torch.ones((), dtype=torch.bool, device=device)
     with torch.inference_mode(), _cudnn_autotune(device):
@@ -107,10 +131,15 @@ def evaluate(model: nn.Module, data: EvalTensors, device: torch.device | str = "
             done += len(y)
             if progress:
                 progress(done, n, "evaluating")
+            if done >= next_look:
+                next_look = done + early_stop.chunk
+                if early_stop.hopeless(int(sum(int(h.sum()) for h in hit1)), done):
+                    stopped = True
+                    break
         if not bool(finite):
             raise MixQuantError("the model produced NaN/Inf outputs (a quantized layer blew up)")
         arrays = [torch.cat(parts).cpu().numpy() for parts in (hit1, hit5, losses)]
-    return Metrics.from_per_image(*arrays)
+    return Metrics.from_per_image(*arrays, stopped_early=stopped)
 
 
 def per_image(logits: torch.Tensor, labels: torch.Tensor):

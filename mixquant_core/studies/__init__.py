@@ -1,2 +1,2 @@
 """Stage 8, questions asked of many evaluations: which allocation wins (compare), which plan fits
-an accuracy budget (tradeoff), which layer kind is most sensitive. Imports workspace and below."""
+an accuracy budget (tradeoff, target), which layer kind is most sensitive. Imports workspace and below."""

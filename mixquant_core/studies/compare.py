@@ -16,7 +16,7 @@ from ..data.image_sets import EvalTensors
 from ..errors import MixQuantError
 from ..plans.plan import Plan
 from ..quant.qe import BASE_BITS
-from ..workspace import Workspace
+from ..workspace import Workspace, flat_stats
 
 Progress = Optional[Callable[[int, int, str], None]]
 
@@ -52,16 +52,27 @@ class CompareRow:
     compression: float
     pareto: bool
     bits: Optional[tuple]  # the plan itself (export it with plan_for)
+    # intervals and the paired comparison with float32, as on SweepRow
+    top1_ci: Optional[tuple] = None
+    top5_ci: Optional[tuple] = None
+    vs_float32: Optional[dict] = None
+    images: int = 0
+    stopped_early: bool = False
 
     def to_dict(self, with_bits: bool = False) -> dict:
         out = asdict(self)
         out["bits"] = list(self.bits) if with_bits and self.bits is not None else None
+        for k in ("top1_ci", "top5_ci"):
+            out[k] = list(out[k]) if out[k] is not None else None
         if not with_bits:
             del out["bits"]
         return out
 
+    def to_flat_dict(self) -> dict:
+        return flat_stats(self.to_dict())
 
-COMPARE_COLUMNS = [f for f in CompareRow.__dataclass_fields__ if f != "bits"]
+
+COMPARE_COLUMNS = list(CompareRow("", None, None, "", 0, 0, 0, 0, 0, 0, False, None).to_flat_dict())
 
 
 def check_targets(targets: Sequence[float]) -> List[float]:
@@ -127,7 +138,8 @@ def compare(ws: Workspace, data: EvalTensors, targets: Sequence[float] = DEFAULT
         sweep_row = ws.row(c.method, c.bits, data, qem=c.qem)
         rows.append(CompareRow(c.method, c.target, c.qem, sweep_row.bit_set, sweep_row.top1, sweep_row.top5,
                                sweep_row.loss, sweep_row.avg_bits, sweep_row.size_mb, sweep_row.compression,
-                               False, c.bits))
+                               False, c.bits, sweep_row.top1_ci, sweep_row.top5_ci, sweep_row.vs_float32,
+                               sweep_row.images, sweep_row.stopped_early))
     front = pareto_mask([r.size_mb for r in rows], [r.top1 for r in rows])
     return [replace(r, pareto=bool(p)) for r, p in zip(rows, front)]
 

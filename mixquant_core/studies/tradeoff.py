@@ -30,9 +30,10 @@ def smallest_within(rows: Sequence[SweepRow], max_drop: float) -> Optional[Sweep
 
 
 def rows_to_csv(rows: Sequence[SweepRow]) -> str:
-    """The sweep as CSV, the same columns as ``mixquant sweep --out``."""
+    """The sweep (or comparison) as CSV, the same columns as ``mixquant sweep --out``."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=SWEEP_COLUMNS, lineterminator="\n")
+    columns = list(rows[0].to_flat_dict()) if rows else SWEEP_COLUMNS
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(r.to_dict() for r in rows)
+    writer.writerows(r.to_flat_dict() for r in rows)
     return buf.getvalue()

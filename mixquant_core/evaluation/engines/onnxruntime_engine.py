@@ -22,6 +22,7 @@ from ...errors import MixQuantError
 from ...models.onnx_graph import INPUT_NAME, OnnxExportError, float_graph, set_initializers, state_initializers
 from ...quant.quantizers import fake_quantize
 from ..evaluate import Metrics, Progress, per_image
+from ..statistics import EarlyStop
 from .torch_engine import TorchEngine
 
 # Images per run: on 2 cores (Lite0) ORT's throughput hardly depends on the batch (issue #12, quiet:
@@ -56,11 +57,15 @@ def planned_weights(model: nn.Module, bits: Dict[str, int], quantizer: str) -> D
             for name, b in bits.items()}
 
 
-def run_session(session, data: EvalTensors, batch_size: int, progress: Progress = None) -> Metrics:
-    """Metrics of an ONNX session (input ``input``, first output the logits) over ``data``."""
+def run_session(session, data: EvalTensors, batch_size: int, progress: Progress = None,
+                early_stop: Optional[EarlyStop] = None) -> Metrics:
+    """Metrics of an ONNX session (input ``input``, first output the logits) over ``data``; with
+    ``early_stop``, the running top-1 is read every ``chunk`` images, as ``evaluate`` does."""
     input_name = session.get_inputs()[0].name
     hit1, hit5, losses = [], [], []
     done, n = 0, len(data)
+    next_look = early_stop.chunk if early_stop else n + 1
+    stopped = False
     for x, y in data.batches(batch_size):
         logits = torch.from_numpy(session.run(None, {input_name: x.numpy()})[0])
         if not done:  # the model's class count is known now: no label may fall outside it
@@ -72,7 +77,12 @@ def run_session(session, data: EvalTensors, batch_size: int, progress: Progress 
         done += len(y)
         if progress:
             progress(done, n, "evaluating")
-    return Metrics.from_per_image(*(torch.cat(p).numpy() for p in (hit1, hit5, losses)))
+        if done >= next_look:
+            next_look = done + early_stop.chunk
+            if early_stop.hopeless(int(sum(int(h.sum()) for h in hit1)), done):
+                stopped = True
+                break
+    return Metrics.from_per_image(*(torch.cat(p).numpy() for p in (hit1, hit5, losses)), stopped_early=stopped)
 
 
 class OnnxRuntimeEngine:
@@ -94,7 +104,8 @@ class OnnxRuntimeEngine:
         return new_session(proto.SerializeToString(), self.threads)
 
     def evaluate(self, model: nn.Module, data: EvalTensors, bits: Optional[Dict[str, int]] = None,
-                 quantizer: str = "asymmetric", progress: Progress = None) -> Metrics:
+                 quantizer: str = "asymmetric", progress: Progress = None,
+                 early_stop: Optional[EarlyStop] = None) -> Metrics:
         try:
             session = self.session_for(model, data, bits, quantizer)
         except OnnxExportError as exc:
@@ -102,5 +113,5 @@ class OnnxRuntimeEngine:
                 self._told.add(id(model))
                 self.notify(f"{exc}; evaluating with torch instead")
             device = next(iter(model.parameters()), torch.zeros(0)).device  # leave the model where it is
-            return TorchEngine(device).evaluate(model, data, bits, quantizer, progress)
-        return run_session(session, data, self.batch_size, progress)
+            return TorchEngine(device).evaluate(model, data, bits, quantizer, progress, early_stop)
+        return run_session(session, data, self.batch_size, progress, early_stop)

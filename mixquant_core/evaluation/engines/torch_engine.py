@@ -9,6 +9,7 @@ from torch import nn
 from ...data.image_sets import EvalTensors
 from ...plans.plan import applied
 from ..evaluate import Metrics, Progress, evaluate
+from ..statistics import EarlyStop
 
 
 class TorchEngine:
@@ -19,10 +20,12 @@ class TorchEngine:
         self.batch_size = batch_size
 
     def evaluate(self, model: nn.Module, data: EvalTensors, bits: Optional[Dict[str, int]] = None,
-                 quantizer: str = "asymmetric", progress: Progress = None) -> Metrics:
-        """Metrics of ``model`` with the named layers at ``bits`` (None: float32)."""
+                 quantizer: str = "asymmetric", progress: Progress = None,
+                 early_stop: Optional[EarlyStop] = None) -> Metrics:
+        """Metrics of ``model`` with the named layers at ``bits`` (None: float32); ``early_stop``
+        ends a hopeless plan's evaluation early (``Metrics.stopped_early``)."""
         model = model.to(self.device)
         if bits is None:
-            return evaluate(model, data, self.device, self.batch_size, progress)
+            return evaluate(model, data, self.device, self.batch_size, progress, early_stop)
         with applied(model, bits, quantizer):
-            return evaluate(model, data, self.device, self.batch_size, progress)
+            return evaluate(model, data, self.device, self.batch_size, progress, early_stop)
