@@ -52,11 +52,9 @@ def tiny_data():
 
 
 def test_compare_evaluates_each_distinct_plan_once_and_marks_the_front(tiny_ws, tiny_data, monkeypatch):
-    import mixquant_core.workspace as workspace
-
     calls = []
-    real = workspace.evaluate
-    monkeypatch.setattr(workspace, "evaluate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = tiny_ws.engine.evaluate
+    monkeypatch.setattr(tiny_ws.engine, "evaluate", lambda *a, **k: calls.append(1) or real(*a, **k))
     targets = (7, 5, 4.5, 3)
     rows = compare(tiny_ws, tiny_data, targets, calib=tiny_data)
     distinct = {r.bits for r in rows}
