@@ -10,8 +10,9 @@ from contextlib import contextmanager
 from typing import List, Optional
 
 from mixquant_core.errors import MixQuantError, first_line
+from mixquant_core.quant.quantizers import QUANTIZERS
 
-QUANTIZER_CHOICES = ("asymmetric", "symmetric", "per-channel")
+QUANTIZER_CHOICES = tuple(QUANTIZERS)
 
 
 def _bits_list(text: str) -> List[int]:
@@ -57,7 +58,8 @@ def _add_model_args(p: argparse.ArgumentParser, compute: bool = True) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"registry name or model file (default {DEFAULT_MODEL})")
     p.add_argument("--arch", help="architecture (registry name) of a state-dict file")
     p.add_argument("--allow-pickle", action="store_true", help="allow files that need pickled code (only if you trust them)")
-    p.add_argument("--quantizer", default="asymmetric", choices=QUANTIZER_CHOICES)
+    p.add_argument("--quantizer", default="asymmetric", choices=QUANTIZER_CHOICES,
+                   help="round-to-nearest quantizer (default asymmetric); *-mse: range clipped for least weight MSE")
     p.add_argument("--bits", type=_bits_list, default=[8, 7, 6, 5, 4, 3, 2], help="candidate bit-widths (default 8,7,6,5,4,3,2)")
     p.add_argument("--keep-first-last", action="store_true", help="hold the first and last layer at 8 bits")
     p.add_argument("--exclude", action="append", default=[], metavar="PATTERN", help="skip layers whose name matches (fnmatch; repeatable)")

@@ -5,15 +5,17 @@ size accounting in size.py even for 2-bit plans):
 
 * ``codes``        uint8: every quantized layer's codes, packed at its bit-width (little-endian
                    bit order, ceil(n*b/8) bytes per layer), layers concatenated in plan order;
-* ``scales``       float32: one per group (output channel for ``per-channel``, else one per layer);
-* ``zero_points``  uint8: one per group (absent for ``symmetric``: its codes are stored offset
-                   by 2^(b-1), zero-point implicit);
+* ``scales``       float32: one per group (output channel for ``per-channel[-mse]``, else one per
+                   layer);
+* ``zero_points``  uint8: one per group (absent for ``symmetric[-mse]``: its codes are stored
+                   offset by 2^(b-1), zero-point implicit);
 * ``floats``       float32: every other floating state-dict entry, flattened, in state-dict order;
 * ``ints``         int32: integer state entries (BatchNorm's num_batches_tracked), if any.
 
 Metadata (strings): ``format``/``version``; ``plan`` (the plan JSON, compact); ``scheme`` (how
-the codes were made: the plan's quantizer for round-to-nearest, ``per-channel`` for the default
-reconstruction); ``index`` (zlib+base64 JSON of every state entry: name, shape, where it lives) so
+the codes were made: the plan's quantizer for round-to-nearest, the reconstruction's base quantizer,
+``per-channel-mse`` by default, for learned codes; files from before the MSE quantizers say
+``per-channel`` there, same layout); ``index`` (zlib+base64 JSON of every state entry: name, shape, where it lives) so
 the file describes itself and a mismatched model is named; ``sha256`` over all tensor bytes so a
 corrupt file is refused; ``reconstruction`` (JSON, when the codes were learned).
 
@@ -37,6 +39,7 @@ from torch import nn
 
 from ..errors import MixQuantError, first_line
 from ..plans.plan import Plan
+from ..quant.quantizers import QUANTIZERS, is_per_channel, is_symmetric
 from ..recon.adaround import QuantizedLayer
 from ..recon.reconstruct import apply_quantized_
 
@@ -118,7 +121,7 @@ def build_tensors(model: nn.Module, plan: Plan, layers: Dict[str, QuantizedLayer
         "scales": torch.cat(scales),
         "floats": torch.cat(floats) if floats else torch.zeros(0),
     }
-    if scheme != "symmetric":
+    if not is_symmetric(scheme):
         tensors["zero_points"] = torch.cat(zps).to(torch.uint8)
     if ints:
         tensors["ints"] = torch.cat(ints)
@@ -199,6 +202,8 @@ def read_quantized(path_or_bytes, model: nn.Module) -> QuantizedFile:
         raise ExportError("export file is corrupt: its data does not match its checksum")
     plan = Plan.from_json(meta.get("plan", ""))
     scheme = meta.get("scheme", "")
+    if scheme not in QUANTIZERS:
+        raise ExportError(f"export file names an unknown quantization scheme {scheme!r} (corrupt or from a newer version)")
     try:
         index = _decode_index(meta["index"])
     except Exception:
@@ -226,14 +231,14 @@ def _unpack_layers(tensors, plan: Plan, scheme: str, state) -> Dict[str, Quantiz
     for name, b in plan.bits.items():
         shape = tuple(state[name + ".weight"].shape)
         n = int(np.prod(shape))
-        groups = shape[0] if scheme == "per-channel" and len(shape) > 1 else 1
+        groups = shape[0] if is_per_channel(scheme) and len(shape) > 1 else 1
         nb = packed_bytes(n, b)
         if c_off + nb > len(codes) or g_off + groups > len(scales):
             raise ExportError("export file holds fewer codes or scales than its plan needs (corrupt)")
         q = torch.from_numpy(unpack_codes(codes[c_off:c_off + nb], n, b).reshape(shape).copy())
         gshape = (groups,) + (1,) * (len(shape) - 1) if groups > 1 else ()
         scale = scales[g_off:g_off + groups].reshape(gshape).clone()
-        if scheme == "symmetric":
+        if is_symmetric(scheme):
             zp = torch.full_like(scale, float(2 ** (b - 1)))
         else:
             zp = zps[g_off:g_off + groups].float().reshape(gshape).clone()
