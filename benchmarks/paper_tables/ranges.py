@@ -1,0 +1,142 @@
+"""Range choice on EfficientNet-Lite0: min/max vs MSE-clipped ranges (issue #15).
+
+At each average bit-width of ``--levels``, three plans per quantizer, all round-to-nearest:
+uniform b bits, the QEM rule at <= b average bits (``mixquant search --max-avg-bits b``) and the
+Fisher-budgeted allocation at b average bits (``mixquant allocate --cost fisher --calib DIR
+--calib-images 64 --avg-bits b``), each evaluated on all 1,300 validation images (each distinct
+plan once). ``--part recon`` reconstructs the Fisher-budgeted plans of the first quantizer of
+``--recon-quantizer`` (AdaRound + BRECQ blocks on that quantizer's grid) and evaluates them.
+Rows are appended to a JSON-lines file as they finish; the plans are written beside it:
+
+  python benchmarks/paper_tables/ranges.py --part rtn   --levels 4,3,5,6 --out OUT/ranges.jsonl
+  python benchmarks/paper_tables/ranges.py --part recon --levels 4,3     --out OUT/ranges.jsonl
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from mixquant_core.data.image_sets import load_tensors, open_calibration_folder
+from mixquant_core.evaluation.evaluate import evaluate
+from mixquant_core.export.packed import save_quantized, size_report
+from mixquant_core.models.registry import load_model
+from mixquant_core.recon.reconstruct import ReconConfig, quantized_applied, recon_metadata, reconstruct_plan
+from mixquant_core.workspace import Workspace
+from table1 import eval_tensors, row
+
+QUANTIZERS = ("per-channel", "per-channel-mse")
+
+
+def calib_dir() -> str:
+    return str(Path(os.environ["MIXQUANT_DATA"]) / "imagenet-calib-1000")
+
+
+def fisher_plan(ws, b: int, calib):
+    bits = ws.budget_bits("fisher", avg_bits=b, calib=calib)
+    return ws.plan_from_bits(bits, extra={"allocation": "fisher", "fisher_images": len(calib)})
+
+
+def plans(ws, b: int, calib):
+    """(label, plan): uniform b, QEM rule at <= b and Fisher-budgeted at b average bits."""
+    return [(f"uniform {b}", ws.plan_from_bits(ws.uniform(b))),
+            (f"QEM rule <= {b} avg bits", ws.plan(ws.qem_for_budget(avg_bits=b))),
+            (f"Fisher-budgeted {b} avg bits", fisher_plan(ws, b, calib))]
+
+
+def write(out, rec: dict) -> None:
+    out.write(json.dumps(rec) + "\n")
+    out.flush()
+    print(f"{rec['plan']:<34} {rec.get('quantizer', ''):<16} {rec['avg_bits']:5.2f} bits  top-1 {rec['top1']:6.2f} %",
+          flush=True)
+
+
+def save_plan(plan, label: str, quantizer: str, folder: Path) -> None:
+    name = f"ranges_{quantizer}_{label.replace(' ', '_').replace('<=', 'le')}.json"
+    plan.save(str(folder / name))
+
+
+def run_rtn(args, loaded, data, fisher_calib, out) -> None:
+    if args.float32:
+        t0 = time.perf_counter()
+        ws = Workspace(loaded, QUANTIZERS[0], device="cpu")
+        m = ws.evaluate_bits(None, data)
+        write(out, {"plan": "float32", "method": "none", "avg_bits": 32.0, "size_mb": ws.float_bytes / 1e6,
+                    **m.to_dict(), "eval_seconds": round(time.perf_counter() - t0, 1)})
+    for b in args.levels:
+        for quantizer in args.quantizers:
+            ws = workspaces(loaded, quantizer)
+            for label, plan in plans(ws, b, fisher_calib):
+                t0 = time.perf_counter()
+                m = ws.evaluate_plan(plan, data)  # the workspace evaluates each distinct plan once
+                save_plan(plan, label, quantizer, Path(args.out).parent)
+                write(out, {**row(label, plan, f"round-to-nearest ({quantizer})", m), "quantizer": quantizer,
+                            "eval_seconds": round(time.perf_counter() - t0, 1)})
+
+
+_WORKSPACES: dict = {}
+
+
+def workspaces(loaded, quantizer: str) -> Workspace:
+    """One workspace per quantizer, kept across levels: its QE and Fisher tables are computed once."""
+    if quantizer not in _WORKSPACES:
+        _WORKSPACES[quantizer] = Workspace(loaded, quantizer, device="cpu")
+    return _WORKSPACES[quantizer]
+
+
+def run_recon(args, loaded, data, fisher_calib, out) -> None:
+    quantizer = args.recon_quantizer
+    ws = workspaces(loaded, quantizer)
+    calib = load_tensors(open_calibration_folder(calib_dir(), args.calib_images), loaded.preprocess.transform()).images
+    cfg = ReconConfig(iters=args.iters, batch_size=args.batch_size, lr=args.lr, scheme=quantizer, device="cpu", seed=0)
+    for b in args.levels:
+        label = f"Fisher-budgeted {b} avg bits"
+        plan = fisher_plan(ws, b, fisher_calib)
+        result = reconstruct_plan(loaded.model, plan, calib, cfg)
+        path = Path(args.export_dir) / f"lite0_ranges_recon_{quantizer}_{b}.safetensors"
+        save_quantized(path, loaded.model, plan, result.layers, recon_metadata(result, len(calib)))
+        size = size_report(path, loaded.model)
+        t0 = time.perf_counter()
+        with quantized_applied(loaded.model, result.layers):
+            m = evaluate(loaded.model, data, "cpu")
+        extra = {"quantizer": quantizer, "recon_seconds": round(result.seconds, 1), "iters": cfg.iters,
+                 "batch_size": cfg.batch_size, "calib_images": len(calib), "lr": cfg.lr,
+                 "device": f"cpu ({args.threads} thread, shared machine)",
+                 "block_mse_nearest": sum(x.mse_nearest for x in result.blocks),
+                 "block_mse_learned": sum(x.mse_learned for x in result.blocks),
+                 "file_bytes": size["bytes"], "accounted_bytes": size["accounted_bytes"],
+                 "eval_seconds": round(time.perf_counter() - t0, 1)}
+        write(out, row(label, plan, f"reconstruction (AdaRound + BRECQ blocks, {quantizer} grid)", m, extra))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--part", choices=("rtn", "recon"), required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--levels", default="4,3,5,6", type=lambda s: [int(t) for t in s.split(",")])
+    ap.add_argument("--quantizers", default=",".join(QUANTIZERS), type=lambda s: s.split(","))
+    ap.add_argument("--recon-quantizer", default="per-channel-mse")
+    ap.add_argument("--float32", action="store_true", help="also the float32 row")
+    ap.add_argument("--fisher-images", type=int, default=64, help="calibration images for the Fisher table")
+    ap.add_argument("--calib-images", type=int, default=128, help="calibration images for reconstruction")
+    ap.add_argument("--iters", type=int, default=40)
+    ap.add_argument("--lr", type=float, default=2e-2)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--cache", default="/tmp/mixquant_val1300.pt")
+    ap.add_argument("--export-dir", default="/tmp")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    loaded = load_model("efficientnet_lite0")
+    data = eval_tensors(loaded, Path(args.cache))
+    fisher_calib = load_tensors(open_calibration_folder(calib_dir(), args.fisher_images), loaded.preprocess.transform())
+    with open(args.out, "a") as out:
+        (run_rtn if args.part == "rtn" else run_recon)(args, loaded, data, fisher_calib, out)
+
+
+if __name__ == "__main__":
+    main()
