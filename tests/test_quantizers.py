@@ -155,3 +155,23 @@ def test_nan_weights_named():
     w[1] = math.nan
     with pytest.raises(InvalidWeightsError, match="layer 'features.3'.*NaN"):
         check_finite(w, "features.3")
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+@given(w=layer_like, b=bits)
+def test_range_search_numba_and_torch_agree(w, b, symmetric):
+    # the compiled search and the torch one run the same float32 steps: only the order of the
+    # float64 sum differs
+    from mixquant_core.quant import clip_search
+    from mixquant_core.quant.quantizers import CLIP_RATIOS, range_params, code_bounds
+
+    if not clip_search.HAVE_NUMBA:
+        pytest.skip("numba not installed")
+    rows = torch.from_numpy(w)
+    lo, hi = torch.aminmax(rows, dim=1)
+    scale, zp = range_params(lo[:, None] * CLIP_RATIOS, hi[:, None] * CLIP_RATIOS, b, symmetric)
+    qmin, qmax = code_bounds(b, symmetric)
+    compiled = torch.from_numpy(clip_search._numba_errors(rows.numpy(), scale.numpy(), zp.numpy(),
+                                                          np.float32(qmin), np.float32(qmax)))
+    plain = clip_search._torch_errors(rows, scale, zp, float(qmin), float(qmax))
+    torch.testing.assert_close(compiled, plain, rtol=1e-12, atol=0)

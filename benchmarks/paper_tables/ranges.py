@@ -25,6 +25,7 @@ from mixquant_core.data.image_sets import load_tensors, open_calibration_folder
 from mixquant_core.evaluation.evaluate import evaluate
 from mixquant_core.export.packed import save_quantized, size_report
 from mixquant_core.models.registry import load_model
+from mixquant_core.plans.plan import Plan
 from mixquant_core.recon.reconstruct import ReconConfig, quantized_applied, recon_metadata, reconstruct_plan
 from mixquant_core.workspace import Workspace
 from table1 import eval_tensors, row
@@ -55,9 +56,12 @@ def write(out, rec: dict) -> None:
           flush=True)
 
 
+def plan_path(label: str, quantizer: str, folder: Path) -> Path:
+    return folder / f"ranges_{quantizer}_{label.replace(' ', '_').replace('<=', 'le')}.json"
+
+
 def save_plan(plan, label: str, quantizer: str, folder: Path) -> None:
-    name = f"ranges_{quantizer}_{label.replace(' ', '_').replace('<=', 'le')}.json"
-    plan.save(str(folder / name))
+    plan.save(str(plan_path(label, quantizer, folder)))
 
 
 def run_rtn(args, loaded, data, fisher_calib, out) -> None:
@@ -70,7 +74,7 @@ def run_rtn(args, loaded, data, fisher_calib, out) -> None:
     for b in args.levels:
         for quantizer in args.quantizers:
             ws = workspaces(loaded, quantizer)
-            for label, plan in plans(ws, b, fisher_calib):
+            for label, plan in plans(ws, b, fisher_calib()):
                 t0 = time.perf_counter()
                 m = ws.evaluate_plan(plan, data)  # the workspace evaluates each distinct plan once
                 save_plan(plan, label, quantizer, Path(args.out).parent)
@@ -95,7 +99,8 @@ def run_recon(args, loaded, data, fisher_calib, out) -> None:
     cfg = ReconConfig(iters=args.iters, batch_size=args.batch_size, lr=args.lr, scheme=quantizer, device="cpu", seed=0)
     for b in args.levels:
         label = f"Fisher-budgeted {b} avg bits"
-        plan = fisher_plan(ws, b, fisher_calib)
+        saved = plan_path(label, quantizer, Path(args.out).parent)  # the rtn part's plan: no second Fisher table
+        plan = Plan.load(str(saved)) if saved.is_file() else fisher_plan(ws, b, fisher_calib())
         result = reconstruct_plan(loaded.model, plan, calib, cfg)
         path = Path(args.export_dir) / f"lite0_ranges_recon_{quantizer}_{b}.safetensors"
         save_quantized(path, loaded.model, plan, result.layers, recon_metadata(result, len(calib)))
@@ -133,7 +138,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     loaded = load_model("efficientnet_lite0")
     data = eval_tensors(loaded, Path(args.cache))
-    fisher_calib = load_tensors(open_calibration_folder(calib_dir(), args.fisher_images), loaded.preprocess.transform())
+    held = []
+
+    def fisher_calib():  # decoded once, only where a Fisher table is computed
+        if not held:
+            held.append(load_tensors(open_calibration_folder(calib_dir(), args.fisher_images), loaded.preprocess.transform()))
+        return held[0]
+
     with open(args.out, "a") as out:
         (run_rtn if args.part == "rtn" else run_recon)(args, loaded, data, fisher_calib, out)
 

@@ -28,6 +28,7 @@ from typing import Callable, Dict, Tuple
 import torch
 
 from ..errors import InvalidWeightsError, MixQuantError
+from .clip_search import row_sq_errors
 
 MIN_BITS, MAX_BITS = 2, 8
 # Smallest scale we allow; far below any real weight's step but keeps 0/0 out.
@@ -35,7 +36,6 @@ SCALE_EPS = torch.finfo(torch.float32).eps
 MSE_SUFFIX = "-mse"
 # Clipping ratios the MSE range search tries, largest first (ties keep the larger range).
 CLIP_RATIOS = torch.tensor([1.0 - 0.01 * i for i in range(80)], dtype=torch.float32)
-_SEARCH_CHUNK = 1 << 20  # weights x ratios per step of the search (a few MB of temporaries)
 
 
 def base_scheme(name: str) -> str:
@@ -109,33 +109,17 @@ def codes_for(w: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, nb
     return torch.clamp(torch.round(w / scale) + zero_point, qmin, qmax)
 
 
-def _row_sq_errors(rows: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, nbits: int, symmetric: bool):
-    """Summed squared error of each row [R, M] under each candidate grid [R, K] -> [R, K] float64."""
-    x = rows[:, None, :]
-    w_hat = (codes_for(x, scale[..., None], zp[..., None], nbits, symmetric) - zp[..., None]) * scale[..., None]
-    return (w_hat - x).square().sum(-1, dtype=torch.float64)  # squares in float32, as the QE table's
-
-
 def mse_range_params(rows: torch.Tensor, nbits: int, symmetric: bool):
     """Per row of ``rows`` [R, M]: scale, zero-point and summed squared error [R] (float64) of the
-    clipping ratio (``CLIP_RATIOS``) with the least error. All rows and a chunk of ratios at a
-    time ([R, K, M]); a row's ratio-1 grid is exactly min/max's."""
+    clipping ratio (``CLIP_RATIOS``) with the least error, all rows and ratios in one search
+    (``clip_search``). The first ratio, 1, is min/max's grid; later ones win only when strictly better."""
     lo0, hi0 = torch.aminmax(rows, dim=1)
-    ratios = CLIP_RATIOS.to(rows.device)
-    best_err = torch.full(lo0.shape, float("inf"), dtype=torch.float64, device=rows.device)
-    best_scale, best_zp = range_params(lo0, hi0, nbits, symmetric)
-    step = max(1, _SEARCH_CHUNK // max(rows.numel(), 1))
-    for k0 in range(0, len(ratios), step):
-        r = ratios[k0:k0 + step][None, :]
-        scale, zp = range_params(lo0[:, None] * r, hi0[:, None] * r, nbits, symmetric)
-        err = _row_sq_errors(rows, scale, zp, nbits, symmetric)
-        chunk_err, k = err.min(dim=1)  # the first (largest) ratio among equal errors
-        better = chunk_err < best_err
-        pick = lambda t: t.gather(1, k[:, None])[:, 0]  # noqa: E731
-        best_err = torch.where(better, chunk_err, best_err)
-        best_scale = torch.where(better, pick(scale), best_scale)
-        best_zp = torch.where(better, pick(zp), best_zp)
-    return best_scale, best_zp, best_err
+    ratios = CLIP_RATIOS.to(rows.device)[None, :]
+    scale, zp = range_params(lo0[:, None] * ratios, hi0[:, None] * ratios, nbits, symmetric)  # [R, K]
+    err = row_sq_errors(rows, scale, zp, *code_bounds(nbits, symmetric)).to(rows.device)
+    best_err, k = err.min(dim=1)  # the first, i.e. largest, ratio among equal errors
+    pick = lambda t: t.gather(1, k[:, None])[:, 0]  # noqa: E731
+    return pick(scale), pick(zp), best_err
 
 
 def _quantize(w: torch.Tensor, nbits: int, scheme: str):
