@@ -4,7 +4,7 @@
 # Usage (from the repository root): MIXQUANT_DATA=../shared/data bash benchmarks/paper_tables/ranges.sh [PYTHON]
 set -euo pipefail
 PY=${1:-python}
-OUT=benchmarks/paper_tables/out/ranges
+OUT=${RANGES_OUT:-benchmarks/paper_tables/out/ranges}
 mkdir -p "$OUT"
 run() { local name=$1; shift; OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 PYTHONPATH=$PWD "$PY" benchmarks/paper_tables/ranges.py "$@" --out "$OUT/ranges.jsonl" 2>&1 | tee "$OUT/$name.log"; }
 run rtn4 --part rtn --levels 4 --float32
