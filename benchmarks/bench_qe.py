@@ -40,7 +40,7 @@ from mixquant_core.models.layers import find_layers, layer_weights  # noqa: E402
 from mixquant_core.models.registry import PAPER_MODELS, build_model  # noqa: E402
 from mixquant_core.quant.qe import qe_table  # noqa: E402
 from mixquant_core.quant.quantizers import base_scheme, is_mse  # noqa: E402
-from mixquant_core.quant.kernels.numba_cpu import work_items  # noqa: E402
+from mixquant_core.quant.kernels.work_items import work_items  # noqa: E402
 from mixquant_core.plans.search import breakpoints, search_many  # noqa: E402
 
 MODELS = list(PAPER_MODELS) + ["efficientnet_lite0"]
