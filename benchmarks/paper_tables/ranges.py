@@ -10,6 +10,7 @@ Rows are appended to a JSON-lines file as they finish; the plans are written bes
 
   python benchmarks/paper_tables/ranges.py --part rtn   --levels 4,3,5,6 --out OUT/ranges.jsonl
   python benchmarks/paper_tables/ranges.py --part recon --levels 4,3     --out OUT/ranges.jsonl
+  python benchmarks/paper_tables/ranges.py --render OUT/ranges.jsonl    # the table in docs/RESULTS.md
 """
 from __future__ import annotations
 
@@ -118,10 +119,31 @@ def run_recon(args, loaded, data, fisher_calib, out) -> None:
         write(out, row(label, plan, f"reconstruction (AdaRound + BRECQ blocks, {quantizer} grid)", m, extra))
 
 
+def render(path: str) -> str:
+    """The docs/RESULTS.md table from the JSON lines: one row per level and plan kind, min/max
+    against MSE ranges side by side (the last record of each wins)."""
+    recs = [json.loads(line) for line in open(path) if line.strip()]
+    f32 = next(r for r in recs if r["plan"] == "float32")
+    cell = {}
+    for r in recs:
+        kind = "recon" if r["method"].startswith("reconstruction") else r.get("quantizer")
+        cell[(r["plan"], kind)] = r
+    lines = [f"| plan | avg bits (first) | size MB | min/max (per-channel) top-1 % | MSE (per-channel-mse) top-1 % | "
+             f"MSE + reconstruction top-1 % |", "|---|---|---|---|---|---|"]
+    lines.append(f"| float32 | 32 | {f32['size_mb']:.2f} | {f32['top1']:.2f} | | |")
+    for plan in dict.fromkeys(r["plan"] for r in recs if r["plan"] != "float32"):
+        got = [cell.get((plan, k)) for k in ("per-channel", "per-channel-mse", "recon")]
+        ref = next(g for g in got if g)
+        top1 = [f"{g['top1']:.2f} ({g['top1'] - f32['top1']:+.2f}; {g['avg_bits']:.2f} b)" if g else "-" for g in got]
+        lines.append(f"| {plan} | {ref['avg_bits']:.2f} | {ref['size_mb']:.2f} | {' | '.join(top1)} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--part", choices=("rtn", "recon"), required=True)
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--render", metavar="JSONL", help="only print the markdown table of a results file")
+    ap.add_argument("--part", choices=("rtn", "recon"))
+    ap.add_argument("--out")
     ap.add_argument("--levels", default="4,3,5,6", type=lambda s: [int(t) for t in s.split(",")])
     ap.add_argument("--quantizers", default=",".join(QUANTIZERS), type=lambda s: s.split(","))
     ap.add_argument("--recon-quantizer", default="per-channel-mse")
@@ -135,6 +157,11 @@ def main() -> None:
     ap.add_argument("--export-dir", default="/tmp")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
+    if args.render:
+        print(render(args.render))
+        return
+    if not args.part or not args.out:
+        ap.error("--part and --out are needed (or --render)")
     torch.set_num_threads(args.threads)
     loaded = load_model("efficientnet_lite0")
     data = eval_tensors(loaded, Path(args.cache))
