@@ -27,6 +27,7 @@ from mixquant_core.evaluation.evaluate import evaluate
 from mixquant_core.export.packed import save_quantized, size_report
 from mixquant_core.models.registry import load_model
 from mixquant_core.plans.plan import Plan
+from mixquant_core.quant.qe import DEFAULT_BITS, normalize_bits
 from mixquant_core.recon.reconstruct import ReconConfig, quantized_applied, recon_metadata, reconstruct_plan
 from mixquant_core.workspace import Workspace
 from table1 import eval_tensors, row
@@ -43,11 +44,15 @@ def fisher_plan(ws, b: int, calib):
     return ws.plan_from_bits(bits, extra={"allocation": "fisher", "fisher_images": len(calib)})
 
 
-def plans(ws, b: int, calib):
-    """(label, plan): uniform b, QEM rule at <= b and Fisher-budgeted at b average bits."""
+def plans(ws, b: int, calib, only_fisher: bool = False):
+    """(label, plan): uniform b, QEM rule at <= b and Fisher-budgeted at b average bits; with
+    candidate bit-widths other than 8..2 the label says so."""
+    tag = "" if ws.bits == DEFAULT_BITS else f" (bits {','.join(map(str, ws.bits))})"
+    fisher = [(f"Fisher-budgeted {b} avg bits{tag}", fisher_plan(ws, b, calib))]
+    if only_fisher:
+        return fisher
     return [(f"uniform {b}", ws.plan_from_bits(ws.uniform(b))),
-            (f"QEM rule <= {b} avg bits", ws.plan(ws.qem_for_budget(avg_bits=b))),
-            (f"Fisher-budgeted {b} avg bits", fisher_plan(ws, b, calib))]
+            (f"QEM rule <= {b} avg bits{tag}", ws.plan(ws.qem_for_budget(avg_bits=b)))] + fisher
 
 
 def write(out, rec: dict) -> None:
@@ -74,8 +79,8 @@ def run_rtn(args, loaded, data, fisher_calib, out) -> None:
                     **m.to_dict(), "eval_seconds": round(time.perf_counter() - t0, 1)})
     for b in args.levels:
         for quantizer in args.quantizers:
-            ws = workspaces(loaded, quantizer)
-            for label, plan in plans(ws, b, fisher_calib()):
+            ws = workspaces(loaded, quantizer, args.bits)
+            for label, plan in plans(ws, b, fisher_calib(), args.only_fisher):
                 t0 = time.perf_counter()
                 m = ws.evaluate_plan(plan, data)  # the workspace evaluates each distinct plan once
                 save_plan(plan, label, quantizer, Path(args.out).parent)
@@ -86,20 +91,21 @@ def run_rtn(args, loaded, data, fisher_calib, out) -> None:
 _WORKSPACES: dict = {}
 
 
-def workspaces(loaded, quantizer: str) -> Workspace:
+def workspaces(loaded, quantizer: str, bits=DEFAULT_BITS) -> Workspace:
     """One workspace per quantizer, kept across levels: its QE and Fisher tables are computed once."""
     if quantizer not in _WORKSPACES:
-        _WORKSPACES[quantizer] = Workspace(loaded, quantizer, device="cpu")
+        _WORKSPACES[quantizer] = Workspace(loaded, quantizer, bits, device="cpu")
     return _WORKSPACES[quantizer]
 
 
 def run_recon(args, loaded, data, fisher_calib, out) -> None:
     quantizer = args.recon_quantizer
-    ws = workspaces(loaded, quantizer)
+    ws = workspaces(loaded, quantizer, args.bits)
     calib = load_tensors(open_calibration_folder(calib_dir(), args.calib_images), loaded.preprocess.transform()).images
     cfg = ReconConfig(iters=args.iters, batch_size=args.batch_size, lr=args.lr, scheme=quantizer, device="cpu", seed=0)
     for b in args.levels:
-        label = f"Fisher-budgeted {b} avg bits"
+        tag = "" if ws.bits == DEFAULT_BITS else f" (bits {','.join(map(str, ws.bits))})"
+        label = f"Fisher-budgeted {b} avg bits{tag}"
         saved = plan_path(label, quantizer, Path(args.out).parent)  # the rtn part's plan: no second Fisher table
         plan = Plan.load(str(saved)) if saved.is_file() else fisher_plan(ws, b, fisher_calib())
         result = reconstruct_plan(loaded.model, plan, calib, cfg)
@@ -147,6 +153,9 @@ def main() -> None:
     ap.add_argument("--levels", default="4,3,5,6", type=lambda s: [int(t) for t in s.split(",")])
     ap.add_argument("--quantizers", default=",".join(QUANTIZERS), type=lambda s: s.split(","))
     ap.add_argument("--recon-quantizer", default="per-channel-mse")
+    ap.add_argument("--bits", default=DEFAULT_BITS, type=lambda s: normalize_bits(s.split(",")),
+                    help="candidate bit-widths (default 8..2)")
+    ap.add_argument("--only-fisher", action="store_true", help="only the Fisher-budgeted plans")
     ap.add_argument("--float32", action="store_true", help="also the float32 row")
     ap.add_argument("--fisher-images", type=int, default=64, help="calibration images for the Fisher table")
     ap.add_argument("--calib-images", type=int, default=128, help="calibration images for reconstruction")
