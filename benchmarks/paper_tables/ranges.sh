@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The range-choice table of docs/RESULTS.md (issue #15), one part at a time, one thread each, most
-# important rows first: 4 bits (round-to-nearest, then reconstructed), 3 bits, then 5 and 6.
+# important rows first: 4 bits (round-to-nearest, then reconstructed), 3 bits, 4 bits without 2-bit
+# candidates, then 5 and 6.
 # Usage (from the repository root): MIXQUANT_DATA=../shared/data bash benchmarks/paper_tables/ranges.sh [PYTHON]
 set -euo pipefail
 PY=${1:-python}
@@ -11,4 +12,6 @@ run rtn4 --part rtn --levels 4 --float32
 run recon4 --part recon --levels 4
 run rtn3 --part rtn --levels 3
 run recon3 --part recon --levels 3
+run rtn4_bits8to3 --part rtn --levels 4 --quantizers per-channel-mse,per-channel --bits 8,7,6,5,4,3 --only-fisher
+run recon4_bits8to3 --part recon --levels 4 --bits 8,7,6,5,4,3
 run rtn56 --part rtn --levels 5,6
