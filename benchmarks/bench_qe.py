@@ -3,6 +3,11 @@
     python benchmarks/bench_qe.py                      # CPU, the nine models, asymmetric
     python benchmarks/bench_qe.py --device cuda --quantizers asymmetric symmetric per-channel
     python benchmarks/bench_qe.py --models resnet18 mobilenet_v2 --repeats 9
+    python benchmarks/bench_qe.py --models efficientnet_lite0 resnet18 \
+        --quantizers asymmetric asymmetric-mse per-channel per-channel-mse   # + MSE / min-max ratios
+
+The MSE-clipped quantizers (``*-mse``) take the torch range search in ``ours`` (see
+``quant/kernels/__init__.py``): 80 clipping ratios per bit-width, so expect tens of times min/max.
 
 Random weights (``build_model(name, pretrained=False)``): the cost does not depend on the values.
 Every model's timings are interleaved in the same run, so a noisy machine moves them together;
@@ -34,7 +39,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mixquant_core.models.layers import find_layers, layer_weights  # noqa: E402
 from mixquant_core.models.registry import PAPER_MODELS, build_model  # noqa: E402
 from mixquant_core.quant.qe import qe_table  # noqa: E402
-from mixquant_core.quant.kernels.numba_cpu import work_items  # noqa: E402
+from mixquant_core.quant.quantizers import base_scheme, is_mse  # noqa: E402
+from mixquant_core.quant.kernels.work_items import work_items  # noqa: E402
 from mixquant_core.plans.search import breakpoints, search_many  # noqa: E402
 
 MODELS = list(PAPER_MODELS) + ["efficientnet_lite0"]
@@ -132,6 +138,11 @@ def main(argv=None):
     rows = []
     for name in args.models:
         rows += bench_model(name, device, args.quantizers, args.repeats, args.ref_repeats, args.check)
+    for r in rows:  # MSE-clipped ranges against their min/max scheme, same model, same run
+        base = next((o for o in rows if o["model"] == r["model"] and o["quantizer"] == base_scheme(r["quantizer"])), None)
+        if is_mse(r["quantizer"]) and base is not None:
+            print(f"# {r['model']}: {r['quantizer']} / {base['quantizer']}: ours {r['fast'] / base['fast']:.0f}x "
+                  f"({r['fast'] * 1e3:.0f} vs {base['fast'] * 1e3:.1f} ms), plain loop {r['ref'] / base['ref']:.0f}x")
     worst_speedup = min(r["ref"] / r["fast"] for r in rows)
     worst_floor = max(r["fast"] / r["floor"] for r in rows)
     print(f"# worst plain/ours: {worst_speedup:.0f}x   worst ours/read: {worst_floor:.1f}x   "

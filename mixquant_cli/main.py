@@ -9,8 +9,9 @@ from contextlib import contextmanager
 from typing import List, Optional
 
 from mixquant_core.errors import MixQuantError, UntrustedCodeError, first_line
+from mixquant_core.quant.quantizers import QUANTIZERS
 
-QUANTIZER_CHOICES = ("asymmetric", "symmetric", "per-channel")
+QUANTIZER_CHOICES = tuple(QUANTIZERS)
 MAX_SWEEP_STEPS = 10_000  # each step is a plan row: far past any readable table, far below a MemoryError
 MAX_MESSAGE = 400  # characters of an error line (a layer name can be megabytes long)
 
@@ -96,7 +97,8 @@ def _add_model_args(p: argparse.ArgumentParser, compute: bool = True) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"registry name or model file (default {DEFAULT_MODEL})")
     p.add_argument("--arch", help="architecture (registry name) of a state-dict file")
     add_trust_code(p)
-    p.add_argument("--quantizer", default="asymmetric", choices=QUANTIZER_CHOICES)
+    p.add_argument("--quantizer", default="asymmetric", choices=QUANTIZER_CHOICES,
+                   help="round-to-nearest quantizer (default asymmetric); *-mse: range clipped for least weight MSE")
     p.add_argument("--bits", type=_bits_list, default=[8, 7, 6, 5, 4, 3, 2], help="candidate bit-widths (default 8,7,6,5,4,3,2)")
     p.add_argument("--keep-first-last", action="store_true", help="hold the first and last layer at 8 bits")
     p.add_argument("--exclude", action="append", default=[], metavar="PATTERN", help="skip layers whose name matches (fnmatch; repeatable)")

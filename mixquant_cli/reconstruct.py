@@ -5,6 +5,8 @@ import json
 import sys
 
 from mixquant_core.errors import MixQuantError
+from mixquant_core.quant.quantizers import QUANTIZERS
+from mixquant_core.recon.reconstruct import SCHEMES
 
 DEFAULT_CALIB_IMAGES = 1024  # BRECQ's usual calibration set size
 
@@ -19,7 +21,7 @@ def _add_common(p, compute: bool = True) -> None:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--plan", help="plan JSON (from `mixquant search`)")
     g.add_argument("--uniform", type=int, metavar="BITS", help="every layer at BITS bits instead of a plan")
-    p.add_argument("--quantizer", default="asymmetric", choices=("asymmetric", "symmetric", "per-channel"),
+    p.add_argument("--quantizer", default="asymmetric", choices=tuple(QUANTIZERS),
                    help="quantizer of a --uniform plan (default asymmetric)")
     if compute:
         p.add_argument("--device", default="auto", help="auto | cpu | cuda")
@@ -40,8 +42,9 @@ def register(subparsers, commands) -> None:
     p.add_argument("--iters", type=int, default=500, help="optimisation steps per block (default 500; BRECQ: 20000)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=None, help="Adam learning rate of the rounding variables (default 0.01)")
-    p.add_argument("--scheme", default="per-channel", choices=("per-channel", "asymmetric"),
-                   help="base quantizer: MSE-clipped affine per channel (BRECQ, default) or per tensor")
+    p.add_argument("--scheme", default=SCHEMES[0], choices=SCHEMES,
+                   help=f"base quantizer whose grid the rounding is learned on (default {SCHEMES[0]}: "
+                        "affine per output channel, range clipped for least MSE, as BRECQ)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="write the reconstructed model here (.safetensors export file)")
     commands["reconstruct"] = cmd_reconstruct

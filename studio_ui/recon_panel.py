@@ -16,10 +16,9 @@ from mixquant_viz.recon import block_error_figure
 from mixquant_core.recon.reconstruct import SCHEMES, ReconConfig, evaluate_quantized
 
 from . import recon_job, state
+from .settings import QUANTIZER_LABELS
 
 POLL_SECONDS = 1.0
-SCHEME_LABELS = {"per-channel": "affine per output channel, MSE-clipped (BRECQ)",
-                 "asymmetric": "affine per tensor, MSE-clipped"}
 
 
 def session_jobs() -> list:
@@ -63,7 +62,8 @@ def render(ws, data, mq_rows) -> None:
     calib_dir = left.text_input("Calibration folder", key="recon_calib_dir",
                                 help="Images the model did not see in evaluation (labels are not used). "
                                      "Default: $MIXQUANT_DATA/imagenet-calib-1000.")
-    scheme = right.selectbox("Base quantizer", SCHEMES, key="recon_scheme", format_func=SCHEME_LABELS.get)
+    scheme = right.selectbox("Base quantizer", SCHEMES, key="recon_scheme", format_func=QUANTIZER_LABELS.get,
+                           help="The grid the rounding is learned on; MSE-clipped per channel is BRECQ's.")
     if st.button("Start reconstruction", type="primary", key="recon_start"):
         cfg = ReconConfig(iters=int(iters), batch_size=int(batch), scheme=scheme, seed=int(seed), device=str(ws.device))
         _start(ws, choices[label], calib_dir.strip(), int(n_calib), cfg)

@@ -8,6 +8,9 @@ QUANTIZER_LABELS = {
     "asymmetric": "asymmetric, per tensor (paper default)",
     "symmetric": "symmetric, per tensor",
     "per-channel": "asymmetric, per output channel",
+    "asymmetric-mse": "asymmetric, per tensor, MSE-clipped range",
+    "symmetric-mse": "symmetric, per tensor, MSE-clipped range",
+    "per-channel-mse": "asymmetric, per output channel, MSE-clipped range",
 }
 DEFAULT_LIMIT = 100  # images: enough for relative numbers, a few seconds per plan on a laptop CPU
 DEFAULT_QEM = 20.0

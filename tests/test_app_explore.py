@@ -102,17 +102,17 @@ def test_every_qem_snaps_to_a_slider_stop_with_the_same_plan(core_ws):
 def test_sidebar_choices_drive_the_plan_and_survive_page_changes():
     at = new_app()
     open_page(at, "explore")
-    at.sidebar.selectbox(key="quantizer").set_value("per-channel")
+    at.sidebar.selectbox(key="quantizer").set_value("per-channel-mse")  # an MSE-clipped range, end to end
     at.sidebar.checkbox(key="keep_first_last").check()
     at.run()
     assert_ran_cleanly(at)
-    ws = Workspace(load_model("efficientnet_lite0"), "per-channel", (8, 7, 6, 5, 4, 3, 2), True, (), "cpu")
+    ws = Workspace(load_model("efficientnet_lite0"), "per-channel-mse", (8, 7, 6, 5, 4, 3, 2), True, (), "cpu")
     qem = at.session_state["qem"]
     bits = ws.bits_for([qem])[0]
     assert bits[0] == bits[-1] == 8  # pinned
     assert {m.label: m.value for m in at.metric}["Plan"] == f"{ws.size(bits).plan_mb:.2f} MB"
     at.switch_page("app_pages/export.py").run()
     at.switch_page("app_pages/explore.py").run()
-    assert at.sidebar.selectbox(key="quantizer").value == "per-channel"
+    assert at.sidebar.selectbox(key="quantizer").value == "per-channel-mse"
     assert at.sidebar.checkbox(key="keep_first_last").value is True
     assert {m.label: m.value for m in at.metric}["Plan"] == f"{ws.size(bits).plan_mb:.2f} MB"

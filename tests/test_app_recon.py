@@ -103,7 +103,7 @@ def test_export_page_offers_the_reconstructed_file(finished):
     note = next(c.value for c in at.caption if c.value.startswith("Reconstructed:"))
     assert f"{len(data) / 1e6:.3f} MB on disk" in note
     qf = read_quantized(data, load_model("efficientnet_lite0").model)
-    assert qf.plan.bits == job.plan.bits and qf.scheme == "per-channel"
+    assert qf.plan.bits == job.plan.bits and qf.scheme == "per-channel-mse"
     assert "adaround" in qf.metadata["reconstruction"]
     for name, q in qf.layers.items():
         b = job.plan.bits[name]

@@ -46,6 +46,20 @@ def test_search_writes_loadable_plan(capsys, tmp_path):
     assert code == 0 and json.loads(out)["size"]["avg_bits"] <= 5.5
 
 
+def test_mse_quantizer_plan_export_load(capsys, tmp_path):
+    # an MSE-clipped quantizer through search, the plan file, export and load
+    plan_path, file_path = tmp_path / "plan.json", tmp_path / "q.safetensors"
+    code, out, _ = run(capsys, "search", "--quantizer", "per-channel-mse", "--max-avg-bits", "5", "--out", str(plan_path),
+                       "--no-progress")
+    assert code == 0
+    plan = Plan.load(plan_path)
+    assert plan.quantizer == "per-channel-mse" and plan.size["avg_bits"] <= 5
+    code, _, _ = run(capsys, "export", "--plan", str(plan_path), "--out", str(file_path), "--no-progress")
+    assert code == 0
+    code, out, _ = run(capsys, "load", str(file_path), "--json", "--no-progress")
+    assert code == 0 and json.loads(out)["scheme"] == "per-channel-mse"
+
+
 @pytest.mark.parametrize("argv, message", [
     (["search", "--qem", "0.5", "--no-progress"], "QEM must be a finite number >= 1"),
     (["qe", "--model", "not_a_model", "--no-progress"], "unknown model 'not_a_model'"),

@@ -35,7 +35,8 @@ def _states_equal(a, b) -> None:
         assert torch.equal(sa[key], sb[key]), key
 
 
-@pytest.mark.parametrize("quantizer", ["asymmetric", "per-channel", "symmetric"])
+@pytest.mark.parametrize("quantizer", ["asymmetric", "per-channel", "symmetric",
+                                       "asymmetric-mse", "per-channel-mse", "symmetric-mse"])
 def test_round_to_nearest_export_is_bit_exact(tmp_path, quantizer):
     model = tiny_chain()
     plan = workspace(model, quantizer).plan_from_bits(MIXED_BITS)
@@ -61,7 +62,7 @@ def test_reconstructed_export_is_bit_exact(tmp_path):
 
 
 @pytest.mark.parametrize("name,quantizer", [("efficientnet_lite0", "asymmetric"), ("efficientnet_lite0", "per-channel"),
-                                            ("resnet18", "asymmetric")])
+                                            ("efficientnet_lite0", "per-channel-mse"), ("resnet18", "asymmetric")])
 @pytest.mark.parametrize("bits", [2, 8])
 def test_file_size_within_one_percent_of_accounting(tmp_path, name, quantizer, bits):
     from mixquant_core.models.registry import build_model

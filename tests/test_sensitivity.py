@@ -82,7 +82,8 @@ def test_fisher_leaves_the_model_as_it_was(tiny64):
         assert torch.equal(v, before[k]), k
 
 
-def test_half_the_fisher_error_predicts_the_loss_increase_of_quantizing():
+@pytest.mark.parametrize("quantizer", ["asymmetric", "per-channel-mse"])
+def test_half_the_fisher_error_predicts_the_loss_increase_of_quantizing(quantizer):
     """Softmax regression fitted to labels drawn from a softmax model of its own family: at that
     maximum-likelihood fit the Fisher equals the expected Hessian, so 0.5 * sum F (w - q(w))^2
     should match the measured mean loss increase at every bit-width (within sampling noise)."""
@@ -104,12 +105,12 @@ def test_half_the_fisher_error_predicts_the_loss_increase_of_quantizing():
 
     opt.step(closure)
     layers = find_layers(model)
-    table = fisher_table(model, layers, EvalTensors(x, y), bits=(8, 7, 6, 5, 4, 3, 2))
+    table = fisher_table(model, layers, EvalTensors(x, y), quantizer, bits=(8, 7, 6, 5, 4, 3, 2))
     with torch.no_grad():
         base = float(F.cross_entropy(model(x), y))
     ratios = []
     for j, b in enumerate(table.bits):
-        with applied(model, {layers[0].name: b}, "asymmetric"), torch.no_grad():
+        with applied(model, {layers[0].name: b}, quantizer), torch.no_grad():
             increase = float(F.cross_entropy(model(x), y)) - base
         ratios.append(increase / (0.5 * table.cost[0, j]))
     assert all(0.6 < r < 1.6 for r in ratios), dict(zip(table.bits, np.round(ratios, 3)))

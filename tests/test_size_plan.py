@@ -25,7 +25,9 @@ def test_float32_bytes_counts_parameters_and_buffers():
     assert float32_bytes(hand_model()) == (108 + 4 + 4 + 4 + 4 + 4 + 1 + 40 + 10) * 4
 
 
-@pytest.mark.parametrize("quantizer, overhead", [("asymmetric", (5, 5)), ("symmetric", (4, 4)), ("per-channel", (4 * 5, 10 * 5))])
+@pytest.mark.parametrize("quantizer, overhead", [("asymmetric", (5, 5)), ("symmetric", (4, 4)), ("per-channel", (4 * 5, 10 * 5)),
+                                                   ("asymmetric-mse", (5, 5)), ("symmetric-mse", (4, 4)),
+                                                   ("per-channel-mse", (4 * 5, 10 * 5))])
 def test_plan_size_by_hand(quantizer, overhead):
     model = hand_model()
     layers = find_layers(model)

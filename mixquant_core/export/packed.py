@@ -5,18 +5,20 @@ size accounting in size.py even for 2-bit plans):
 
 * ``codes``        uint8: every quantized layer's codes, packed at its bit-width (little-endian
                    bit order, ceil(n*b/8) bytes per layer), layers concatenated in plan order;
-* ``scales``       float32: one per group (output channel for ``per-channel``, else one per layer);
-* ``zero_points``  uint8: one per group (absent for ``symmetric``: its codes are stored offset
-                   by 2^(b-1), zero-point implicit);
+* ``scales``       float32: one per group (output channel for ``per-channel[-mse]``, else one per
+                   layer);
+* ``zero_points``  uint8: one per group (absent for ``symmetric[-mse]``: its codes are stored
+                   offset by 2^(b-1), zero-point implicit);
 * ``floats``       float32: every other floating state-dict entry, flattened, in state-dict order;
 * ``ints``         int32: integer state entries (BatchNorm's num_batches_tracked), if any.
 
 Metadata (strings): ``format``/``version``; ``plan`` (the plan JSON, compact); ``scheme`` (how
-the codes were made: the plan's quantizer for round-to-nearest, ``per-channel`` for the default
-reconstruction); ``index`` (zlib+base64 JSON of every state entry: name, shape, where it lives) so
-the file describes itself and a mismatched model is named; ``sha256`` over every other metadata
-entry and every tensor's bytes, so a corrupt or edited file (an edited scheme or plan) is refused;
-``reconstruction`` (JSON, when the codes were learned).
+the codes were made: the plan's quantizer for round-to-nearest, the reconstruction's base quantizer,
+``per-channel-mse`` by default, for learned codes; files from before the MSE quantizers say
+``per-channel`` there, same layout); ``index`` (zlib+base64 JSON of every state entry: name, shape, where it lives) so
+the file describes itself and a mismatched model is named; ``sha256`` over every other
+metadata entry and every tensor's bytes, so a corrupt or edited file (an edited scheme or plan) is
+refused; ``reconstruction`` (JSON, when the codes were learned).
 
 Export files are untrusted input: the checksum is checked before anything else is parsed, the
 index is inflated with a bound (a description of the model's own state entries, never more), and
@@ -44,12 +46,12 @@ from torch import nn
 from ..errors import MixQuantError, first_line
 from ..files import atomic_path
 from ..plans.plan import Plan
+from ..quant.quantizers import QUANTIZERS, is_per_channel, is_symmetric
 from ..recon.adaround import QuantizedLayer
 from ..recon.reconstruct import apply_quantized_
 
 EXPORT_FORMAT = "mixquant-quantized"
 EXPORT_VERSION = 2  # 2: the checksum covers the metadata too
-SCHEMES = ("asymmetric", "symmetric", "per-channel")
 METADATA_LIMIT = 100_000_000  # safetensors refuses to read a header past 100 MB
 
 
@@ -162,7 +164,7 @@ def build_tensors(model: nn.Module, plan: Plan, layers: Dict[str, QuantizedLayer
         "scales": torch.cat(scales),
         "floats": torch.cat(floats) if floats else torch.zeros(0),
     }
-    if scheme != "symmetric":
+    if not is_symmetric(scheme):
         tensors["zero_points"] = torch.cat(zps).to(torch.uint8)
     if ints:
         tensors["ints"] = torch.cat(ints)
@@ -260,9 +262,9 @@ def _check_fields(tensors, meta: Dict[str, str], plan: Plan, model: nn.Module) -
     from ..plans.size import float32_bytes, plan_size
 
     scheme = meta.get("scheme", "")
-    if scheme not in SCHEMES:
-        raise ExportError(f"export file names an unknown quantization scheme {scheme[:40]!r}")
-    if (scheme == "symmetric") != ("zero_points" not in tensors):
+    if scheme not in QUANTIZERS:
+        raise ExportError(f"export file names an unknown quantization scheme {scheme[:40]!r} (corrupt or from a newer version)")
+    if is_symmetric(scheme) != ("zero_points" not in tensors):
         raise ExportError(f"export file's zero-points do not fit its '{scheme}' scheme (corrupt)")
     layers = plan.check_against(model)
     expected = plan_size(float32_bytes(model), layers, [plan.bits[l.name] for l in layers], plan.quantizer).to_dict()
@@ -299,14 +301,14 @@ def _unpack_layers(tensors, plan: Plan, scheme: str, state) -> Dict[str, Quantiz
     for name, b in plan.bits.items():
         shape = tuple(state[name + ".weight"].shape)
         n = int(np.prod(shape))
-        groups = shape[0] if scheme == "per-channel" and len(shape) > 1 else 1
+        groups = shape[0] if is_per_channel(scheme) and len(shape) > 1 else 1
         nb = packed_bytes(n, b)
         if c_off + nb > len(codes) or g_off + groups > len(scales):
             raise ExportError("export file holds fewer codes or scales than its plan needs (corrupt)")
         q = torch.from_numpy(unpack_codes(codes[c_off:c_off + nb], n, b).reshape(shape).copy())
         gshape = (groups,) + (1,) * (len(shape) - 1) if groups > 1 else ()
         scale = scales[g_off:g_off + groups].reshape(gshape).clone()
-        if scheme == "symmetric":
+        if is_symmetric(scheme):
             zp = torch.full_like(scale, float(2 ** (b - 1)))
         else:
             zp = zps[g_off:g_off + groups].float().reshape(gshape).clone()

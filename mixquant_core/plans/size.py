@@ -1,8 +1,9 @@
 """Size accounting: float32 model size, and the size under a per-layer bit-width plan.
 
 A quantized weight costs ceil(numel * bits / 8) bytes of packed codes plus, per quantization group
-(the whole tensor, or each output channel for ``per-channel``), a float32 scale (4 bytes) and, for
-the affine schemes, a uint8 zero-point (1 byte). Everything else (biases, BatchNorm, buffers,
+(the whole tensor, or each output channel for ``per-channel`` and ``per-channel-mse``), a float32
+scale (4 bytes) and, for the affine schemes, a uint8 zero-point (1 byte). An MSE-clipped quantizer
+stores exactly what its min/max base scheme does (only the range differs). Everything else (biases, BatchNorm, buffers,
 unquantized layers) stays float32. This is exactly what ``mixquant export`` writes.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 from torch import nn
 
 from ..models.layers import LayerInfo
+from ..quant.quantizers import is_per_channel, is_symmetric
 
 FLOAT_BYTES = 4
 MB = 1e6
@@ -27,11 +29,11 @@ def float32_bytes(model: nn.Module) -> int:
 
 
 def groups(layer: LayerInfo, quantizer: str) -> int:
-    return layer.shape[0] if quantizer == "per-channel" else 1
+    return layer.shape[0] if is_per_channel(quantizer) else 1
 
 
 def overhead_bytes(layer: LayerInfo, quantizer: str) -> int:
-    per_group = FLOAT_BYTES + (0 if quantizer == "symmetric" else 1)
+    per_group = FLOAT_BYTES + (0 if is_symmetric(quantizer) else 1)
     return groups(layer, quantizer) * per_group
 
 

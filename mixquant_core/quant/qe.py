@@ -10,7 +10,7 @@ from torch import nn
 
 from ..errors import InvalidWeightsError, MixQuantError
 from ..models.layers import LayerInfo, find_layers, layer_weights
-from .quantizers import MAX_BITS, MIN_BITS, check_finite, fake_quantize, get_quantizer
+from .quantizers import MAX_BITS, MIN_BITS, check_finite, fake_quantize, get_quantizer, is_mse
 
 DEFAULT_BITS = (8, 7, 6, 5, 4, 3, 2)
 BASE_BITS = 8  # equation (1) compares every bit-width against the 8-bit QE
@@ -88,18 +88,24 @@ def _reference_rows(weights, layers, bits, quantizer, progress):
 
 
 def _fast_rows(weights, layers, bits, quantizer, progress):
-    """All layers and bit-widths at once (``kernels``: numba on CPU, Triton on CUDA)."""
+    """All layers and bit-widths at once (``kernels``: numba on CPU, Triton on CUDA); the MSE
+    quantizers' range search (tens of times slower) a layer at a time, so progress moves."""
     from . import kernels
 
     weights = [w.contiguous() for w in weights]
-    usable = [i for i, w in enumerate(weights) if w.numel()]
     qe = np.zeros((len(layers), len(bits)), dtype=np.float64)
     mean_sq = np.zeros(len(layers), dtype=np.float64)
-    qe[usable], mean_sq[usable], ok = kernels.qe_rows([weights[i] for i in usable], bits, quantizer)
-    redo = [i for i in range(len(layers)) if i not in set(usable)] + [usable[k] for k in np.flatnonzero(~ok)]
+    usable = [i for i, w in enumerate(weights) if w.numel()]
+    per_layer = is_mse(quantizer)
+    redo = [i for i in range(len(layers)) if i not in set(usable)]
+    for group in [[i] for i in usable] if per_layer else [usable]:
+        qe[group], mean_sq[group], ok = kernels.qe_rows([weights[i] for i in group], bits, quantizer)
+        redo += [group[k] for k in np.flatnonzero(~ok)]
+        if progress and per_layer:
+            progress(group[0] + 1, len(layers), layers[group[0]].name)
     for i in sorted(redo):  # NaN/Inf raises naming the layer; finite but huge (w^2 overflows) or empty: reference
         qe[i:i + 1], mean_sq[i:i + 1] = _reference_rows([weights[i]], [layers[i]], bits, quantizer, None)
-    if progress:
+    if progress and not per_layer:
         for i, layer in enumerate(layers):
             progress(i + 1, len(layers), layer.name)
     return qe, mean_sq

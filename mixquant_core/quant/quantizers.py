@@ -1,11 +1,18 @@
 """Weight quantizers as small pure functions: ``quantize(w, nbits) -> (codes, meta)`` and
 ``dequantize(codes, meta) -> w_hat``.
 
-Three schemes, all round-to-nearest:
+Six schemes, all round-to-nearest, in two families that differ only in how the range is chosen:
 
 * ``asymmetric``  - per-tensor affine (the paper's "asymmetric per-layer"; the default),
 * ``symmetric``   - per-tensor, zero-point 0, signed codes,
-* ``per-channel`` - affine, one scale/zero-point per output channel (dim 0).
+* ``per-channel`` - affine, one scale/zero-point per output channel (dim 0);
+* ``asymmetric-mse``, ``symmetric-mse``, ``per-channel-mse`` - the same grids, with the range
+  (per tensor, or per output channel) shrunk by the clipping ratio of ``CLIP_RATIOS`` that gives
+  the least weight MSE: one outlier no longer stretches the grid for all the other weights.
+  The grid holds ratio 1 (min/max itself) and a ratio only wins with a strictly smaller error, so
+  the MSE is never above min/max's. This is BRECQ's ``mse`` range search (80 ratios, 1.00 down
+  to 0.21) with the plain squared error, the QE the tool ranks bit-widths by; the reconstruction
+  (recon/) uses these quantizers as its base.
 
 The affine range always contains 0 (as PyTorch's observers do) so that zero is exactly
 representable, and every scale is clamped from below: a constant tensor or an all-zero channel
@@ -14,16 +21,38 @@ representable, and every scale is clamped from below: a constant tensor or an al
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable, Dict, Tuple
 
 import torch
 
 from ..errors import InvalidWeightsError, MixQuantError
+from .clip_search import row_sq_errors
 
 MIN_BITS, MAX_BITS = 2, 8
 # Smallest scale we allow; far below any real weight's step but keeps 0/0 out.
 SCALE_EPS = torch.finfo(torch.float32).eps
+MSE_SUFFIX = "-mse"
+# Clipping ratios the MSE range search tries, largest first (ties keep the larger range).
+CLIP_RATIOS = torch.tensor([1.0 - 0.01 * i for i in range(80)], dtype=torch.float32)
+
+
+def base_scheme(name: str) -> str:
+    """The min/max scheme with the same grid and storage: ``per-channel-mse`` -> ``per-channel``."""
+    return name[: -len(MSE_SUFFIX)] if name.endswith(MSE_SUFFIX) else name
+
+
+def is_mse(name: str) -> bool:
+    return name.endswith(MSE_SUFFIX)
+
+
+def is_per_channel(name: str) -> bool:
+    return base_scheme(name) == "per-channel"
+
+
+def is_symmetric(name: str) -> bool:
+    return base_scheme(name) == "symmetric"
 
 
 @dataclass(frozen=True)
@@ -37,7 +66,7 @@ class QuantMeta:
 
     @property
     def signed(self) -> bool:
-        return self.scheme == "symmetric"
+        return is_symmetric(self.scheme)
 
 
 def check_bits(nbits: int) -> int:
@@ -52,44 +81,58 @@ def check_finite(w: torch.Tensor, name: str = "tensor") -> None:
         raise InvalidWeightsError(f"layer '{name}' has {bad} NaN/Inf weight values; cannot quantize it")
 
 
-def _reduce_dims(w: torch.Tensor, per_channel: bool) -> Tuple[int, ...] | None:
-    return tuple(range(1, w.dim())) if per_channel and w.dim() > 1 else None
+def code_bounds(nbits: int, symmetric: bool) -> Tuple[int, int]:
+    """Integer code range: affine 0 .. 2^b - 1; symmetric -2^(b-1) .. 2^(b-1) - 1 (2 bits: -2..1)."""
+    return (-(2 ** (nbits - 1)), 2 ** (nbits - 1) - 1) if symmetric else (0, 2**nbits - 1)
 
 
-def _affine_params(w: torch.Tensor, nbits: int, per_channel: bool):
-    qmax = 2**nbits - 1
-    dims = _reduce_dims(w, per_channel)
-    if dims is None:
-        lo, hi = w.min(), w.max()
-    else:
-        lo, hi = w.amin(dim=dims, keepdim=True), w.amax(dim=dims, keepdim=True)
+def as_rows(w: torch.Tensor, per_channel: bool) -> torch.Tensor:
+    """[R, M]: one row per output channel (per-channel schemes), else the whole tensor as one row."""
+    return w.reshape(w.shape[0], -1) if per_channel and w.dim() > 1 else w.reshape(1, -1)
+
+
+def range_params(lo: torch.Tensor, hi: torch.Tensor, nbits: int, symmetric: bool):
+    """Scale and zero-point of the grid over [lo, hi] (any shape, float32): affine ranges are
+    widened to hold 0, symmetric ones are +-max(|lo|, |hi|) with zero-point 0."""
+    qmin, qmax = code_bounds(nbits, symmetric)
+    if symmetric:
+        scale = torch.clamp(torch.maximum(lo.abs(), hi.abs()) / qmax, min=SCALE_EPS)
+        return scale, torch.zeros_like(scale)
     lo = torch.clamp(lo, max=0.0)
     hi = torch.clamp(hi, min=0.0)
     scale = torch.clamp((hi - lo) / qmax, min=SCALE_EPS)
-    zero_point = torch.clamp(torch.round(-lo / scale), 0, qmax)
-    return scale, zero_point, 0, qmax
+    return scale, torch.clamp(torch.round(-lo / scale), qmin, qmax)
 
 
-def _quantize_affine(w: torch.Tensor, nbits: int, per_channel: bool, scheme: str):
-    scale, zp, qmin, qmax = _affine_params(w, nbits, per_channel)
-    codes = torch.clamp(torch.round(w / scale) + zp, qmin, qmax)
-    return codes, QuantMeta(scale, zp, nbits, scheme)
+def codes_for(w: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, nbits: int, symmetric: bool):
+    qmin, qmax = code_bounds(nbits, symmetric)
+    return torch.clamp(torch.round(w / scale) + zero_point, qmin, qmax)
 
 
-def quantize_asymmetric(w: torch.Tensor, nbits: int):
-    return _quantize_affine(w, nbits, per_channel=False, scheme="asymmetric")
+def mse_range_params(rows: torch.Tensor, nbits: int, symmetric: bool):
+    """Per row of ``rows`` [R, M]: scale, zero-point and summed squared error [R] (float64) of the
+    clipping ratio (``CLIP_RATIOS``) with the least error, all rows and ratios in one search
+    (``clip_search``). The first ratio, 1, is min/max's grid; later ones win only when strictly better."""
+    lo0, hi0 = torch.aminmax(rows, dim=1)
+    ratios = CLIP_RATIOS.to(rows.device)[None, :]
+    scale, zp = range_params(lo0[:, None] * ratios, hi0[:, None] * ratios, nbits, symmetric)  # [R, K]
+    err = row_sq_errors(rows, scale, zp, *code_bounds(nbits, symmetric)).to(rows.device)
+    best_err, k = err.min(dim=1)  # the first, i.e. largest, ratio among equal errors
+    pick = lambda t: t.gather(1, k[:, None])[:, 0]  # noqa: E731
+    return pick(scale), pick(zp), best_err
 
 
-def quantize_per_channel(w: torch.Tensor, nbits: int):
-    return _quantize_affine(w, nbits, per_channel=True, scheme="per-channel")
-
-
-def quantize_symmetric(w: torch.Tensor, nbits: int):
-    qmax = 2 ** (nbits - 1) - 1  # 2 bits -> codes {-2,-1,0,1}, |w|max maps to 1
-    qmin = -(2 ** (nbits - 1))
-    scale = torch.clamp(w.abs().max() / qmax, min=SCALE_EPS)
-    codes = torch.clamp(torch.round(w / scale), qmin, qmax)
-    return codes, QuantMeta(scale, torch.zeros_like(scale), nbits, "symmetric")
+def _quantize(w: torch.Tensor, nbits: int, scheme: str):
+    per_channel, symmetric = is_per_channel(scheme), is_symmetric(scheme)
+    rows = as_rows(w, per_channel)
+    if is_mse(scheme):
+        scale, zp, _ = mse_range_params(rows, nbits, symmetric)
+    else:
+        lo, hi = torch.aminmax(rows, dim=1)
+        scale, zp = range_params(lo, hi, nbits, symmetric)
+    shape = (-1,) + (1,) * (w.dim() - 1) if per_channel and w.dim() > 1 else ()
+    scale, zp = scale.reshape(shape), zp.reshape(shape)
+    return codes_for(w, scale, zp, nbits, symmetric), QuantMeta(scale, zp, nbits, scheme)
 
 
 def dequantize(codes: torch.Tensor, meta: QuantMeta) -> torch.Tensor:
@@ -98,11 +141,9 @@ def dequantize(codes: torch.Tensor, meta: QuantMeta) -> torch.Tensor:
 
 QuantizeFn = Callable[[torch.Tensor, int], Tuple[torch.Tensor, QuantMeta]]
 
-QUANTIZERS: Dict[str, QuantizeFn] = {
-    "asymmetric": quantize_asymmetric,
-    "symmetric": quantize_symmetric,
-    "per-channel": quantize_per_channel,
-}
+QUANTIZERS: Dict[str, QuantizeFn] = {name: functools.partial(_quantize, scheme=name) for name in (
+    "asymmetric", "symmetric", "per-channel", "asymmetric-mse", "symmetric-mse", "per-channel-mse")}
+MINMAX_QUANTIZERS = tuple(q for q in QUANTIZERS if not is_mse(q))
 DEFAULT_QUANTIZER = "asymmetric"
 
 

@@ -1,4 +1,5 @@
-"""AdaRound's pieces: the MSE-clipped affine base quantizer, the learned-rounding weight
+"""AdaRound's pieces: the base quantizer's grid (any of ``quant.quantizers``; by default
+``per-channel-mse``, the MSE-clipped affine range per output channel), the learned-rounding weight
 parametrization, and a layer's result (integer codes + scale + zero-point).
 
 The block-by-block fitting (BRECQ) that drives them is reconstruct.py.
@@ -11,7 +12,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..quant.quantizers import SCALE_EPS, QuantMeta, dequantize
+from ..quant.quantizers import QuantMeta, dequantize, quantize
 
 ZETA, GAMMA = 1.1, -0.1  # rectified sigmoid stretch (AdaRound)
 
@@ -35,27 +36,15 @@ class QuantizedLayer:
 
 
 
-# --- base quantizer: MSE-chosen affine range ----------------------------------------------------
-def mse_affine_params(w: torch.Tensor, nbits: int, per_channel: bool = True, steps: int = 80, p: float = 2.4):
-    """Scale and zero-point (shaped to broadcast over ``w``) minimising mean |w - q(w)|^p."""
-    qmax = 2**nbits - 1
-    flat = w.detach().float().reshape(w.shape[0] if per_channel and w.dim() > 1 else 1, -1)
-    lo0, hi0 = flat.amin(1).clamp(max=0.0), flat.amax(1).clamp(min=0.0)
-    best_err = torch.full_like(lo0, float("inf"))
-    best_scale, best_zp = torch.ones_like(lo0), torch.zeros_like(lo0)
-    for i in range(steps):
-        ratio = 1.0 - 0.01 * i
-        lo, hi = lo0 * ratio, hi0 * ratio
-        scale = torch.clamp((hi - lo) / qmax, min=SCALE_EPS)
-        zp = torch.clamp(torch.round(-lo / scale), 0, qmax)
-        q = (torch.clamp(torch.round(flat / scale[:, None]) + zp[:, None], 0, qmax) - zp[:, None]) * scale[:, None]
-        err = (flat - q).abs().pow(p).mean(1)
-        better = err < best_err
-        best_err = torch.where(better, err, best_err)
-        best_scale = torch.where(better, scale, best_scale)
-        best_zp = torch.where(better, zp, best_zp)
-    shape = (-1,) + (1,) * (w.dim() - 1) if per_channel and w.dim() > 1 else ()
-    return best_scale.reshape(shape), best_zp.reshape(shape)
+# --- base quantizer: one of quant.quantizers, codes stored unsigned ----------------------------
+def unsigned_grid(w: torch.Tensor, nbits: int, scheme: str):
+    """Round-to-nearest codes of ``quantizers.quantize`` as unsigned 0 .. 2^b - 1, with scale and
+    zero-point: symmetric codes are offset by 2^(b-1) (the zero-point), as the export stores them."""
+    codes, meta = quantize(w.detach().float(), nbits, scheme)
+    if meta.signed:
+        off = 2 ** (nbits - 1)
+        return codes + off, meta.scale, torch.full_like(meta.scale, float(off))
+    return codes, meta.scale, meta.zero_point
 
 
 class AdaRoundWeight(nn.Module):
@@ -64,7 +53,7 @@ class AdaRoundWeight(nn.Module):
     def __init__(self, w: torch.Tensor, nbits: int, scheme: str):
         super().__init__()
         self.nbits, self.scheme, self.qmax = nbits, scheme, 2**nbits - 1
-        scale, zp = mse_affine_params(w, nbits, per_channel=scheme == "per-channel")
+        _, scale, zp = unsigned_grid(w, nbits, scheme)
         w = w.detach().float()
         self.register_buffer("scale", scale)
         self.register_buffer("zero_point", zp)

@@ -2,9 +2,12 @@
 
 Weights only (activations stay float32), each layer at the bit-width its plan gives it.
 
-* Base quantizer (adaround.py): affine (asymmetric), per output channel by default, with the clipping range
-  chosen per channel by MSE over 80 shrink ratios (BRECQ's ``mse`` init: ratio 1.00 .. 0.21,
-  error |w - q(w)|^2.4). Unlike BRECQ the range always contains 0, so the zero-point is a code.
+* Base quantizer (adaround.py): any of ``quant.quantizers``; by default ``per-channel-mse``, affine
+  per output channel with the clipping range chosen per channel by MSE over 80 shrink ratios
+  (BRECQ's ``mse`` init, ratio 1.00 .. 0.21, with the squared error where BRECQ uses
+  |w - q(w)|^2.4). Unlike BRECQ the range always contains 0, so the zero-point is a code. The
+  grid is exactly the one round-to-nearest with that quantizer uses, so a reconstruction differs
+  from the plan's round-to-nearest only in the rounding.
 * Rounding (adaround.py): AdaRound. Each weight is ``floor(w/s) + h(V)`` with ``h`` the rectified sigmoid
   ``clip(sigmoid(V) * 1.2 - 0.1, 0, 1)``; V starts where h(V) equals the fractional part (the
   soft weights start equal to the float ones). Loss = block output MSE (summed over channels,
@@ -12,7 +15,7 @@ Weights only (activations stay float32), each layer at the bit-width its plan gi
   the first 20 % of iterations and beta annealed 20 -> 2 after; Adam, lr 1e-2 by default (BRECQ
   uses 1e-3 over 20,000 steps; CPU budgets of a few hundred steps need larger ones). At the end
   h is made hard (V >= 0 rounds up), so every weight is exactly ``(code - zero_point) * scale``
-  with an integer code in 0 .. 2^b - 1.
+  with an integer code in 0 .. 2^b - 1 (symmetric schemes: offset by the zero-point 2^(b-1)).
 * Blocks (blocks.py): BRECQ's residual blocks, stem/head/classifier alone. A block's input comes
   from the already-reconstructed quantized model before it, its target from the float32 model
   (BRECQ's ``asym`` mode). Unlike BRECQ, BatchNorm is not folded into the convolutions: the plan
@@ -33,13 +36,14 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .adaround import AdaRoundWeight, QuantizedLayer
+from .adaround import AdaRoundWeight, QuantizedLayer, unsigned_grid
 from .blocks import Stage, model_stages
 from ..errors import MixQuantError
-from ..quant.quantizers import check_bits, check_finite
+from ..quant.quantizers import QUANTIZERS, check_bits, check_finite
 
 Progress = Optional[Callable[[int, int, str], None]]
-SCHEMES = ("per-channel", "asymmetric")
+# Base quantizers, the default first: MSE-clipped per channel (BRECQ's choice), then the others.
+SCHEMES = ("per-channel-mse",) + tuple(q for q in QUANTIZERS if q != "per-channel-mse")
 
 
 @dataclass
@@ -51,7 +55,7 @@ class ReconConfig:
     beta_start: float = 20.0
     beta_end: float = 2.0
     warmup: float = 0.2
-    scheme: str = "per-channel"
+    scheme: str = SCHEMES[0]
     seed: int = 0
     device: str = "cpu"
     eval_samples: int = 256  # calibration samples used to report each block's error before/after
@@ -243,20 +247,13 @@ def quantized_applied(model: nn.Module, layers: Dict[str, QuantizedLayer]) -> It
 
 def nearest_layers(model: nn.Module, bits: Dict[str, int], scheme: str) -> Dict[str, QuantizedLayer]:
     """Round-to-nearest codes of the project's quantizers (quantizers.quantize), as QuantizedLayers."""
-    from ..quant.quantizers import quantize
-
     modules = dict(model.named_modules())
     out = {}
     for name, b in bits.items():
         w = modules[name].weight.detach().float().cpu()
         check_finite(w, name)
-        codes, meta = quantize(w, int(b), scheme)
-        if meta.signed:  # symmetric: store unsigned codes with an implicit zero-point 2^(b-1)
-            off = 2 ** (int(b) - 1)
-            codes, zp = codes + off, torch.full_like(meta.scale, float(off))
-        else:
-            zp = meta.zero_point
-        out[name] = QuantizedLayer(codes.to(torch.uint8), meta.scale.float(), zp.float(), int(b), scheme)
+        codes, scale, zp = unsigned_grid(w, int(b), scheme)
+        out[name] = QuantizedLayer(codes.to(torch.uint8), scale.float(), zp.float(), int(b), scheme)
     return out
 
 

@@ -10,6 +10,8 @@ from typing import List, Sequence, Tuple
 import numpy as np
 import torch
 
+from ..quantizers import is_per_channel, is_symmetric
+
 BLOCK = 4096  # weights per work item: 16 KiB of float32, L1-resident while all bit-widths run
 
 
@@ -17,7 +19,7 @@ def code_range(quantizer: str, bits: Sequence[int]):
     """(qmin, qmax) [B] float32: the integer codes of each bit-width, as the reference's quantizers
     use them (affine: 0 .. 2^b - 1, symmetric: -2^(b-1) .. 2^(b-1) - 1)."""
     b = np.asarray(bits, dtype=np.float64)
-    if quantizer == "symmetric":
+    if is_symmetric(quantizer):
         return (-(2.0 ** (b - 1))).astype(np.float32), (2.0 ** (b - 1) - 1).astype(np.float32)
     return np.zeros(len(b), np.float32), (2.0 ** b - 1).astype(np.float32)
 
@@ -26,7 +28,7 @@ def code_range(quantizer: str, bits: Sequence[int]):
 def row_shape(shape: Tuple[int, ...], quantizer: str) -> Tuple[int, int]:
     """(rows, weights per row) of a layer: output channels for per-channel, else one row."""
     numel = math.prod(shape)  # not np.prod: this runs for every layer on every call (cache key)
-    if quantizer == "per-channel" and len(shape) > 1:
+    if is_per_channel(quantizer) and len(shape) > 1:
         return int(shape[0]), numel // max(int(shape[0]), 1)
     return 1, numel
 
