@@ -41,8 +41,11 @@ def test_sweep_evaluates_each_distinct_plan_once(lite0_200):
 def test_cli_evaluate_json(capsys, val_dir, tmp_path):
     assert main(["evaluate", "--int8", "--data", str(val_dir), "--limit", "20", "--json", "--no-progress", "--device", "cpu"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert set(out) == {"top1", "top5", "loss", "images"} and out["images"] == 20
+    assert {"top1", "top5", "loss", "images", "top1_ci", "top5_ci", "vs_float32"} <= set(out) and out["images"] == 20
     assert 0 <= out["top1"] <= out["top5"] <= 100
+    low, high = out["top1_ci"]
+    assert low <= out["top1"] <= high  # the Wilson interval holds the measured top-1
+    assert set(out["vs_float32"]) >= {"delta_top1", "delta_ci", "p_value"}
 
 
 def test_cli_sweep_table_and_csv(capsys, val_dir, tmp_path):
@@ -50,7 +53,7 @@ def test_cli_sweep_table_and_csv(capsys, val_dir, tmp_path):
     assert main(["sweep", "--data", str(val_dir), "--limit", "16", "--qems", "5,300", "--out", str(csv_path),
                  "--no-progress", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
-    assert "float32" in out and "int8" in out and "distinct plans evaluated" in out
+    assert "float32" in out and "int8" in out and "distinct plans (float32 included)" in out
     lines = csv_path.read_text().splitlines()
     assert lines[0].startswith("method,qem,bit_set,top1,top5,loss,quant_mse,avg_bits,size_mb,compression")
     assert len(lines) == 1 + 4
