@@ -191,13 +191,17 @@ def _load_onnx(args) -> None:
             data = load_tensors(images, f.preprocess.transform(), cb)
         with progress_bar(show, "evaluate") as cb:
             out.update(evaluate_onnx(f, data, progress=cb).to_dict())
+    _print_load(args, out, f"{args.file}: ONNX, {out['layers']} quantized layers ({out['scheme']}) of {name}, run by ONNX Runtime")
+
+
+def _print_load(args, out: dict, line: str) -> None:
+    """``mixquant load``'s answer: the JSON, or ``line`` with the metrics when images were evaluated."""
     if args.json:
         print(json.dumps(out, indent=2))
-    else:
-        line = f"{args.file}: ONNX, {out['layers']} quantized layers ({out['scheme']}) of {name}, run by ONNX Runtime"
-        if args.data:
-            line += f"; top-1 {out['top1']:.2f} %  top-5 {out['top5']:.2f} %  loss {out['loss']:.4f}  ({out['images']} images)"
-        print(line)
+        return
+    if args.data:
+        line += f"; top-1 {out['top1']:.2f} %  top-5 {out['top5']:.2f} %  loss {out['loss']:.4f}  ({out['images']} images)"
+    print(line)
 
 
 def cmd_load(args) -> None:
@@ -228,13 +232,7 @@ def cmd_load(args) -> None:
         with progress_bar(show, "evaluate") as cb:
             m = engine.evaluate(loaded.model, data, progress=cb)
         out.update(m.to_dict())
-    if args.json:
-        print(json.dumps(out, indent=2))
-    else:
-        line = f"{args.file}: {out['layers']} quantized layers ({out['scheme']}) load into {loaded.name}"
-        if args.data:
-            line += f"; top-1 {out['top1']:.2f} %  top-5 {out['top5']:.2f} %  loss {out['loss']:.4f}  ({out['images']} images)"
-        print(line)
+    _print_load(args, out, f"{args.file}: {out['layers']} quantized layers ({out['scheme']}) load into {loaded.name}")
 
 
 if __name__ == "__main__":  # pragma: no cover

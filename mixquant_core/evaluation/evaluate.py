@@ -112,34 +112,47 @@ def evaluate(model: nn.Module, data: EvalTensors, device: torch.device | str = "
     as soon as the rule finds the model hopeless (``Metrics.stopped_early``)."""
     device = torch.device(device)
     batch_size = batch_size or default_batch_size(device)
-    n = len(data)
-    done = 0
-    next_look = early_stop.chunk if early_stop else n + 1
-    stopped = False
-    hit1, hit5, losses = [], [], []
+    results = PerImageResults(data, early_stop)
     finite = torch.ones((), dtype=torch.bool, device=device)
     with torch.inference_mode(), _cudnn_autotune(device):
         for x, y in _device_batches(data, device, batch_size):
             logits = model(x).float()
-            if not done:  # the model's class count is known now: no label may fall outside it
-                data.check_labels(logits.shape[1])
             finite &= torch.isfinite(logits).all()
-            h1, h5, loss = per_image(logits, y)
-            hit1.append(h1)
-            hit5.append(h5)
-            losses.append(loss)
-            done += len(y)
-            if progress:
-                progress(done, n, "evaluating")
-            if done >= next_look:
-                next_look = done + early_stop.chunk
-                if early_stop.hopeless(int(sum(int(h.sum()) for h in hit1)), done):
-                    stopped = True
-                    break
+            if results.add(logits, y, progress):
+                break
         if not bool(finite):
             raise MixQuantError("the model produced NaN/Inf outputs (a quantized layer blew up)")
-        arrays = [torch.cat(parts).cpu().numpy() for parts in (hit1, hit5, losses)]
-    return Metrics.from_per_image(*arrays, stopped_early=stopped)
+    return results.metrics()
+
+
+class PerImageResults:
+    """Per-image results gathered batch by batch, by every engine: labels checked against the
+    model's classes on the first batch, progress reported, and the early-stop rule consulted every
+    ``chunk`` images (``add`` returns True once the plan is found hopeless)."""
+
+    def __init__(self, data: EvalTensors, early_stop: Optional[EarlyStop] = None):
+        self.data, self.early_stop = data, early_stop
+        self.parts = ([], [], [])  # hit1, hit5, losses
+        self.done = 0
+        self.next_look = early_stop.chunk if early_stop else len(data) + 1
+        self.stopped = False
+
+    def add(self, logits: torch.Tensor, labels: torch.Tensor, progress: Progress = None) -> bool:
+        if not self.done:  # the model's class count is known now: no label may fall outside it
+            self.data.check_labels(logits.shape[1])
+        for part, value in zip(self.parts, per_image(logits, labels)):
+            part.append(value)
+        self.done += len(labels)
+        if progress:
+            progress(self.done, len(self.data), "evaluating")
+        if self.done >= self.next_look:
+            self.next_look = self.done + self.early_stop.chunk
+            self.stopped = self.early_stop.hopeless(int(sum(int(h.sum()) for h in self.parts[0])), self.done)
+        return self.stopped
+
+    def metrics(self) -> Metrics:
+        arrays = [torch.cat(part).cpu().numpy() for part in self.parts]
+        return Metrics.from_per_image(*arrays, stopped_early=self.stopped)
 
 
 def per_image(logits: torch.Tensor, labels: torch.Tensor):

@@ -21,7 +21,7 @@ from ...data.image_sets import EvalTensors
 from ...errors import MixQuantError
 from ...models.onnx_graph import INPUT_NAME, OnnxExportError, float_graph, set_initializers, state_initializers
 from ...quant.quantizers import fake_quantize
-from ..evaluate import Metrics, Progress, per_image
+from ..evaluate import Metrics, PerImageResults, Progress
 from ..statistics import EarlyStop
 from .torch_engine import TorchEngine
 
@@ -62,27 +62,14 @@ def run_session(session, data: EvalTensors, batch_size: int, progress: Progress 
     """Metrics of an ONNX session (input ``input``, first output the logits) over ``data``; with
     ``early_stop``, the running top-1 is read every ``chunk`` images, as ``evaluate`` does."""
     input_name = session.get_inputs()[0].name
-    hit1, hit5, losses = [], [], []
-    done, n = 0, len(data)
-    next_look = early_stop.chunk if early_stop else n + 1
-    stopped = False
+    results = PerImageResults(data, early_stop)
     for x, y in data.batches(batch_size):
         logits = torch.from_numpy(session.run(None, {input_name: x.numpy()})[0])
-        if not done:  # the model's class count is known now: no label may fall outside it
-            data.check_labels(logits.shape[1])
         if not torch.isfinite(logits).all():
             raise MixQuantError("the model produced NaN/Inf outputs (a quantized layer blew up)")
-        for parts, value in zip((hit1, hit5, losses), per_image(logits, y)):
-            parts.append(value)
-        done += len(y)
-        if progress:
-            progress(done, n, "evaluating")
-        if done >= next_look:
-            next_look = done + early_stop.chunk
-            if early_stop.hopeless(int(sum(int(h.sum()) for h in hit1)), done):
-                stopped = True
-                break
-    return Metrics.from_per_image(*(torch.cat(p).numpy() for p in (hit1, hit5, losses)), stopped_early=stopped)
+        if results.add(logits, y, progress):
+            break
+    return results.metrics()
 
 
 class OnnxRuntimeEngine:
