@@ -20,7 +20,7 @@ from mixquant_core.export.packed import rtn_layers
 from mixquant_core.models.onnx_graph import OnnxExportError
 from mixquant_core.models.preprocess import Preprocess
 from mixquant_core.plans.plan import quantize_model_
-from mixquant_core.quant.quantizers import fake_quantize
+from mixquant_core.quant.quantizers import QUANTIZERS, fake_quantize, is_per_channel, is_symmetric
 from recon_support import MIXED_BITS, images, tiny_chain, workspace
 
 PRE = Preprocess(resize=32, crop=24)
@@ -36,13 +36,13 @@ def _export(quantizer="asymmetric", bits=MIXED_BITS, model=None):
     return model, plan, onnx_bytes(model, plan, PRE)
 
 
-@pytest.mark.parametrize("quantizer", ["asymmetric", "symmetric", "per-channel"])
+@pytest.mark.parametrize("quantizer", QUANTIZERS)
 def test_codes_types_and_dequantized_weights_are_exact(quantizer, one_thread):
     model, plan, data = _export(quantizer)
     proto = onnx.load_model_from_string(data)
     inits = {i.name: i for i in proto.graph.initializer}
     modules = dict(model.named_modules())
-    signed = quantizer == "symmetric"
+    signed = is_symmetric(quantizer)
     for name, b in plan.bits.items():
         base = f"{name}.weight"
         assert base not in inits  # the float weight is gone: only codes, scale, zero-point
@@ -51,7 +51,7 @@ def test_codes_types_and_dequantized_weights_are_exact(quantizer, one_thread):
         q = numpy_helper.to_array(codes).astype(np.float32)  # astype copies: writable arrays for torch
         scale = numpy_helper.to_array(inits[base + "_scale"]).copy()
         zp = numpy_helper.to_array(inits[base + "_zero_point"]).astype(np.float32)
-        assert scale.shape == ((modules[name].weight.shape[0],) if quantizer == "per-channel" else ())
+        assert scale.shape == ((modules[name].weight.shape[0],) if is_per_channel(quantizer) else ())
         if signed:
             assert not zp.any() and q.min() >= -(2 ** (b - 1)) and q.max() <= 2 ** (b - 1) - 1
         else:

@@ -7,7 +7,7 @@ narrowest integer type ONNX Runtime 1.32 runs for its bit-width (2 bits: int2/ui
 per tensor or per output channel (axis 0) as the quantizer made them, and a DequantizeLinear node
 that computes ``NAME.weight`` = (codes - zero_point) * scale: the same arithmetic as
 ``quantizers.dequantize``, so the weights equal the fake-quantized ones bit for bit. Affine schemes
-store unsigned codes with their zero-point; symmetric stores signed codes with zero-point 0.
+store unsigned codes with their zero-point; symmetric schemes (symmetric, symmetric-mse) store signed codes with zero-point 0.
 Everything else stays float32. metadata_props holds the plan JSON, the scheme, the preprocessing
 and the model's identity, so ``mixquant load`` can evaluate the file on its own.
 
@@ -30,6 +30,7 @@ from ..errors import MixQuantError, first_line
 from ..models.onnx_graph import float_graph, set_initializers, state_initializers
 from ..models.preprocess import Preprocess
 from ..plans.plan import Plan
+from ..quant.quantizers import is_symmetric
 from ..recon.adaround import QuantizedLayer
 
 ONNX_FORMAT = "mixquant-onnx"
@@ -61,7 +62,7 @@ def _layer_tensors(name: str, q: QuantizedLayer):
     """(codes, scale, zero_point) TensorProtos and the DequantizeLinear node of one layer."""
     from onnx import helper, numpy_helper
 
-    signed = q.scheme == "symmetric"
+    signed = is_symmetric(q.scheme)
     codes = q.codes.to(torch.int16)
     zero_point = q.zero_point.round().to(torch.int16)
     if signed:  # stored unsigned with an implicit zero-point 2^(b-1) (recon.nearest_layers): undo it
