@@ -186,8 +186,16 @@ class Workspace:
     # --- evaluation ------------------------------------------------------------------------
     def evaluate_bits(self, bits: Optional[Sequence[int]], data: EvalTensors, progress: Progress = None) -> Metrics:
         """Metrics of the float32 model (``bits=None``) or of per-layer ``bits`` (model order)."""
-        named = None if bits is None else {layer.name: int(b) for layer, b in zip(self.layers, bits)}
-        return self._evaluate(named, self.quantizer, data, progress)
+        return self._evaluate(self._named(bits), self.quantizer, data, progress)
+
+    def _named(self, bits: Optional[Sequence[int]]) -> Optional[Dict[str, int]]:
+        """Per-layer ``bits`` (model order) as layer name -> bits; None (float32) stays None."""
+        return None if bits is None else {layer.name: int(b) for layer, b in zip(self.layers, bits)}
+
+    @staticmethod
+    def _distinct(plans: Sequence[Optional[Sequence[int]]]) -> List[Optional[tuple]]:
+        """Each plan once, in first-seen order (``None`` = float32)."""
+        return list(dict.fromkeys(None if b is None else tuple(int(x) for x in b) for b in plans))
 
     def evaluate_plan(self, plan: Plan, data: EvalTensors, progress: Progress = None) -> Metrics:
         """Metrics of a loaded plan (its own quantizer and layers), after checking it fits the model."""
@@ -239,15 +247,14 @@ class Workspace:
 
     def has_results(self, plans: Sequence[Optional[Sequence[int]]], data: EvalTensors) -> bool:
         """True when every plan (``None`` = float32) is known from the cache or the store: nothing to evaluate."""
-        for bits in dict.fromkeys(None if b is None else tuple(int(x) for x in b) for b in plans):
-            named = None if bits is None else {layer.name: int(b) for layer, b in zip(self.layers, bits)}
-            if self._evaluate(named, self.quantizer, data, None, cached_only=True) is None:
+        for bits in self._distinct(plans):
+            if self._evaluate(self._named(bits), self.quantizer, data, None, cached_only=True) is None:
                 return False
         return True
 
     def evaluate_plans(self, plans: Sequence[Optional[Sequence[int]]], data: EvalTensors, progress: Progress = None) -> None:
         """Evaluate each distinct plan of ``plans`` once (``None`` = float32), one progress step per plan."""
-        distinct = list(dict.fromkeys(None if b is None else tuple(int(x) for x in b) for b in plans))
+        distinct = self._distinct(plans)
         for k, bits in enumerate(distinct):
             if progress:
                 progress(k, len(distinct), f"plan {k + 1}/{len(distinct)}")

@@ -66,13 +66,18 @@ class TargetResult:
     def found(self) -> bool:
         return self.index is not None
 
+    @property
+    def drop_ci(self) -> List[float]:
+        """The top-1 drop's 95 % interval, points (the paired difference's, negated)."""
+        return [-self.difference.ci[1], -self.difference.ci[0]]
+
     def certainty(self) -> str:
         """How sure the answer is, in one sentence."""
         if not self.found:
             return (f"No {self.method} plan keeps top-1 within {self.max_drop:g} points of float32"
                     f"{' at 95 % confidence' if self.confident else ''} ({self.evaluated} of {self.candidates} plans evaluated).")
         d = self.difference
-        drop_lo, drop_hi = -d.ci[1], -d.ci[0]
+        drop_lo, drop_hi = self.drop_ci
         sure = drop_hi <= self.max_drop
         return (f"Drop {-d.delta:.2f} points (95 % interval {drop_lo:.2f} to {drop_hi:.2f}, McNemar p = {d.p_value:.3g}, "
                 f"{d.images} images): " + ("the target holds even at the interval's worst end." if sure else
@@ -85,7 +90,7 @@ class TargetResult:
                "float32": self.reference.summary(), "steps": [s.__dict__ for s in self.steps]}
         if self.found:
             out.update(qem=self.qem, size=self.size.to_dict(), plan=self.metrics.summary(self.reference),
-                       drop=-self.difference.delta, drop_ci=[-self.difference.ci[1], -self.difference.ci[0]])
+                       drop=-self.difference.delta, drop_ci=self.drop_ci)
         return out
 
 
@@ -156,6 +161,6 @@ def target_plan(ws: Workspace, result: TargetResult) -> Plan:
         raise MixQuantError(result.certainty())
     extra = {"method": result.method, "accuracy_target": {
         "max_drop": result.max_drop, "confident": result.confident, "top1": result.metrics.top1,
-        "drop": -result.difference.delta, "drop_ci": [-result.difference.ci[1], -result.difference.ci[0]],
+        "drop": -result.difference.delta, "drop_ci": result.drop_ci,
         "images": result.metrics.images, "evaluated": result.evaluated, "candidates": result.candidates}}
     return ws.plan_from_bits(list(result.bits), qem=result.qem, extra=extra)
