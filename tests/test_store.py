@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +104,30 @@ def test_two_processes_writing_at_once_lose_nothing(tmp_path):
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err.decode()
     assert len(ResultsStore(path).rows()) == 300
+
+
+def test_many_openers_of_a_new_file_all_get_the_store(tmp_path):
+    # Several connections creating one new file at once: each must see either no schema or all of it,
+    # and a "locked" that SQLite returns without waiting must be retried, not reported.
+    for trial in range(30):
+        path = tmp_path / f"new{trial}.sqlite"
+        barrier = threading.Barrier(6)
+        errors = []
+
+        def open_it():
+            barrier.wait()
+            try:
+                ResultsStore(path)
+            except MixQuantError as exc:
+                errors.append(str(exc))
+
+        threads = [threading.Thread(target=open_it) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == [], f"trial {trial}: {errors[0]}"
+    assert ResultsStore(path).rows() == []
 
 
 def test_corrupt_file_is_refused_and_left_alone(tmp_path):

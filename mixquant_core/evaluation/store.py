@@ -16,12 +16,13 @@ import hashlib
 import io
 import json
 import os
+import random
 import sqlite3
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence
+from typing import Callable, Iterator, List, Optional, Sequence, TypeVar
 
 import numpy as np
 
@@ -31,6 +32,7 @@ from .evaluate import Metrics
 SCHEMA_VERSION = 1
 STORE_FILE = "results.sqlite"
 BUSY_TIMEOUT_S = 60.0
+T = TypeVar("T")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS evaluations (
@@ -116,8 +118,7 @@ class ResultsStore:
         except OSError as exc:
             raise MixQuantError(f"cannot create the folder of the results store {self.path}: {exc.strerror or exc}; "
                                 "use --store PATH or --no-store") from None
-        with self._connect() as con:
-            self._check_schema(con)
+        self._run(self._check_schema)
 
     # --- opening, schema, corruption ---------------------------------------------------------
     def _refuse_corrupt(self, exc: Exception) -> MixQuantError:
@@ -134,15 +135,38 @@ class ResultsStore:
             con.execute("PRAGMA busy_timeout = %d" % int(BUSY_TIMEOUT_S * 1000))
             yield con
         except sqlite3.DatabaseError as exc:
-            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
-                raise MixQuantError(f"results store {self.path} stayed locked for {BUSY_TIMEOUT_S:.0f} s by another process") from None
+            if _is_busy(exc):
+                raise  # _run retries it
             raise self._refuse_corrupt(exc) from None
         finally:
             con.close()
 
+    def _run(self, action: Callable[[sqlite3.Connection], T]) -> T:
+        """``action`` on a fresh connection, retried while another process holds the file.
+
+        SQLite's busy handler does not cover every case: changing the journal mode, a WAL file being
+        recovered, or a read transaction that would have to become a write transaction return "locked"
+        at once. Those are retried here, with a random pause so two writers do not keep colliding.
+        """
+        started = time.monotonic()
+        while True:
+            try:
+                with self._connect() as con:
+                    return action(con)
+            except sqlite3.OperationalError as exc:  # only "locked"/"busy" get past _connect
+                waited = time.monotonic() - started
+                if waited > BUSY_TIMEOUT_S:
+                    raise MixQuantError(f"results store {self.path} stayed locked by another process for "
+                                        f"{waited:.0f} s ({exc})") from None
+                time.sleep(random.uniform(0.005, 0.05))
+
     def _check_schema(self, con: sqlite3.Connection) -> None:
-        found = con.execute("PRAGMA user_version").fetchone()[0]
-        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        con.execute("BEGIN")  # the version and the tables read from one snapshot, never half an initialisation
+        try:
+            found = con.execute("PRAGMA user_version").fetchone()[0]
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            con.execute("COMMIT")
         if found == SCHEMA_VERSION and "evaluations" in tables:
             con.execute("PRAGMA journal_mode = WAL")
             return
@@ -167,9 +191,8 @@ class ResultsStore:
 
     # --- rows ---------------------------------------------------------------------------------
     def get(self, key: EvalKey) -> Optional[Metrics]:
-        with self._connect() as con:
-            row = con.execute("SELECT evaluated, stopped_early, hit1, hit5, losses FROM evaluations WHERE key = ?",
-                              (key.digest,)).fetchone()
+        row = self._run(lambda con: con.execute(
+            "SELECT evaluated, stopped_early, hit1, hit5, losses FROM evaluations WHERE key = ?", (key.digest,)).fetchone())
         if row is None:
             return None
         return _metrics_from_blobs(*row)
@@ -182,11 +205,10 @@ class ResultsStore:
                   *ci["top1_ci"], *ci["top5_ci"], np.packbits(metrics.hit1).tobytes(),
                   np.packbits(metrics.hit5).tobytes(), np.asarray(metrics.losses, dtype="<f8").tobytes(),
                   time.time(), float(seconds))
-        with self._connect() as con:
-            con.execute(f"INSERT OR REPLACE INTO evaluations (key, model_name, model_fingerprint, quantizer, bits, bits_hash, "
+        self._run(lambda con: con.execute(f"INSERT OR REPLACE INTO evaluations (key, model_name, model_fingerprint, quantizer, bits, bits_hash, "
                         f"eval_fingerprint, images, preprocessing, engine, version, evaluated, stopped_early, top1, top5, "
                         f"loss, top1_lo, top1_hi, top5_lo, top5_hi, hit1, hit5, losses, created, seconds) "
-                        f"VALUES ({', '.join('?' * len(values))})", values)
+                        f"VALUES ({', '.join('?' * len(values))})", values))
 
     def rows(self, model: Optional[str] = None) -> List[dict]:
         """Every row (newest first) without the per-image blobs; ``model`` filters by name."""
@@ -195,15 +217,19 @@ class ResultsStore:
         if model:
             query += " WHERE model_name = ?"
             args = (model,)
-        with self._connect() as con:
+        def read(con: sqlite3.Connection) -> List[dict]:
             con.row_factory = sqlite3.Row
             return [dict(r) for r in con.execute(query + " ORDER BY created DESC, id DESC", args)]
 
+        return self._run(read)
+
     def row(self, row_id: int) -> dict:
         """One row in full: key fields, metrics, intervals and the per-layer bits (no blobs)."""
-        with self._connect() as con:
+        def read(con: sqlite3.Connection):
             con.row_factory = sqlite3.Row
-            r = con.execute("SELECT * FROM evaluations WHERE id = ?", (int(row_id),)).fetchone()
+            return con.execute("SELECT * FROM evaluations WHERE id = ?", (int(row_id),)).fetchone()
+
+        r = self._run(read)
         if r is None:
             raise MixQuantError(f"no row {row_id} in the results store {self.path}")
         out = {k: r[k] for k in r.keys() if k not in ("hit1", "hit5", "losses")}
@@ -232,12 +258,14 @@ class ResultsStore:
             args.append(mixquant_version())
         if not where:
             raise MixQuantError("say what to prune: --older-than DAYS, --model NAME and/or --other-versions (or --all)")
-        with self._connect() as con:
-            return con.execute("DELETE FROM evaluations WHERE " + " AND ".join(where), args).rowcount
+        return self._run(lambda con: con.execute("DELETE FROM evaluations WHERE " + " AND ".join(where), args).rowcount)
 
     def clear(self) -> int:
-        with self._connect() as con:
-            return con.execute("DELETE FROM evaluations").rowcount
+        return self._run(lambda con: con.execute("DELETE FROM evaluations").rowcount)
+
+
+def _is_busy(exc: sqlite3.DatabaseError) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
 
 
 def _metrics_from_blobs(evaluated: int, stopped: int, hit1: bytes, hit5: bytes, losses: bytes) -> Metrics:
