@@ -39,7 +39,7 @@ def run(loaded, data, qems, repeats: int = 2) -> dict:
     eager_batch = default_batch_size(torch.device("cpu"))
     xs_eager = [x for x, _ in data.batches(eager_batch)]
     t = time.perf_counter()
-    proto = float_graph(model, tuple(data.images.shape[1:]))
+    proto = float_graph(model, data.image_shape)
     trace_s = time.perf_counter() - t
     float_bytes = proto.SerializeToString()
     session = new_session(float_bytes)
@@ -81,7 +81,7 @@ def run(loaded, data, qems, repeats: int = 2) -> dict:
     weights = planned_weights(model, bits, ws_o.quantizer)
 
     def rebuild():
-        p = float_graph(model, tuple(data.images.shape[1:]))
+        p = float_graph(model, data.image_shape)
         tensors = state_initializers(model, p)
         tensors.update(weights)
         set_initializers(p, tensors)
@@ -94,7 +94,7 @@ def run(loaded, data, qems, repeats: int = 2) -> dict:
     import onnx
     from onnx import helper
 
-    p = float_graph(model, tuple(data.images.shape[1:]))
+    p = float_graph(model, data.image_shape)
     for init in p.graph.initializer:  # every initializer also a graph input: overridable
         p.graph.input.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
     t = time.perf_counter()

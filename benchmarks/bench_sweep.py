@@ -33,7 +33,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mixquant_core.data.image_sets import EvalTensors, default_eval_dir, load_tensors, open_image_folder  # noqa: E402
+from mixquant_core.data.image_sets import EvalTensors, default_eval_dir, open_image_folder  # noqa: E402
+from mixquant_core.data.load import load_tensors
 from mixquant_core.evaluation.evaluate import _cudnn_autotune, _device_batches, default_batch_size  # noqa: E402
 from mixquant_core.models.registry import build_model  # noqa: E402
 from mixquant_core.plans.search import default_qem_grid  # noqa: E402
@@ -93,11 +94,11 @@ def main(argv=None):
     else:
         images = open_image_folder(default_eval_dir()).subset(args.images)
         t = time.perf_counter()
-        data = load_tensors(images, loaded.preprocess.transform())
+        data = load_tensors(images, loaded.preprocess)
         dt = time.perf_counter() - t
         source = f"{default_eval_dir()} (decoded once: {dt:.2f} s, {len(data) / dt:.0f} images/s)"
     model_bytes = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
-    data_bytes = data.images.numel() * data.images.element_size() + data.labels.numel() * 8
+    data_bytes = data.nbytes
     batch = default_batch_size(device)
     print(f"# sweep benchmark: {args.model} on {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} torch threads'}), "
           f"{len(data)} images from {source}, batch {batch}")

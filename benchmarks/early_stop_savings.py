@@ -17,7 +17,8 @@ import json
 import os
 import time
 
-from mixquant_core.data.image_sets import load_tensors, open_image_folder
+from mixquant_core.data.image_sets import open_image_folder
+from mixquant_core.data.load import load_tensors
 from mixquant_core.evaluation.store import open_store
 from mixquant_core.models.registry import DEFAULT_MODEL, load_model
 from mixquant_core.plans.search import default_qem_grid
@@ -32,7 +33,7 @@ def main() -> None:
     ap.add_argument("--store", default=None, help="results store (default $MIXQUANT_HOME/results.sqlite)")
     args = ap.parse_args()
     ws = Workspace(load_model(args.model), device="cpu", store=open_store(args.store), early_stop=True)
-    data = load_tensors(open_image_folder(args.data).subset(args.limit), ws.loaded.preprocess.transform())
+    data = load_tensors(open_image_folder(args.data).subset(args.limit), ws.loaded.preprocess)
     _, _, plans = ws.sweep_plans(default_qem_grid(ws.table(), 12))
     distinct = list(dict.fromkeys(None if p is None else tuple(int(b) for b in p) for p in plans))
     f32 = ws.evaluate_bits(None, data)

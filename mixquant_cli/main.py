@@ -41,6 +41,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def megabytes(text: str) -> float:
+    """An argparse type: a size in MB, >= 0 (0: keep nothing, stream every set)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of megabytes, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
 def bounded_int(low: int, high: int):
     """An argparse type: an integer in [low, high]."""
     def parse(text: str) -> int:
@@ -111,6 +122,9 @@ def _add_model_args(p: argparse.ArgumentParser, compute: bool = True) -> None:
 def _add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--data", required=required, help="evaluation folder (labels.txt or class subfolders), or 'imagenette[:DIR]'")
     p.add_argument("--limit", type=positive_int, default=None, help="evaluate the first N images only (N >= 1)")
+    p.add_argument("--cache-mb", type=megabytes, default=None, metavar="MB",
+                   help="keep the decoded images (uint8, 150 KB a 224 px image) in memory up to MB; a larger set is "
+                        "streamed from its files on every pass (default: a quarter of RAM, or $MIXQUANT_CACHE_MB)")
     p.add_argument("--store", metavar="PATH", help="results store (default $MIXQUANT_HOME/results.sqlite, "
                                                    "MIXQUANT_HOME defaulting to ~/.cache/mixquant)")
     p.add_argument("--no-store", action="store_true", help="neither read nor write the results store")
@@ -187,7 +201,8 @@ def _workspace(args, progress: bool = True):
 
 
 def _eval_tensors(args, ws, show: bool):
-    from mixquant_core.data.image_sets import load_tensors, open_image_folder, open_imagenette
+    from mixquant_core.data.image_sets import open_image_folder, open_imagenette
+    from mixquant_core.data.load import load_tensors
 
     if args.data.startswith("imagenette"):
         root = args.data.partition(":")[2] or "imagenette-data"
@@ -196,9 +211,12 @@ def _eval_tensors(args, ws, show: bool):
         images = open_image_folder(args.data)
     images = images.subset(args.limit)
     with progress_bar(show, "decode") as cb:
-        data = load_tensors(images, ws.loaded.preprocess.transform(), cb)
+        data = load_tensors(images, ws.loaded.preprocess, cb, getattr(args, "cache_mb", None))
     if data.skipped:
         print(f"warning: skipped {len(data.skipped)} unreadable image(s), e.g. {data.skipped[0]}", file=sys.stderr)
+    if not hasattr(data, "images") and show:
+        print(f"mixquant: note: {len(data)} images do not fit the --cache-mb budget: each pass decodes them again "
+              "from their files (memory stays flat)", file=sys.stderr)
     return data
 
 
@@ -214,14 +232,14 @@ def plan_notice(plan, model) -> None:
 
 def calibration_tensors(folder: str, n: int, preprocess, show: bool):
     """``n`` calibration images spread over ``folder`` (labelled or plain), decoded with a progress bar."""
-    from mixquant_core.data.image_sets import load_tensors
+    from mixquant_core.data.load import load_tensors
     from mixquant_core.data.image_sets import open_calibration_folder
 
     if n < 1:
         raise MixQuantError(f"--calib-images must be at least 1, got {n}")
     images = open_calibration_folder(folder, n)
     with progress_bar(show, "decode calibration") as cb:
-        return load_tensors(images, preprocess.transform(), cb)
+        return load_tensors(images, preprocess, cb)
 
 
 def _fmt(v, nd=2) -> str:

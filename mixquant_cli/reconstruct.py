@@ -107,7 +107,7 @@ def cmd_reconstruct(args) -> None:
     if args.lr is not None:
         cfg.lr = args.lr
     with progress_bar(show, "reconstruct") as cb:
-        result = reconstruct_plan(loaded.model, plan, calib.images, cfg, cb)
+        result = reconstruct_plan(loaded.model, plan, calib.inputs(), cfg, cb)
     size = save_quantized(args.out, loaded.model, plan, result.layers, recon_metadata(result, len(calib)))
     report = size_report(args.out, loaded.model)
     before = sum(b.mse_nearest for b in result.blocks)
@@ -174,7 +174,8 @@ def _export_onnx(args, loaded, plan, layers) -> None:
 
 def _load_onnx(args) -> None:
     from .main import progress_bar
-    from mixquant_core.data.image_sets import load_tensors, open_image_folder
+    from mixquant_core.data.image_sets import open_image_folder
+    from mixquant_core.data.load import load_tensors
     from mixquant_core.export.onnx import evaluate_onnx, read_onnx
 
     f = read_onnx(args.file)
@@ -188,7 +189,7 @@ def _load_onnx(args) -> None:
         images = open_image_folder(args.data).subset(args.limit)
         show = not args.no_progress
         with progress_bar(show, "decode") as cb:
-            data = load_tensors(images, f.preprocess.transform(), cb)
+            data = load_tensors(images, f.preprocess, cb)
         with progress_bar(show, "evaluate") as cb:
             out.update(evaluate_onnx(f, data, progress=cb).to_dict())
     _print_load(args, out, f"{args.file}: ONNX, {out['layers']} quantized layers ({out['scheme']}) of {name}, run by ONNX Runtime")
@@ -208,7 +209,8 @@ def cmd_load(args) -> None:
     if args.file.lower().endswith(".onnx"):
         return _load_onnx(args)
     from .main import progress_bar
-    from mixquant_core.data.image_sets import load_tensors, open_image_folder
+    from mixquant_core.data.image_sets import open_image_folder
+    from mixquant_core.data.load import load_tensors
     from .main import notice
     from mixquant_core.evaluation.engines import get_engine
     from mixquant_core.evaluation.evaluate import resolve_device
@@ -227,7 +229,7 @@ def cmd_load(args) -> None:
         images = open_image_folder(args.data).subset(args.limit)
         show = not args.no_progress
         with progress_bar(show, "decode") as cb:
-            data = load_tensors(images, loaded.preprocess.transform(), cb)
+            data = load_tensors(images, loaded.preprocess, cb)
         engine = get_engine(args.engine, resolve_device(args.device), notice)
         with progress_bar(show, "evaluate") as cb:
             m = engine.evaluate(loaded.model, data, progress=cb)

@@ -222,7 +222,7 @@ def eval_tensors(ws: Workspace, s: Optional[Settings] = None) -> Optional[EvalTe
         return None
     images = images.subset(s.limit)
     key = (s.data_key, len(images), repr(ws.loaded.preprocess))
-    data = _decoded(key, "Evaluation set", lambda cb: load_tensors(images, ws.loaded.preprocess.transform(), cb))
+    data = _decoded(key, "Evaluation set", lambda cb: load_tensors(images, ws.loaded.preprocess, cb))
     if data is None:
         return None
     if data.skipped:
@@ -237,7 +237,7 @@ def calib_tensors(ws: Workspace, folder: str, n: int) -> Optional[EvalTensors]:
 
     key = ("calib", folder, n, repr(ws.loaded.preprocess))
     return _decoded(key, "Calibration set",
-                    lambda cb: load_tensors(open_calibration_folder(folder, n), ws.loaded.preprocess.transform(), cb))
+                    lambda cb: load_tensors(open_calibration_folder(folder, n), ws.loaded.preprocess, cb))
 
 
 def _decoded(key: tuple, what: str, decode) -> Optional[EvalTensors]:

@@ -4,7 +4,8 @@ import json
 import pytest
 
 from mixquant_cli.main import main
-from mixquant_core.data.image_sets import load_tensors, open_image_folder
+from mixquant_core.data.image_sets import open_image_folder
+from mixquant_core.data.load import load_tensors
 from mixquant_core.workspace import Workspace
 
 pytestmark = pytest.mark.data
@@ -13,7 +14,7 @@ pytestmark = pytest.mark.data
 @pytest.fixture(scope="module")
 def lite0_200(lite0, val_dir):
     images = open_image_folder(val_dir).subset(200)
-    return Workspace(lite0, device="cpu"), load_tensors(images, lite0.preprocess.transform())
+    return Workspace(lite0, device="cpu"), load_tensors(images, lite0.preprocess)
 
 
 def test_lite0_float32_and_int8_on_200_images(lite0_200):

@@ -68,7 +68,7 @@ def test_job_runs_in_the_background_and_shows_metrics_beside_nearest(finished, v
     assert any(text.startswith("Reconstructing QEM 20:") for text in progress), progress
     # every number shown is the core's: the reconstructed codes and round-to-nearest of the same plan
     ws = Workspace(load_model("efficientnet_lite0"), device="cpu")
-    data = load_tensors(open_image_folder(str(val_dir)).subset(EVAL), ws.loaded.preprocess.transform())
+    data = load_tensors(open_image_folder(str(val_dir)).subset(EVAL), ws.loaded.preprocess)
     learned = evaluate_quantized(ws.loaded.model, job.result.layers, data, "cpu")
     nearest = ws.evaluate_plan(job.plan, data)
     metrics = {m.label: m for m in at.metric}

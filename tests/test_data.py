@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mixquant_core.data.image_sets import load_tensors, open_image_folder, open_imagenette
+from mixquant_core.data.image_sets import open_image_folder, open_imagenette
+from mixquant_core.data.load import load_tensors
 from mixquant_core.errors import DatasetError
 from mixquant_core.models.preprocess import Preprocess
 

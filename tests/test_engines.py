@@ -126,10 +126,11 @@ def _deciding_gaps(model, x, bits, quantizer):
 @pytest.mark.data
 @pytest.mark.slow
 def test_lite0_same_counts_with_both_engines_on_300_images(lite0, val_dir):
-    from mixquant_core.data.image_sets import load_tensors, open_image_folder
+    from mixquant_core.data.image_sets import open_image_folder
+    from mixquant_core.data.load import load_tensors
     from mixquant_core.workspace import Workspace
 
-    data = load_tensors(open_image_folder(val_dir).subset(300), lite0.preprocess.transform())
+    data = load_tensors(open_image_folder(val_dir).subset(300), lite0.preprocess)
     ws_t = Workspace(lite0, device="cpu", engine="torch")
     ws_o = Workspace(lite0, device="cpu", engine="onnxruntime")
     assert ws_o.engine.name == "onnxruntime"
@@ -142,7 +143,7 @@ def test_lite0_same_counts_with_both_engines_on_300_images(lite0, val_dir):
         if len(flipped1) or len(flipped5):
             named = None if bits is None else {l.name: int(b) for l, b in zip(ws_t.layers, bits)}
             idx = np.union1d(flipped1, flipped5)
-            gap1, gap5 = _deciding_gaps(lite0.model, data.images[idx], named, ws_t.quantizer)
+            gap1, gap5 = _deciding_gaps(lite0.model, data.to_inputs(data.images[idx]), named, ws_t.quantizer)
             assert all(gap1[np.searchsorted(idx, i)] <= FLIP_MARGIN for i in flipped1)
             assert all(gap5[np.searchsorted(idx, i)] <= FLIP_MARGIN for i in flipped5)
         else:

@@ -143,7 +143,8 @@ def test_a_model_that_cannot_be_exported_fails_in_one_line():
 @pytest.mark.data
 @pytest.mark.slow
 def test_lite0_onnx_file_has_the_fake_quantized_top1_top5(lite0, val_dir, tmp_path, capsys):
-    from mixquant_core.data.image_sets import load_tensors, open_image_folder
+    from mixquant_core.data.image_sets import open_image_folder
+    from mixquant_core.data.load import load_tensors
     from mixquant_core.workspace import Workspace
 
     ws = Workspace(lite0, device="cpu", engine="torch")
@@ -155,7 +156,7 @@ def test_lite0_onnx_file_has_the_fake_quantized_top1_top5(lite0, val_dir, tmp_pa
     assert report["bytes"] == out.stat().st_size and report["container_padding_bytes"] > 0
     assert main(["load", str(out), "--data", str(val_dir), "--limit", "100", "--no-progress", "--json"]) == 0
     loaded = json.loads(capsys.readouterr().out)
-    data = load_tensors(open_image_folder(val_dir).subset(100), lite0.preprocess.transform())
+    data = load_tensors(open_image_folder(val_dir).subset(100), lite0.preprocess)
     fake = ws.evaluate_plan(plan, data)
     assert (loaded["top1"], loaded["top5"], loaded["images"]) == (fake.top1, fake.top5, 100)
     assert abs(loaded["loss"] - fake.loss) <= 1e-4

@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from mixquant_core.data.image_sets import load_tensors, open_calibration_folder, open_image_folder
+from mixquant_core.data.image_sets import open_calibration_folder, open_image_folder
+from mixquant_core.data.load import load_tensors
 from mixquant_core.errors import DatasetError
 from mixquant_core.evaluation.evaluate import evaluate
 from mixquant_core.models.preprocess import Preprocess

@@ -8,7 +8,8 @@ from PIL import Image
 from torch import nn
 
 from conftest import TinyNet
-from mixquant_core.data.image_sets import EvalTensors, load_tensors
+from mixquant_core.data.image_sets import EvalTensors
+from mixquant_core.data.load import load_tensors
 from mixquant_core.errors import DatasetError, InvalidWeightsError, MixQuantError
 from mixquant_core.models.layers import find_layers, layer_weights
 from mixquant_core.models.registry import LoadedModel, fingerprint

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from mixquant_core.data.image_sets import EvalTensors, ImageList, load_tensors
+from mixquant_core.data.image_sets import EvalTensors, ImageList
+from mixquant_core.data.load import load_tensors
 from mixquant_core.errors import MixQuantError
 from mixquant_core.evaluation.evaluate import evaluate
 from mixquant_core.plans.plan import applied

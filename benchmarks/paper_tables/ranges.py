@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from mixquant_core.data.image_sets import load_tensors, open_calibration_folder
+from mixquant_core.data.image_sets import open_calibration_folder
+from mixquant_core.data.load import load_tensors
 from mixquant_core.evaluation.evaluate import evaluate
 from mixquant_core.export.packed import save_quantized, size_report
 from mixquant_core.models.registry import load_model
@@ -101,7 +102,7 @@ def workspaces(loaded, quantizer: str, bits=DEFAULT_BITS) -> Workspace:
 def run_recon(args, loaded, data, fisher_calib, out) -> None:
     quantizer = args.recon_quantizer
     ws = workspaces(loaded, quantizer, args.bits)
-    calib = load_tensors(open_calibration_folder(calib_dir(), args.calib_images), loaded.preprocess.transform()).images
+    calib = load_tensors(open_calibration_folder(calib_dir(), args.calib_images), loaded.preprocess).inputs()
     cfg = ReconConfig(iters=args.iters, batch_size=args.batch_size, lr=args.lr, scheme=quantizer, device="cpu", seed=0)
     for b in args.levels:
         tag = "" if ws.bits == DEFAULT_BITS else f" (bits {','.join(map(str, ws.bits))})"
@@ -178,7 +179,7 @@ def main() -> None:
 
     def fisher_calib():  # decoded once, only where a Fisher table is computed
         if not held:
-            held.append(load_tensors(open_calibration_folder(calib_dir(), args.fisher_images), loaded.preprocess.transform()))
+            held.append(load_tensors(open_calibration_folder(calib_dir(), args.fisher_images), loaded.preprocess))
         return held[0]
 
     with open(args.out, "a") as out:

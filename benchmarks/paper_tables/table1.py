@@ -24,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-from mixquant_core.data.image_sets import load_tensors, open_image_folder
+from mixquant_core.data.image_sets import open_image_folder
+from mixquant_core.data.load import load_tensors
 from mixquant_core.evaluation.evaluate import evaluate
 from mixquant_core.export.packed import save_quantized, size_report
 from mixquant_core.models.registry import load_model
@@ -41,7 +42,7 @@ def eval_tensors(loaded, cache: Path):
     if cache.is_file():
         return torch.load(cache, weights_only=False)
     data_dir = Path(os.environ["MIXQUANT_DATA"]) / "imagenet-val-1300"
-    data = load_tensors(open_image_folder(data_dir), loaded.preprocess.transform())
+    data = load_tensors(open_image_folder(data_dir), loaded.preprocess)
     tmp = cache.with_suffix(f".{os.getpid()}.tmp")
     torch.save(data, tmp)
     tmp.replace(cache)
@@ -100,7 +101,7 @@ def main() -> None:
         calib_list = open_calibration_folder(str(Path(os.environ["MIXQUANT_DATA"]) / "imagenet-calib-1000"),
                                              args.calib_images)
     if args.fisher:  # the budgeted allocation of least Fisher-weighted error (#6) at the same budgets
-        fisher_calib = load_tensors(calib_list.subset(args.fisher_images), loaded.preprocess.transform())
+        fisher_calib = load_tensors(calib_list.subset(args.fisher_images), loaded.preprocess)
         for b in levels:
             bits = ws.budget_bits("fisher", avg_bits=b, calib=fisher_calib)
             todo.append((f"Fisher-budgeted <= {b} avg bits",
@@ -126,7 +127,7 @@ def main() -> None:
     wanted = [(l, p) for l, p in todo
               if args.part == "recon" or l.startswith("uniform") == (args.part == "uniform-recon")]
     seen = {}
-    calib = load_tensors(calib_list, loaded.preprocess.transform()).images
+    calib = load_tensors(calib_list, loaded.preprocess).inputs()
     cfg = ReconConfig(iters=args.iters, batch_size=args.batch_size, lr=args.lr, device="cpu", seed=0)
     for label, plan in wanted:
         key = tuple(plan.bits.values())

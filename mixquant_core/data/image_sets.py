@@ -1,7 +1,8 @@
 """Evaluation sets: an ImageNet-style folder (ImageFolder layout, or flat + labels.txt) or Imagenette.
 
-Images are decoded and preprocessed once into one tensor (``EvalTensors``) that every plan of a
-sweep reuses; unreadable images are skipped and counted.
+Images are decoded once into one uint8 tensor (``EvalTensors``) that every plan of a sweep reuses,
+or, past the memory budget, streamed from their files on every pass (``streaming.StreamedImages``);
+unreadable images are skipped and counted.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -65,6 +66,14 @@ class ImageList:
         if limit >= len(self):
             return self
         return ImageList(self.root, self.paths[:limit], self.labels[:limit], self.class_names, self.origins[:limit])
+
+    def pick(self, indices: Sequence[int]) -> "ImageList":
+        """The images at ``indices``, in that order (what was kept after decoding, a shard)."""
+        if len(indices) == len(self) and all(i == k for k, i in enumerate(indices)):
+            return self
+        origins = [self.origins[i] for i in indices] if self.origins else []
+        return ImageList(self.root, [self.paths[i] for i in indices], [self.labels[i] for i in indices],
+                         self.class_names, origins)
 
 
 def default_data_root() -> Optional[str]:
@@ -196,18 +205,50 @@ def open_imagenette(root: str | os.PathLike, split: str = "val", download: bool 
     return ImageList(str(root), paths, labels)
 
 
+def check_labels(labels: torch.Tensor, origins: Sequence[str], num_classes: int, allow_unlabelled: bool = False) -> None:
+    """Every label is one of the model's ``num_classes`` classes, or one line naming the first
+    that is not (an unlabelled image, unless allowed, or an index past the model's classes)."""
+    low = NO_LABEL if allow_unlabelled else 0
+    bad = ((labels < low) | (labels >= num_classes)).nonzero()
+    if len(bad):
+        i = int(bad[0, 0])
+        where = f" ({origins[i]})" if i < len(origins) else f" (image {i + 1})"
+        label = int(labels[i])
+        what = "has no label" if label < 0 else f"has label {label}, outside the model's {num_classes} classes (0..{num_classes - 1})"
+        raise DatasetError(f"an image{where} {what}")
+
+
 @dataclass
 class EvalTensors:
-    """Preprocessed images [N, 3, H, W] and labels [N], decoded once, reused by every plan."""
+    """Images [N, 3, H, W] and labels [N], decoded once, reused by every plan.
+
+    ``images`` are uint8 pixels when decoded from files (``load_tensors``: 150 KB a 224 px image,
+    a quarter of float32), turned into the model's float input batch by batch by ``preprocess``
+    (its ``normalize``), on the device that runs the model. Sets built by hand may hold the float
+    inputs themselves (``preprocess`` None)."""
 
     images: torch.Tensor
     labels: torch.Tensor
     skipped: List[str] = field(default_factory=list)
     source: str = ""  # content key of what was decoded (``load_tensors``); "" = hash the tensors
     origins: List[str] = field(default_factory=list)  # each kept image's path (and labels.txt line), when known
+    preprocess: Optional[object] = None  # a models.Preprocess (duck-typed: this stage imports no model code)
+    image_list: Optional[ImageList] = None  # the files the kept images came from, when decoded from files
+
+    def __post_init__(self):
+        if self.images.dtype == torch.uint8 and self.preprocess is None:
+            raise DatasetError("uint8 images need the preprocessing that normalises them (preprocess=...)")
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @property
+    def image_shape(self) -> Tuple[int, ...]:
+        return tuple(self.images.shape[1:])
+
+    @property
+    def nbytes(self) -> int:
+        return self.images.numel() * self.images.element_size() + self.labels.numel() * self.labels.element_size()
 
     @property
     def fingerprint(self) -> str:
@@ -225,25 +266,29 @@ class EvalTensors:
         return key
 
     def check_labels(self, num_classes: int, allow_unlabelled: bool = False) -> None:
-        """Every label is one of the model's ``num_classes`` classes, or one line naming the first
-        that is not (an unlabelled image, unless allowed, or an index past the model's classes)."""
-        labels = self.labels
-        low = NO_LABEL if allow_unlabelled else 0
-        bad = ((labels < low) | (labels >= num_classes)).nonzero()
-        if len(bad):
-            i = int(bad[0, 0])
-            where = f" ({self.origins[i]})" if i < len(self.origins) else f" (image {i + 1})"
-            label = int(labels[i])
-            what = "has no label" if label < 0 else f"has label {label}, outside the model's {num_classes} classes (0..{num_classes - 1})"
-            raise DatasetError(f"an image{where} {what}")
+        check_labels(self.labels, self.origins, num_classes, allow_unlabelled)
 
-    def batches(self, batch_size: int) -> Sequence[Tuple[torch.Tensor, torch.Tensor]]:
-        return [(self.images[i:i + batch_size], self.labels[i:i + batch_size]) for i in range(0, len(self), batch_size)]
+    def to_inputs(self, images: torch.Tensor) -> torch.Tensor:
+        """A slice of ``images`` (on any device) as the model's float input."""
+        return images if images.dtype != torch.uint8 else self.preprocess.normalize(images)
+
+    def inputs(self, start: int = 0, stop: Optional[int] = None) -> torch.Tensor:
+        """The model's float input for images ``start:stop`` (calibration passes, reconstruction)."""
+        return self.to_inputs(self.images[start:stop])
+
+    def pixel_batches(self, batch_size: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        """(images as stored, labels) batches: uint8 pixels for ``to_inputs`` (or float inputs as they are)."""
+        for i in range(0, len(self), batch_size):
+            yield self.images[i:i + batch_size], self.labels[i:i + batch_size]
+
+    def batches(self, batch_size: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        for i in range(0, len(self), batch_size):
+            yield self.inputs(i, i + batch_size), self.labels[i:i + batch_size]
 
 
 def _decode(path: str, transform: Callable) -> Optional[torch.Tensor]:
-    """The preprocessed image, or None when it cannot be used: not a regular file (a fifo or a
-    device would block or never end: never opened), corrupt, or too large (PIL's bomb limit)."""
+    """A float image through a PIL ``transform`` (the path for hand-made transforms), or None when
+    it cannot be used: not a regular file (never opened), corrupt, or too large (PIL's bomb limit)."""
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):
             return None
@@ -253,8 +298,8 @@ def _decode(path: str, transform: Callable) -> Optional[torch.Tensor]:
         return None
 
 
-def _decode_workers() -> int:
-    # PIL's JPEG decoder and resize release the GIL, so threads decode in parallel; one per core.
+def decode_workers() -> int:
+    # The JPEG/PNG decoders and the resize release the GIL, so threads decode in parallel; one per core.
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
@@ -262,38 +307,15 @@ def _decode_workers() -> int:
     return max(1, min(8, cores))
 
 
-def load_tensors(images: ImageList, transform: Callable, progress: Progress = None) -> EvalTensors:
-    """Decode and preprocess every image once; unreadable ones are skipped and listed.
+def describe(images: ImageList, i: int) -> str:
+    """Image ``i`` for messages: its file name and, when known, where its label came from."""
+    name = os.path.basename(images.paths[i])
+    return f"'{name}', {images.origins[i]}" if i < len(images.origins) else f"'{name}'"
 
-    Images are decoded on a thread per core and written straight into one preallocated tensor
-    (no list of N tensors plus a stacked copy: the peak stays at about one copy of the set)."""
-    from concurrent.futures import ThreadPoolExecutor
 
-    n = len(images)
-    out: Optional[torch.Tensor] = None
-    ys, skipped, kept = [], [], []
-    with ThreadPoolExecutor(max_workers=_decode_workers()) as pool:
-        decoded = pool.map(lambda p: _decode(p, transform), images.paths)
-        for i, (x, path, label) in enumerate(zip(decoded, images.paths, images.labels)):
-            if x is None:
-                skipped.append(path)
-            else:
-                if out is None:
-                    out = torch.empty((n, *x.shape), dtype=x.dtype)
-                if x.shape != out.shape[1:]:
-                    raise DatasetError(f"'{path}' preprocesses to {tuple(x.shape)}, not {tuple(out.shape[1:])} like "
-                                       "the images before it; the transform must crop to one size")
-                out[len(ys)] = x
-                ys.append(label)
-                kept.append(f"'{os.path.basename(path)}', {images.origins[i]}" if i < len(images.origins)
-                            else f"'{os.path.basename(path)}'")
-            if progress:
-                progress(i + 1, n, "decoding images")
-    if out is None:
-        raise DatasetError(f"none of the {n} images in '{images.root}' could be read")
-    images_t = out if len(ys) == n else out[:len(ys)].clone()  # clone: let the unused rows go
-    source = f"{images.fingerprint()}|{transform!r}|skipped={len(skipped)}"
-    return EvalTensors(images_t, torch.tensor(ys, dtype=torch.long), skipped, source, kept)
+def pixels_source(images: ImageList, preprocess, skipped: int) -> str:
+    """The content key of a set decoded to pixels, kept or streamed alike (same numbers, same key)."""
+    return f"{images.fingerprint()}|{preprocess!r}|pixels|skipped={skipped}"
 
 
 def spread_subset(images: ImageList, n: Optional[int]) -> ImageList:

@@ -229,7 +229,7 @@ def evaluate_onnx(f: OnnxFile, data, batch_size: Optional[int] = None, progress:
 
     session = f.session()
     inputs = session.get_inputs()
-    if len(inputs) != 1 or list(inputs[0].shape[1:]) != list(data.images.shape[1:]):
+    if len(inputs) != 1 or list(inputs[0].shape[1:]) != list(data.image_shape):
         raise OnnxFileError(f"the ONNX model takes input {inputs[0].shape if inputs else None}, the images are "
-                            f"{list(data.images.shape[1:])}")
+                            f"{list(data.image_shape)}")
     return run_session(session, data, batch_size or DEFAULT_BATCH, progress)

@@ -81,7 +81,7 @@ def fisher_diagonal(model: nn.Module, layers: Sequence[LayerInfo], data: EvalTen
             w.requires_grad_(True)
         n = len(data)
         for i in range(n):
-            x = data.images[i:i + 1].to(device=device, dtype=weights[0].dtype)
+            x = data.inputs(i, i + 1).to(device=device, dtype=weights[0].dtype)
             logits = model(x)
             if i == 0:
                 data.check_labels(logits.shape[1], allow_unlabelled=True)

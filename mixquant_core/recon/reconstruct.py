@@ -285,15 +285,15 @@ def reconstruct_from_folder(loaded, plan, calib_dir: str, calib_images: int = 10
 
     Progress runs 0..1000 over the whole job (decoding is the first 5 %), ``what`` says the stage.
     """
-    from ..data.image_sets import load_tensors
+    from ..data.load import load_tensors
     from ..data.image_sets import open_calibration_folder
 
     plan.check_against(loaded.model)  # a wrong plan fails before the slow work
     images = open_calibration_folder(calib_dir, calib_images)
     decode = (lambda d, t, w: progress(int(50 * d / max(t, 1)), 1000, "decoding calibration images")) if progress else None
-    calib = load_tensors(images, loaded.preprocess.transform(), decode)
+    calib = load_tensors(images, loaded.preprocess, decode)
     fit = (lambda d, t, w: progress(50 + int(950 * d / max(t, 1)), 1000, w)) if progress else None
-    result = reconstruct_plan(loaded.model, plan, calib.images, cfg, fit)
+    result = reconstruct_plan(loaded.model, plan, calib.inputs(), cfg, fit)
     result.calib_images = len(calib)
     return result
 

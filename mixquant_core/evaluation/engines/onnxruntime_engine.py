@@ -83,7 +83,7 @@ class OnnxRuntimeEngine:
         self._told = set()  # models whose fallback was already announced (by id, while alive)
 
     def session_for(self, model: nn.Module, data: EvalTensors, bits: Optional[Dict[str, int]], quantizer: str):
-        proto = float_graph(model, tuple(data.images.shape[1:]))
+        proto = float_graph(model, data.image_shape)
         tensors = state_initializers(model, proto)  # the model's current floats, whatever was traced
         if bits:
             tensors.update(planned_weights(model, bits, quantizer))
