@@ -28,12 +28,17 @@ _UNUSABLE = (OSError, UnidentifiedImageError, ValueError, SyntaxError, RuntimeEr
              MemoryError)
 
 
+def _openable(path: str) -> bool:
+    """A regular file (never a fifo or a device) of at most MAX_FILE_BYTES; raises OSError when absent."""
+    st = os.stat(path)
+    return stat.S_ISREG(st.st_mode) and st.st_size <= MAX_FILE_BYTES
+
+
 def probe(path: str) -> bool:
     """True when ``path`` is a regular file of acceptable size whose header PIL reads as an image
     within its pixel limit: what can be known without decoding."""
     try:
-        st = os.stat(path)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_FILE_BYTES:
+        if not _openable(path):
             return False
         with Image.open(path):
             return True
@@ -59,8 +64,7 @@ def decode_pixels(path: str, pixel_transform: Callable[[torch.Tensor], torch.Ten
     from torchvision.transforms.functional import pil_to_tensor
 
     try:
-        st = os.stat(path)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_FILE_BYTES:
+        if not _openable(path):
             return None
         with Image.open(path) as img:  # the header only, until asked for pixels
             if _DECODE is not None and (img.format, img.mode) in _TORCHVISION_DECODES:

@@ -255,14 +255,15 @@ class EvalTensors:
         """Content key of these tensors: caches and stored results are keyed by it, never by id()."""
         key = self.__dict__.get("_fingerprint")
         if key is None:
-            h = hashlib.sha256()
             if self.source:
-                h.update(f"{self.source}\0{len(self)}".encode())
+                key = source_key(self.source, len(self))
             else:  # built by hand (tests, API users): the bytes themselves
+                h = hashlib.sha256()
                 h.update(self.labels.cpu().numpy().tobytes())
                 h.update(str(tuple(self.images.shape)).encode())
                 h.update(self.images.detach().cpu().contiguous().numpy().tobytes())
-            key = self.__dict__["_fingerprint"] = h.hexdigest()[:16]
+                key = h.hexdigest()[:16]
+            self.__dict__["_fingerprint"] = key
         return key
 
     def check_labels(self, num_classes: int, allow_unlabelled: bool = False) -> None:
@@ -282,8 +283,8 @@ class EvalTensors:
             yield self.images[i:i + batch_size], self.labels[i:i + batch_size]
 
     def batches(self, batch_size: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-        for i in range(0, len(self), batch_size):
-            yield self.inputs(i, i + batch_size), self.labels[i:i + batch_size]
+        for images, labels in self.pixel_batches(batch_size):
+            yield self.to_inputs(images), labels
 
 
 def _decode(path: str, transform: Callable) -> Optional[torch.Tensor]:
@@ -311,6 +312,11 @@ def describe(images: ImageList, i: int) -> str:
     """Image ``i`` for messages: its file name and, when known, where its label came from."""
     name = os.path.basename(images.paths[i])
     return f"'{name}', {images.origins[i]}" if i < len(images.origins) else f"'{name}'"
+
+
+def source_key(source: str, n: int) -> str:
+    """The fingerprint of ``n`` images decoded from ``source``: one rule for kept and streamed sets."""
+    return hashlib.sha256(f"{source}\0{n}".encode()).hexdigest()[:16]
 
 
 def pixels_source(images: ImageList, preprocess, skipped: int) -> str:

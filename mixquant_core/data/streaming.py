@@ -15,7 +15,7 @@ import torch
 
 from ..errors import DatasetError
 from .decode import decode_pixels, probe
-from .image_sets import ImageList, Progress, check_labels, decode_workers, describe, pixels_source
+from .image_sets import ImageList, Progress, check_labels, decode_workers, describe, pixels_source, source_key
 
 # Batches decoded ahead of the model, per decoding thread: enough to hide a slow file, small enough
 # to stay a few MB (8 batches of 8 images of 150 KB = 10 MB).
@@ -61,9 +61,7 @@ class StreamedImages:
 
     @property
     def fingerprint(self) -> str:
-        import hashlib
-
-        return hashlib.sha256(f"{self.source}\0{len(self)}".encode()).hexdigest()[:16]
+        return source_key(self.source, len(self))
 
     def check_labels(self, num_classes: int, allow_unlabelled: bool = False) -> None:
         check_labels(self.labels, self.origins, num_classes, allow_unlabelled)
