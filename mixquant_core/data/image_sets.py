@@ -10,13 +10,16 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import DatasetError
+
+if TYPE_CHECKING:  # annotations only: the data stage needs no model code at run time
+    from ..models.preprocess import Preprocess
 
 IMAGE_EXTS = (".jpeg", ".jpg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
 NO_LABEL = -1  # an image without a label (calibration): losses use the model's own prediction
@@ -205,6 +208,10 @@ class EvalTensors:
     skipped: List[str] = field(default_factory=list)
     source: str = ""  # content key of what was decoded (``load_tensors``); "" = hash the tensors
     origins: List[str] = field(default_factory=list)  # each kept image's path (and labels.txt line), when known
+    # What was decoded, for whoever decodes it again elsewhere (a Ray cluster's workers read their
+    # shard from the files); None when the tensors were built by hand.
+    image_list: Optional[ImageList] = None
+    preprocess: Optional["Preprocess"] = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -262,11 +269,13 @@ def _decode_workers() -> int:
     return max(1, min(8, cores))
 
 
-def load_tensors(images: ImageList, transform: Callable, progress: Progress = None) -> EvalTensors:
+def load_tensors(images: ImageList, transform: Callable, progress: Progress = None,
+                 preprocess: Optional["Preprocess"] = None) -> EvalTensors:
     """Decode and preprocess every image once; unreadable ones are skipped and listed.
 
     Images are decoded on a thread per core and written straight into one preallocated tensor
-    (no list of N tensors plus a stacked copy: the peak stays at about one copy of the set)."""
+    (no list of N tensors plus a stacked copy: the peak stays at about one copy of the set).
+    ``images`` and ``preprocess`` (the recipe ``transform`` came from) are kept on the result."""
     from concurrent.futures import ThreadPoolExecutor
 
     n = len(images)
@@ -293,7 +302,7 @@ def load_tensors(images: ImageList, transform: Callable, progress: Progress = No
         raise DatasetError(f"none of the {n} images in '{images.root}' could be read")
     images_t = out if len(ys) == n else out[:len(ys)].clone()  # clone: let the unused rows go
     source = f"{images.fingerprint()}|{transform!r}|skipped={len(skipped)}"
-    return EvalTensors(images_t, torch.tensor(ys, dtype=torch.long), skipped, source, kept)
+    return EvalTensors(images_t, torch.tensor(ys, dtype=torch.long), skipped, source, kept, images, preprocess)
 
 
 def spread_subset(images: ImageList, n: Optional[int]) -> ImageList:

@@ -1,0 +1,67 @@
+"""An evaluation set cut into shards for a cluster, and the shards' per-image results merged back.
+
+A shard is a contiguous run of the set's images, cut at a multiple of the engines' batch size, so
+every batch a worker runs is a batch a single process runs too: the per-image results, and every
+number made from them, are the single process's (bit for bit with ONNX Runtime, whose results do
+not depend on the thread count either; tests/test_cluster.py checks it).
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from ..data.image_sets import EvalTensors, ImageList
+from ..errors import MixQuantError
+from .evaluate import Metrics
+
+# A task pays a fixed price (a session built, a shard read), so no shard is smaller than this;
+# and one task holds its shard decoded (~600 KB an image at 224 px), so none is larger than that.
+SMALLEST_SHARD = 64
+LARGEST_SHARD = 1024
+SHARDS_PER_WORKER = 2  # a little slack, so a slow worker does not hold the others up at the end
+
+
+def shard_size(images: int, workers: int, align: int) -> int:
+    """Images per shard: about ``SHARDS_PER_WORKER`` shards per worker, as even as ``align`` allows.
+    It does not depend on how many plans run, so one set's shards serve every call of a search."""
+    count = max(1, SHARDS_PER_WORKER * max(1, workers))
+    size = min(max(math.ceil(images / count), SMALLEST_SHARD), LARGEST_SHARD)
+    return math.ceil(size / align) * align
+
+
+def shard_bounds(images: int, size: int) -> List[Tuple[int, int]]:
+    """[(start, stop)] covering ``images`` in order, every shard ``size`` long but the last."""
+    if images < 1 or size < 1:
+        raise MixQuantError(f"cannot cut {images} images into shards of {size}")
+    return [(start, min(start + size, images)) for start in range(0, images, size)]
+
+
+def kept_images(data: EvalTensors) -> Optional[ImageList]:
+    """The files of the images ``data`` holds, in its order (unreadable ones left out as they were),
+    or None when ``data`` was not decoded from files with a known recipe, or no longer matches them."""
+    images, preprocess = data.image_list, data.preprocess
+    if images is None or preprocess is None or f"|{preprocess.transform()!r}|" not in data.source:
+        return None
+    skipped = set(data.skipped)
+    keep = [i for i, path in enumerate(images.paths) if path not in skipped]
+    labels = [images.labels[i] for i in keep]
+    if len(keep) != len(data) or not torch.equal(torch.tensor(labels, dtype=torch.long), data.labels.cpu()):
+        return None
+    origins = [images.origins[i] for i in keep] if len(images.origins) == len(images) else []
+    return ImageList(images.root, [images.paths[i] for i in keep], labels, images.class_names, origins)
+
+
+def slice_images(images: ImageList, start: int, stop: int) -> ImageList:
+    return ImageList(images.root, images.paths[start:stop], images.labels[start:stop], images.class_names,
+                     images.origins[start:stop])
+
+
+def merge_shards(parts: Sequence[Tuple[np.ndarray, np.ndarray, np.ndarray]], images: int) -> Metrics:
+    """One plan's metrics from its shards' (hit1, hit5, losses), in shard order."""
+    hit1, hit5, losses = (np.concatenate([part[k] for part in parts]) for k in range(3))
+    if len(hit1) != images:
+        raise MixQuantError(f"the cluster returned results for {len(hit1)} images, not the set's {images}")
+    return Metrics.from_per_image(hit1, hit5, losses)
