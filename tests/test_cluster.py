@@ -189,3 +189,12 @@ def test_cli_sweep_on_the_cluster(cluster, image_folder, capsys, tmp_path):
     assert local["engine_label"] == "onnxruntime-cpu" and local["evaluated"] == 3
     keep = ("method", "top1", "top5", "loss", "images", "top1_ci", "vs_float32")
     assert [{k: r[k] for k in keep} for r in remote["rows"]] == [{k: r[k] for k in keep} for r in local["rows"]]
+
+
+def test_app_sidebar_takes_a_ray_address():
+    from apptest_support import errors, new_app
+
+    at = new_app(cluster="127.0.0.1:1").run()
+    assert at.sidebar.text_input(key="cluster").value == "127.0.0.1:1"
+    assert [e for e in errors(at) if e.startswith("Cannot use the Ray cluster: cannot reach the Ray cluster at 127.0.0.1:1")]
+    assert not at.exception

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import socket
+import threading
 from collections import OrderedDict
 from typing import Callable, List, Optional, Sequence
 
@@ -91,13 +93,22 @@ class RayCluster:
             check_reachable(self.address)
             self._reached = True
         if not ray.is_initialized():
+            if not self.address and threading.current_thread() is not threading.main_thread():
+                # Ray's local processes die with the thread that started them (Linux's parent-death
+                # signal), e.g. at the end of a Streamlit rerun: only a running cluster is safe here.
+                raise MixQuantError("a local Ray cluster can only be started from a main thread: start one with "
+                                    "'ray start --head' and give its address (e.g. auto or 127.0.0.1:6379)")
             try:
-                ray.init(address=self.address, num_cpus=None if self.address else self.num_cpus,
+                # "local": a new local Ray, never one that ``ray start`` left running on this machine
+                ray.init(address=self.address or "local", num_cpus=None if self.address else self.num_cpus,
                          ignore_reinit_error=True, log_to_driver=False, include_dashboard=False,
                          logging_level=logging.WARNING)
             except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
                 where = f"the Ray cluster at {self.address}" if self.address else "a local Ray cluster"
-                raise MixQuantError(f"cannot connect to {where}: {first_line(exc)}") from None
+                hint = "" if not self.address or os.environ.get("RAY_AUTH_MODE") else (
+                    "; a cluster with token authentication (ray start's default) also needs RAY_AUTH_MODE=token "
+                    "here and its token (ray get-auth-token)")
+                raise MixQuantError(f"cannot connect to {where}: {first_line(exc)}{hint}") from None
         return ray
 
     def shutdown(self) -> None:
@@ -171,7 +182,8 @@ class RayCluster:
                     raise cause from None
                 raise MixQuantError(f"a cluster task failed: {type(cause).__name__}: {first_line(cause)}") from None
             if isinstance(exc, ray.exceptions.RayError):  # e.g. a worker died on every retry
-                raise MixQuantError(f"the cluster could not finish the evaluation: {first_line(exc)}") from None
+                raise MixQuantError(f"the cluster could not finish the evaluation ({self.max_retries} retries per task): "
+                                    f"{first_line(exc)}") from None
             raise
 
     def _model_ref(self, ray, model: nn.Module, model_key: str):
