@@ -105,7 +105,8 @@ def assert_same(local, remote, plans, data):
 
 def test_shards_cover_the_set_in_order_at_batch_multiples():
     assert shard_bounds(20, 8) == [(0, 8), (8, 16), (16, 20)]
-    assert shard_size(200, 2, 8) % 8 == 0 and shard_size(200, 2, 8) >= 64
+    assert shard_size(200, 2, 8) == 72  # three even shards (72, 72, 56), none below 64 images
+    assert shard_size(1000, 2, 8) == 256  # two per worker
     assert shard_size(100_000, 4, 256) == 1024  # capped: a task holds its shard decoded
     with pytest.raises(MixQuantError):
         shard_bounds(0, 8)

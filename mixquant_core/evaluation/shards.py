@@ -25,11 +25,13 @@ SHARDS_PER_WORKER = 2  # a little slack, so a slow worker does not hold the othe
 
 
 def shard_size(images: int, workers: int, align: int) -> int:
-    """Images per shard: about ``SHARDS_PER_WORKER`` shards per worker, as even as ``align`` allows.
-    It does not depend on how many plans run, so one set's shards serve every call of a search."""
-    count = max(1, SHARDS_PER_WORKER * max(1, workers))
-    size = min(max(math.ceil(images / count), SMALLEST_SHARD), LARGEST_SHARD)
-    return math.ceil(size / align) * align
+    """Images per shard: ``SHARDS_PER_WORKER`` shards per worker where the set is large enough for
+    shards of ``SMALLEST_SHARD``, more where it would need shards above ``LARGEST_SHARD``; as even
+    as ``align`` allows. It does not depend on how many plans run, so one set's shards serve every
+    call of a search."""
+    count = min(SHARDS_PER_WORKER * max(1, workers), max(1, images // SMALLEST_SHARD))
+    count = max(count, math.ceil(images / LARGEST_SHARD))
+    return math.ceil(math.ceil(images / count) / align) * align
 
 
 def shard_bounds(images: int, size: int) -> List[Tuple[int, int]]:
