@@ -68,7 +68,7 @@ def cmd_allocate(args) -> None:
 
 def cmd_compare(args) -> None:
     from .main import VERSUS_HEADERS, VERSUS_NOTE, _eval_tensors, _fmt, _print_table, _versus, _with_ci, _workspace, \
-        check_out, progress_bar, write_csv
+        check_out, progress_bar, ran_on, write_csv
     from mixquant_core.studies.compare import compare, matched
 
     t0 = time.perf_counter()
@@ -118,7 +118,7 @@ def cmd_compare(args) -> None:
     _print_table(["avg-bit budget"] + shown, lines)
     print(f"\n{ws.loaded.name}, {ws.quantizer}, {len(data)} images, calibration {info['calibration_images']} images, "
           f"{ws.distinct_evaluated} distinct plans (float32 included): {ws.evaluated_now} evaluated, {ws.from_store} from "
-          f"the results store, {elapsed:.1f} s on {ws.device}")
+          f"the results store, {elapsed:.1f} s on {ran_on(ws)}")
 
 
 def register(subparsers, commands) -> None:

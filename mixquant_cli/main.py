@@ -131,6 +131,36 @@ def _add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--early-stop", action="store_true",
                    help="stop evaluating a plan once its top-1 is surely below half of float32's (error rate 0.001)")
     add_engine_arg(p)
+    add_cluster_arg(p)
+
+
+def cluster_option(text: str) -> str:
+    """An argparse type: ``ray`` or ``ray=ADDRESS`` (checked here, connected to later)."""
+    from mixquant_core.evaluation.cluster import parse_cluster_option
+
+    try:
+        parse_cluster_option(text)
+    except MixQuantError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def add_cluster_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cluster", type=cluster_option, metavar="ray[=ADDRESS]",
+                   help="evaluate as (plan, image shard) tasks on a Ray cluster: 'ray' starts a local one, "
+                        "'ray=HOST:PORT' (or ray://HOST:10001, auto) joins a running one; the evaluation folder "
+                        "must be at the same path on every node; no early stop there")
+
+
+def open_cluster(option: Optional[str]):
+    """The connected RayCluster for ``--cluster``, or None; an unreachable one is a one-line error."""
+    if not option:
+        return None
+    from mixquant_core.evaluation.cluster import RayCluster, parse_cluster_option
+
+    cluster = RayCluster(parse_cluster_option(option))
+    cluster.connect()  # now, before any slow work: a wrong address fails first
+    return cluster
 
 
 def add_engine_arg(p: argparse.ArgumentParser) -> None:
@@ -194,10 +224,11 @@ def _workspace(args, progress: bool = True):
     from mixquant_core.evaluation.store import open_store
 
     store = open_store(args.store, not args.no_store) if hasattr(args, "store") else None  # a bad store fails first
+    cluster = open_cluster(getattr(args, "cluster", None))
     loaded = load_model(args.model, arch=args.arch, trust_code=args.trust_code)
     return Workspace(loaded, args.quantizer, args.bits, args.keep_first_last, args.exclude,
                      device=getattr(args, "device", "cpu"), engine=getattr(args, "engine", "auto"), notify=notice,
-                     store=store, early_stop=getattr(args, "early_stop", False))
+                     store=store, early_stop=getattr(args, "early_stop", False), cluster=cluster)
 
 
 def _eval_tensors(args, ws, show: bool):
@@ -374,7 +405,7 @@ def cmd_sweep(args) -> None:
         print(json.dumps({"model": ws.loaded.name, "quantizer": ws.quantizer, "images": len(data),
                           "distinct_plans": ws.distinct_evaluated, "evaluated": ws.evaluated_now,
                           "from_store": ws.from_store, "seconds": elapsed, "decode_seconds": decode_s,
-                          "evaluate_seconds": eval_s, "engine": ws.engine.name,
+                          "evaluate_seconds": eval_s, "engine": ws.engine.name, "engine_label": ws.engine_label(),
                           "rows": [r.to_dict() for r in rows]}, indent=2))
         return
     headers = ["method", "QEM", "bit-widths", "top-1 [95 %]", "top-5 [95 %]", "loss", "quant MSE", "avg bits", "size MB", "x"]
@@ -384,8 +415,13 @@ def cmd_sweep(args) -> None:
     _print_table(headers + VERSUS_HEADERS, body)
     print(f"\n{VERSUS_NOTE}\n{ws.loaded.name}, {ws.quantizer}, {len(data)} images, {len(qems)} QEMs, "
           f"{ws.distinct_evaluated} distinct plans (float32 included): {ws.evaluated_now} evaluated, "
-          f"{ws.from_store} from the results store, {elapsed:.1f} s on {ws.device} "
-          f"(decode {decode_s:.1f} s, evaluation {eval_s:.1f} s with {ws.engine.name})")
+          f"{ws.from_store} from the results store, {elapsed:.1f} s on {ran_on(ws)} "
+          f"(decode {decode_s:.1f} s, evaluation {eval_s:.1f} s with {ws.engine_label()})")
+
+
+def ran_on(ws) -> str:
+    """Where the evaluations ran, for the summary line."""
+    return ws.cluster.describe() if ws.cluster is not None else str(ws.device)
 
 
 def write_csv(path: Optional[str], rows) -> None:

@@ -22,6 +22,7 @@ from torch import nn
 
 from .data.image_sets import EvalTensors
 from .errors import MixQuantError
+from .evaluation.cluster import RayCluster
 from .evaluation.engines import get_engine
 from .evaluation.evaluate import Metrics, resolve_device
 from .evaluation.statistics import EarlyStop
@@ -89,9 +90,11 @@ class Workspace:
     def __init__(self, loaded: LoadedModel, quantizer: str = "asymmetric", bits: Sequence[int] = DEFAULT_BITS,
                  keep_first_last: bool = False, exclude: Sequence[str] = (), device: str = "auto",
                  engine: str = "auto", notify: Optional[Callable[[str], None]] = None,
-                 store: Optional[ResultsStore] = None, early_stop: bool = False):
+                 store: Optional[ResultsStore] = None, early_stop: bool = False, cluster: Optional[RayCluster] = None):
         self.loaded = loaded
         self.store = store  # results kept across runs (evaluation/store.py); None = memory only
+        # Evaluations run as (plan, shard) tasks on a Ray cluster (evaluation/cluster.py); None = here.
+        self.cluster = cluster
         # Stop evaluating a plan once it is surely below half of float32's top-1 (statistics.EarlyStop).
         self.early_stop = early_stop
         self.evaluated_now = 0  # evaluations actually run by this Workspace (not from cache or store)
@@ -109,6 +112,7 @@ class Workspace:
                 if notify:
                     notify(message)
 
+        self.engine_choice = engine  # what a cluster's nodes resolve for themselves
         self.engine = get_engine(engine, self.device, tell)
         self.layers: List[LayerInfo] = find_layers(loaded.model, exclude)
         if not self.layers:
@@ -208,7 +212,7 @@ class Workspace:
         # freed address); a plan is its (quantizer, layer -> bits) mapping. Behind it, the store.
         if self._metrics_data != data.fingerprint:
             self._metrics, self._metrics_data = {}, data.fingerprint
-        key = ("f32",) if named is None else (quantizer, tuple(named.items()))
+        key = self._cache_key(named, quantizer)
         held = self._metrics.get(key)
         if held is None or (held.stopped_early and not self.early_stop):
             held = self._stored(named, quantizer, data)
@@ -219,9 +223,19 @@ class Workspace:
             self._metrics[key] = held
         return held
 
+    @staticmethod
+    def _cache_key(named: Optional[Dict[str, int]], quantizer: str) -> tuple:
+        return ("f32",) if named is None else (quantizer, tuple(named.items()))
+
+    def engine_label(self) -> str:
+        """What evaluates: ``onnxruntime-cpu`` here, ``ray-onnxruntime-cpu`` on a CPU cluster, ..."""
+        if self.cluster is not None:
+            return self.cluster.engine_label(self.engine_choice)
+        return f"{self.engine.name}-{self.device.type}"
+
     def store_key(self, named: Optional[Dict[str, int]], quantizer: str, data: EvalTensors) -> EvalKey:
         return EvalKey(self.loaded.name, self.loaded.fingerprint, quantizer, None if named is None else dict(named),
-                       data.fingerprint, len(data), repr(self.loaded.preprocess), f"{self.engine.name}-{self.device.type}",
+                       data.fingerprint, len(data), repr(self.loaded.preprocess), self.engine_label(),
                        mixquant_version())
 
     def _stored(self, named, quantizer: str, data: EvalTensors) -> Optional[Metrics]:
@@ -234,6 +248,8 @@ class Workspace:
         return got
 
     def _measure(self, named, quantizer: str, data: EvalTensors, progress: Progress) -> Metrics:
+        if self.cluster is not None:
+            return self._measure_on_cluster([named], quantizer, data, progress)[0]
         rule = None
         if named is not None and self.early_stop:
             rule = EarlyStop.half_of(self._evaluate(None, quantizer, data, None).top1, len(data))
@@ -245,6 +261,19 @@ class Workspace:
             self.store.put(self.store_key(named, quantizer, data), metrics, time.perf_counter() - start)
         return metrics
 
+    def _measure_on_cluster(self, plans: List[Optional[Dict[str, int]]], quantizer: str, data: EvalTensors,
+                            progress: Progress) -> List[Metrics]:
+        """Every plan's metrics from one batch of cluster tasks (no early stop there), stored."""
+        start = time.perf_counter()
+        results = self.cluster.evaluate_many(self.loaded.model, self.loaded.fingerprint, plans, quantizer, data,
+                                             self.engine_choice, progress)
+        self.evaluated_now += len(plans)
+        if self.store is not None:
+            each = (time.perf_counter() - start) / len(plans)  # the plans ran side by side: an equal share each
+            for named, metrics in zip(plans, results):
+                self.store.put(self.store_key(named, quantizer, data), metrics, each)
+        return results
+
     def has_results(self, plans: Sequence[Optional[Sequence[int]]], data: EvalTensors) -> bool:
         """True when every plan (``None`` = float32) is known from the cache or the store: nothing to evaluate."""
         for bits in self._distinct(plans):
@@ -253,8 +282,16 @@ class Workspace:
         return True
 
     def evaluate_plans(self, plans: Sequence[Optional[Sequence[int]]], data: EvalTensors, progress: Progress = None) -> None:
-        """Evaluate each distinct plan of ``plans`` once (``None`` = float32), one progress step per plan."""
+        """Evaluate each distinct plan of ``plans`` once (``None`` = float32), one progress step per plan
+        (on a cluster: every plan not known yet in one batch of tasks, a step per task)."""
         distinct = self._distinct(plans)
+        if self.cluster is not None:
+            missing = [self._named(b) for b in distinct
+                       if self._evaluate(self._named(b), self.quantizer, data, None, cached_only=True) is None]
+            if missing:
+                for named, metrics in zip(missing, self._measure_on_cluster(missing, self.quantizer, data, progress)):
+                    self._metrics[self._cache_key(named, self.quantizer)] = metrics
+            return
         for k, bits in enumerate(distinct):
             if progress:
                 progress(k, len(distinct), f"plan {k + 1}/{len(distinct)}")

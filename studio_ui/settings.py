@@ -37,6 +37,7 @@ class Settings:
     limit: int
     engine: str = "auto"  # evaluation engine: auto | torch | onnxruntime
     trust_code: bool = False  # the user ticked "Trust code in this file" for an upload
+    cluster: str = ""  # address of a running Ray cluster to evaluate on (HOST:PORT, ray://HOST:PORT, auto); "" = none
 
     @property
     def model_key(self) -> tuple:
@@ -46,7 +47,7 @@ class Settings:
 
     @property
     def workspace_key(self) -> tuple:
-        return (self.model_key, self.quantizer, self.bits, self.keep_first_last, self.device, self.engine)
+        return (self.model_key, self.quantizer, self.bits, self.keep_first_last, self.device, self.engine, self.cluster)
 
     @property
     def data_key(self) -> tuple:

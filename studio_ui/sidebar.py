@@ -50,7 +50,7 @@ def _defaults(names: List[str]) -> None:
         quantizer="asymmetric", keep_first_last=False, bits=list(range(MAX_BITS, MIN_BITS - 1, -1)),
         device="cuda" if torch.cuda.is_available() else "cpu", data_kind="Image folder", data_dir=default_eval_dir() or "",
         imagenette_dir=os.path.join(os.environ.get("MIXQUANT_DATA") or os.path.expanduser("~/.cache/mixquant"), "imagenette"),
-        limit=DEFAULT_LIMIT, engine="auto", trust_code=False,
+        limit=DEFAULT_LIMIT, engine="auto", trust_code=False, cluster="",
     )
 
 
@@ -105,6 +105,10 @@ def render() -> Settings:
     engine = sb.selectbox("Engine", list(ENGINE_LABELS), key="engine", format_func=ENGINE_LABELS.get,
                           help="What runs the evaluations. ONNX Runtime is several times faster than eager PyTorch "
                                "on a CPU; a model it cannot export is evaluated with torch (you are told).")
+    cluster = sb.text_input("Ray cluster (optional)", key="cluster", placeholder="none: evaluate here",
+                            help="Evaluate on a running Ray cluster: its address, HOST:PORT (e.g. 127.0.0.1:6379 "
+                                 "after 'ray start --head'), ray://HOST:10001 or auto. Its nodes must see the image "
+                                 "folder at the same path. No early stop there.")
 
     sb.header("Evaluation set")
     data_kind = sb.radio("Evaluation set", ["Image folder", "Imagenette"], key="data_kind", horizontal=True)
@@ -120,6 +124,7 @@ def render() -> Settings:
         model_digest=digest, arch=arch, quantizer=quantizer, bits=tuple(sorted({8, *map(int, bits)}, reverse=True)),
         keep_first_last=bool(keep), device=device, data_kind="folder" if data_kind == "Image folder" else "imagenette",
         data_dir=(data_dir or "").strip(), limit=int(limit), engine=engine, trust_code=bool(trust),
+        cluster=(cluster or "").strip(),
     )
     st.session_state["settings"] = settings
     return settings

@@ -98,12 +98,36 @@ def _timm_download_needed(name: str) -> Optional[str]:
 
 @st.cache_resource(max_entries=4, show_spinner=False)
 def _workspace(model_key: tuple, model_ref: str, arch: Optional[str], quantizer: str, bits: tuple,
-               keep_first_last: bool, device: str, shown_as: Optional[str] = None, trust_code: bool = False, engine: str = "auto") -> Workspace:
+               keep_first_last: bool, device: str, shown_as: Optional[str] = None, trust_code: bool = False, engine: str = "auto",
+               cluster_address: str = "", _cluster=None) -> Workspace:
     if shown_as is None:  # a registry name
         loaded = load_model(model_ref, arch=arch)
     else:  # an upload: read in a limited child process, named by the user's own file name
         loaded = load_model(model_ref, arch=arch, trust_code=trust_code, isolate=True, shown_as=shown_as)
-    return Workspace(loaded, quantizer, bits, keep_first_last, (), device, engine=engine)
+    return Workspace(loaded, quantizer, bits, keep_first_last, (), device, engine=engine, cluster=_cluster)
+
+
+@st.cache_resource(show_spinner=False)
+def _ray_cluster(address: str):
+    """One connected RayCluster per address for the whole server (a running cluster: a local one
+    cannot be started from a Streamlit script's thread)."""
+    from mixquant_core.evaluation.cluster import RayCluster
+
+    cluster = RayCluster(address)
+    cluster.connect()
+    return cluster
+
+
+def ray_cluster(s: Settings):
+    """The sidebar's Ray cluster, connected, or None without one; stops the page when unreachable."""
+    if not s.cluster:
+        return None
+    try:
+        with st.spinner(f"Connecting to the Ray cluster ({s.cluster})..."):
+            return _ray_cluster(s.cluster)
+    except USER_ERRORS as exc:
+        st.error(f"Cannot use the Ray cluster: {one_line(exc)}")
+        st.stop()
 
 
 TRUST_ADVICE = ("if you trust this file, tick 'Trust code in this file' in the sidebar "
@@ -125,10 +149,11 @@ def require_workspace() -> Workspace:
         allowed.add(s.model_key)
     upload = s.model_source == "upload"
     ref = s.model_path if upload else s.model_name
+    cluster = ray_cluster(s)
     try:
         with st.spinner(f"Loading {s.model_name}..."):
             ws = _workspace(s.model_key, ref, s.arch, s.quantizer, s.bits, s.keep_first_last, s.device,
-                            s.model_name if upload else None, s.trust_code, s.engine)
+                            s.model_name if upload else None, s.trust_code, s.engine, s.cluster, cluster)
     except UntrustedCodeError as exc:
         st.error(f"Cannot use this model: {exc}; {TRUST_ADVICE}.")
         st.stop()

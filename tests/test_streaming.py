@@ -53,6 +53,17 @@ def test_kept_set_is_uint8_and_normalises_to_the_float_pipeline_bit_for_bit(tmp_
     assert torch.equal(PRE.normalize(kept.images), kept.inputs())
 
 
+def test_normalising_into_a_reused_buffer_gives_the_same_inputs(tmp_path):
+    kept = load_tensors(write_folder(tmp_path / "set"), PRE)
+    buffer = torch.full((8, 3, 32, 32), float("nan"))
+    for pixels, _ in kept.pixel_batches(8):  # the last batch is shorter than the buffer
+        expected = PRE.normalize(pixels)
+        got = kept.to_inputs(pixels, buffer)
+        assert got.data_ptr() == buffer.data_ptr() and torch.equal(got, expected)
+    floats = expected.clone()
+    assert torch.equal(PRE.normalize(floats), PRE.normalize(expected)) and torch.equal(floats, expected)  # input untouched
+
+
 def test_streamed_set_gives_the_same_batches_labels_skips_and_key(tmp_path):
     images = write_folder(tmp_path / "set")
     kept = load_tensors(images, PRE)

@@ -269,9 +269,10 @@ class EvalTensors:
     def check_labels(self, num_classes: int, allow_unlabelled: bool = False) -> None:
         check_labels(self.labels, self.origins, num_classes, allow_unlabelled)
 
-    def to_inputs(self, images: torch.Tensor) -> torch.Tensor:
-        """A slice of ``images`` (on any device) as the model's float input."""
-        return images if images.dtype != torch.uint8 else self.preprocess.normalize(images)
+    def to_inputs(self, images: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """A slice of ``images`` (on any device) as the model's float input (in ``out``'s first rows
+        when given: see ``Preprocess.normalize``)."""
+        return images if images.dtype != torch.uint8 else self.preprocess.normalize(images, out)
 
     def inputs(self, start: int = 0, stop: Optional[int] = None) -> torch.Tensor:
         """The model's float input for images ``start:stop`` (calibration passes, reconstruction)."""

@@ -66,8 +66,8 @@ class StreamedImages:
     def check_labels(self, num_classes: int, allow_unlabelled: bool = False) -> None:
         check_labels(self.labels, self.origins, num_classes, allow_unlabelled)
 
-    def to_inputs(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.preprocess.normalize(pixels)
+    def to_inputs(self, pixels: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.preprocess.normalize(pixels, out)
 
     def _decode_batch(self, start: int, stop: int) -> Tuple[torch.Tensor, torch.Tensor]:
         paths = self.image_list.paths[start:stop]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Callable, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 from torchvision import transforms as T
@@ -39,13 +39,17 @@ class Preprocess:
         mode = T.InterpolationMode(self.interpolation)
         return v2.Compose([v2.Resize(self.resize, interpolation=mode, antialias=True), v2.CenterCrop(self.crop)])
 
-    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+    def normalize(self, pixels: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
         """uint8 pixels [..., 3, H, W] -> the model's float32 input, on the pixels' device. The same
         operations as ToTensor + Normalize (divide by 255, subtract the mean, divide by the std), so
-        the numbers are those of ``transform()`` on the same pixels, bit for bit."""
+        the numbers are those of ``transform()`` on the same pixels, bit for bit. With ``out`` (a
+        float32 tensor at least ``len(pixels)`` long), written into its first rows: a pass that
+        reuses one buffer allocates nothing per batch (big per-batch temporaries can fragment the
+        C heap and raise the peak memory of a long pass)."""
         mean = torch.tensor(self.mean, dtype=torch.float32, device=pixels.device).view(3, 1, 1)
         std = torch.tensor(self.std, dtype=torch.float32, device=pixels.device).view(3, 1, 1)
-        return pixels.to(torch.float32).div(255).sub_(mean).div_(std)
+        x = pixels.to(torch.float32, copy=True) if out is None else out[:len(pixels)].copy_(pixels)
+        return x.div_(255).sub_(mean).div_(std)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -63,7 +63,9 @@ def run_session(session, data: EvalTensors, batch_size: int, progress: Progress 
     ``early_stop``, the running top-1 is read every ``chunk`` images, as ``evaluate`` does."""
     input_name = session.get_inputs()[0].name
     results = PerImageResults(data, early_stop)
-    for x, y in data.batches(batch_size):
+    buffer = torch.empty((batch_size, *data.image_shape), dtype=torch.float32)  # every batch's input, reused
+    for pixels, y in data.pixel_batches(batch_size):
+        x = data.to_inputs(pixels, buffer)
         logits = torch.from_numpy(session.run(None, {input_name: x.numpy()})[0])
         if not torch.isfinite(logits).all():
             raise MixQuantError("the model produced NaN/Inf outputs (a quantized layer blew up)")
