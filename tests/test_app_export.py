@@ -138,4 +138,4 @@ def test_sidebar_engine_select_reaches_the_workspace(export):
     at.sidebar.selectbox(key="engine").set_value("torch").run()
     assert_ran_cleanly(at)
     assert at.session_state["settings"].engine == "torch"
-    assert at.session_state["settings"].workspace_key[-1] == "torch"
+    assert at.session_state["settings"].workspace_key[-2:] == ("torch", "")  # engine, then the (empty) Ray cluster

@@ -171,3 +171,17 @@ def test_lite0_same_top1_top5_as_the_float_pipeline_on_300_images(lite0, val_dir
         assert (now.top1, now.top5) == (before.top1, before.top5)
         assert np.array_equal(now.hit1, before.hit1) and np.array_equal(now.hit5, before.hit5)
         assert now.top1 > 75.0
+
+
+def test_an_oversized_file_is_skipped_unopened_by_every_decode_path(tmp_path, monkeypatch):
+    from mixquant_core.data import decode
+
+    images = write_folder(tmp_path / "set", n=6, bad=(1, 2))
+    big = max(images.paths, key=os.path.getsize)
+    monkeypatch.setattr(decode, "MAX_FILE_BYTES", os.path.getsize(big) - 1)  # only the largest file is over the bound
+    opened = []
+    real_open = decode.Image.open
+    monkeypatch.setattr(decode.Image, "open", lambda p, *a, **k: (opened.append(str(p)), real_open(p, *a, **k))[1])
+    for data in (load_tensors(images, PRE), load_tensors(images, PRE, cache_mb=0), load_tensors(images, PRE.transform())):
+        assert big in data.skipped and len(data) == 3, type(data).__name__
+    assert big not in opened and opened

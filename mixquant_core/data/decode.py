@@ -78,3 +78,15 @@ def decode_pixels(path: str, pixel_transform: Callable[[torch.Tensor], torch.Ten
         return pixel_transform(pixels).contiguous()
     except _UNUSABLE:
         return None
+
+
+def decode_float(path: str, transform: Callable) -> Optional[torch.Tensor]:
+    """A float image through a PIL ``transform`` (the path for hand-made transforms), or None when the
+    file cannot be used: not a regular file or too large (never opened), corrupt, or a bomb."""
+    try:
+        if not _openable(path):
+            return None
+        with Image.open(path) as img:
+            return transform(img.convert("RGB"))
+    except _UNUSABLE:
+        return None

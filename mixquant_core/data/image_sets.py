@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from ..errors import DatasetError
 
@@ -288,25 +286,17 @@ class EvalTensors:
             yield self.to_inputs(images), labels
 
 
-def _decode(path: str, transform: Callable) -> Optional[torch.Tensor]:
-    """A float image through a PIL ``transform`` (the path for hand-made transforms), or None when
-    it cannot be used: not a regular file (never opened), corrupt, or too large (PIL's bomb limit)."""
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. a container's share), at least 1."""
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            return None
-        with Image.open(path) as img:
-            return transform(img.convert("RGB"))
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError, MemoryError):
-        return None
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def decode_workers() -> int:
     # The JPEG/PNG decoders and the resize release the GIL, so threads decode in parallel; one per core.
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(8, cores))
+    return min(8, usable_cores())
 
 
 def describe(images: ImageList, i: int) -> str:

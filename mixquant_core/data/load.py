@@ -10,7 +10,8 @@ from typing import Callable, Optional
 import torch
 
 from ..errors import DatasetError
-from .image_sets import EvalTensors, ImageList, Progress, _decode, decode_workers, describe, pixels_source
+from .decode import decode_float
+from .image_sets import EvalTensors, ImageList, Progress, decode_workers, describe, pixels_source
 from .streaming import StreamedImages
 
 
@@ -86,6 +87,6 @@ def _load_pixels(images: ImageList, preprocess, progress: Progress) -> EvalTenso
 
 
 def _load_float(images: ImageList, transform: Callable, progress: Progress) -> EvalTensors:
-    tensors, labels, skipped, kept, kept_list = _fill(images, lambda p: _decode(p, transform), progress)
+    tensors, labels, skipped, kept, kept_list = _fill(images, lambda p: decode_float(p, transform), progress)
     source = f"{images.fingerprint()}|{transform!r}|skipped={len(skipped)}"
     return EvalTensors(tensors, labels, skipped, source, kept, None, kept_list)

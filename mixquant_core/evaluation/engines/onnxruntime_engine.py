@@ -10,14 +10,13 @@ The shared torch model is only read, never changed.
 """
 from __future__ import annotations
 
-import os
 from typing import Callable, Dict, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
-from ...data.image_sets import EvalTensors
+from ...data.image_sets import EvalTensors, usable_cores
 from ...errors import MixQuantError
 from ...models.onnx_graph import INPUT_NAME, OnnxExportError, float_graph, set_initializers, state_initializers
 from ...quant.quantizers import fake_quantize
@@ -31,19 +30,12 @@ from .torch_engine import TorchEngine
 DEFAULT_BATCH = 8
 
 
-def cpu_threads() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
-
-
 def new_session(model_bytes: bytes, threads: Optional[int] = None):
     """An ORT CPU session with every graph optimisation, ``threads`` intra-op threads (default: cores)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or cpu_threads()
+    options.intra_op_num_threads = threads or usable_cores()
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only: no warnings on the user's terminal
