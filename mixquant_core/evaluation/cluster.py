@@ -22,7 +22,7 @@ import os
 import socket
 import threading
 from collections import OrderedDict
-from typing import Callable, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -30,10 +30,9 @@ from torch import nn
 from ..data.image_sets import EvalTensors
 from ..errors import MixQuantError, first_line
 from .engines import get_engine
-from .evaluate import Metrics, default_batch_size
+from .evaluate import Metrics, Progress, default_batch_size
 from .shards import kept_images, merge_shards, shard_bounds, shard_size
 
-Progress = Optional[Callable[[int, int, str], None]]
 DEFAULT_MAX_RETRIES = 3  # runs of a task after its worker died, before the call fails
 CONNECT_TIMEOUT_S = 5.0  # Ray itself waits minutes for an address nobody answers at
 MODELS_KEPT = 2

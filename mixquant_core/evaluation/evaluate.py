@@ -3,18 +3,17 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.image_sets import EvalTensors
+from ..data.image_sets import EvalTensors, Progress
 from ..errors import MixQuantError
 from .statistics import EarlyStop, PairedDifference, accuracy_intervals, paired_difference
 
-Progress = Optional[Callable[[int, int, str], None]]
 
 
 @dataclass(frozen=True)

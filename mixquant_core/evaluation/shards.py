@@ -45,8 +45,8 @@ def kept_images(data: EvalTensors) -> Optional[ImageList]:
     """The files of the images ``data`` holds, in its order, when it was decoded to pixels from files
     (kept or streamed): workers decode their shards from them. None for sets built by hand, or
     decoded with a hand-made transform (no ``preprocess`` to decode them again with)."""
-    images = getattr(data, "image_list", None)
-    if images is None or getattr(data, "preprocess", None) is None or len(images) != len(data):
+    images = data.image_list
+    if images is None or data.preprocess is None or len(images) != len(data):
         return None
     if not torch.equal(torch.tensor(images.labels, dtype=torch.long), data.labels.cpu()):
         return None
