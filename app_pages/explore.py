@@ -8,15 +8,15 @@ import streamlit as st
 
 from mixquant_viz import figures
 from mixquant_core.plans.size import params_per_bits
-from studio_ui import sidebar, state
+from studio_ui import sidebar, state, workspaces
 
 SLIDER_LABEL = "QEM (quantization error multiplier, log scale)"
 
 sidebar.render()
 st.title("Explore")
-ws = state.require_workspace()
+ws = workspaces.require_workspace()
 s = state.settings()
-table = state.require_table(ws)
+table = workspaces.require_table(ws)
 family = ws.family()
 options = state.qem_options(family.qems, extra=[state.current_qem()])
 
@@ -49,7 +49,7 @@ def plan_view() -> None:
     m[2].metric("Compression", f"{size.compression:.2f}x")
     m[3].metric("Average bits", f"{size.avg_bits:.2f}")
 
-    avg_bits, plan_mb = state.family_sizes(s.workspace_key, ws)
+    avg_bits, plan_mb = workspaces.family_sizes(s.workspace_key, ws)
     st.plotly_chart(figures.qem_family(family.qems, avg_bits, plan_mb, qem, options[-1]), key="family_chart")
 
     left, right = st.columns([2, 1])

@@ -8,13 +8,14 @@ from mixquant_viz import figures
 from mixquant_core.export.onnx import onnx_bytes, onnx_size_report, read_onnx
 from mixquant_core.export.packed import quantized_model_bytes, read_quantized, size_report
 from mixquant_core.studies.tradeoff import rows_to_csv
-from studio_ui import recon_job, sidebar, state
+from studio_ui import recon_job, sidebar, state, workspaces
+from studio_ui.progress import progress
 
 sidebar.render()
 st.title("Export")
-ws = state.require_workspace()
+ws = workspaces.require_workspace()
 s = state.settings()
-state.require_table(ws)
+workspaces.require_table(ws)
 qem = state.current_qem()
 plan = ws.plan(qem)
 plan_json = plan.to_json()
@@ -68,7 +69,7 @@ st.caption("Integer codes (int2/uint2 for 2 bits, int4/uint4 for 3-4, int8/uint8
 onnx_files = st.session_state.setdefault("onnx_files", {})
 if st.button("Build the ONNX model", key="build_onnx"):
     try:
-        with state.progress("ONNX export") as cb:  # reads the shared model, changes nothing
+        with progress("ONNX export") as cb:  # reads the shared model, changes nothing
             onnx_data = onnx_bytes(ws.loaded.model, plan, ws.loaded.preprocess, progress=cb)
             onnx_file = read_onnx(onnx_data, ws.loaded.model)
             onnx_file.session()  # what we hand out must run
@@ -112,7 +113,7 @@ else:
         st.caption(f"Iterations per block: {done.result.config.iters}, calibration images: {done.result.calib_images}.")
     if st.button(f"Build the reconstructed ONNX model{for_plan}", key="build_recon_onnx"):
         try:
-            with state.progress("ONNX export") as cb:  # reads the shared model, changes nothing
+            with progress("ONNX export") as cb:  # reads the shared model, changes nothing
                 recon_onnx = onnx_bytes(ws.loaded.model, done.plan, ws.loaded.preprocess, done.result, cb)
                 read_onnx(recon_onnx, ws.loaded.model).session()  # checked: it reads back and runs
             st.session_state["recon_onnx"] = (done.id, recon_onnx)

@@ -6,7 +6,7 @@ import streamlit as st
 from PIL import Image
 
 from mixquant_core.models.layers import KINDS
-from studio_ui import sidebar, state
+from studio_ui import images, sidebar, state, workspaces
 
 SAMPLE_IMAGES = 8
 
@@ -19,7 +19,7 @@ st.markdown(
     "**Sensitivity**, and **Export** the plan as JSON."
 )
 
-ws = state.require_workspace()
+ws = workspaces.require_workspace()
 s = state.settings()
 model = ws.loaded.model
 total_params = sum(p.numel() for p in model.parameters())
@@ -41,7 +41,7 @@ st.dataframe(pd.DataFrame([{"kind": k, "layers": counts[k], "parameters": params
              hide_index=True)
 
 st.subheader("Evaluation set")
-images = state.eval_images(s)
+images = images.eval_images(s)
 if images is not None:
     used = min(s.limit, len(images))
     st.write(f"`{images.root}`: {len(images):,} labelled images; the app evaluates the first **{used:,}**.")
@@ -55,4 +55,4 @@ if images is not None:
         except (OSError, ValueError, SyntaxError) as exc:
             col.error(f"Cannot read image '{path.rsplit('/', 1)[-1]}': {state.one_line(exc)}")
             continue
-        col.image(thumb, caption=f"{label}: {state.class_name(images, label)}")
+        col.image(thumb, caption=f"{label}: {images.class_name(images, label)}")

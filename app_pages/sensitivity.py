@@ -4,13 +4,14 @@ import streamlit as st
 
 from mixquant_viz import figures
 from mixquant_core.studies.kind_sensitivity import kind_sensitivity, kinds_present, most_sensitive_by_rqe
-from studio_ui import sidebar, state
+from studio_ui import images, sidebar, state, workspaces
+from studio_ui.progress import progress
 
 sidebar.render()
 st.title("Sensitivity")
-ws = state.require_workspace()
+ws = workspaces.require_workspace()
 s = state.settings()
-table = state.require_table(ws)
+table = workspaces.require_table(ws)
 
 st.subheader("One layer kind at a time")
 st.caption("Only the layers of one kind go to b bits; every other layer stays at 8 bits.")
@@ -23,16 +24,17 @@ st.session_state["sens_kinds"] = [k for k in st.session_state["sens_kinds"] if k
 st.session_state["sens_bits"] = [b for b in st.session_state["sens_bits"] if b in low_bits]
 kinds = c1.multiselect("Layer kinds", present, key="sens_kinds")
 bits = c2.multiselect("Bit-widths to test", low_bits, key="sens_bits")
-data = state.eval_tensors(ws, s)
+data = images.eval_tensors(ws, s)
+ev = state.evaluations(ws)  # no early stop here: every plan's full accuracy
 results = st.session_state.setdefault("kind_sensitivity", {})
 if data is not None and kinds and bits:
     key = (s.workspace_key, state.data_key(s, data), tuple(kinds), tuple(sorted(bits, reverse=True)))
     st.caption(f"{len(kinds) * len(bits)} plans on {len(data)} images.")
     if st.button("Evaluate sensitivity", type="primary", key="run_sensitivity"):
         try:
-            with state.progress("Evaluating layer kinds") as cb:
-                rows = kind_sensitivity(ws, data, bits, kinds, cb)
-                refs = (ws.evaluate_bits(None, data).top1, ws.evaluate_bits(ws.uniform(8), data).top1)
+            with progress("Evaluating layer kinds") as cb:
+                rows = kind_sensitivity(ev, data, bits, kinds, cb)
+                refs = (ev.evaluate_bits(None, data).top1, ev.evaluate_bits(ws.uniform(8), data).top1)
             results[key] = (rows, refs)
         except state.USER_ERRORS as exc:
             st.error(f"Evaluation failed: {state.one_line(exc)}")

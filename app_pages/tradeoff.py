@@ -1,7 +1,7 @@
 """Trade-off: top-1/top-5 against QEM and against size on the evaluation subset (the paper's Table 2),
 and reconstruction (AdaRound + BRECQ) of a plan in the background.
 
-Workspace.sweep evaluates each distinct plan once and caches its metrics (and keeps them in the
+Evaluations.sweep evaluates each distinct plan once and caches its metrics (and keeps them in the
 results store), so coming back, sweeping again with more points, or restarting the app only
 evaluates plans not seen before; a sweep whose plans are all stored is shown without a click.
 """
@@ -12,14 +12,15 @@ from mixquant_core import default_qem_grid
 from mixquant_core.evaluation.statistics import EarlyStop, describe_difference, within_noise
 from mixquant_viz import figures
 from mixquant_core.studies.tradeoff import baseline, rows_to_csv
-from studio_ui import pareto, recon_panel, report_button, sidebar, state, target_panel
+from studio_ui import images, pareto, recon_panel, report_button, sidebar, state, target_panel, workspaces
+from studio_ui.progress import progress
 
 sidebar.render()
 st.title("Trade-off")
-ws = state.require_workspace()
+ws = workspaces.require_workspace()
 s = state.settings()
-table = state.require_table(ws)
-data = state.eval_tensors(ws, s)
+table = workspaces.require_table(ws)
+data = images.eval_tensors(ws, s)
 if data is None:
     st.stop()
 
@@ -31,6 +32,7 @@ early = st.checkbox("Stop early on hopeless plans", key="early_stop",
                          + EarlyStop.half_of(80.0, len(data)).describe().split(" with ", 1)[-1]
                          + ". Such plans are marked 'stopped early after N images'.")
 qems = tuple(float(q) for q in default_qem_grid(table, int(steps)))
+ev = state.evaluations(ws, early)  # this session's store and early stop, passed with every evaluation
 key = (s.workspace_key, state.data_key(s, data), qems, early)
 sweeps = st.session_state.setdefault("sweeps", {})
 st.caption(f"{len(data)} images from the evaluation set; QEMs {qems[0]:.3g} to {qems[-1]:.4g}. "
@@ -38,25 +40,23 @@ st.caption(f"{len(data)} images from the evaluation set; QEMs {qems[0]:.3g} to {
 
 if st.button("Evaluate trade-off", type="primary", key="run_sweep"):
     try:
-        with state.progress("Evaluating plans") as cb:
-            ws.early_stop = early
-            sweeps[key] = ws.sweep(data, qems, cb)
+        with progress("Evaluating plans") as cb:
+            sweeps[key] = ev.sweep(data, qems, cb)
     except state.USER_ERRORS as exc:
         st.error(f"Evaluation failed: {state.one_line(exc)}")
-elif key not in sweeps and ws.store is not None:
+elif key not in sweeps and ev.store is not None:
     # every plan already measured (this run or an earlier one): show it, free
-    ws.early_stop = early
-    if ws.has_results(ws.sweep_plans(qems)[2], data):
-        sweeps[key] = ws.sweep(data, qems)
+    if ev.has_results(ws.sweep_plans(qems)[2], data):
+        sweeps[key] = ev.sweep(data, qems)
         st.session_state.setdefault("sweeps_from_store", set()).add(key)
 rows = sweeps.get(key)
 if rows is None:
     st.info("Press **Evaluate trade-off** to measure float32, int8 and every plan of the QEM grid on the subset.")
-    recon_panel.render(ws, data, [])  # reconstruction needs no sweep: it offers the current QEM's plan
+    recon_panel.render(ws, ev, data, [])  # reconstruction needs no sweep: it offers the current QEM's plan
     st.stop()
 st.session_state["last_sweep"] = (s.workspace_key, rows)
 if key in st.session_state.get("sweeps_from_store", ()):
-    st.caption(f"Shown from the results store ({ws.store.path}): measured before, nothing evaluated again.")
+    st.caption(f"Shown from the results store ({ev.store.path}): measured before, nothing evaluated again.")
 
 f32, int8 = baseline(rows, "float32"), baseline(rows, "int8")
 mq_rows = [r for r in rows if r.method == "mixquant"]
@@ -85,12 +85,12 @@ st.caption("Click a point to use its QEM on every page. Bars: 95 % intervals; cr
 half = (f32.top1_ci[1] - f32.top1_ci[0]) / 2
 noisy = [r for r in mq_rows if within_noise(r.vs_float32)]
 st.info(f"On {len(data)} images a top-1 near {f32.top1:.0f} % is known to about ±{half:.1f} points (95 %). "
-        f"int8 vs float32: {describe_difference(ws.evaluate_bits(ws.uniform(8), data).versus(ws.evaluate_bits(None, data)))} "
+        f"int8 vs float32: {describe_difference(ev.evaluate_bits(ws.uniform(8), data).versus(ev.evaluate_bits(None, data)))} "
         + (f"{len(noisy)} of {len(mq_rows)} QEM points are within noise of float32 (QEM "
            + ", ".join(f"{r.qem:.3g}" for r in noisy) + "): on these images they cannot be told apart from it."
            if noisy else "Every QEM point differs from float32 by more than noise."))
 
-target_panel.render(ws, data, f32)
+target_panel.render(ev, data, f32)
 
 labels = {i: f"QEM {r.qem:.4g}: top-1 {r.top1:.2f} %, {r.size_mb:.2f} MB"
              + (f" (stopped early after {r.images} images)" if r.stopped_early else "") for i, r in enumerate(mq_rows)}
@@ -116,5 +116,5 @@ st.download_button("Download table (CSV)", rows_to_csv(rows), file_name=f"{ws.lo
                    mime="text/csv", on_click="ignore", key="tradeoff_csv")
 
 report_button.render(ws, data, rows)
-pareto.render(ws, data)
-recon_panel.render(ws, data, mq_rows)
+pareto.render(ev, data)
+recon_panel.render(ws, ev, data, mq_rows)

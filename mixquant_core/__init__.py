@@ -1,6 +1,6 @@
 """MixQuant Studio core: the stages of the data's path, each a folder that imports only earlier ones.
 
-models/, data/ -> quant/ -> plans/ -> evaluation/ -> recon/ -> export/ -> workspace -> studies/.
+models/, data/ -> quant/ -> plans/ -> evaluation/ -> recon/ -> export/ -> workspace, evaluations -> studies/.
 Knows nothing of any UI or plotting; the CLI (``mixquant_cli``), the figures (``mixquant_viz``),
 the Streamlit app and the tests all call it.
 """
@@ -11,6 +11,7 @@ from .models import DEFAULT_MODEL, KINDS, PAPER_MODELS, LayerInfo, LoadedModel, 
 from .plans import (Plan, PlanFamily, SizeSummary, applied, breakpoints, default_qem_grid, float32_bytes, make_plan,
                     plan_size, quantize_model_, search, search_many)
 from .quant import DEFAULT_BITS, QUANTIZERS, QETable, dequantize, fake_quantize, qe_table, quantize
-from .workspace import SWEEP_COLUMNS, SweepRow, Workspace
+from .workspace import Workspace
+from .evaluations import PLAN_ROW_COLUMNS, Evaluations, PlanRow
 
 __version__ = "0.1.0"

@@ -9,7 +9,8 @@ from typing import Optional, Sequence
 
 import plotly.graph_objects as go
 
-from mixquant_core.studies.compare import METHODS, CompareRow
+from mixquant_core.evaluations import PlanRow
+from mixquant_core.studies.compare import METHODS
 
 from .figures import interval_bars
 
@@ -23,12 +24,12 @@ HOVER = ("%{meta}<br>%{x:.3f} MB, %{customdata[1]:.2f} average bits<br>top-1 %{y
          "budget %{customdata[2]}<br>bit-widths %{customdata[3]}<extra></extra>")
 
 
-def _custom(i: int, row: CompareRow) -> list:
+def _custom(i: int, row: PlanRow) -> list:
     budget = "N/A" if row.target is None or row.method == "uniform" else f"{row.target:g} average bits"
     return [i, row.avg_bits, budget, row.bit_set]
 
 
-def pareto_figure(rows: Sequence[CompareRow], selected: Optional[int] = None, title: Optional[str] = None) -> go.Figure:
+def pareto_figure(rows: Sequence[PlanRow], selected: Optional[int] = None, title: Optional[str] = None) -> go.Figure:
     """Top-1 against model size, one trace per method, the non-dominated points ringed and joined.
 
     The float32 model is drawn as a dashed reference line (its point would sit far to the right).

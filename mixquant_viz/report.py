@@ -82,7 +82,7 @@ def report_html(ws, data, rows, target=None, title: Optional[str] = None) -> str
     stopped = sum(1 for r in rows if r.stopped_early)
     measured = _table(["", ""], [
         ["images", f"{len(data)} (evaluation set fingerprint {data.fingerprint})"],
-        ["preprocessing", html.escape(repr(ws.loaded.preprocess))], ["engine", f"PyTorch on {ws.device}"],
+        ["preprocessing", html.escape(repr(ws.loaded.preprocess))], ["engine", html.escape(ws.evaluator.label())],
         ["mixquant version", mixquant_version()], ["written", datetime.datetime.now().strftime("%Y-%m-%d %H:%M")],
         ["intervals", "95 % Wilson score intervals (statsmodels) for top-1/top-5; the difference with float32 is paired "
                       "(same images): Newcombe's hybrid score interval for paired data and McNemar's exact test"],

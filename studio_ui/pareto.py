@@ -12,10 +12,12 @@ from mixquant_core.data.image_sets import default_calib_dir
 from mixquant_core.studies.compare import DEFAULT_TARGETS, METHODS, compare, plan_for
 from mixquant_viz.pareto import pareto_figure
 
-from . import state
+from . import images, state
+from .progress import progress
 
 
-def render(ws, data) -> None:
+def render(ev, data) -> None:
+    ws = ev.ws
     st.subheader("Which allocation wins: the Pareto view")
     st.caption("The QEM rule gives almost every layer the same bit-width until the bits are low. Budgeted "
                "allocation spends a size budget where it costs least (plain QE or Fisher-weighted error). "
@@ -40,13 +42,13 @@ def render(ws, data) -> None:
         else:
             calib = None
             if "budget-fisher" in methods:
-                calib = state.calib_tensors(ws, calib_dir.strip(), int(calib_n)) if calib_dir.strip() else None
+                calib = images.calib_tensors(ws, calib_dir.strip(), int(calib_n)) if calib_dir.strip() else None
                 if calib is None and not calib_dir.strip():
                     st.error("budget-fisher needs a calibration folder (or leave that method out).")
             if calib is not None or "budget-fisher" not in methods:
                 try:
-                    with state.progress("Comparing allocations") as cb:
-                        results[key] = compare(ws, data, targets, methods, calib, progress=cb)
+                    with progress("Comparing allocations") as cb:
+                        results[key] = compare(ev, data, targets, methods, calib, progress=cb)
                 except state.USER_ERRORS as exc:
                     st.error(f"Comparison failed: {state.one_line(exc)}")
     rows = results.get(key)

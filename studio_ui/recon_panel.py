@@ -16,6 +16,7 @@ from mixquant_viz.recon import block_error_figure
 from mixquant_core.recon.reconstruct import SCHEMES, ReconConfig, evaluate_quantized
 
 from . import recon_job, state
+from .progress import progress
 from .settings import QUANTIZER_LABELS
 
 POLL_SECONDS = 1.0
@@ -37,7 +38,7 @@ def plan_choices(ws, mq_rows) -> dict:
     return out
 
 
-def render(ws, data, mq_rows) -> None:
+def render(ws, ev, data, mq_rows) -> None:
     st.subheader("Reconstruction (AdaRound + BRECQ)")
     st.caption("Round-to-nearest is not the best rounding: AdaRound learns, for each weight, whether to round up "
                "or down, block by block (BRECQ) so that each block's output on calibration images matches "
@@ -80,7 +81,7 @@ def render(ws, data, mq_rows) -> None:
         st.info(f"Reconstruction of {job.label} was cancelled after {job.elapsed:.0f} s.")
     done, any_done = recon_job.latest_done(jobs, state.settings().model_key), recon_job.latest_done(jobs)
     if done is not None:
-        _results(ws, data, done)
+        _results(ev, data, done)
     elif any_done is not None:
         st.info(f"The finished reconstruction is for {any_done.model_name}; choose that model in the sidebar to see it.")
 
@@ -110,15 +111,16 @@ def _watch(job) -> None:
         st.caption("Cancelling: the job stops at its next progress step.")
 
 
-def _results(ws, data, job) -> None:
+def _results(ev, data, job) -> None:
     """The finished job's accuracy next to round-to-nearest of its plan, and its per-block error."""
+    ws = ev.ws
     key = (state.data_key(state.settings(), data), str(ws.device))
     try:
-        with state.progress("Evaluating the reconstructed model") as cb:
+        with progress("Evaluating the reconstructed model") as cb:
             if key not in job.evaluations:
-                with ws.private_model() as model:
+                with ws.evaluator.private_model() as model:
                     job.evaluations[key] = evaluate_quantized(model, job.result.layers, data, str(ws.device), cb)
-            nearest = ws.evaluate_plan(job.plan, data)
+            nearest = ev.evaluate_plan(job.plan, data)
     except state.USER_ERRORS as exc:
         st.error(f"Cannot evaluate the reconstructed model: {state.one_line(exc)}")
         return

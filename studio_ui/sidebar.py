@@ -22,7 +22,7 @@ import torch
 from mixquant_core import DEFAULT_MODEL, default_eval_dir
 from mixquant_core.quant.quantizers import MAX_BITS, MIN_BITS
 
-from . import state
+from . import state, workspaces
 from .settings import DEFAULT_LIMIT, ENGINE_LABELS, QUANTIZER_LABELS, Settings
 
 MODEL_FILE_TYPES = ["pt", "pth", "ts", "safetensors", "bin"]
@@ -55,7 +55,7 @@ def _defaults(names: List[str]) -> None:
 
 
 def render() -> Settings:
-    entries = state.registry()
+    entries = workspaces.registry()
     names = [n for n, _ in entries]
     source_of = dict(entries)
     _defaults(names)

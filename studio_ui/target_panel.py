@@ -10,9 +10,10 @@ import streamlit as st
 from mixquant_core.studies.target import smallest_within_drop
 
 from . import state
+from .progress import progress
 
 
-def render(ws, data, f32) -> None:
+def render(ev, data, f32) -> None:
     st.subheader("Pick a plan")
     st.caption("The smallest plan of the QEM rule whose top-1 stays within the allowed drop from float32, found by "
                "bisection over every distinct plan (ordered by size), each evaluated once on the same images as float32.")
@@ -22,12 +23,12 @@ def render(ws, data, f32) -> None:
                                  key="max_drop")
     confident = right.checkbox("Only if sure (the 95 % upper bound of the drop must be within it)", key="target_confident")
     key = ("target", state.settings().workspace_key, state.data_key(state.settings(), data), float(max_drop),
-           bool(confident), ws.early_stop)
+           bool(confident), ev.early_stop)
     found = st.session_state.setdefault("targets", {})
     if st.button("Find the smallest plan", key="find_target"):
         try:
-            with state.progress("Bisection over the QEM plans") as cb:
-                found[key] = smallest_within_drop(ws, data, float(max_drop), "qem", bool(confident), progress=cb)
+            with progress("Bisection over the QEM plans") as cb:
+                found[key] = smallest_within_drop(ev, data, float(max_drop), "qem", bool(confident), progress=cb)
         except state.USER_ERRORS as exc:
             st.error(f"Search failed: {state.one_line(exc)}")
     result = found.get(key)

@@ -10,6 +10,7 @@ from apptest_support import assert_ran_cleanly, charts, errors, new_app, open_pa
 from mixquant_core import load_model, load_tensors, open_image_folder
 from mixquant_core.export.packed import read_quantized
 from mixquant_core.recon.reconstruct import evaluate_quantized
+from mixquant_core.evaluations import Evaluations
 from mixquant_core.workspace import Workspace
 
 EVAL = 8  # evaluation images: the numbers only have to match the core's, not be meaningful
@@ -70,7 +71,7 @@ def test_job_runs_in_the_background_and_shows_metrics_beside_nearest(finished, v
     ws = Workspace(load_model("efficientnet_lite0"), device="cpu")
     data = load_tensors(open_image_folder(str(val_dir)).subset(EVAL), ws.loaded.preprocess)
     learned = evaluate_quantized(ws.loaded.model, job.result.layers, data, "cpu")
-    nearest = ws.evaluate_plan(job.plan, data)
+    nearest = Evaluations(ws).evaluate_plan(job.plan, data)
     metrics = {m.label: m for m in at.metric}
     assert metrics["Reconstructed top-1"].value == f"{learned.top1:.2f} %"
     assert metrics["Reconstructed top-5"].value == f"{learned.top5:.2f} %"

@@ -81,9 +81,12 @@ def data(image_folder):
 
 
 def workspace(model, cluster=None, name="tiny"):
+    """A Workspace of ``model`` (on ``cluster``, or here), with this test's own Evaluations of it."""
+    from mixquant_core.evaluations import Evaluations
     from mixquant_core.workspace import Workspace
 
-    return Workspace(LoadedModel(model, name, "file", PREPROCESS, f"{name}-weights"), device="cpu", cluster=cluster)
+    return Evaluations(Workspace(LoadedModel(model, name, "file", PREPROCESS, f"{name}-weights"), device="cpu",
+                                 cluster=cluster))
 
 
 def trained_tiny() -> TinyNet:
@@ -91,7 +94,8 @@ def trained_tiny() -> TinyNet:
     return TinyNet().eval()
 
 
-def plans_of(ws):
+def plans_of(ev):
+    ws = ev.ws
     return [None, tuple(ws.uniform(8)), tuple(ws.uniform(3)), tuple([2] + [6] * (len(ws.layers) - 1))]
 
 
@@ -122,12 +126,12 @@ def test_cluster_gives_a_single_process_per_image_results(cluster, data):
     seen = []
     remote.evaluate_plans(plans, data, lambda done, total, what: seen.append((done, total)))
     shards = len(shard_bounds(len(data), SHARD))
-    assert remote.evaluated_now == len(plans) and seen[-1] == (len(plans) * shards, len(plans) * shards)
+    assert remote.tally.evaluated == len(plans) and seen[-1] == (len(plans) * shards, len(plans) * shards)
     assert [done for done, _ in seen] == list(range(1, len(plans) * shards + 1))  # a step per finished task
     local.evaluate_plans(plans, data)
     assert_same(local, remote, plans, data)
-    assert remote.evaluated_now == len(plans)  # read back from the cache, not run again
-    assert remote.engine_label() == "ray-onnxruntime-cpu"
+    assert remote.tally.evaluated == len(plans)  # read back from the cache, not run again
+    assert remote.ws.evaluator.label() == "ray-onnxruntime-cpu"
 
 
 def test_hand_built_tensors_travel_through_the_object_store(cluster, data):

@@ -17,6 +17,7 @@ from mixquant_core.models.registry import LoadedModel, fingerprint
 from mixquant_core.plans.plan import Plan
 from mixquant_viz.pareto import pareto_figure
 from mixquant_core.models.preprocess import Preprocess
+from mixquant_core.evaluations import Evaluations
 from mixquant_core.workspace import Workspace
 
 
@@ -53,12 +54,14 @@ def tiny_data():
 
 def test_compare_evaluates_each_distinct_plan_once_and_marks_the_front(tiny_ws, tiny_data, monkeypatch):
     calls = []
-    real = tiny_ws.engine.evaluate
-    monkeypatch.setattr(tiny_ws.engine, "evaluate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    engine = tiny_ws.evaluator.engine
+    real = engine.evaluate
+    monkeypatch.setattr(engine, "evaluate", lambda *a, **k: calls.append(1) or real(*a, **k))
     targets = (7, 5, 4.5, 3)
-    rows = compare(tiny_ws, tiny_data, targets, calib=tiny_data)
+    ev = Evaluations(tiny_ws)
+    rows = compare(ev, tiny_data, targets, calib=tiny_data)
     distinct = {r.bits for r in rows}
-    assert len(calls) == len(distinct) == tiny_ws.distinct_evaluated
+    assert len(calls) == len(distinct) == ev.tally.distinct
     assert {r.method for r in rows} == {"float32", *METHODS}
     assert [r.target for r in rows if r.method == "uniform"] == [8, 7, 6, 5, 4, 3, 2]
     for r in rows:
@@ -74,7 +77,7 @@ def test_compare_evaluates_each_distinct_plan_once_and_marks_the_front(tiny_ws, 
 
 
 def test_a_compared_point_exports_as_a_valid_plan(tiny_ws, tiny_data):
-    rows = compare(tiny_ws, tiny_data, (5,), methods=("budget-qe",), include_float=True)
+    rows = compare(Evaluations(tiny_ws), tiny_data, (5,), methods=("budget-qe",), include_float=True)
     row = next(r for r in rows if r.method == "budget-qe")
     plan = Plan.from_json(plan_for(tiny_ws, row).to_json())
     assert [plan.bits[l.name] for l in tiny_ws.layers] == list(row.bits)
@@ -91,11 +94,11 @@ def test_bad_targets_and_methods_are_clear_errors(tiny_ws, tiny_data):
     with pytest.raises(MixQuantError, match="unknown method"):
         candidates(tiny_ws, (5,), methods=("magic",))
     with pytest.raises(MixQuantError, match="calibration"):
-        compare(tiny_ws, tiny_data, (5,), methods=("budget-fisher",))
+        compare(Evaluations(tiny_ws), tiny_data, (5,), methods=("budget-fisher",))
 
 
 def test_pareto_figure_has_a_trace_per_method_and_rings_the_front(tiny_ws, tiny_data):
-    rows = compare(tiny_ws, tiny_data, (6, 4), calib=tiny_data)
+    rows = compare(Evaluations(tiny_ws), tiny_data, (6, 4), calib=tiny_data)
     fig = pareto_figure(rows, selected=3)
     names = [t.name for t in fig.data]
     assert names[:4] == ["uniform bits", "MixQuant QEM rule", "budgeted, plain QE", "budgeted, Fisher-weighted"]

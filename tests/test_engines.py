@@ -128,16 +128,18 @@ def _deciding_gaps(model, x, bits, quantizer):
 def test_lite0_same_counts_with_both_engines_on_300_images(lite0, val_dir):
     from mixquant_core.data.image_sets import open_image_folder
     from mixquant_core.data.load import load_tensors
+    from mixquant_core.evaluations import Evaluations
     from mixquant_core.workspace import Workspace
 
     data = load_tensors(open_image_folder(val_dir).subset(300), lite0.preprocess)
     ws_t = Workspace(lite0, device="cpu", engine="torch")
     ws_o = Workspace(lite0, device="cpu", engine="onnxruntime")
-    assert ws_o.engine.name == "onnxruntime"
+    assert ws_o.evaluator.engine.name == "onnxruntime"
+    ev_t, ev_o = Evaluations(ws_t), Evaluations(ws_o)
     mixed = [ws_t.budget_bits("qe", avg_bits=a) for a in (7, 6, 5)]  # least summed QE at 7, 6, 5 average bits
     assert len({tuple(b) for b in mixed}) == 3 and all(len(set(b)) > 1 for b in mixed)  # really mixed
     for bits in [None, ws_t.uniform(8)] + mixed:
-        t, o = ws_t.evaluate_bits(bits, data), ws_o.evaluate_bits(bits, data)
+        t, o = ev_t.evaluate_bits(bits, data), ev_o.evaluate_bits(bits, data)
         assert abs(t.loss - o.loss) <= 1e-4
         flipped1, flipped5 = np.flatnonzero(t.hit1 != o.hit1), np.flatnonzero(t.hit5 != o.hit5)
         if len(flipped1) or len(flipped5):

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from conftest import TinyNet
-from mixquant_core import EvalTensors, Metrics, Workspace, evaluate, load_tensors, open_image_folder
+from mixquant_core import EvalTensors, Evaluations, Metrics, Workspace, evaluate, load_tensors, open_image_folder
 from mixquant_core.errors import MixQuantError
 from mixquant_core.models.preprocess import Preprocess
 from mixquant_core.models.registry import LoadedModel, fingerprint
@@ -46,7 +46,7 @@ def test_metrics_from_per_image_refuse_mismatched_lengths():
 def test_workspace_cache_is_keyed_by_content_not_identity():
     torch.manual_seed(0)
     model = TinyNet().eval()
-    ws = Workspace(LoadedModel(model, "tinynet", "file", Preprocess(8, 6), fingerprint(model)), device="cpu")
+    ws = Evaluations(Workspace(LoadedModel(model, "tinynet", "file", Preprocess(8, 6), fingerprint(model)), device="cpu"))
     first = ws.evaluate_bits(None, tiny_set(1))
     # A new object with the same content is the same set (cached); another content never gets
     # the first set's numbers, whatever address it lands at.

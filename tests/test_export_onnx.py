@@ -14,6 +14,7 @@ from onnx import TensorProto, numpy_helper
 
 from mixquant_cli.main import main
 from mixquant_core.errors import MixQuantError
+from mixquant_core.evaluations import Evaluations
 from mixquant_core.export.onnx import (OnnxFileError, build_onnx, container_bits, evaluate_onnx, onnx_bytes,
                                        onnx_size_report, read_onnx)
 from mixquant_core.export.packed import rtn_layers
@@ -157,7 +158,7 @@ def test_lite0_onnx_file_has_the_fake_quantized_top1_top5(lite0, val_dir, tmp_pa
     assert main(["load", str(out), "--data", str(val_dir), "--limit", "100", "--no-progress", "--json"]) == 0
     loaded = json.loads(capsys.readouterr().out)
     data = load_tensors(open_image_folder(val_dir).subset(100), lite0.preprocess)
-    fake = ws.evaluate_plan(plan, data)
+    fake = Evaluations(ws).evaluate_plan(plan, data)
     assert (loaded["top1"], loaded["top5"], loaded["images"]) == (fake.top1, fake.top5, 100)
     assert abs(loaded["loss"] - fake.loss) <= 1e-4
     assert main(["load", str(out), "--model", "resnet18", "--no-progress"]) == 2

@@ -38,7 +38,7 @@ def test_an_evaluation_does_not_block_other_sessions_pages():
     # Hold every Lite0 workspace's evaluation lock, as a long Evaluate trade-off in another
     # session does; the page must still draw (AppTest runs it on another thread, with a timeout).
     for ws in workspaces:
-        ws.lock.acquire()
+        ws.evaluator.lock.acquire()
     try:
         second = new_app()
         open_page(second, "explore")
@@ -46,7 +46,7 @@ def test_an_evaluation_does_not_block_other_sessions_pages():
         assert second.session_state["qem_slider"] >= 1 and workspaces
     finally:
         for ws in workspaces:
-            ws.lock.release()
+            ws.evaluator.lock.release()
 
 
 def _folder(root, labels=None):

@@ -8,7 +8,7 @@ from mixquant_viz import figures
 from mixquant_core.plans.search import breakpoints, search
 from mixquant_core.studies.kind_sensitivity import KindResult, most_sensitive_by_rqe
 from mixquant_core.plans.size import float32_bytes, params_per_bits, plan_size
-from mixquant_core.workspace import SweepRow
+from mixquant_core.evaluations import PlanRow
 
 
 @pytest.fixture
@@ -90,10 +90,10 @@ def test_family_strip_marks_every_breakpoint(table):
 
 def _rows():
     return [
-        SweepRow("float32", None, "all float32", 80.0, 95.0, 0.9, None, 32.0, 20.0, 1.0),
-        SweepRow("int8", None, "8", 79.0, 94.0, 0.95, 1e-6, 8.0, 5.0, 4.0),
-        SweepRow("mixquant", 4.0, "7, 8", 79.5, 94.5, 0.93, 2e-6, 7.5, 4.7, 4.3),
-        SweepRow("mixquant", 64.0, "5, 6", 70.0, 90.0, 1.3, 5e-5, 5.5, 3.5, 5.7),
+        PlanRow("float32", None, "all float32", 80.0, 95.0, 0.9, None, 32.0, 20.0, 1.0),
+        PlanRow("int8", None, "8", 79.0, 94.0, 0.95, 1e-6, 8.0, 5.0, 4.0),
+        PlanRow("mixquant", 4.0, "7, 8", 79.5, 94.5, 0.93, 2e-6, 7.5, 4.7, 4.3),
+        PlanRow("mixquant", 64.0, "5, 6", 70.0, 90.0, 1.3, 5e-5, 5.5, 3.5, 5.7),
     ]
 
 
@@ -125,9 +125,9 @@ def test_sensitivity_figures(table):
 def test_accuracy_figures_draw_intervals_and_mark_early_stops():
     vs = {"delta_top1": -1.0, "delta_ci": [-3.0, 1.0], "p_value": 0.5}
     rows = [
-        SweepRow("float32", None, "all float32", 80.0, 95.0, 0.9, None, 32.0, 20.0, 1.0, (72.0, 86.0), (90.0, 98.0), None, 100),
-        SweepRow("mixquant", 4.0, "7, 8", 79.0, 94.0, 0.9, 2e-6, 7.5, 4.7, 4.3, (70.0, 85.0), (88.0, 97.0), vs, 100),
-        SweepRow("mixquant", 64.0, "2", 0.0, 1.0, 9.0, 5e-3, 2.0, 1.5, 12.0, (0.0, 7.0), (0.2, 9.0),
+        PlanRow("float32", None, "all float32", 80.0, 95.0, 0.9, None, 32.0, 20.0, 1.0, (72.0, 86.0), (90.0, 98.0), None, 100),
+        PlanRow("mixquant", 4.0, "7, 8", 79.0, 94.0, 0.9, 2e-6, 7.5, 4.7, 4.3, (70.0, 85.0), (88.0, 97.0), vs, 100),
+        PlanRow("mixquant", 64.0, "2", 0.0, 1.0, 9.0, 5e-3, 2.0, 1.5, 12.0, (0.0, 7.0), (0.2, 9.0),
                  {"delta_top1": -80.0, "delta_ci": [-87.0, -70.0], "p_value": 1e-20}, 52, True),
     ]
     fig = figures.accuracy_vs_qem(rows)

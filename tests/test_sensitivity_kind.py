@@ -10,7 +10,7 @@ from mixquant_core.models.registry import LoadedModel
 from mixquant_core.models.preprocess import Preprocess
 from mixquant_core.studies.kind_sensitivity import bits_for_kind, kind_sensitivity, kinds_present, most_sensitive_by_rqe
 from mixquant_core.studies.tradeoff import rows_to_csv, smallest_within
-from mixquant_core.workspace import SWEEP_COLUMNS, SweepRow
+from mixquant_core.evaluations import PLAN_ROW_COLUMNS, Evaluations, PlanRow
 
 
 def test_kinds_present_in_canonical_order(tiny_model):
@@ -38,25 +38,26 @@ def test_most_sensitive_is_the_rqe_argmax(tiny_model):
 
 def test_kind_sensitivity_evaluates_each_pair_through_the_workspace(tiny_model):
     ws = Workspace(LoadedModel(tiny_model, "tiny", "test", Preprocess(32, 32)), device="cpu")
+    ev = Evaluations(ws)
     torch.manual_seed(1)
     data = EvalTensors(torch.randn(12, 3, 16, 16), torch.randint(0, 10, (12,)))
     calls = []
-    rows = kind_sensitivity(ws, data, [2, 4], ["fc", "depthwise"], progress=lambda d, t, w: calls.append((d, t)))
+    rows = kind_sensitivity(ev, data, [2, 4], ["fc", "depthwise"], progress=lambda d, t, w: calls.append((d, t)))
     assert [(r.kind, r.bits) for r in rows] == [("fc", 4), ("fc", 2), ("depthwise", 4), ("depthwise", 2)]
     for r in rows:
-        m = ws.evaluate_bits(bits_for_kind(ws.layers, r.kind, r.bits), data)
+        m = ev.evaluate_bits(bits_for_kind(ws.layers, r.kind, r.bits), data)
         assert (r.top1, r.top5, r.loss) == (m.top1, m.top5, m.loss)
     assert rows[0].params == tiny_model.fc.weight.numel() and rows[0].layers == 1
     assert calls[-1] == (4, 4)
     # 2-bit fc really differs from 8-bit everywhere (the quantization is applied, then restored)
-    base = ws.evaluate_bits(ws.uniform(8), data)
+    base = ev.evaluate_bits(ws.uniform(8), data)
     assert rows[1].loss != base.loss
-    assert ws.evaluate_bits(None, data).loss == pytest.approx(
-        Workspace(LoadedModel(tiny_model, "tiny", "test", Preprocess(32, 32)), device="cpu").evaluate_bits(None, data).loss)
+    fresh = Workspace(LoadedModel(tiny_model, "tiny", "test", Preprocess(32, 32)), device="cpu")
+    assert ev.evaluate_bits(None, data).loss == pytest.approx(Evaluations(fresh).evaluate_bits(None, data).loss)
 
 
 def _row(method, qem, top1, size):
-    return SweepRow(method, qem, "", top1, 0.0, 0.0, None, 8.0, size, 1.0)
+    return PlanRow(method, qem, "", top1, 0.0, 0.0, None, 8.0, size, 1.0)
 
 
 def test_smallest_within_picks_the_smallest_accurate_plan():
@@ -75,5 +76,5 @@ def test_smallest_within_picks_the_smallest_accurate_plan():
 def test_rows_to_csv_has_the_sweep_columns():
     rows = [_row("float32", None, 80.0, 20.0), _row("mixquant", 2.0, 79.9, 4.9)]
     lines = rows_to_csv(rows).splitlines()
-    assert lines[0].split(",") == SWEEP_COLUMNS
+    assert lines[0].split(",") == PLAN_ROW_COLUMNS
     assert len(lines) == 3 and lines[2].startswith("mixquant,2.0,")

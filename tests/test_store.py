@@ -20,6 +20,7 @@ from mixquant_core.evaluation.evaluate import Metrics
 from mixquant_core.evaluation.store import EvalKey, ResultsStore, default_store_path, open_store
 from mixquant_core.models.preprocess import Preprocess
 from mixquant_core.models.registry import LoadedModel, fingerprint
+from mixquant_core.evaluations import Evaluations
 from mixquant_core.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,9 +60,10 @@ def test_round_trip_keeps_per_image_results(tmp_path):
     assert store.prune(model="other") == 0 and store.prune(model="tiny") == 1 and store.rows() == []
 
 
-def tiny_workspace(tiny_model, store, early_stop=False) -> Workspace:
+def tiny_workspace(tiny_model, store, early_stop=False) -> Evaluations:
+    """A new Workspace (as a new process would make) evaluated with ``store`` and ``early_stop``."""
     loaded = LoadedModel(tiny_model, "tiny", "file", Preprocess(resize=8, crop=8), fingerprint(tiny_model))
-    return Workspace(loaded, bits=(8, 4, 2), device="cpu", store=store, early_stop=early_stop)
+    return Evaluations(Workspace(loaded, bits=(8, 4, 2), device="cpu"), store=store, early_stop=early_stop)
 
 
 def tiny_data(n: int = 40) -> EvalTensors:
@@ -74,13 +76,13 @@ def test_workspace_reuses_stored_results_across_instances(tmp_path, tiny_model):
     data = tiny_data()
     first = tiny_workspace(tiny_model, ResultsStore(path))
     rows = first.sweep(data, [1.0, 1e6])
-    assert first.evaluated_now == first.distinct_evaluated >= 2 and first.from_store == 0
+    assert first.tally.evaluated == first.tally.distinct >= 2 and first.tally.from_store == 0
     again = tiny_workspace(tiny_model, ResultsStore(path))  # a new process would see the same
-    assert again.has_results(again.sweep_plans([1.0, 1e6])[2], data)
+    assert again.has_results(again.ws.sweep_plans([1.0, 1e6])[2], data)
     rows_again = again.sweep(data, [1.0, 1e6])
-    assert again.evaluated_now == 0 and again.from_store == first.evaluated_now
+    assert again.tally.evaluated == 0 and again.tally.from_store == first.tally.evaluated
     assert [r.to_dict() for r in rows_again] == [r.to_dict() for r in rows]
-    assert not again.has_results([again.uniform(4)], data)
+    assert not again.has_results([again.ws.uniform(4)], data)
 
 
 WRITER = textwrap.dedent("""
@@ -158,15 +160,16 @@ def test_other_schema_versions_are_refused(tmp_path):
 def test_stopped_early_rows_are_reused_only_with_early_stop(tmp_path, tiny_model):
     path = tmp_path / "r.sqlite"
     data = tiny_data(16)
-    ws = tiny_workspace(tiny_model, ResultsStore(path))
-    named = {layer.name: 2 for layer in ws.layers}
-    ws.store.put(ws.store_key(named, ws.quantizer, data), metrics(0, n=8, stopped=True), 0.1)
+    ev = tiny_workspace(tiny_model, ResultsStore(path))
+    named = {layer.name: 2 for layer in ev.ws.layers}
+    key = ev.ws.evaluator.store_key(named, ev.ws.quantizer, data)
+    ev.store.put(key, metrics(0, n=8, stopped=True), 0.1)
     plain = tiny_workspace(tiny_model, ResultsStore(path))
-    assert plain.evaluate_bits(plain.uniform(2), data).images == 16  # measured again, in full
-    ws.store.put(ws.store_key(named, ws.quantizer, data), metrics(0, n=8, stopped=True), 0.1)
+    assert plain.evaluate_bits(plain.ws.uniform(2), data).images == 16  # measured again, in full
+    ev.store.put(key, metrics(0, n=8, stopped=True), 0.1)
     eager = tiny_workspace(tiny_model, ResultsStore(path), early_stop=True)
-    got = eager.evaluate_bits(eager.uniform(2), data)
-    assert got.stopped_early and got.images == 8 and eager.from_store == 1
+    got = eager.evaluate_bits(eager.ws.uniform(2), data)
+    assert got.stopped_early and got.images == 8 and eager.tally.from_store == 1
 
 
 @pytest.mark.data

@@ -16,6 +16,7 @@ from mixquant_core.data.streaming import StreamedImages
 from mixquant_core.errors import DatasetError
 from mixquant_core.models.preprocess import Preprocess
 from mixquant_core.models.registry import LoadedModel, fingerprint
+from mixquant_core.evaluations import Evaluations
 from mixquant_core.workspace import Workspace
 
 PRE = Preprocess(resize=36, crop=32)
@@ -152,9 +153,9 @@ def test_workspace_sweep_on_streamed_equals_kept(tmp_path, tiny_model):
     rows = {}
     for name, budget in (("kept", None), ("streamed", 0)):
         data = load_tensors(images, pre, cache_mb=budget)
-        ws = Workspace(loaded, bits=(8, 4, 2), device="cpu", engine="torch")
-        rows[name] = [r.to_dict() for r in ws.sweep(data, [1.0, 1e6])]
-        hits = ws.evaluate_bits(ws.uniform(2), data).hit1
+        ev = Evaluations(Workspace(loaded, bits=(8, 4, 2), device="cpu", engine="torch"))
+        rows[name] = [r.to_dict() for r in ev.sweep(data, [1.0, 1e6])]
+        hits = ev.evaluate_bits(ev.ws.uniform(2), data).hit1
         rows[name + "-hits"] = hits.tolist()
     assert rows["kept"] == rows["streamed"] and rows["kept-hits"] == rows["streamed-hits"]
 
@@ -164,10 +165,9 @@ def test_workspace_sweep_on_streamed_equals_kept(tmp_path, tiny_model):
 def test_lite0_same_top1_top5_as_the_float_pipeline_on_300_images(lite0, val_dir):
     """The issue's check: kept uint8 pixels and the streamed set give today's numbers, image by image."""
     images = open_image_folder(val_dir).subset(300)
-    ws = Workspace(lite0, device="cpu")
-    before = ws.evaluate_bits(None, load_tensors(images, lite0.preprocess.transform()))
+    before = Evaluations(Workspace(lite0, device="cpu")).evaluate_bits(None, load_tensors(images, lite0.preprocess.transform()))
     for data in (load_tensors(images, lite0.preprocess), load_tensors(images, lite0.preprocess, cache_mb=0)):
-        now = Workspace(lite0, device="cpu").evaluate_bits(None, data)
+        now = Evaluations(Workspace(lite0, device="cpu")).evaluate_bits(None, data)
         assert (now.top1, now.top5) == (before.top1, before.top5)
         assert np.array_equal(now.hit1, before.hit1) and np.array_equal(now.hit5, before.hit5)
         assert now.top1 > 75.0

@@ -15,6 +15,7 @@ from mixquant_core.errors import MixQuantError
 from mixquant_core.models.preprocess import Preprocess
 from mixquant_core.models.registry import LoadedModel, fingerprint
 from mixquant_core.studies.target import family_plans, smallest_within_drop, target_plan
+from mixquant_core.evaluations import Evaluations
 from mixquant_core.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,9 +39,10 @@ def test_bisection_finds_a_boundary_and_evaluates_each_plan_once(tiny_setup, met
     bits, _ = family_plans(ws, method)
     sizes = [ws.size(b).plan_mb for b in bits]
     assert sizes == sorted(sizes, reverse=True) and len({tuple(b) for b in bits}) == len(bits)
-    result = smallest_within_drop(ws, data, max_drop, method)
+    ev = Evaluations(ws)
+    result = smallest_within_drop(ev, data, max_drop, method)
     assert result.reference.top1 == 100.0
-    assert result.evaluated == ws.evaluated_now - 1 <= math.ceil(math.log2(len(bits) + 1))  # float32 + each plan once
+    assert result.evaluated == ev.tally.evaluated - 1 <= math.ceil(math.log2(len(bits) + 1))  # float32 + each plan once
     assert len({s.index for s in result.steps}) == result.evaluated
     passed = {s.index: s.passed for s in result.steps}
     if result.found:
@@ -55,8 +57,8 @@ def test_bisection_finds_a_boundary_and_evaluates_each_plan_once(tiny_setup, met
 
 def test_confident_mode_is_never_less_strict(tiny_setup):
     ws, data = tiny_setup
-    plain = smallest_within_drop(ws, data, 10.0)
-    sure = smallest_within_drop(ws, data, 10.0, confident=True)
+    plain = smallest_within_drop(Evaluations(ws), data, 10.0)
+    sure = smallest_within_drop(Evaluations(ws), data, 10.0, confident=True)
     if sure.found:
         assert -sure.difference.ci[0] <= 10.0 + 1e-9
         assert plain.found and sure.size.plan_mb >= plain.size.plan_mb
@@ -67,9 +69,9 @@ def test_bad_targets_are_refused(tiny_setup):
     ws, data = tiny_setup
     for bad in (-1.0, float("nan"), 101.0):
         with pytest.raises(MixQuantError, match="allowed top-1 drop"):
-            smallest_within_drop(ws, data, bad)
+            smallest_within_drop(Evaluations(ws), data, bad)
     with pytest.raises(MixQuantError, match="unknown plan family"):
-        smallest_within_drop(ws, data, 1.0, method="nope")
+        smallest_within_drop(Evaluations(ws), data, 1.0, method="nope")
 
 
 @pytest.mark.data

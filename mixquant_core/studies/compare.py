@@ -7,7 +7,7 @@ of the two strictly better (the Pareto front of size vs top-1).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -16,7 +16,8 @@ from ..data.image_sets import EvalTensors
 from ..errors import MixQuantError
 from ..plans.plan import Plan
 from ..quant.qe import BASE_BITS
-from ..workspace import Workspace, flat_stats
+from ..evaluations import Evaluations, PlanRow
+from ..workspace import Workspace
 
 Progress = Optional[Callable[[int, int, str], None]]
 
@@ -36,43 +37,6 @@ class Candidate:
     target: Optional[float]  # the average-bit budget it was made for (uniform: its bit-width)
     bits: Optional[tuple]  # per layer, model order; None for float32
     qem: Optional[float] = None
-
-
-@dataclass(frozen=True)
-class CompareRow:
-    method: str
-    target: Optional[float]
-    qem: Optional[float]
-    bit_set: str
-    top1: float
-    top5: float
-    loss: float
-    avg_bits: float
-    size_mb: float
-    compression: float
-    pareto: bool
-    bits: Optional[tuple]  # the plan itself (export it with plan_for)
-    # intervals and the paired comparison with float32, as on SweepRow
-    top1_ci: Optional[tuple] = None
-    top5_ci: Optional[tuple] = None
-    vs_float32: Optional[dict] = None
-    images: int = 0
-    stopped_early: bool = False
-
-    def to_dict(self, with_bits: bool = False) -> dict:
-        out = asdict(self)
-        out["bits"] = list(self.bits) if with_bits and self.bits is not None else None
-        for k in ("top1_ci", "top5_ci"):
-            out[k] = list(out[k]) if out[k] is not None else None
-        if not with_bits:
-            del out["bits"]
-        return out
-
-    def to_flat_dict(self) -> dict:
-        return flat_stats(self.to_dict())
-
-
-COMPARE_COLUMNS = list(CompareRow("", None, None, "", 0, 0, 0, 0, 0, 0, False, None).to_flat_dict())
 
 
 def check_targets(targets: Sequence[float]) -> List[float]:
@@ -123,28 +87,23 @@ def pareto_mask(size: Sequence[float], accuracy: Sequence[float]) -> np.ndarray:
     return ~np.any(no_worse & better, axis=1)
 
 
-def compare(ws: Workspace, data: EvalTensors, targets: Sequence[float] = DEFAULT_TARGETS,
+def compare(ev: Evaluations, data: EvalTensors, targets: Sequence[float] = DEFAULT_TARGETS,
             methods: Sequence[str] = tuple(METHODS), calib: Optional[EvalTensors] = None,
-            include_float: bool = True, progress: Progress = None) -> List[CompareRow]:
+            include_float: bool = True, progress: Progress = None) -> List[PlanRow]:
     """Evaluate every method's plans (each distinct plan once) and mark the Pareto front."""
+    ws = ev.ws
     if "budget-fisher" in methods and calib is None:
         raise MixQuantError("the budget-fisher method needs calibration images")
     if "budget-fisher" in methods:
         ws.fisher(calib, progress)
     cands = candidates(ws, targets, methods, calib, include_float)
-    ws.evaluate_plans([c.bits for c in cands], data, progress)
-    rows = []
-    for c in cands:
-        sweep_row = ws.row(c.method, c.bits, data, qem=c.qem)
-        rows.append(CompareRow(c.method, c.target, c.qem, sweep_row.bit_set, sweep_row.top1, sweep_row.top5,
-                               sweep_row.loss, sweep_row.avg_bits, sweep_row.size_mb, sweep_row.compression,
-                               False, c.bits, sweep_row.top1_ci, sweep_row.top5_ci, sweep_row.vs_float32,
-                               sweep_row.images, sweep_row.stopped_early))
+    ev.evaluate_plans([c.bits for c in cands], data, progress)
+    rows = [ev.row(c.method, c.bits, data, qem=c.qem, target=c.target) for c in cands]
     front = pareto_mask([r.size_mb for r in rows], [r.top1 for r in rows])
     return [replace(r, pareto=bool(p)) for r, p in zip(rows, front)]
 
 
-def matched(rows: Sequence[CompareRow]) -> List[Dict[str, object]]:
+def matched(rows: Sequence[PlanRow]) -> List[Dict[str, object]]:
     """One line per budget: each method's plan for it (uniform plans match whole-bit budgets)."""
     targets = sorted({r.target for r in rows if r.target is not None and r.method != "uniform"}, reverse=True)
     out = []
@@ -157,7 +116,7 @@ def matched(rows: Sequence[CompareRow]) -> List[Dict[str, object]]:
     return out
 
 
-def plan_for(ws: Workspace, row: CompareRow) -> Plan:
+def plan_for(ws: Workspace, row: PlanRow) -> Plan:
     """The exportable plan of one compared point."""
     if row.bits is None:
         raise MixQuantError("the float32 point has no quantization plan to export")

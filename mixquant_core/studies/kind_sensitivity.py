@@ -60,13 +60,14 @@ def bits_for_kind(layers: Sequence[LayerInfo], kind: str, bits: int, base: int =
     return np.array([int(bits) if layer.kind == kind else int(base) for layer in layers], dtype=np.int64)
 
 
-def kind_sensitivity(ws, data: EvalTensors, bits: Sequence[int], kinds: Optional[Sequence[str]] = None,
+def kind_sensitivity(ev, data: EvalTensors, bits: Sequence[int], kinds: Optional[Sequence[str]] = None,
                      progress: Progress = None) -> List[KindResult]:
-    """Evaluate every (kind, bit-width) pair on ``data`` through ``ws`` (a Workspace, which caches
+    """Evaluate every (kind, bit-width) pair on ``data`` through ``ev`` (an Evaluations, whose Workspace caches
     each distinct plan, so the all-8-bit plan and repeated runs cost nothing).
 
     ``keep_first_last`` is deliberately ignored: this is an ablation of one kind at a time.
     """
+    ws = ev.ws
     kinds = list(kinds) if kinds is not None else kinds_present(ws.layers)
     bits = sorted({int(b) for b in bits}, reverse=True)
     jobs = [(k, b) for k in kinds for b in bits]
@@ -75,7 +76,7 @@ def kind_sensitivity(ws, data: EvalTensors, bits: Sequence[int], kinds: Optional
         if progress:
             progress(i, len(jobs), f"{kind} at {b} bits")
         members = [layer for layer in ws.layers if layer.kind == kind]
-        m = ws.evaluate_bits(bits_for_kind(ws.layers, kind, b), data)
+        m = ev.evaluate_bits(bits_for_kind(ws.layers, kind, b), data)
         out.append(KindResult(kind, b, len(members), sum(layer.params for layer in members), m.top1, m.top5, m.loss))
     if progress:
         progress(len(jobs), len(jobs), "done")

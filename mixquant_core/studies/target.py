@@ -19,6 +19,7 @@ from ..evaluation.evaluate import Metrics
 from ..evaluation.statistics import PairedDifference
 from ..plans.plan import Plan
 from ..plans.size import SizeSummary
+from ..evaluations import Evaluations
 from ..workspace import Workspace
 
 Progress = Optional[Callable[[int, int, str], None]]
@@ -115,15 +116,16 @@ def family_plans(ws: Workspace, method: str, calib: Optional[EvalTensors] = None
     return bits[[keep[k] for k in order]], [qems[keep[k]] for k in order]
 
 
-def smallest_within_drop(ws: Workspace, data: EvalTensors, max_drop: float, method: str = "qem",
+def smallest_within_drop(ev: Evaluations, data: EvalTensors, max_drop: float, method: str = "qem",
                          confident: bool = False, calib: Optional[EvalTensors] = None,
                          progress: Progress = None) -> TargetResult:
     """Bisection over ``method``'s plans for the smallest whose top-1 drop (or, ``confident``, the
     drop's 95 % upper bound) is at most ``max_drop`` points."""
     if not (isinstance(max_drop, (int, float)) and np.isfinite(max_drop) and 0 <= max_drop <= 100):
         raise MixQuantError(f"the allowed top-1 drop must be a number of points from 0 to 100, got {max_drop!r}")
+    ws = ev.ws
     bits, qems = family_plans(ws, method, calib)
-    reference = ws.evaluate_bits(None, data)
+    reference = ev.evaluate_bits(None, data)
     steps: Dict[int, Step] = {}
     budget = int(np.ceil(np.log2(len(bits) + 1))) + 1  # bisection steps at most (for the progress bar)
 
@@ -131,7 +133,7 @@ def smallest_within_drop(ws: Workspace, data: EvalTensors, max_drop: float, meth
         if i not in steps:
             if progress:
                 progress(len(steps), budget, f"plan {i + 1} of {len(bits)}")
-            m = ws.evaluate_bits(bits[i], data)
+            m = ev.evaluate_bits(bits[i], data)
             d = m.versus(reference)
             ok = not m.stopped_early and (-d.ci[0] if confident else -d.delta) <= max_drop + 1e-9
             steps[i] = Step(i, ws.size(bits[i]).plan_mb, m.top1, -d.delta, -d.ci[0], ok, m.stopped_early)
@@ -150,7 +152,7 @@ def smallest_within_drop(ws: Workspace, data: EvalTensors, max_drop: float, meth
     base = TargetResult(method, float(max_drop), confident, len(bits), reference, steps=trail)
     if lo < 0:
         return base
-    m = ws.evaluate_bits(bits[lo], data)
+    m = ev.evaluate_bits(bits[lo], data)
     return TargetResult(method, float(max_drop), confident, len(bits), reference, lo, tuple(int(x) for x in bits[lo]),
                         qems[lo], m, m.versus(reference), ws.size(bits[lo]), trail)
 
