@@ -6,7 +6,7 @@ import streamlit as st
 from PIL import Image
 
 from mixquant_core.models.layers import KINDS
-from studio_ui import images, sidebar, state, workspaces
+from studio_ui import eval_sets, sidebar, state, workspaces
 
 SAMPLE_IMAGES = 8
 
@@ -41,10 +41,11 @@ st.dataframe(pd.DataFrame([{"kind": k, "layers": counts[k], "parameters": params
              hide_index=True)
 
 st.subheader("Evaluation set")
-images = images.eval_images(s)
+images = eval_sets.eval_images(s)
 if images is not None:
-    used = min(s.limit, len(images))
-    st.write(f"`{images.root}`: {len(images):,} labelled images; the app evaluates the first **{used:,}**.")
+    used = min(s.limit, len(images)) if s.limit is not None else eval_sets.timed_limit(ws, len(images))
+    st.write(f"`{images.root}`: {len(images):,} labelled images"
+             + (f"; the app evaluates the first **{used:,}**." if used is not None else "."))
     sample = images.subset(SAMPLE_IMAGES)
     cols = st.columns(min(len(sample), SAMPLE_IMAGES))
     for col, path, label in zip(cols, sample.paths, sample.labels):
@@ -55,4 +56,4 @@ if images is not None:
         except (OSError, ValueError, SyntaxError) as exc:
             col.error(f"Cannot read image '{path.rsplit('/', 1)[-1]}': {state.one_line(exc)}")
             continue
-        col.image(thumb, caption=f"{label}: {images.class_name(images, label)}")
+        col.image(thumb, caption=f"{label}: {eval_sets.class_name(images, label)}")

@@ -4,7 +4,7 @@ import streamlit as st
 
 from mixquant_viz import figures
 from mixquant_core.studies.kind_sensitivity import kind_sensitivity, kinds_present, most_sensitive_by_rqe
-from studio_ui import images, sidebar, state, workspaces
+from studio_ui import eval_sets, sidebar, state, workspaces
 from studio_ui.progress import progress
 
 sidebar.render()
@@ -24,7 +24,7 @@ st.session_state["sens_kinds"] = [k for k in st.session_state["sens_kinds"] if k
 st.session_state["sens_bits"] = [b for b in st.session_state["sens_bits"] if b in low_bits]
 kinds = c1.multiselect("Layer kinds", present, key="sens_kinds")
 bits = c2.multiselect("Bit-widths to test", low_bits, key="sens_bits")
-data = images.eval_tensors(ws, s)
+data = eval_sets.eval_tensors(ws, s)
 ev = state.evaluations(ws)  # no early stop here: every plan's full accuracy
 results = st.session_state.setdefault("kind_sensitivity", {})
 if data is not None and kinds and bits:

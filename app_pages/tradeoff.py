@@ -12,19 +12,20 @@ from mixquant_core import default_qem_grid
 from mixquant_core.evaluation.statistics import EarlyStop, describe_difference, within_noise
 from mixquant_viz import figures
 from mixquant_core.studies.tradeoff import baseline, rows_to_csv
-from studio_ui import images, pareto, recon_panel, report_button, sidebar, state, target_panel, workspaces
+from studio_ui import eval_sets, pareto, recon_panel, report_button, sidebar, state, target_panel, workspaces
 from studio_ui.progress import progress
+from studio_ui.settings import TRADEOFF_STEPS
 
 sidebar.render()
 st.title("Trade-off")
 ws = workspaces.require_workspace()
 s = state.settings()
 table = workspaces.require_table(ws)
-data = images.eval_tensors(ws, s)
+data = eval_sets.eval_tensors(ws, s)
 if data is None:
     st.stop()
 
-state.persist(sweep_steps=12, early_stop=True)
+state.persist(sweep_steps=TRADEOFF_STEPS, early_stop=True)
 steps = st.number_input("QEM points to evaluate", min_value=2, max_value=60, key="sweep_steps",
                         help="Log-spaced from QEM 1 to where the last layer reaches its lowest bit-width.")
 early = st.checkbox("Stop early on hopeless plans", key="early_stop",

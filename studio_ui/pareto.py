@@ -12,7 +12,7 @@ from mixquant_core.data.image_sets import default_calib_dir
 from mixquant_core.studies.compare import DEFAULT_TARGETS, METHODS, compare, plan_for
 from mixquant_viz.pareto import pareto_figure
 
-from . import images, state
+from . import eval_sets, state
 from .progress import progress
 
 
@@ -42,7 +42,7 @@ def render(ev, data) -> None:
         else:
             calib = None
             if "budget-fisher" in methods:
-                calib = images.calib_tensors(ws, calib_dir.strip(), int(calib_n)) if calib_dir.strip() else None
+                calib = eval_sets.calib_tensors(ws, calib_dir.strip(), int(calib_n)) if calib_dir.strip() else None
                 if calib is None and not calib_dir.strip():
                     st.error("budget-fisher needs a calibration folder (or leave that method out).")
             if calib is not None or "budget-fisher" not in methods:

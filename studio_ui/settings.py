@@ -12,7 +12,8 @@ QUANTIZER_LABELS = {
     "symmetric-mse": "symmetric, per tensor, MSE-clipped range",
     "per-channel-mse": "asymmetric, per output channel, MSE-clipped range",
 }
-DEFAULT_LIMIT = 100  # images: enough for relative numbers, a few seconds per plan on a laptop CPU
+DEFAULT_LIMIT = None  # images: None sizes the subset by time (mixquant_core.evaluation.timing)
+TRADEOFF_STEPS = 12  # the Trade-off page's default QEM grid (its plans set the time of a trade-off)
 DEFAULT_QEM = 20.0
 ENGINE_LABELS = {
     "auto": "auto (ONNX Runtime on CPU, torch on CUDA)",
@@ -34,7 +35,7 @@ class Settings:
     device: str
     data_kind: str  # "folder" | "imagenette"
     data_dir: str
-    limit: int
+    limit: Optional[int]  # first N images; None: sized by time (subset_for_time)
     engine: str = "auto"  # evaluation engine: auto | torch | onnxruntime
     trust_code: bool = False  # the user ticked "Trust code in this file" for an upload
     cluster: str = ""  # address of a running Ray cluster to evaluate on (HOST:PORT, ray://HOST:PORT, auto); "" = none

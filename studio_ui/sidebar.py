@@ -23,7 +23,9 @@ from mixquant_core import DEFAULT_MODEL, default_eval_dir
 from mixquant_core.quant.quantizers import MAX_BITS, MIN_BITS
 
 from . import state, workspaces
-from .settings import DEFAULT_LIMIT, ENGINE_LABELS, QUANTIZER_LABELS, Settings
+from mixquant_core.evaluation.timing import SUBSET_BUDGET_S
+
+from .settings import DEFAULT_LIMIT, ENGINE_LABELS, QUANTIZER_LABELS, TRADEOFF_STEPS, Settings
 
 MODEL_FILE_TYPES = ["pt", "pth", "ts", "safetensors", "bin"]
 UPLOAD_DIR = Path(tempfile.gettempdir()) / "mixquant-studio-uploads"
@@ -117,13 +119,18 @@ def render() -> Settings:
                                  help="labels.txt ('FILENAME LABEL', ImageNet indices) or class subfolders; default from MIXQUANT_DATA")
     else:
         data_dir = sb.text_input("Imagenette folder", key="imagenette_dir", help="torchvision's Imagenette (160 px) lives or will be downloaded here")
-    limit = sb.number_input("Images to evaluate (subset size)", min_value=1, max_value=100_000, step=50, key="limit")
+    limit = sb.number_input("Images to evaluate (subset size)", min_value=1, max_value=100_000, step=50, key="limit",
+                            placeholder="sized by time",
+                            help="Empty: the largest of the set's first 100 / 500 / all images whose Trade-off "
+                                 f"evaluation (float32, int8 and the {TRADEOFF_STEPS}-point QEM grid, every plan in "
+                                 f"full) is estimated to take at most about {SUBSET_BUDGET_S:.0f} s, from this model's "
+                                 "images per second measured on this machine. Type a number to choose it yourself.")
 
     settings = Settings(
         model_source="upload" if source != "Registry" else "registry", model_name=name, model_path=path,
         model_digest=digest, arch=arch, quantizer=quantizer, bits=tuple(sorted({8, *map(int, bits)}, reverse=True)),
         keep_first_last=bool(keep), device=device, data_kind="folder" if data_kind == "Image folder" else "imagenette",
-        data_dir=(data_dir or "").strip(), limit=int(limit), engine=engine, trust_code=bool(trust),
+        data_dir=(data_dir or "").strip(), limit=None if limit is None else int(limit), engine=engine, trust_code=bool(trust),
         cluster=(cluster or "").strip(),
     )
     st.session_state["settings"] = settings

@@ -28,6 +28,7 @@ from .engines import get_engine
 from .evaluate import Metrics
 from .statistics import EarlyStop
 from .store import EvalKey, ResultsStore, mixquant_version
+from .timing import Throughput, measure_throughput
 
 Named = Optional[Dict[str, int]]
 Progress = Optional[Callable[[int, int, str], None]]
@@ -70,6 +71,7 @@ class Evaluator:
         self._private: Optional[nn.Module] = None
         self._cache: "OrderedDict[tuple, Metrics]" = OrderedDict()  # (data fingerprint, plan key) -> metrics
         self._cache_lock = threading.Lock()
+        self._speed: Dict[tuple, Throughput] = {}  # image shape -> measured speed (the same for every caller)
 
     def _tell(self, message: str) -> None:
         if message not in self.notices:
@@ -85,6 +87,15 @@ class Evaluator:
             if self._private is None:
                 self._private = copy.deepcopy(self.loaded.model).to(self.device).eval()
             yield self._private
+
+    def throughput(self, image_shape: Sequence[int]) -> Throughput:
+        """This engine's speed on the float32 model for inputs of ``image_shape``, measured once."""
+        shape = tuple(int(d) for d in image_shape)
+        if shape not in self._speed:
+            with self.private_model() as model:
+                speed = measure_throughput(lambda data: self.engine.evaluate(model, data), shape)
+            self._speed[shape] = speed
+        return self._speed[shape]
 
     # --- keys ------------------------------------------------------------------------------
     def label(self) -> str:

@@ -11,10 +11,11 @@ from typing import List, Optional
 import streamlit as st
 
 from mixquant_core import EvalTensors, ImageList, Workspace, load_tensors, open_image_folder, open_imagenette
+from mixquant_core.evaluation.timing import subset_for_time
 from mixquant_core.errors import DatasetError, one_line
 
 from .progress import progress
-from .settings import Settings
+from .settings import TRADEOFF_STEPS, Settings
 from .state import USER_ERRORS, settings
 
 TENSOR_CACHE_SIZE = 4
@@ -60,7 +61,10 @@ def eval_tensors(ws: Workspace, s: Optional[Settings] = None) -> Optional[EvalTe
     images = eval_images(s)
     if images is None:
         return None
-    images = images.subset(s.limit)
+    limit = s.limit if s.limit is not None else timed_limit(ws, len(images))
+    if limit is None:
+        return None
+    images = images.subset(limit)
     key = (s.data_key, len(images), repr(ws.loaded.preprocess))
     data = _decoded(key, "Evaluation set", lambda cb: load_tensors(images, ws.loaded.preprocess, cb))
     if data is None:
@@ -69,6 +73,24 @@ def eval_tensors(ws: Workspace, s: Optional[Settings] = None) -> Optional[EvalTe
         names = ", ".join(Path(p).name for p in data.skipped[:3]) + (" ..." if len(data.skipped) > 3 else "")
         st.error(f"{len(data.skipped)} image(s) could not be read and were left out: {names}")
     return data
+
+
+def timed_limit(ws: Workspace, total: int) -> Optional[int]:
+    """The subset size that keeps a Trade-off evaluation near SUBSET_BUDGET_S (sidebar left empty),
+    from this model's measured speed; says which and why."""
+    crop = ws.loaded.preprocess.crop
+    try:
+        with st.spinner("Measuring this model's evaluation speed (once)..."):
+            speed = ws.evaluator.throughput((3, crop, crop))
+    except USER_ERRORS as exc:
+        st.error(f"Cannot measure the evaluation speed: {one_line(exc)}; type a subset size in the sidebar.")
+        return None
+    plans = 2 + TRADEOFF_STEPS  # float32, int8 and the grid's plans (at most; a QEM may repeat a plan)
+    n = subset_for_time(total, speed, plans)
+    st.caption(f"Evaluating the first {n:,} of {total:,} images: a {plans}-plan Trade-off takes at most about "
+               f"{speed.seconds(n, plans):.0f} s at the measured {speed.images_per_second:.0f} images/s "
+               f"(sized by time; type a number in the sidebar to choose).")
+    return n
 
 
 def calib_tensors(ws: Workspace, folder: str, n: int) -> Optional[EvalTensors]:
