@@ -24,7 +24,8 @@ from .data.image_sets import EvalTensors
 from .errors import MixQuantError
 from .evaluation.cluster import RayCluster
 from .evaluation.engines import get_engine
-from .evaluation.evaluate import Metrics, resolve_device
+from .evaluation.evaluate import Metrics
+from .models.devices import resolve_device
 from .evaluation.statistics import EarlyStop
 from .evaluation.store import EvalKey, ResultsStore, mixquant_version
 from .models.layers import LayerInfo, find_layers, pinned_mask

@@ -39,6 +39,7 @@ from torch.nn.utils import parametrize
 from .adaround import AdaRoundWeight
 from .blocks import Stage, model_stages
 from ..errors import MixQuantError
+from ..models.devices import resolve_device
 from ..quant.codes import QuantizedLayer
 from ..quant.quantizers import QUANTIZERS, check_bits, check_finite
 
@@ -126,8 +127,6 @@ def reconstruct(model: nn.Module, bits: Dict[str, int], calib: torch.Tensor, cfg
     ``calib`` holds preprocessed calibration images [N,3,H,W]. Deterministic for a given seed,
     device and thread count.
     """
-    from ..evaluation.evaluate import resolve_device
-
     _check_inputs(model, bits, calib, cfg)
     device = resolve_device(cfg.device)
     t_start = time.perf_counter()
@@ -290,7 +289,7 @@ def reconstruct_from_folder(loaded, plan, calib_dir: str, calib_images: int = 10
 def evaluate_quantized(model: nn.Module, layers: Dict[str, QuantizedLayer], data, device: str = "cpu",
                        progress: Progress = None):
     """Metrics of ``model`` with ``layers``' quantized weights (restored afterwards)."""
-    from ..evaluation.evaluate import evaluate, resolve_device
+    from ..evaluation.evaluate import evaluate
 
     dev = resolve_device(device)
     model.to(dev)
