@@ -3,6 +3,8 @@ model, falls back to torch for a model it cannot export; on Lite0 + 300 real ima
 top-1/top-5 counts for float32, int8 and three mixed plans."""
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,7 @@ from torch import nn
 from mixquant_cli.main import main
 from mixquant_core.data.image_sets import EvalTensors
 from mixquant_core.errors import MixQuantError
-from mixquant_core.evaluation.engines import get_engine
+from mixquant_core.evaluation.engines import Engine, get_engine
 from mixquant_core.evaluation.engines.onnxruntime_engine import OnnxRuntimeEngine
 from mixquant_core.evaluation.engines.torch_engine import TorchEngine
 from mixquant_core.plans.plan import applied
@@ -94,6 +96,14 @@ def test_unexportable_model_falls_back_to_torch_with_one_notice(cls, one_thread)
         np.testing.assert_array_equal(g.losses, w.losses)
     assert len(notices) == 1 and "\n" not in notices[0]
     assert "cannot be exported to ONNX" in notices[0] and "torch" in notices[0]
+
+
+@pytest.mark.parametrize("cls", [TorchEngine, OnnxRuntimeEngine])
+def test_engines_implement_the_protocol_signature_exactly(cls):
+    # Callers pass any of the protocol's arguments (early_stop included) to whichever engine
+    # get_engine chose: names, order, kinds, defaults and annotations must not drift apart.
+    assert inspect.signature(cls.evaluate) == inspect.signature(Engine.evaluate)
+    assert "name" in Engine.__annotations__ and isinstance(cls.name, str)
 
 
 def test_get_engine_auto_and_bad_names():
