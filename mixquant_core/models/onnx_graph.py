@@ -108,8 +108,3 @@ def state_initializers(model: nn.Module, proto) -> Dict[str, torch.Tensor]:
     """The model's current floating state tensors that the graph holds as float initializers."""
     names = {init.name for init in proto.graph.initializer if init.data_type == 1}
     return {k: v for k, v in model.state_dict().items() if k in names and v.is_floating_point()}
-
-
-def clear_cache() -> None:
-    with _lock:
-        _cache.clear()
