@@ -213,7 +213,7 @@ def cmd_load(args) -> None:
     from mixquant_core.data.load import load_tensors
     from .main import notice
     from mixquant_core.evaluation.engines import get_engine
-    from mixquant_core.evaluation.evaluate import resolve_device
+    from mixquant_core.models.devices import resolve_device
     from mixquant_core.export.packed import load_quantized_, peek_plan, registry_model_of
     from mixquant_core.models.registry import build_model, load_model
 

@@ -6,8 +6,9 @@ the Streamlit app and the tests all call it.
 """
 from .data import EvalTensors, ImageList, default_eval_dir, load_tensors, open_image_folder, open_imagenette
 from .errors import DatasetError, InvalidWeightsError, MixQuantError, ModelUnavailableError, PlanError
-from .evaluation import Metrics, evaluate, resolve_device
-from .models import DEFAULT_MODEL, KINDS, PAPER_MODELS, LayerInfo, LoadedModel, build_model, find_layers, list_models, load_model
+from .evaluation import Metrics, evaluate
+from .models import (DEFAULT_MODEL, KINDS, PAPER_MODELS, LayerInfo, LoadedModel, build_model, find_layers, list_models,
+                     load_model, resolve_device)
 from .plans import (Plan, PlanFamily, SizeSummary, applied, breakpoints, default_qem_grid, float32_bytes, make_plan,
                     plan_size, quantize_model_, search, search_many)
 from .quant import DEFAULT_BITS, QUANTIZERS, QETable, dequantize, fake_quantize, qe_table, quantize

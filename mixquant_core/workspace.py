@@ -19,7 +19,7 @@ from .data.image_sets import EvalTensors
 from .errors import MixQuantError
 from .evaluation.cluster import RayCluster
 from .evaluation.evaluator import Evaluator
-from .evaluation.evaluate import resolve_device
+from .models.devices import resolve_device
 from .models.layers import LayerInfo, find_layers, pinned_mask
 from .models.registry import LoadedModel
 from .plans.plan import Plan, make_plan

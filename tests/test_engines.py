@@ -3,6 +3,10 @@ model, falls back to torch for a model it cannot export; on Lite0 + 300 real ima
 top-1/top-5 counts for float32, int8 and three mixed plans."""
 from __future__ import annotations
 
+import gc
+import inspect
+import weakref
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +15,8 @@ from torch import nn
 from mixquant_cli.main import main
 from mixquant_core.data.image_sets import EvalTensors
 from mixquant_core.errors import MixQuantError
-from mixquant_core.evaluation.engines import get_engine
+from mixquant_core.evaluation.engines import Engine, get_engine
+from mixquant_core.evaluation.engines import onnxruntime_engine
 from mixquant_core.evaluation.engines.onnxruntime_engine import OnnxRuntimeEngine
 from mixquant_core.evaluation.engines.torch_engine import TorchEngine
 from mixquant_core.plans.plan import applied
@@ -94,6 +99,31 @@ def test_unexportable_model_falls_back_to_torch_with_one_notice(cls, one_thread)
         np.testing.assert_array_equal(g.losses, w.losses)
     assert len(notices) == 1 and "\n" not in notices[0]
     assert "cannot be exported to ONNX" in notices[0] and "torch" in notices[0]
+
+
+@pytest.mark.parametrize("cls", [TorchEngine, OnnxRuntimeEngine])
+def test_engines_implement_the_protocol_signature_exactly(cls):
+    # Callers pass any of the protocol's arguments (early_stop included) to whichever engine
+    # get_engine chose: names, order, kinds, defaults and annotations must not drift apart.
+    assert inspect.signature(cls.evaluate) == inspect.signature(Engine.evaluate)
+    assert "name" in Engine.__annotations__ and isinstance(cls.name, str)
+
+
+def test_a_new_model_where_a_freed_one_was_still_gets_its_notice(one_thread, monkeypatch):
+    # CPython may give a new object a freed one's address, hence its id(); that rarely happens on
+    # cue, so here every id() in the engine's module answers the same, as if it always did.
+    monkeypatch.setattr(onnxruntime_engine, "id", lambda obj: 0, raising=False)
+    data = _data(4)
+    notices = []
+    engine = OnnxRuntimeEngine(notify=notices.append)
+    first = CustomOp().eval()
+    engine.evaluate(first, data)
+    gone = weakref.ref(first)
+    del first
+    gc.collect()
+    assert gone() is None  # the engine does not keep a model alive to remember it
+    engine.evaluate(CustomOp().eval(), data)
+    assert len(notices) == 2
 
 
 def test_get_engine_auto_and_bad_names():

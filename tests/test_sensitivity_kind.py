@@ -5,11 +5,10 @@ import torch
 
 from mixquant_core import Workspace, find_layers, qe_table
 from mixquant_core.data.image_sets import EvalTensors
-from mixquant_core.errors import MixQuantError
 from mixquant_core.models.registry import LoadedModel
 from mixquant_core.models.preprocess import Preprocess
 from mixquant_core.studies.kind_sensitivity import bits_for_kind, kind_sensitivity, kinds_present, most_sensitive_by_rqe
-from mixquant_core.studies.tradeoff import rows_to_csv, smallest_within
+from mixquant_core.studies.tradeoff import rows_to_csv
 from mixquant_core.evaluations import PLAN_ROW_COLUMNS, Evaluations, PlanRow
 
 
@@ -58,19 +57,6 @@ def test_kind_sensitivity_evaluates_each_pair_through_the_workspace(tiny_model):
 
 def _row(method, qem, top1, size):
     return PlanRow(method, qem, "", top1, 0.0, 0.0, None, 8.0, size, 1.0)
-
-
-def test_smallest_within_picks_the_smallest_accurate_plan():
-    rows = [_row("float32", None, 80.0, 20.0), _row("int8", None, 79.8, 5.0), _row("mixquant", 2.0, 79.9, 4.9),
-            _row("mixquant", 8.0, 79.0, 4.0), _row("mixquant", 32.0, 75.0, 3.0)]
-    assert smallest_within(rows, 1.0).qem == 8.0
-    assert smallest_within(rows, 0.5).qem == 2.0
-    assert smallest_within(rows, 10.0).qem == 32.0
-    assert smallest_within(rows, 0.0) is None
-    with pytest.raises(MixQuantError):
-        smallest_within(rows, -1.0)
-    with pytest.raises(MixQuantError):
-        smallest_within(rows[1:], 1.0)
 
 
 def test_rows_to_csv_has_the_sweep_columns():

@@ -61,16 +61,6 @@ class Metrics:
         return out
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    if name in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise MixQuantError("--device cuda asked for, but no CUDA GPU is available here (use cpu or auto)")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise MixQuantError(f"unknown device '{name}'; use auto, cpu or cuda")
-    return torch.device(name)
-
-
 def default_batch_size(device: torch.device) -> int:
     # CUDA: large batches fill the GPU. CPU: oneDNN already splits each conv over the cores, and
     # small batches keep activations in cache: measured on 2 cores, images/s at batch 2/4/8/16 were

@@ -30,8 +30,8 @@ from ..errors import MixQuantError, first_line
 from ..models.onnx_graph import float_graph, set_initializers, state_initializers
 from ..models.preprocess import Preprocess
 from ..plans.plan import Plan
+from ..quant.codes import QuantizedLayer
 from ..quant.quantizers import is_symmetric
-from ..recon.adaround import QuantizedLayer
 
 ONNX_FORMAT = "mixquant-onnx"
 EXPORT_OPSET = 25  # int2/uint2 DequantizeLinear inputs need opset 25
@@ -65,7 +65,7 @@ def _layer_tensors(name: str, q: QuantizedLayer):
     signed = is_symmetric(q.scheme)
     codes = q.codes.to(torch.int16)
     zero_point = q.zero_point.round().to(torch.int16)
-    if signed:  # stored unsigned with an implicit zero-point 2^(b-1) (recon.nearest_layers): undo it
+    if signed:  # stored unsigned with an implicit zero-point 2^(b-1) (quant.codes.unsigned_grid): undo it
         codes, zero_point = codes - zero_point, torch.zeros_like(zero_point)
     per_channel = q.scale.numel() > 1
     scale = q.scale.float().reshape(-1) if per_channel else q.scale.float().reshape(())

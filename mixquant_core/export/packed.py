@@ -46,8 +46,8 @@ from torch import nn
 from ..errors import MixQuantError, first_line
 from ..files import atomic_path
 from ..plans.plan import Plan
+from ..quant.codes import QuantizedLayer, nearest_layers
 from ..quant.quantizers import QUANTIZERS, is_per_channel, is_symmetric
-from ..recon.adaround import QuantizedLayer
 from ..recon.reconstruct import apply_quantized_
 
 EXPORT_FORMAT = "mixquant-quantized"
@@ -355,8 +355,6 @@ def accounted_bytes(model: nn.Module, plan: Plan, scheme: str) -> int:
 
 def rtn_layers(model: nn.Module, plan: Plan) -> Dict[str, QuantizedLayer]:
     """Round-to-nearest codes with the plan's own quantizer (what ``plan.quantize_model_`` computes)."""
-    from ..recon.reconstruct import nearest_layers
-
     plan.check_against(model)
     return nearest_layers(model, plan.bits, plan.quantizer)
 

@@ -31,7 +31,9 @@ class OnnxExportError(MixQuantError):
     """The model cannot be converted to an ONNX graph (unsupported op, data-dependent control flow)."""
 
 
-_cache: "weakref.WeakKeyDictionary[nn.Module, Dict[Tuple[int, ...], bytes]]" = weakref.WeakKeyDictionary()
+# model -> input shape -> the traced graph (bytes) or, for a model that cannot be exported, the
+# error's message (str).
+_cache: "weakref.WeakKeyDictionary[nn.Module, Dict[Tuple[int, ...], bytes | str]]" = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
 
 
@@ -74,10 +76,12 @@ def float_graph(model: nn.Module, image_shape: Tuple[int, ...]):
             try:
                 held[key] = _trace(model, key)
             except OnnxExportError as exc:
-                held[key] = exc
+                # The message only: the exception's traceback holds the model, and a value that
+                # holds its key would keep the model alive in this weak-keyed cache for good.
+                held[key] = str(exc)
         data = held[key]
-        if isinstance(data, OnnxExportError):  # a model that failed once is not traced again
-            raise data
+        if isinstance(data, str):  # a model that failed once is not traced again
+            raise OnnxExportError(data)
     return onnx.load_model_from_string(data)
 
 
@@ -104,8 +108,3 @@ def state_initializers(model: nn.Module, proto) -> Dict[str, torch.Tensor]:
     """The model's current floating state tensors that the graph holds as float initializers."""
     names = {init.name for init in proto.graph.initializer if init.data_type == 1}
     return {k: v for k, v in model.state_dict().items() if k in names and v.is_floating_point()}
-
-
-def clear_cache() -> None:
-    with _lock:
-        _cache.clear()

@@ -54,11 +54,6 @@ class Preprocess:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
-        """Back to [0, 1] pixels, for showing a sample of the evaluation set."""
-        mean = torch.tensor(self.mean).view(3, 1, 1)
-        std = torch.tensor(self.std).view(3, 1, 1)
-        return (x * std + mean).clamp(0, 1)
 
 
 def from_torchvision(weights) -> Preprocess:

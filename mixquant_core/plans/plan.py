@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Sequence
 
 import jsonschema
-import numpy as np
 import torch
 from torch import nn
 
@@ -168,10 +167,6 @@ def make_plan(identity: Dict[str, str], table: QETable, bits: Sequence[int], qem
     size = plan_size(float_bytes, table.layers, bits, table.quantizer)
     return Plan(model=dict(identity), quantizer=table.quantizer, qem=None if qem is None else float(qem),
                 candidate_bits=list(table.bits), layers=layers, size=size.to_dict(), extra=extra or {})
-
-
-def uniform_bits(table: QETable, b: int) -> np.ndarray:
-    return np.full(len(table.layers), int(b), dtype=np.int64)
 
 
 @contextmanager

@@ -1,50 +1,20 @@
-"""AdaRound's pieces: the base quantizer's grid (any of ``quant.quantizers``; by default
-``per-channel-mse``, the MSE-clipped affine range per output channel), the learned-rounding weight
-parametrization, and a layer's result (integer codes + scale + zero-point).
+"""AdaRound's learned-rounding weight parametrization, on the base quantizer's grid (any of
+``quant.quantizers``; by default ``per-channel-mse``, the MSE-clipped affine range per output
+channel); its result is a ``quant.codes.QuantizedLayer`` (integer codes + scale + zero-point).
 
-The block-by-block fitting (BRECQ) that drives them is reconstruct.py.
+The block-by-block fitting (BRECQ) that drives it is reconstruct.py.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
 from torch import nn
 
-from ..quant.quantizers import QuantMeta, dequantize, quantize
+from ..quant.codes import QuantizedLayer, unsigned_grid
+from ..quant.quantizers import QuantMeta, dequantize
 
 ZETA, GAMMA = 1.1, -0.1  # rectified sigmoid stretch (AdaRound)
-
-
-@dataclass
-class QuantizedLayer:
-    """One layer's integer codes (uint8, weight's shape) and its affine parameters."""
-
-    codes: torch.Tensor
-    scale: torch.Tensor  # float32, broadcastable to codes ([C,1,..] per channel, [] per tensor)
-    zero_point: torch.Tensor  # float32 integral values, same shape as scale
-    nbits: int
-    scheme: str
-
-    @property
-    def meta(self) -> QuantMeta:
-        return QuantMeta(self.scale, self.zero_point, self.nbits, self.scheme)
-
-    def weight(self) -> torch.Tensor:
-        return dequantize(self.codes.float(), self.meta)
-
-
-
-# --- base quantizer: one of quant.quantizers, codes stored unsigned ----------------------------
-def unsigned_grid(w: torch.Tensor, nbits: int, scheme: str):
-    """Round-to-nearest codes of ``quantizers.quantize`` as unsigned 0 .. 2^b - 1, with scale and
-    zero-point: symmetric codes are offset by 2^(b-1) (the zero-point), as the export stores them."""
-    codes, meta = quantize(w.detach().float(), nbits, scheme)
-    if meta.signed:
-        off = 2 ** (nbits - 1)
-        return codes + off, meta.scale, torch.full_like(meta.scale, float(off))
-    return codes, meta.scale, meta.zero_point
 
 
 class AdaRoundWeight(nn.Module):

@@ -77,9 +77,3 @@ def model_stages(model: nn.Module) -> List[Stage]:
         return _sequential(model)
     raise MixQuantError(f"reconstruction supports EfficientNet-Lite, torchvision ResNet/ResNeXt, MobileNetV2 and "
                         f"nn.Sequential models; {cls} is not one of them (round-to-nearest still works)")
-
-
-def run_stages(stages: List[Stage], x: torch.Tensor) -> torch.Tensor:
-    for stage in stages:
-        x = stage.run(x)
-    return x

@@ -2,12 +2,12 @@
 
 Weights only (activations stay float32), each layer at the bit-width its plan gives it.
 
-* Base quantizer (adaround.py): any of ``quant.quantizers``; by default ``per-channel-mse``, affine
-  per output channel with the clipping range chosen per channel by MSE over 80 shrink ratios
-  (BRECQ's ``mse`` init, ratio 1.00 .. 0.21, with the squared error where BRECQ uses
-  |w - q(w)|^2.4). Unlike BRECQ the range always contains 0, so the zero-point is a code. The
-  grid is exactly the one round-to-nearest with that quantizer uses, so a reconstruction differs
-  from the plan's round-to-nearest only in the rounding.
+* Base quantizer (the grid of quant/codes.py's ``unsigned_grid``): any of ``quant.quantizers``; by
+  default ``per-channel-mse``, affine per output channel with the clipping range chosen per
+  channel by MSE over 80 shrink ratios (BRECQ's ``mse`` init, ratio 1.00 .. 0.21, with the
+  squared error where BRECQ uses |w - q(w)|^2.4). Unlike BRECQ the range always contains 0, so
+  the zero-point is a code. The grid is exactly the one round-to-nearest with that quantizer
+  uses, so a reconstruction differs from the plan's round-to-nearest only in the rounding.
 * Rounding (adaround.py): AdaRound. Each weight is ``floor(w/s) + h(V)`` with ``h`` the rectified sigmoid
   ``clip(sigmoid(V) * 1.2 - 0.1, 0, 1)``; V starts where h(V) equals the fractional part (the
   soft weights start equal to the float ones). Loss = block output MSE (summed over channels,
@@ -36,9 +36,11 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .adaround import AdaRoundWeight, QuantizedLayer, unsigned_grid
+from .adaround import AdaRoundWeight
 from .blocks import Stage, model_stages
 from ..errors import MixQuantError
+from ..models.devices import resolve_device
+from ..quant.codes import QuantizedLayer
 from ..quant.quantizers import QUANTIZERS, check_bits, check_finite
 
 Progress = Optional[Callable[[int, int, str], None]]
@@ -125,8 +127,6 @@ def reconstruct(model: nn.Module, bits: Dict[str, int], calib: torch.Tensor, cfg
     ``calib`` holds preprocessed calibration images [N,3,H,W]. Deterministic for a given seed,
     device and thread count.
     """
-    from ..evaluation.evaluate import resolve_device
-
     _check_inputs(model, bits, calib, cfg)
     device = resolve_device(cfg.device)
     t_start = time.perf_counter()
@@ -245,18 +245,6 @@ def quantized_applied(model: nn.Module, layers: Dict[str, QuantizedLayer]) -> It
                 modules[name].weight.copy_(original)
 
 
-def nearest_layers(model: nn.Module, bits: Dict[str, int], scheme: str) -> Dict[str, QuantizedLayer]:
-    """Round-to-nearest codes of the project's quantizers (quantizers.quantize), as QuantizedLayers."""
-    modules = dict(model.named_modules())
-    out = {}
-    for name, b in bits.items():
-        w = modules[name].weight.detach().float().cpu()
-        check_finite(w, name)
-        codes, scale, zp = unsigned_grid(w, int(b), scheme)
-        out[name] = QuantizedLayer(codes.to(torch.uint8), scale.float(), zp.float(), int(b), scheme)
-    return out
-
-
 def reconstruct_plan(model: nn.Module, plan, calib: torch.Tensor, cfg: ReconConfig = ReconConfig(),
                      progress: Progress = None) -> ReconResult:
     """``reconstruct`` for a Plan (checked against the model first); codes in plan order."""
@@ -301,7 +289,7 @@ def reconstruct_from_folder(loaded, plan, calib_dir: str, calib_images: int = 10
 def evaluate_quantized(model: nn.Module, layers: Dict[str, QuantizedLayer], data, device: str = "cpu",
                        progress: Progress = None):
     """Metrics of ``model`` with ``layers``' quantized weights (restored afterwards)."""
-    from ..evaluation.evaluate import evaluate, resolve_device
+    from ..evaluation.evaluate import evaluate
 
     dev = resolve_device(device)
     model.to(dev)

@@ -10,6 +10,7 @@ The shared torch model is only read, never changed.
 """
 from __future__ import annotations
 
+import weakref
 from typing import Callable, Dict, Optional
 
 import numpy as np
@@ -74,7 +75,9 @@ class OnnxRuntimeEngine:
         self.batch_size = batch_size or DEFAULT_BATCH
         self.threads = threads
         self.notify = notify
-        self._told = set()  # models whose fallback was already announced (by id, while alive)
+        # Models whose fallback was already announced. Weak references, not id()s: a freed model
+        # leaves the set, so a new model that CPython puts at its address still gets its notice.
+        self._told: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
 
     def session_for(self, model: nn.Module, data: EvalTensors, bits: Optional[Dict[str, int]], quantizer: str):
         proto = float_graph(model, data.image_shape)
@@ -90,8 +93,8 @@ class OnnxRuntimeEngine:
         try:
             session = self.session_for(model, data, bits, quantizer)
         except OnnxExportError as exc:
-            if self.notify and id(model) not in self._told:
-                self._told.add(id(model))
+            if self.notify and model not in self._told:
+                self._told.add(model)
                 self.notify(f"{exc}; evaluating with torch instead")
             device = next(iter(model.parameters()), torch.zeros(0)).device  # leave the model where it is
             return TorchEngine(device).evaluate(model, data, bits, quantizer, progress, early_stop)

@@ -2,19 +2,31 @@
 from __future__ import annotations
 
 import importlib.util
-from typing import Callable, Optional, Protocol
+from typing import Callable, Dict, Optional, Protocol
 
 import torch
+from torch import nn
 
+from ...data.image_sets import EvalTensors
 from ...errors import MixQuantError
+from ..evaluate import Metrics, Progress
+from ..statistics import EarlyStop
 
 ENGINES = ("auto", "torch", "onnxruntime")
 
 
 class Engine(Protocol):
+    """What every engine offers; TorchEngine and OnnxRuntimeEngine implement exactly this signature
+    (tests/test_engines.py compares them), so a caller may pass any argument to either."""
+
     name: str
 
-    def evaluate(self, model, data, bits=None, quantizer="asymmetric", progress=None): ...
+    def evaluate(self, model: nn.Module, data: EvalTensors, bits: Optional[Dict[str, int]] = None,
+                 quantizer: str = "asymmetric", progress: Progress = None,
+                 early_stop: Optional[EarlyStop] = None) -> Metrics:
+        """Metrics of ``model`` with the named layers at ``bits`` (None: float32); ``early_stop``
+        ends a hopeless plan's evaluation early (``Metrics.stopped_early``)."""
+        ...
 
 
 def get_engine(name: str = "auto", device: torch.device | str = "cpu", notify: Optional[Callable[[str], None]] = None,

@@ -1,0 +1,56 @@
+"""A layer's integer codes on a quantizer's grid: ``QuantizedLayer`` (codes + scale + zero-point),
+the unsigned grid every stored code uses, and round-to-nearest codes for a whole plan's layers.
+
+Plain rounding lives here, beside the quantizers it rounds with, so a round-to-nearest export needs
+only quant/; the learned rounding (recon/adaround.py) produces the same ``QuantizedLayer`` on the
+same grid, so export/ stores and loads both alike.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict
+
+import torch
+from torch import nn
+
+from .quantizers import QuantMeta, check_finite, dequantize, quantize
+
+
+@dataclass
+class QuantizedLayer:
+    """One layer's integer codes (uint8, weight's shape) and its affine parameters."""
+
+    codes: torch.Tensor
+    scale: torch.Tensor  # float32, broadcastable to codes ([C,1,..] per channel, [] per tensor)
+    zero_point: torch.Tensor  # float32 integral values, same shape as scale
+    nbits: int
+    scheme: str
+
+    @property
+    def meta(self) -> QuantMeta:
+        return QuantMeta(self.scale, self.zero_point, self.nbits, self.scheme)
+
+    def weight(self) -> torch.Tensor:
+        return dequantize(self.codes.float(), self.meta)
+
+
+def unsigned_grid(w: torch.Tensor, nbits: int, scheme: str):
+    """Round-to-nearest codes of ``quantizers.quantize`` as unsigned 0 .. 2^b - 1, with scale and
+    zero-point: symmetric codes are offset by 2^(b-1) (the zero-point), as the export stores them."""
+    codes, meta = quantize(w.detach().float(), nbits, scheme)
+    if meta.signed:
+        off = 2 ** (nbits - 1)
+        return codes + off, meta.scale, torch.full_like(meta.scale, float(off))
+    return codes, meta.scale, meta.zero_point
+
+
+def nearest_layers(model: nn.Module, bits: Dict[str, int], scheme: str) -> Dict[str, QuantizedLayer]:
+    """Round-to-nearest codes of the project's quantizers (quantizers.quantize), as QuantizedLayers."""
+    modules = dict(model.named_modules())
+    out = {}
+    for name, b in bits.items():
+        w = modules[name].weight.detach().float().cpu()
+        check_finite(w, name)
+        codes, scale, zp = unsigned_grid(w, int(b), scheme)
+        out[name] = QuantizedLayer(codes.to(torch.uint8), scale.float(), zp.float(), int(b), scheme)
+    return out
