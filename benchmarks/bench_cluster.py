@@ -5,7 +5,7 @@
 
 Images: the first ``--images`` of ``$MIXQUANT_DATA/imagenet-val-1300``. Plans: float32, int8 and
 one MixQuant plan per ``--qems`` value (default one QEM: 3 plans), evaluated by
-``Workspace.evaluate_plans``, each configuration in turn, in this one process:
+``Evaluations.evaluate_plans``, each configuration in turn, in this one process:
 
 * ``this process``: the Workspace's own engine (ONNX Runtime on this CPU, all cores), images
   decoded here beforehand (decode time not counted);
@@ -32,13 +32,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mixquant_core.data.image_sets import default_eval_dir, open_image_folder  # noqa: E402
 from mixquant_core.data.load import load_tensors  # noqa: E402
 from mixquant_core.evaluation.cluster import RayCluster  # noqa: E402
+from mixquant_core.evaluations import Evaluations  # noqa: E402
 from mixquant_core.models.registry import load_model  # noqa: E402
 from mixquant_core.workspace import Workspace  # noqa: E402
 
 
 def sweep_seconds(ws: Workspace, plans, data) -> float:
     start = time.perf_counter()
-    ws.evaluate_plans(plans, data)
+    Evaluations(ws).evaluate_plans(plans, data)
     return time.perf_counter() - start
 
 
@@ -46,7 +47,7 @@ def differing(reference: Workspace, other: Workspace, plans, data) -> list:
     """Plans whose per-image results differ between the two workspaces (none expected)."""
     out = []
     for k, bits in enumerate(plans):
-        a, b = reference.evaluate_bits(bits, data), other.evaluate_bits(bits, data)
+        a, b = Evaluations(reference).evaluate_bits(bits, data), Evaluations(other).evaluate_bits(bits, data)
         if not (np.array_equal(a.hit1, b.hit1) and np.array_equal(a.hit5, b.hit5) and np.array_equal(a.losses, b.losses)):
             out.append(k)
     return out

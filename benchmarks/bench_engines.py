@@ -32,6 +32,7 @@ def run(loaded, data, qems, repeats: int = 2) -> dict:
     from mixquant_core.evaluation.engines.onnxruntime_engine import DEFAULT_BATCH, new_session, planned_weights
     from mixquant_core.evaluation.evaluate import default_batch_size
     from mixquant_core.models.onnx_graph import float_graph, set_initializers, state_initializers
+    from mixquant_core.evaluations import Evaluations
     from mixquant_core.workspace import Workspace
 
     model = loaded.model.cpu().eval()
@@ -60,17 +61,20 @@ def run(loaded, data, qems, repeats: int = 2) -> dict:
 
     def sweep(ws):
         def go():
-            ws._metrics, ws._metrics_data = {}, None  # every distinct plan evaluated again
-            ws.sweep(data, qems)
+            ws.evaluator.forget()  # every distinct plan evaluated again
+            ev = Evaluations(ws)
+            ev.sweep(data, qems)
+            tallies[ws.evaluator.engine.name] = ev.tally
         return go
 
+    tallies = {}
     t_eager, t_ort, t_sweep_t, t_sweep_o = [], [], [], []
     for _ in range(repeats):  # interleaved: load on a shared machine hits all four alike
         t_eager.append(_best(eager, 1))
         t_ort.append(_best(ort_bare(DEFAULT_BATCH), 1))
         t_sweep_t.append(_best(sweep(ws_t), 1))
         t_sweep_o.append(_best(sweep(ws_o), 1))
-    plans = ws_o.distinct_evaluated
+    plans = tallies["onnxruntime"].distinct
     out = {"images": n, "plans": plans, "trace_s": trace_s, "eager_batch": eager_batch, "ort_batch": DEFAULT_BATCH,
            "bare_eager": n / min(t_eager), "bare_ort": n / min(t_ort),
            "plan_torch": n * plans / min(t_sweep_t), "plan_ort": n * plans / min(t_sweep_o)}

@@ -38,6 +38,7 @@ from mixquant_core.data.load import load_tensors
 from mixquant_core.evaluation.evaluate import _cudnn_autotune, _device_batches, default_batch_size  # noqa: E402
 from mixquant_core.models.registry import build_model  # noqa: E402
 from mixquant_core.plans.search import default_qem_grid  # noqa: E402
+from mixquant_core.evaluations import Evaluations  # noqa: E402
 from mixquant_core.workspace import Workspace  # noqa: E402
 
 
@@ -127,10 +128,11 @@ def main(argv=None):
     qems = list(default_qem_grid(table, steps=args.plans))
 
     def sweep():
-        ws._metrics, ws._metrics_data = {}, None  # fresh cache: every distinct plan evaluated again
-        rows = ws.sweep(data, qems)
+        ws.evaluator.forget()  # fresh cache: every distinct plan evaluated again
+        ev = Evaluations(ws)
+        rows = ev.sweep(data, qems)
         sync(device)
-        return rows
+        return rows, ev.tally.distinct
 
     gc.collect()
     rss0 = rss_bytes()  # model, images and QE table in place; nothing of the forward pass yet
@@ -153,9 +155,8 @@ def main(argv=None):
             torch.cuda.reset_peak_memory_stats(device)
         with PeakRSS() as mem:
             t = time.perf_counter()
-            rows = sweep()
+            rows, n_plans = sweep()
             elapsed = time.perf_counter() - t
-        n_plans = ws.distinct_evaluated
         t_plan.append(elapsed / n_plans)
         peak = max(peak, torch.cuda.max_memory_allocated(device) if device.type == "cuda"
                    else model_bytes + data_bytes + mem.peak - rss0)

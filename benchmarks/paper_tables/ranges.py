@@ -30,6 +30,7 @@ from mixquant_core.models.registry import load_model
 from mixquant_core.plans.plan import Plan
 from mixquant_core.quant.qe import DEFAULT_BITS, normalize_bits
 from mixquant_core.recon.reconstruct import ReconConfig, quantized_applied, recon_metadata, reconstruct_plan
+from mixquant_core.evaluations import Evaluations
 from mixquant_core.workspace import Workspace
 from table1 import eval_tensors, row
 
@@ -75,7 +76,7 @@ def run_rtn(args, loaded, data, fisher_calib, out) -> None:
     if args.float32:
         t0 = time.perf_counter()
         ws = Workspace(loaded, QUANTIZERS[0], device="cpu")
-        m = ws.evaluate_bits(None, data)
+        m = Evaluations(ws).evaluate_bits(None, data)
         write(out, {"plan": "float32", "method": "none", "avg_bits": 32.0, "size_mb": ws.float_bytes / 1e6,
                     **m.to_dict(), "eval_seconds": round(time.perf_counter() - t0, 1)})
     for b in args.levels:
@@ -83,7 +84,7 @@ def run_rtn(args, loaded, data, fisher_calib, out) -> None:
             ws = workspaces(loaded, quantizer, args.bits)
             for label, plan in plans(ws, b, fisher_calib(), args.only_fisher):
                 t0 = time.perf_counter()
-                m = ws.evaluate_plan(plan, data)  # the workspace evaluates each distinct plan once
+                m = Evaluations(ws).evaluate_plan(plan, data)  # the workspace evaluates each distinct plan once
                 save_plan(plan, label, quantizer, Path(args.out).parent)
                 write(out, {**row(label, plan, f"round-to-nearest ({quantizer})", m), "quantizer": quantizer,
                             "eval_seconds": round(time.perf_counter() - t0, 1)})

@@ -31,6 +31,7 @@ from mixquant_core.export.packed import save_quantized, size_report
 from mixquant_core.models.registry import load_model
 from mixquant_core.recon.reconstruct import ReconConfig, quantized_applied, recon_metadata, reconstruct_plan
 from mixquant_core.data.image_sets import open_calibration_folder
+from mixquant_core.evaluations import Evaluations
 from mixquant_core.workspace import Workspace
 
 QUANTIZER = "per-channel"
@@ -115,7 +116,7 @@ def main() -> None:
         for label, plan in rows:
             t0 = time.perf_counter()
             bits = None if plan is None else [plan.bits[l.name] for l in ws.layers]
-            m = ws.evaluate_bits(bits, data)
+            m = Evaluations(ws).evaluate_bits(bits, data)
             if plan is None:
                 rec = {"plan": "float32", "method": "none", "avg_bits": 32.0, "size_mb": ws.float_bytes / 1e6, **m.to_dict()}
             else:

@@ -134,6 +134,11 @@ class Evaluator:
         self._count(tally, named, quantizer, from_store=True)
         return got
 
+    def forget(self) -> None:
+        """Drop every metric held in memory (benchmarks measure evaluations, not cache reads)."""
+        with self._cache_lock:
+            self._cache.clear()
+
     def _keep(self, key: tuple, metrics: Metrics) -> None:
         with self._cache_lock:
             self._cache[key] = metrics
