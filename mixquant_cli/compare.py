@@ -1,94 +1,43 @@
-"""CLI of budgeted allocation: ``mixquant allocate`` and ``mixquant sweep --compare``."""
+"""``mixquant sweep --compare``: uniform vs MixQuant-QEM vs budgeted plans at matched average-bit
+budgets, the Pareto front marked."""
 from __future__ import annotations
 
 import json
 import sys
 import time
-from typing import Optional
 
 from mixquant_core.errors import MixQuantError
 
-
-def _add_calib_args(p) -> None:
-    p.add_argument("--calib", help="calibration images for the Fisher cost (labelled folder, or plain images: "
-                                   "the model's predictions stand in); default $MIXQUANT_DATA/imagenet-calib-1000")
-    p.add_argument("--calib-images", type=int, default=64, help="calibration images, spread over the folder (default 64)")
-
-
-def _calib_dir(args) -> Optional[str]:
-    from mixquant_core.data.image_sets import default_calib_dir
-
-    return args.calib or default_calib_dir()
-
-
-def _calib_tensors(args, ws, show: bool):
-    from .main import calibration_tensors
-
-    where = _calib_dir(args)
-    if where is None:
-        raise MixQuantError("the Fisher cost needs calibration images: pass --calib DIR (or set MIXQUANT_DATA)")
-    return calibration_tensors(where, args.calib_images, ws.loaded.preprocess, show)
-
-
-def workspace_with_table(args, fisher: bool) -> tuple:
-    """(Workspace with its QE table, calibration set or None, show progress): the Fisher table too
-    when ``fisher``; each step with a progress bar."""
-    from .main import _workspace, check_out, progress_bar
-
-    check_out(args, getattr(args, "calib", None))
-    ws = _workspace(args)
-    show = not args.no_progress
-    with progress_bar(show, "QE table") as cb:
-        ws.table(cb)
-    calib = None
-    if fisher:
-        calib = _calib_tensors(args, ws, show)
-        with progress_bar(show, "Fisher") as cb:
-            ws.fisher(calib, cb)
-    return ws, calib, show
-
-
-def cmd_allocate(args) -> None:
-    ws, calib, _ = workspace_with_table(args, args.cost == "fisher")
-    bits = ws.budget_bits(args.cost, max_mb=args.max_mb, avg_bits=args.avg_bits, calib=calib)
-    budget = {"max_mb": args.max_mb} if args.max_mb is not None else {"avg_bits": args.avg_bits}
-    within = f"{args.max_mb:g} MB" if args.max_mb is not None else f"{args.avg_bits:g} average bits"
-    plan = ws.plan_from_bits(bits, None, extra={"method": f"budget-{args.cost}", "budget": budget})
-    if not args.out:
-        print(plan.to_json())
-        return
-    plan.save(args.out)
-    s = plan.size
-    if args.json:
-        print(json.dumps({"out": args.out, "cost": args.cost, "budget": budget, "size": s}))
-    else:
-        print(f"wrote {args.out}: least summed {args.cost} cost within {within}: {s['avg_bits']:.2f} average bits, "
-              f"{s['plan_mb']:.2f} MB of {s['float32_mb']:.2f} MB ({s['compression']:.2f}x)")
+from .choices import COMPARE_METHODS, COMPARE_TARGETS
+from .inputs import calib_dir, eval_tensors, fisher_calibration, open_workspace, use_default_data
+from .options import add_calib_args, float_list, name_list
+from .output import (VERSUS_HEADERS, VERSUS_NOTE, check_out, fmt, print_table, ran_on, versus_cells, with_ci,
+                     write_csv)
+from .progress import mode_of, progress
 
 
 def cmd_compare(args) -> None:
-    from .main import VERSUS_HEADERS, VERSUS_NOTE, _eval_tensors, _fmt, _print_table, _versus, _with_ci, _workspace, \
-        check_out, progress_bar, ran_on, write_csv
-    from mixquant_core.studies.compare import compare, matched
+    from mixquant_core.studies.compare import compare
 
     t0 = time.perf_counter()
+    use_default_data(args)
     check_out(args, args.data, args.calib)
-    ws = _workspace(args)
-    show = not args.no_progress
-    with progress_bar(show, "QE table") as cb:
+    ws = open_workspace(args)
+    mode = mode_of(args)
+    with progress(mode, "QE table", "layers") as cb:
         ws.table(cb)
     methods = args.methods
     calib = None
     if "budget-fisher" in methods:
-        if _calib_dir(args) is None:
+        if calib_dir(args) is None:
             print("warning: no calibration folder (--calib or MIXQUANT_DATA): skipping budget-fisher", file=sys.stderr)
             methods = [m for m in methods if m != "budget-fisher"]
             if not methods:
                 raise MixQuantError("budget-fisher needs calibration images: pass --calib DIR (or set MIXQUANT_DATA)")
         else:
-            calib = _calib_tensors(args, ws, show)
-    data = _eval_tensors(args, ws, show)
-    with progress_bar(show, "compare") as cb:
+            calib = fisher_calibration(args, ws, mode)
+    data = eval_tensors(args, ws, mode)
+    with progress(mode, "compare") as cb:
         rows = compare(ws, data, args.targets, methods, calib, progress=cb)
     elapsed = time.perf_counter() - t0
     write_csv(args.out, rows)
@@ -99,51 +48,47 @@ def cmd_compare(args) -> None:
     if args.json:
         print(json.dumps({**info, "rows": [r.to_dict(with_bits=True) for r in rows]}, indent=2))
         return
-    headers = ["method", "budget", "QEM", "bit-widths", "top-1 [95 %]", "top-5 [95 %]", "loss", "avg bits", "size MB", "x",
-               "Pareto"]
-    body = [[r.method, _fmt(r.target) if r.target is not None else "N/A", _fmt(r.qem, 3) if r.qem else "N/A",
-             r.bit_set, _with_ci(r.top1, r.top1_ci), _with_ci(r.top5, r.top5_ci), _fmt(r.loss, 3), _fmt(r.avg_bits),
-             _fmt(r.size_mb, 3), _fmt(r.compression), "*" if r.pareto else ""] + _versus(r.to_dict()) for r in rows]
-    _print_table(headers + VERSUS_HEADERS, body)
-    print(VERSUS_NOTE)
-    print("\nAt matched budgets (top-1 %, average bits, MB; * = on the Pareto front):")
-    shown = [m for m in ("uniform", "mixquant", "budget-qe", "budget-fisher") if m in methods]
-    lines = []
-    for line in matched(rows):
-        cells = [_fmt(line["target"])]
-        for m in shown:
-            r = line.get(m)
-            cells.append("" if r is None else f"{r.top1:.2f} @ {r.avg_bits:.2f} b / {r.size_mb:.3f} MB{' *' if r.pareto else ''}")
-        lines.append(cells)
-    _print_table(["avg-bit budget"] + shown, lines)
+    print_rows(rows)
+    print_matched(rows, methods)
     print(f"\n{ws.loaded.name}, {ws.quantizer}, {len(data)} images, calibration {info['calibration_images']} images, "
           f"{ws.distinct_evaluated} distinct plans (float32 included): {ws.evaluated_now} evaluated, {ws.from_store} from "
           f"the results store, {elapsed:.1f} s on {ran_on(ws)}")
 
 
-def register(subparsers, commands) -> None:
-    """``allocate`` sub-command; ``sweep --compare`` (wraps the plain sweep)."""
-    from .main import _add_model_args, _float_list
-    from mixquant_core.studies.compare import DEFAULT_TARGETS, METHODS
+def print_rows(rows) -> None:
+    """Every compared plan, one row each, with the paired comparison to float32."""
+    headers = ["method", "budget", "QEM", "bit-widths", "top-1 [95 %]", "top-5 [95 %]", "loss", "avg bits", "size MB", "x",
+               "Pareto"]
+    body = [[r.method, fmt(r.target) if r.target is not None else "N/A", fmt(r.qem, 3) if r.qem else "N/A",
+             r.bit_set, with_ci(r.top1, r.top1_ci), with_ci(r.top5, r.top5_ci), fmt(r.loss, 3), fmt(r.avg_bits),
+             fmt(r.size_mb, 3), fmt(r.compression), "*" if r.pareto else ""] + versus_cells(r.to_dict()) for r in rows]
+    print_table(headers + VERSUS_HEADERS, body)
+    print(VERSUS_NOTE)
 
-    p = subparsers.add_parser("allocate", help="least-cost bit-widths within a size budget (Lagrangian hull sweep)")
-    _add_model_args(p)
-    g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--avg-bits", type=float, help="largest average bit-width allowed")
-    g.add_argument("--max-mb", type=float, help="largest model size allowed, in MB")
-    p.add_argument("--cost", choices=("qe", "fisher"), default="qe",
-                   help="summed cost to minimise: plain QE, or Fisher-weighted error (needs calibration images)")
-    _add_calib_args(p)
-    p.add_argument("--out", help="write the plan JSON here (default: stdout)")
-    commands["allocate"] = cmd_allocate
 
-    sweep = subparsers.choices["sweep"]
+def print_matched(rows, methods) -> None:
+    """One line per average-bit budget, a cell per method: its top-1 [95 %] @ bits / MB."""
+    from mixquant_core.studies.compare import matched
+
+    print("\nAt matched budgets (top-1 % [95 %], average bits, MB; * = on the Pareto front):")
+    shown = [m for m in COMPARE_METHODS if m in methods]
+    lines = []
+    for line in matched(rows):
+        cells = [fmt(line["target"])]
+        for m in shown:
+            r = line.get(m)
+            cells.append("" if r is None else
+                         f"{with_ci(r.top1, r.top1_ci)} @ {r.avg_bits:.2f} b / {r.size_mb:.3f} MB{' *' if r.pareto else ''}")
+        lines.append(cells)
+    print_table(["avg-bit budget"] + shown, lines)
+
+
+def add_compare_args(sweep) -> None:
+    """``sweep --compare`` and its options, on the sweep command."""
     sweep.add_argument("--compare", action="store_true",
                        help="instead of a QEM sweep: uniform vs MixQuant-QEM vs budgeted plans, Pareto front marked")
-    sweep.add_argument("--targets", type=_float_list, default=list(DEFAULT_TARGETS),
-                       help="--compare: average-bit budgets (default " + ",".join(f"{t:g}" for t in DEFAULT_TARGETS) + ")")
-    sweep.add_argument("--methods", type=lambda s: [m for m in s.split(",") if m], default=list(METHODS),
-                       help="--compare: which of " + ",".join(METHODS))
-    _add_calib_args(sweep)
-    plain_sweep = commands["sweep"]
-    commands["sweep"] = lambda args: cmd_compare(args) if args.compare else plain_sweep(args)
+    sweep.add_argument("--targets", type=float_list, default=list(COMPARE_TARGETS),
+                       help="--compare: average-bit budgets (default " + ",".join(f"{t:g}" for t in COMPARE_TARGETS) + ")")
+    sweep.add_argument("--methods", type=name_list, default=list(COMPARE_METHODS),
+                       help="--compare: which of " + ",".join(COMPARE_METHODS))
+    add_calib_args(sweep)

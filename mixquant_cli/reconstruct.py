@@ -5,35 +5,32 @@ import json
 import sys
 
 from mixquant_core.errors import MixQuantError
-from mixquant_core.quant.quantizers import QUANTIZERS
-from mixquant_core.recon.reconstruct import SCHEMES
+
+from .choices import DEFAULT_MODEL, QUANTIZERS, RECON_SCHEMES
+from .inputs import calibration_tensors, plan_notice
+from .options import add_engine_arg, add_json_arg, add_progress_args, add_trust_code, positive_int
+from .output import accuracy_text, check_out, notice
+from .progress import mode_of, progress
 
 DEFAULT_CALIB_IMAGES = 1024  # BRECQ's usual calibration set size
 
 
 def _add_common(p, compute: bool = True) -> None:
-    from .main import add_trust_code
-    from mixquant_core.models.registry import DEFAULT_MODEL
-
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"registry name or model file (default {DEFAULT_MODEL})")
     p.add_argument("--arch", help="architecture (registry name) of a state-dict file")
     add_trust_code(p)
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--plan", help="plan JSON (from `mixquant search`)")
     g.add_argument("--uniform", type=int, metavar="BITS", help="every layer at BITS bits instead of a plan")
-    p.add_argument("--quantizer", default="asymmetric", choices=tuple(QUANTIZERS),
+    p.add_argument("--quantizer", default="asymmetric", choices=QUANTIZERS,
                    help="quantizer of a --uniform plan (default asymmetric)")
     if compute:
         p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_json_arg(p)
+    add_progress_args(p)
 
 
-def register(subparsers, commands) -> None:
-    from .main import positive_int
-
-    from .main import add_trust_code
-
+def register(subparsers) -> None:
     p = subparsers.add_parser("reconstruct", help="learn each layer's rounding (AdaRound, BRECQ block-wise) for a plan")
     _add_common(p)
     p.add_argument("--calib", required=True, help="calibration image folder (e.g. imagenet-calib-1000)")
@@ -42,12 +39,12 @@ def register(subparsers, commands) -> None:
     p.add_argument("--iters", type=int, default=500, help="optimisation steps per block (default 500; BRECQ: 20000)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=None, help="Adam learning rate of the rounding variables (default 0.01)")
-    p.add_argument("--scheme", default=SCHEMES[0], choices=SCHEMES,
-                   help=f"base quantizer whose grid the rounding is learned on (default {SCHEMES[0]}: "
+    p.add_argument("--scheme", default=RECON_SCHEMES[0], choices=RECON_SCHEMES,
+                   help=f"base quantizer whose grid the rounding is learned on (default {RECON_SCHEMES[0]}: "
                         "affine per output channel, range clipped for least MSE, as BRECQ)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="write the reconstructed model here (.safetensors export file)")
-    commands["reconstruct"] = cmd_reconstruct
+    p.set_defaults(run=cmd_reconstruct)
 
     p = subparsers.add_parser("export", help="write the quantized model (packed codes + scales + plan) as safetensors or ONNX")
     _add_common(p, compute=False)
@@ -56,7 +53,7 @@ def register(subparsers, commands) -> None:
                    help="safetensors (packed codes, runs in mixquant) or onnx (integer codes + DequantizeLinear, "
                         "runs in ONNX Runtime); default: from --out's suffix, else safetensors")
     p.add_argument("--out", required=True, help="output .safetensors or .onnx file")
-    commands["export"] = cmd_export
+    p.set_defaults(run=cmd_export)
 
     p = subparsers.add_parser("load", help="load an export file into its model, check it, and evaluate it")
     p.add_argument("file", help="a .safetensors file from `mixquant export` or `mixquant reconstruct`, or an .onnx "
@@ -67,16 +64,13 @@ def register(subparsers, commands) -> None:
     p.add_argument("--data", help="evaluation folder; omit to only check the file")
     p.add_argument("--limit", type=positive_int, default=None, help="evaluate the first N images only (N >= 1)")
     p.add_argument("--device", default="auto")
-    from .main import add_engine_arg
-
     add_engine_arg(p)
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--no-progress", action="store_true")
-    commands["load"] = cmd_load
+    add_json_arg(p)
+    add_progress_args(p)
+    p.set_defaults(run=cmd_load)
 
 
 def _plan_and_model(args):
-    from .main import plan_notice
     from mixquant_core.models.registry import load_model
     from mixquant_core.plans.plan import Plan
 
@@ -92,7 +86,6 @@ def _plan_and_model(args):
 
 
 def cmd_reconstruct(args) -> None:
-    from .main import calibration_tensors, check_out, progress_bar
     from mixquant_core.export.packed import check_metadata_fits, save_quantized, size_report
     from mixquant_core.recon.reconstruct import ReconConfig, reconstruct_plan, recon_metadata
 
@@ -101,12 +94,12 @@ def cmd_reconstruct(args) -> None:
         raise MixQuantError(f"--calib-images must be at least 1, got {args.calib_images}")
     loaded, plan = _plan_and_model(args)
     check_metadata_fits(plan)  # before the (long) reconstruction, not after it
-    show = not args.no_progress
-    calib = calibration_tensors(args.calib, args.calib_images, loaded.preprocess, show)
+    mode = mode_of(args)
+    calib = calibration_tensors(args.calib, args.calib_images, loaded.preprocess, mode)
     cfg = ReconConfig(iters=args.iters, batch_size=args.batch_size, scheme=args.scheme, seed=args.seed, device=args.device)
     if args.lr is not None:
         cfg.lr = args.lr
-    with progress_bar(show, "reconstruct") as cb:
+    with progress(mode, "reconstruct") as cb:
         result = reconstruct_plan(loaded.model, plan, calib.inputs(), cfg, cb)
     size = save_quantized(args.out, loaded.model, plan, result.layers, recon_metadata(result, len(calib)))
     report = size_report(args.out, loaded.model)
@@ -123,7 +116,6 @@ def cmd_reconstruct(args) -> None:
 
 
 def cmd_export(args) -> None:
-    from .main import check_out
     from mixquant_core.export.packed import file_layers, rtn_layers, save_quantized, size_report
 
     check_out(args, args.plan, args.reconstructed)
@@ -154,11 +146,10 @@ def _export_format(args) -> str:
 
 
 def _export_onnx(args, loaded, plan, layers) -> None:
-    from .main import progress_bar
     from mixquant_core.export.onnx import build_onnx, onnx_size_report, read_onnx
     from mixquant_core.files import atomic_write
 
-    with progress_bar(not args.no_progress, "ONNX export") as cb:
+    with progress(mode_of(args), "ONNX export") as cb:
         data = build_onnx(loaded.model, plan, layers, loaded.preprocess, cb).SerializeToString()
     f = read_onnx(data, loaded.model)  # what we hand out must read back and run
     f.session()
@@ -173,7 +164,6 @@ def _export_onnx(args, loaded, plan, layers) -> None:
 
 
 def _load_onnx(args) -> None:
-    from .main import progress_bar
     from mixquant_core.data.image_sets import open_image_folder
     from mixquant_core.data.load import load_tensors
     from mixquant_core.export.onnx import evaluate_onnx, read_onnx
@@ -187,11 +177,11 @@ def _load_onnx(args) -> None:
            "avg_bits": f.plan.size.get("avg_bits"), "engine": "onnxruntime"}
     if args.data:
         images = open_image_folder(args.data).subset(args.limit)
-        show = not args.no_progress
-        with progress_bar(show, "decode") as cb:
+        mode = mode_of(args)
+        with progress(mode, "decode", "images") as cb:
             data = load_tensors(images, f.preprocess, cb)
-        with progress_bar(show, "evaluate") as cb:
-            out.update(evaluate_onnx(f, data, progress=cb).to_dict())
+        with progress(mode, "evaluate", "images") as cb:
+            out.update(evaluate_onnx(f, data, progress=cb).summary())
     _print_load(args, out, f"{args.file}: ONNX, {out['layers']} quantized layers ({out['scheme']}) of {name}, run by ONNX Runtime")
 
 
@@ -200,18 +190,16 @@ def _print_load(args, out: dict, line: str) -> None:
     if args.json:
         print(json.dumps(out, indent=2))
         return
-    if args.data:
-        line += f"; top-1 {out['top1']:.2f} %  top-5 {out['top5']:.2f} %  loss {out['loss']:.4f}  ({out['images']} images)"
+    if args.data:  # the numbers with their 95 % intervals, as `mixquant evaluate` prints them
+        line += f"; {accuracy_text(out)}  ({out['images']} images)"
     print(line)
 
 
 def cmd_load(args) -> None:
     if args.file.lower().endswith(".onnx"):
         return _load_onnx(args)
-    from .main import progress_bar
     from mixquant_core.data.image_sets import open_image_folder
     from mixquant_core.data.load import load_tensors
-    from .main import notice
     from mixquant_core.evaluation.engines import get_engine
     from mixquant_core.models.devices import resolve_device
     from mixquant_core.export.packed import load_quantized_, peek_plan, registry_model_of
@@ -227,13 +215,13 @@ def cmd_load(args) -> None:
            "avg_bits": qf.plan.size.get("avg_bits")}
     if args.data:
         images = open_image_folder(args.data).subset(args.limit)
-        show = not args.no_progress
-        with progress_bar(show, "decode") as cb:
+        mode = mode_of(args)
+        with progress(mode, "decode", "images") as cb:
             data = load_tensors(images, loaded.preprocess, cb)
         engine = get_engine(args.engine, resolve_device(args.device), notice)
-        with progress_bar(show, "evaluate") as cb:
+        with progress(mode, "evaluate", "images") as cb:
             m = engine.evaluate(loaded.model, data, progress=cb)
-        out.update(m.to_dict())
+        out.update(m.summary())
     _print_load(args, out, f"{args.file}: {out['layers']} quantized layers ({out['scheme']}) load into {loaded.name}")
 
 

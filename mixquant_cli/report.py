@@ -1,25 +1,30 @@
-"""CLI of the report: ``mixquant report --model .. --data DIR --out report.html`` (one offline HTML file)."""
+"""``mixquant report``: one self-contained HTML report (figures embedded, opens offline)."""
 from __future__ import annotations
 
 import json
 
+from .inputs import eval_tensors, open_workspace, use_default_data
+from .options import add_data_args, add_model_args
+from .output import check_out
+from .progress import mode_of, progress, sweep_unit
+
 
 def cmd_report(args) -> None:
-    from .main import _eval_tensors, _workspace, check_out, progress_bar
     from mixquant_core.files import atomic_write
     from mixquant_core.plans.search import default_qem_grid
     from mixquant_core.studies.target import smallest_within_drop
     from mixquant_viz.report import report_html
 
+    use_default_data(args)
     check_out(args, args.data)  # before any work: a folder, unwritable, or an input
-    ws = _workspace(args)
-    show = not args.no_progress
-    with progress_bar(show, "QE table") as cb:
+    ws = open_workspace(args)
+    mode = mode_of(args)
+    with progress(mode, "QE table", "layers") as cb:
         table = ws.table(cb)
-    data = _eval_tensors(args, ws, show)
-    with progress_bar(show, "sweep") as cb:
+    data = eval_tensors(args, ws, mode)
+    with progress(mode, "sweep", sweep_unit(ws.cluster)) as cb:
         rows = ws.sweep(data, default_qem_grid(table, args.steps), cb)
-    with progress_bar(show, "bisection") as cb:
+    with progress(mode, "bisection") as cb:
         target = smallest_within_drop(ws, data, args.max_drop, "qem", args.confident, progress=cb)
     text = report_html(ws, data, rows, target)
     atomic_write(args.out, text)
@@ -30,14 +35,12 @@ def cmd_report(args) -> None:
           f"{ws.evaluated_now} evaluated, {ws.from_store} from the results store")
 
 
-def register(subparsers, commands) -> None:
-    from .main import _add_data_args, _add_model_args
-
+def register(subparsers) -> None:
     p = subparsers.add_parser("report", help="one self-contained HTML report (figures embedded, works offline)")
-    _add_model_args(p)
-    _add_data_args(p)
+    add_model_args(p)
+    add_data_args(p)
     p.add_argument("--steps", type=int, default=12, help="QEM points of the sweep (default 12, as in the app)")
     p.add_argument("--max-drop", type=float, default=1.0, help="the chosen plan: smallest within this top-1 drop (default 1)")
     p.add_argument("--confident", action="store_true", help="the chosen plan's 95 %% upper bound of the drop must be within it")
     p.add_argument("--out", required=True, help="the HTML file to write")
-    commands["report"] = cmd_report
+    p.set_defaults(run=cmd_report)

@@ -6,13 +6,15 @@ import json
 
 from mixquant_core.errors import MixQuantError
 
+from .options import add_json_arg
+from .output import fmt, print_table
+
 
 def _when(ts: float) -> str:
     return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M")
 
 
 def cmd_results(args) -> None:
-    from .main import _fmt, _print_table
     from mixquant_core.evaluation.store import ResultsStore, default_store_path
 
     store = ResultsStore(args.store or default_store_path())
@@ -22,10 +24,10 @@ def cmd_results(args) -> None:
             print(json.dumps(rows, indent=2))
             return
         body = [[str(r["id"]), r["model_name"], r["quantizer"], r["bits_hash"], f"{r['evaluated']}/{r['images']}",
-                 f"{r['top1']:.2f} [{r['top1_lo']:.1f}, {r['top1_hi']:.1f}]", _fmt(r["top5"]),
+                 f"{r['top1']:.2f} [{r['top1_lo']:.1f}, {r['top1_hi']:.1f}]", fmt(r["top5"]),
                  "stopped early" if r["stopped_early"] else "", r["engine"], _when(r["created"]), f"{r['seconds']:.1f}"]
                 for r in rows]
-        _print_table(["id", "model", "quantizer", "bits hash", "images", "top-1 [95 %]", "top-5", "", "engine", "when", "s"], body)
+        print_table(["id", "model", "quantizer", "bits hash", "images", "top-1 [95 %]", "top-5", "", "engine", "when", "s"], body)
         print(f"\n{len(rows)} evaluation(s) in {store.path}")
     elif args.action == "show":
         if args.id is None:
@@ -55,7 +57,7 @@ def cmd_results(args) -> None:
         print(json.dumps({"deleted": gone}) if args.json else f"deleted {gone} row(s) from {store.path}")
 
 
-def register(subparsers, commands) -> None:
+def register(subparsers) -> None:
     p = subparsers.add_parser("results", help="the results store: list | show ID | export [--csv FILE] | prune")
     p.add_argument("action", choices=("list", "show", "export", "prune"))
     p.add_argument("id", nargs="?", type=int, help="show: the row id")
@@ -65,5 +67,5 @@ def register(subparsers, commands) -> None:
     p.add_argument("--older-than", type=float, metavar="DAYS", help="prune: rows older than this")
     p.add_argument("--other-versions", action="store_true", help="prune: rows written by another mixquant version")
     p.add_argument("--all", action="store_true", help="prune: every row")
-    p.add_argument("--json", action="store_true")
-    commands["results"] = cmd_results
+    add_json_arg(p)
+    p.set_defaults(run=cmd_results)

@@ -1,4 +1,4 @@
-"""CLI of the accuracy target: ``mixquant search --max-drop D --data DIR`` (wraps the plain search)."""
+"""``mixquant search --max-drop D``: the smallest plan whose top-1 stays within D points of float32."""
 from __future__ import annotations
 
 import json
@@ -6,19 +6,25 @@ import sys
 
 from mixquant_core.errors import MixQuantError
 
+from .choices import TARGET_FAMILIES
+from .inputs import eval_tensors, use_default_data, workspace_with_table
+from .options import add_calib_args, add_data_args
+from .output import with_ci
+from .progress import mode_of, progress
+
+NO_DATA = "--max-drop measures accuracy: give the evaluation images with --data DIR (or set MIXQUANT_DATA)"
+
 
 def cmd_target(args) -> None:
-    from .compare import workspace_with_table
-    from .main import _eval_tensors, progress_bar
     from mixquant_core.studies.target import smallest_within_drop, target_plan
 
-    if not args.data:
-        raise MixQuantError("--max-drop measures accuracy: give the evaluation images with --data DIR")
-    ws, calib, show = workspace_with_table(args, args.method == "fisher")
-    data = _eval_tensors(args, ws, show)
-    with progress_bar(show, "float32") as cb:
+    use_default_data(args, NO_DATA)
+    mode = mode_of(args)
+    ws, calib = workspace_with_table(args, args.method == "fisher", mode)
+    data = eval_tensors(args, ws, mode)
+    with progress(mode, "float32", "images") as cb:
         ws.evaluate_bits(None, data, cb)
-    with progress_bar(show, "bisection") as cb:
+    with progress(mode, "bisection") as cb:
         result = smallest_within_drop(ws, data, args.max_drop, args.method, args.confident, calib, cb)
     plan = target_plan(ws, result) if result.found else None
     if plan is not None and args.out:
@@ -33,8 +39,8 @@ def cmd_target(args) -> None:
         raise MixQuantError(result.certainty())
     s = plan.size
     head = (f"smallest {args.method} plan within {args.max_drop:g} points of float32"
-            f"{' (95 % upper bound)' if args.confident else ''}: top-1 {result.metrics.top1:.2f} % vs "
-            f"{result.reference.top1:.2f} %, {s['avg_bits']:.2f} average bits, {s['plan_mb']:.2f} MB of "
+            f"{' (95 % upper bound)' if args.confident else ''}: top-1 {top1_with_ci(result.metrics)} % vs "
+            f"{top1_with_ci(result.reference)} %, {s['avg_bits']:.2f} average bits, {s['plan_mb']:.2f} MB of "
             f"{s['float32_mb']:.2f} MB ({s['compression']:.2f}x); {how}")
     if args.out:
         print(f"wrote {args.out}: {head}\n{result.certainty()}")
@@ -43,19 +49,16 @@ def cmd_target(args) -> None:
         print(f"{head}\n{result.certainty()}", file=sys.stderr)
 
 
-def register(subparsers, commands) -> None:
-    """``search --max-drop``: data, family and confidence options on the existing search command."""
-    from .compare import _add_calib_args
-    from .main import _add_data_args
-    from mixquant_core.studies.target import FAMILIES
+def top1_with_ci(metrics) -> str:
+    return with_ci(metrics.top1, metrics.intervals()["top1_ci"])
 
-    search = subparsers.choices["search"]
-    _add_data_args(search, required=False)
-    search.add_argument("--method", choices=tuple(FAMILIES), default="qem",
+
+def add_target_args(search) -> None:
+    """``search --max-drop``'s data, plan family and confidence options."""
+    add_data_args(search)
+    search.add_argument("--method", choices=tuple(TARGET_FAMILIES), default="qem",
                         help="--max-drop: which family of plans to search (" +
-                             "; ".join(f"{k}: {v}" for k, v in FAMILIES.items()) + ")")
+                             "; ".join(f"{k}: {v}" for k, v in TARGET_FAMILIES.items()) + ")")
     search.add_argument("--confident", action="store_true",
                         help="--max-drop: the upper end of the drop's 95 %% interval must be within the target")
-    _add_calib_args(search)
-    plain_search = commands["search"]
-    commands["search"] = lambda args: cmd_target(args) if args.max_drop is not None else plain_search(args)
+    add_calib_args(search)

@@ -1,6 +1,7 @@
 """The layout's rules, read from the source (ast), so a change that breaks them fails here:
 mixquant_core's stages import only earlier stages, no package imports UI code it must not know,
-and no module graph has a circle (imports inside functions count too)."""
+and no module graph has a circle (imports inside functions count too, and so do modules loaded by
+name with ``importlib.import_module``)."""
 from __future__ import annotations
 
 import ast
@@ -34,10 +35,92 @@ def all_modules() -> Dict[str, Path]:
     return {module_name(p): p for pkg in PACKAGES for p in sorted((REPO / pkg).rglob("*.py"))}
 
 
+def resolve(relative: str, package: str) -> str:
+    """``relative`` (``..x.y``, or an absolute name) as an absolute module name, seen from ``package``."""
+    level = len(relative) - len(relative.lstrip("."))
+    if not level:
+        return relative
+    base = package.split(".")
+    base = base[: len(base) - level + 1]
+    rest = relative[level:]
+    return ".".join(base + ([rest] if rest else []))
+
+
+def string_collections(tree: ast.Module) -> Dict[str, List[str]]:
+    """Module-level names bound to string literals: a string, a tuple/list/set of them, or a dict's
+    string keys (what a loop over it, or its ``.items()``/``.keys()``, yields first)."""
+    found: Dict[str, List[str]] = {}
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        value = getattr(node, "value", None)
+        if isinstance(value, ast.Dict):
+            items = value.keys
+        elif isinstance(value, (ast.Tuple, ast.List, ast.Set)):
+            items = value.elts
+        else:
+            items = [value]
+        strings = [i.value for i in items if isinstance(i, ast.Constant) and isinstance(i.value, str)]
+        if strings and len(strings) == len(items):
+            for t in targets:
+                if isinstance(t, ast.Name):
+                    found[t.id] = strings
+    return found
+
+
+def loop_bindings(tree: ast.Module, collections: Dict[str, List[str]]) -> Dict[str, List[str]]:
+    """Loop variables (``for m in NAMES``, ``for m, _ in TABLE.items()``, comprehensions too) that
+    take the strings of a module-level collection, and the module-level string constants themselves."""
+    bound = dict(collections)
+    for node in ast.walk(tree):
+        if not isinstance(node, (ast.For, ast.comprehension)):
+            continue
+        source = node.iter
+        if isinstance(source, ast.Call) and isinstance(source.func, ast.Attribute) and source.func.attr in ("items", "keys"):
+            source = source.func.value
+        if not (isinstance(source, ast.Name) and source.id in collections):
+            continue
+        target = node.target.elts[0] if isinstance(node.target, ast.Tuple) and node.target.elts else node.target
+        if isinstance(target, ast.Name):
+            bound[target.id] = collections[source.id]
+    return bound
+
+
+def dynamic_imports(name: str, package: str, tree: ast.Module) -> Iterator[str]:
+    """Absolute names loaded with ``importlib.import_module(X[, package])``, X a string literal, a
+    module-level string constant, or a loop variable over a module-level collection of strings."""
+    bound = loop_bindings(tree, string_collections(tree))
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and node.args):
+            continue
+        func = node.func
+        called = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+        if called != "import_module":
+            continue
+        first = node.args[0]
+        if isinstance(first, ast.Constant) and isinstance(first.value, str):
+            names = [first.value]
+        elif isinstance(first, ast.Name):
+            names = bound.get(first.id, [])
+        else:
+            names = []
+        anchor = node.args[1] if len(node.args) > 1 else next((k.value for k in node.keywords if k.arg == "package"), None)
+        if isinstance(anchor, ast.Name):
+            anchor_name = {"__name__": name, "__package__": package}.get(anchor.id, package)
+        elif isinstance(anchor, ast.Constant) and isinstance(anchor.value, str):
+            anchor_name = anchor.value
+        else:
+            anchor_name = package
+        for module in names:
+            yield resolve(module, anchor_name)
+
+
 def imports_of(name: str, path: Path, source: str, known: Set[str]) -> Iterator[str]:
-    """Absolute names of what ``name`` imports: the most specific known module where one exists."""
+    """Absolute names of what ``name`` imports: the most specific known module where one exists,
+    modules loaded by name with ``importlib.import_module`` included."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    for node in ast.walk(ast.parse(source)):
+    tree = ast.parse(source)
+    yield from dynamic_imports(name, package, tree)
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 yield alias.name
@@ -154,3 +237,32 @@ def test_the_checks_catch_a_backward_import_and_a_circle():
     edges = {"mixquant_core.plans.plan": targets & known, "mixquant_core.evaluation.evaluate": {"mixquant_core.plans.plan"}}
     assert stage_violations(edges) == [("mixquant_core.plans.plan", "mixquant_core.evaluation.evaluate")]
     assert cycles(edges) == [sorted(known)]
+
+
+def test_the_checks_follow_dynamic_imports_into_a_circle():
+    # A module that loads others by name (a literal, or each name of a module-level tuple) while
+    # they import helpers back from it is a circle, though no import statement shows it.
+    known = {"mixquant_cli.main", "mixquant_cli.ext", "mixquant_cli.other"}
+    main_src = ("import importlib\nEXTENSIONS = ('mixquant_cli.ext',)\n\n"
+                "def build():\n    for module in EXTENSIONS:\n        importlib.import_module(module).register()\n"
+                "    importlib.import_module('.other', __package__)\n")
+    ext_src = "def register():\n    from .main import helper\n"
+    edges = {"mixquant_cli.main": set(imports_of("mixquant_cli.main", REPO / "mixquant_cli/main.py", main_src, known)),
+             "mixquant_cli.ext": set(imports_of("mixquant_cli.ext", REPO / "mixquant_cli/ext.py", ext_src, known))}
+    assert edges["mixquant_cli.main"] == {"importlib", "mixquant_cli.ext", "mixquant_cli.other"}
+    assert cycles({k: v & known for k, v in edges.items()}) == [["mixquant_cli.ext", "mixquant_cli.main"]]
+
+
+def test_lazy_exports_are_followed():
+    # mixquant_core/__init__.py imports its exports on first use (importlib.import_module over a
+    # table's keys): those edges still count.
+    edges = graph()
+    assert {"mixquant_core.workspace", "mixquant_core.evaluation.evaluate", "mixquant_core.errors"} <= edges["mixquant_core"]
+    assert edges["mixquant_core.evaluation"] == {"mixquant_core.evaluation.evaluate"}
+
+
+def test_cli_commands_do_not_import_the_entry_point():
+    # main.py builds the parser and dispatches; the commands share options/output/progress/inputs,
+    # never main (which imports them all).
+    importers = sorted(src for src, targets in graph().items() if "mixquant_cli.main" in targets)
+    assert importers == ["mixquant_cli.__main__"]

@@ -1,5 +1,6 @@
 """The `mixquant` CLI: JSON contracts, plans on disk, one-line errors."""
 import json
+import re
 import subprocess
 import sys
 
@@ -92,3 +93,29 @@ def test_plan_for_another_model_rejected_by_evaluate(capsys, tmp_path, val_dir):
     plan.save(path)
     code, _, err = run(capsys, "evaluate", "--plan", str(path), "--data", str(val_dir), "--limit", "4", "--no-progress")
     assert code == 2 and "plan is for another model (resnet18)" in err
+
+
+@pytest.mark.parametrize("argv", [["evaluate", "--no-progress"], ["report", "--out", "r.html", "--no-progress"],
+                                  ["sweep", "--compare", "--no-progress"]])
+def test_no_data_and_no_default_is_one_line(capsys, monkeypatch, argv):
+    monkeypatch.delenv("MIXQUANT_DATA", raising=False)
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and err.count("\n") == 1 and "pass --data DIR (or set MIXQUANT_DATA)" in err
+
+
+def test_data_defaults_to_the_mixquant_data_set(capsys, monkeypatch, data_root, val_dir):
+    monkeypatch.setenv("MIXQUANT_DATA", str(data_root))  # as the app does: its evaluation set
+    code, out, err = run(capsys, "evaluate", "--limit", "4", "--json", "--device", "cpu", "--no-store")
+    assert code == 0 and json.loads(out)["images"] == 4
+    assert f"no --data: evaluating {val_dir}" in err
+
+
+def test_load_prints_intervals_like_evaluate(capsys, tmp_path, val_dir):
+    path = tmp_path / "u8.safetensors"
+    assert run(capsys, "export", "--uniform", "8", "--out", str(path), "--no-progress")[0] == 0
+    code, out, _ = run(capsys, "load", str(path), "--data", str(val_dir), "--limit", "4", "--no-progress")
+    assert code == 0
+    assert re.search(r"top-1 \d+\.\d\d \[\d+\.\d, \d+\.\d\] %  top-5 \d+\.\d\d \[\d+\.\d, \d+\.\d\] %  loss \d", out), out
+    code, out, _ = run(capsys, "load", str(path), "--data", str(val_dir), "--limit", "4", "--no-progress", "--json")
+    data = json.loads(out)
+    assert data["top1_ci"][0] <= data["top1"] <= data["top1_ci"][1] and data["images"] == 4

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -87,5 +88,8 @@ def test_cli_search_max_drop_on_lite0(val_dir, tmp_path):
     assert json.loads(out.read_text())["extra"]["accuracy_target"]["evaluated"] == report["evaluated"]
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=900)  # all from the store now
     assert json.loads(again.stdout)["from_store"] == report["evaluated"] + 1
-    no_data = subprocess.run(cmd[:5] + ["--no-progress"], capture_output=True, text=True, cwd=REPO, timeout=300)
+    # no --data and no MIXQUANT_DATA (whose evaluation set is the default): one line naming --data
+    no_env = {k: v for k, v in os.environ.items() if k != "MIXQUANT_DATA"}
+    no_data = subprocess.run(cmd[:5] + ["--no-progress"], capture_output=True, text=True, cwd=REPO, timeout=300,
+                             env=no_env)
     assert no_data.returncode == 2 and "--data" in no_data.stderr and "Traceback" not in no_data.stderr

@@ -22,12 +22,14 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional, Sequence, TypeVar
+from typing import TYPE_CHECKING, Callable, Iterator, List, Optional, Sequence, TypeVar
 
 import numpy as np
 
 from ..errors import MixQuantError
-from .evaluate import Metrics
+
+if TYPE_CHECKING:  # evaluate imports torch: `mixquant results` reads the store without it
+    from .evaluate import Metrics
 
 SCHEMA_VERSION = 1
 STORE_FILE = "results.sqlite"
@@ -272,6 +274,8 @@ def _metrics_from_blobs(evaluated: int, stopped: int, hit1: bytes, hit5: bytes, 
     h1 = np.unpackbits(np.frombuffer(hit1, dtype=np.uint8), count=evaluated).astype(bool)
     h5 = np.unpackbits(np.frombuffer(hit5, dtype=np.uint8), count=evaluated).astype(bool)
     ls = np.frombuffer(losses, dtype="<f8").astype(np.float64)
+    from .evaluate import Metrics  # here, not at the top: reading the store's rows needs no torch
+
     return Metrics.from_per_image(h1, h5, ls, stopped_early=bool(stopped))
 
 

@@ -1,0 +1,39 @@
+"""``mixquant allocate``: least-cost bit-widths within a size budget (Lagrangian hull sweep)."""
+from __future__ import annotations
+
+import json
+
+from .inputs import workspace_with_table
+from .options import add_calib_args, add_model_args
+from .progress import mode_of
+
+
+def cmd_allocate(args) -> None:
+    ws, calib = workspace_with_table(args, args.cost == "fisher", mode_of(args))
+    bits = ws.budget_bits(args.cost, max_mb=args.max_mb, avg_bits=args.avg_bits, calib=calib)
+    budget = {"max_mb": args.max_mb} if args.max_mb is not None else {"avg_bits": args.avg_bits}
+    within = f"{args.max_mb:g} MB" if args.max_mb is not None else f"{args.avg_bits:g} average bits"
+    plan = ws.plan_from_bits(bits, None, extra={"method": f"budget-{args.cost}", "budget": budget})
+    if not args.out:
+        print(plan.to_json())
+        return
+    plan.save(args.out)
+    s = plan.size
+    if args.json:
+        print(json.dumps({"out": args.out, "cost": args.cost, "budget": budget, "size": s}))
+    else:
+        print(f"wrote {args.out}: least summed {args.cost} cost within {within}: {s['avg_bits']:.2f} average bits, "
+              f"{s['plan_mb']:.2f} MB of {s['float32_mb']:.2f} MB ({s['compression']:.2f}x)")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("allocate", help="least-cost bit-widths within a size budget (Lagrangian hull sweep)")
+    add_model_args(p)
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--avg-bits", type=float, help="largest average bit-width allowed")
+    g.add_argument("--max-mb", type=float, help="largest model size allowed, in MB")
+    p.add_argument("--cost", choices=("qe", "fisher"), default="qe",
+                   help="summed cost to minimise: plain QE, or Fisher-weighted error (needs calibration images)")
+    add_calib_args(p)
+    p.add_argument("--out", help="write the plan JSON here (default: stdout)")
+    p.set_defaults(run=cmd_allocate)

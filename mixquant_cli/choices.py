@@ -1,0 +1,23 @@
+"""The core's names that the parser shows as choices, defaults and help, kept here as plain data:
+the core modules that define them import torch, and building the parser (``mixquant --help``)
+must not. tests/test_cli_startup.py checks that each one equals its source in the core."""
+from __future__ import annotations
+
+DEFAULT_MODEL = "efficientnet_lite0"  # mixquant_core.models.registry.DEFAULT_MODEL
+
+# tuple(mixquant_core.quant.quantizers.QUANTIZERS)
+QUANTIZERS = ("asymmetric", "symmetric", "per-channel", "asymmetric-mse", "symmetric-mse", "per-channel-mse")
+
+# mixquant_core.recon.reconstruct.SCHEMES: BRECQ's choice (MSE-clipped per channel) first
+RECON_SCHEMES = ("per-channel-mse",) + tuple(q for q in QUANTIZERS if q != "per-channel-mse")
+
+# mixquant_core.studies.target.FAMILIES
+TARGET_FAMILIES = {
+    "qem": "MixQuant's rule QE(b) <= QEM x QE(8), every distinct plan along the QEM axis",
+    "qe": "least summed QE for each size (Lagrangian hull sweep)",
+    "fisher": "least summed Fisher-weighted error for each size (needs calibration images)",
+}
+
+# tuple(mixquant_core.studies.compare.METHODS) and its DEFAULT_TARGETS (average bits)
+COMPARE_METHODS = ("uniform", "mixquant", "budget-qe", "budget-fisher")
+COMPARE_TARGETS = (7.0, 6.0, 5.0, 4.5, 4.0, 3.5, 3.0)
