@@ -9,7 +9,8 @@ from .progress import mode_of
 
 
 def cmd_allocate(args) -> None:
-    ws, calib = workspace_with_table(args, args.cost == "fisher", mode_of(args))
+    ev, calib = workspace_with_table(args, args.cost == "fisher", mode_of(args))
+    ws = ev.ws
     bits = ws.budget_bits(args.cost, max_mb=args.max_mb, avg_bits=args.avg_bits, calib=calib)
     budget = {"max_mb": args.max_mb} if args.max_mb is not None else {"avg_bits": args.avg_bits}
     within = f"{args.max_mb:g} MB" if args.max_mb is not None else f"{args.avg_bits:g} average bits"

@@ -9,9 +9,9 @@ import time
 from mixquant_core.errors import MixQuantError
 
 from .choices import COMPARE_METHODS, COMPARE_TARGETS
-from .inputs import calib_dir, eval_tensors, fisher_calibration, open_workspace, use_default_data
+from .inputs import calib_dir, eval_tensors, fisher_calibration, open_evaluations, use_default_data
 from .options import add_calib_args, float_list, name_list
-from .output import (VERSUS_HEADERS, VERSUS_NOTE, check_out, fmt, print_table, ran_on, versus_cells, with_ci,
+from .output import (VERSUS_HEADERS, VERSUS_NOTE, check_out, fmt, print_table, versus_cells, with_ci,
                      write_csv)
 from .progress import mode_of, progress
 
@@ -22,7 +22,8 @@ def cmd_compare(args) -> None:
     t0 = time.perf_counter()
     use_default_data(args)
     check_out(args, args.data, args.calib)
-    ws = open_workspace(args)
+    ev = open_evaluations(args)
+    ws = ev.ws
     mode = mode_of(args)
     with progress(mode, "QE table", "layers") as cb:
         ws.table(cb)
@@ -38,12 +39,12 @@ def cmd_compare(args) -> None:
             calib = fisher_calibration(args, ws, mode)
     data = eval_tensors(args, ws, mode)
     with progress(mode, "compare") as cb:
-        rows = compare(ws, data, args.targets, methods, calib, progress=cb)
+        rows = compare(ev, data, args.targets, methods, calib, progress=cb)
     elapsed = time.perf_counter() - t0
     write_csv(args.out, rows)
     info = {"model": ws.loaded.name, "quantizer": ws.quantizer, "images": len(data),
             "calibration_images": len(calib) if calib is not None else 0,
-            "distinct_plans": ws.distinct_evaluated, "evaluated": ws.evaluated_now, "from_store": ws.from_store,
+            "distinct_plans": ev.tally.distinct, "evaluated": ev.tally.evaluated, "from_store": ev.tally.from_store,
             "seconds": elapsed}
     if args.json:
         print(json.dumps({**info, "rows": [r.to_dict(with_bits=True) for r in rows]}, indent=2))
@@ -51,8 +52,8 @@ def cmd_compare(args) -> None:
     print_rows(rows)
     print_matched(rows, methods)
     print(f"\n{ws.loaded.name}, {ws.quantizer}, {len(data)} images, calibration {info['calibration_images']} images, "
-          f"{ws.distinct_evaluated} distinct plans (float32 included): {ws.evaluated_now} evaluated, {ws.from_store} from "
-          f"the results store, {elapsed:.1f} s on {ran_on(ws)}")
+          f"{ev.tally.distinct} distinct plans (float32 included): {ev.tally.evaluated} evaluated, "
+          f"{ev.tally.from_store} from the results store, {elapsed:.1f} s on {ws.evaluator.where()}")
 
 
 def print_rows(rows) -> None:

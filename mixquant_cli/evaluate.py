@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from .inputs import eval_tensors, open_workspace, plan_notice, use_default_data
+from .inputs import eval_tensors, open_evaluations, plan_notice, use_default_data
 from .options import add_data_args, add_model_args
 from .output import accuracy_text
 from .progress import mode_of, progress
@@ -14,27 +14,28 @@ def cmd_evaluate(args) -> None:
 
     plan = Plan.load(args.plan) if args.plan else None  # a bad plan fails before any slow work
     use_default_data(args)
-    ws = open_workspace(args)
+    ev = open_evaluations(args)
+    ws = ev.ws
     if plan:
         plan_notice(plan, ws.loaded.model)
     mode = mode_of(args)
     data = eval_tensors(args, ws, mode)
     with progress(mode, "evaluate", "images") as cb:
-        ref = ws.evaluate_bits(None, data, cb) if (plan or args.int8) else None  # the paired comparison's other side
+        ref = ev.evaluate_bits(None, data, cb) if (plan or args.int8) else None  # the paired comparison's other side
         if plan:
-            m = ws.evaluate_plan(plan, data, cb)
+            m = ev.evaluate_plan(plan, data, cb)
         else:
-            m = ws.evaluate_bits(ws.uniform(8) if args.int8 else None, data, cb)
+            m = ev.evaluate_bits(ws.uniform(8) if args.int8 else None, data, cb)
     out = m.summary(ref)
     if args.json:
-        print(json.dumps({**out, "from_store": ws.from_store}))
+        print(json.dumps({**out, "from_store": ev.tally.from_store}))
         return
     from mixquant_core.evaluation.statistics import describe_difference
 
     what = "plan " + args.plan if args.plan else "int8" if args.int8 else "float32"
     print(f"{ws.loaded.name} {what}: {accuracy_text(out)}  ({m.images} images"
           f"{', stopped early' if m.stopped_early else ''}"
-          f"{', from the results store' if ws.from_store and not ws.evaluated_now else ''})")
+          f"{', from the results store' if ev.tally.from_store and not ev.tally.evaluated else ''})")
     if ref is not None:
         print("vs float32: " + describe_difference(m.versus(ref)))
 

@@ -46,19 +46,22 @@ def open_cluster(option: Optional[str]):
     return cluster
 
 
-def open_workspace(args):
-    """The Workspace of the model and quantization options, with the results store and the cluster
-    the options name (a bad store or an unreachable cluster fails before the model is loaded)."""
+def open_evaluations(args):
+    """This command's Evaluations: the Workspace of the model and quantization options (``.ws``), with
+    the results store and early stop the options name, on the cluster they name (a bad store or an
+    unreachable cluster fails before the model is loaded)."""
     from mixquant_core.evaluation.store import open_store
+    from mixquant_core.evaluations import Evaluations
     from mixquant_core.models.registry import load_model
     from mixquant_core.workspace import Workspace
 
     store = open_store(args.store, not args.no_store) if hasattr(args, "store") else None
     cluster = open_cluster(getattr(args, "cluster", None))
     loaded = load_model(args.model, arch=args.arch, trust_code=args.trust_code)
-    return Workspace(loaded, args.quantizer, args.bits, args.keep_first_last, args.exclude,
-                     device=getattr(args, "device", "cpu"), engine=getattr(args, "engine", "auto"), notify=notice,
-                     store=store, early_stop=getattr(args, "early_stop", False), cluster=cluster)
+    ws = Workspace(loaded, args.quantizer, args.bits, args.keep_first_last, args.exclude,
+                   device=getattr(args, "device", "cpu"), engine=getattr(args, "engine", "auto"), notify=notice,
+                   cluster=cluster)
+    return Evaluations(ws, store=store, early_stop=getattr(args, "early_stop", False))
 
 
 def eval_tensors(args, ws, mode: str):
@@ -110,9 +113,10 @@ def fisher_calibration(args, ws, mode: str):
 
 
 def workspace_with_table(args, fisher: bool, mode: str) -> tuple:
-    """(Workspace with its QE table, calibration set or None): the Fisher table too when ``fisher``."""
+    """(Evaluations whose Workspace has its QE table, calibration set or None): the Fisher table too when ``fisher``."""
     check_out(args, getattr(args, "calib", None))
-    ws = open_workspace(args)
+    ev = open_evaluations(args)
+    ws = ev.ws
     with progress(mode, "QE table", "layers") as cb:
         ws.table(cb)
     calib = None
@@ -120,7 +124,7 @@ def workspace_with_table(args, fisher: bool, mode: str) -> tuple:
         calib = fisher_calibration(args, ws, mode)
         with progress(mode, "Fisher") as cb:
             ws.fisher(calib, cb)
-    return ws, calib
+    return ev, calib
 
 
 def plan_notice(plan, model) -> None:

@@ -54,11 +54,6 @@ def print_table(headers: List[str], rows: List[List[str]]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
 
 
-def ran_on(ws) -> str:
-    """Where the evaluations ran, for the summary line."""
-    return ws.cluster.describe() if ws.cluster is not None else str(ws.device)
-
-
 def notice(message: str) -> None:
     """A one-line notice on stderr (e.g. an engine falling back to torch)."""
     print(f"mixquant: note: {message}", file=sys.stderr)

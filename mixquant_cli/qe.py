@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import json
 
-from .inputs import open_workspace
+from .inputs import open_evaluations
 from .options import add_model_args
 from .output import print_table
 from .progress import mode_of, progress
 
 
 def cmd_qe(args) -> None:
-    ws = open_workspace(args)
+    ws = open_evaluations(args).ws
     with progress(mode_of(args), "QE table", "layers") as cb:
         table = ws.table(cb)
     if args.json:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from .inputs import eval_tensors, open_workspace, use_default_data
+from .inputs import eval_tensors, open_evaluations, use_default_data
 from .options import add_data_args, add_model_args
 from .output import check_out
 from .progress import mode_of, progress, sweep_unit
@@ -17,22 +17,23 @@ def cmd_report(args) -> None:
 
     use_default_data(args)
     check_out(args, args.data)  # before any work: a folder, unwritable, or an input
-    ws = open_workspace(args)
+    ev = open_evaluations(args)
+    ws = ev.ws
     mode = mode_of(args)
     with progress(mode, "QE table", "layers") as cb:
         table = ws.table(cb)
     data = eval_tensors(args, ws, mode)
-    with progress(mode, "sweep", sweep_unit(ws.cluster)) as cb:
-        rows = ws.sweep(data, default_qem_grid(table, args.steps), cb)
+    with progress(mode, "sweep", sweep_unit(ws.evaluator.cluster)) as cb:
+        rows = ev.sweep(data, default_qem_grid(table, args.steps), cb)
     with progress(mode, "bisection") as cb:
-        target = smallest_within_drop(ws, data, args.max_drop, "qem", args.confident, progress=cb)
+        target = smallest_within_drop(ev, data, args.max_drop, "qem", args.confident, progress=cb)
     text = report_html(ws, data, rows, target)
     atomic_write(args.out, text)
     info = {"out": args.out, "bytes": len(text.encode()), "images": len(data), "rows": len(rows),
-            "evaluated": ws.evaluated_now, "from_store": ws.from_store, "chosen_found": target.found}
+            "evaluated": ev.tally.evaluated, "from_store": ev.tally.from_store, "chosen_found": target.found}
     print(json.dumps(info) if args.json else
           f"wrote {args.out} ({info['bytes'] / 1e6:.1f} MB, opens offline): {len(rows)} sweep rows on {len(data)} images, "
-          f"{ws.evaluated_now} evaluated, {ws.from_store} from the results store")
+          f"{ev.tally.evaluated} evaluated, {ev.tally.from_store} from the results store")
 
 
 def register(subparsers) -> None:

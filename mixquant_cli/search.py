@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from . import target
-from .inputs import open_workspace
+from .inputs import open_evaluations
 from .options import add_model_args
 from .output import check_out
 from .progress import mode_of, progress
@@ -13,7 +13,7 @@ from .progress import mode_of, progress
 
 def cmd_search(args) -> None:
     check_out(args)
-    ws = open_workspace(args)
+    ws = open_evaluations(args).ws
     with progress(mode_of(args), "QE table", "layers") as cb:
         ws.table(cb)
     qem = args.qem if args.qem is not None else ws.qem_for_budget(args.max_mb, args.max_avg_bits)

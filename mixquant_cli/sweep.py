@@ -6,9 +6,9 @@ import json
 import time
 
 from . import compare
-from .inputs import eval_tensors, open_workspace, use_default_data
+from .inputs import eval_tensors, open_evaluations, use_default_data
 from .options import add_data_args, add_model_args, bounded_int, float_list
-from .output import VERSUS_HEADERS, VERSUS_NOTE, check_out, fmt, print_table, ran_on, versus_cells, with_ci, write_csv
+from .output import VERSUS_HEADERS, VERSUS_NOTE, check_out, fmt, print_table, versus_cells, with_ci, write_csv
 from .progress import mode_of, progress, sweep_unit
 
 MAX_SWEEP_STEPS = 10_000  # each step is a plan row: far past any readable table, far below a MemoryError
@@ -20,7 +20,8 @@ def cmd_sweep(args) -> None:
     t0 = time.perf_counter()
     use_default_data(args)
     check_out(args, args.data)
-    ws = open_workspace(args)
+    ev = open_evaluations(args)
+    ws = ev.ws
     mode = mode_of(args)
     with progress(mode, "QE table", "layers") as cb:
         table = ws.table(cb)
@@ -28,16 +29,17 @@ def cmd_sweep(args) -> None:
     t_decode = time.perf_counter()
     data = eval_tensors(args, ws, mode)
     t_eval = time.perf_counter()
-    with progress(mode, "sweep", sweep_unit(ws.cluster)) as cb:
-        rows = ws.sweep(data, qems, cb)
+    with progress(mode, "sweep", sweep_unit(ws.evaluator.cluster)) as cb:
+        rows = ev.sweep(data, qems, cb)
     elapsed = time.perf_counter() - t0
     decode_s, eval_s = t_eval - t_decode, time.perf_counter() - t_eval
     write_csv(args.out, rows)
     if args.json:
         print(json.dumps({"model": ws.loaded.name, "quantizer": ws.quantizer, "images": len(data),
-                          "distinct_plans": ws.distinct_evaluated, "evaluated": ws.evaluated_now,
-                          "from_store": ws.from_store, "seconds": elapsed, "decode_seconds": decode_s,
-                          "evaluate_seconds": eval_s, "engine": ws.engine.name, "engine_label": ws.engine_label(),
+                          "distinct_plans": ev.tally.distinct, "evaluated": ev.tally.evaluated,
+                          "from_store": ev.tally.from_store, "seconds": elapsed, "decode_seconds": decode_s,
+                          "evaluate_seconds": eval_s, "engine": ws.evaluator.engine.name,
+                          "engine_label": ws.evaluator.label(),
                           "rows": [r.to_dict() for r in rows]}, indent=2))
         return
     headers = ["method", "QEM", "bit-widths", "top-1 [95 %]", "top-5 [95 %]", "loss", "quant MSE", "avg bits", "size MB", "x"]
@@ -46,9 +48,9 @@ def cmd_sweep(args) -> None:
              fmt(r.compression)] + versus_cells(r.to_dict()) for r in rows]
     print_table(headers + VERSUS_HEADERS, body)
     print(f"\n{VERSUS_NOTE}\n{ws.loaded.name}, {ws.quantizer}, {len(data)} images, {len(qems)} QEMs, "
-          f"{ws.distinct_evaluated} distinct plans (float32 included): {ws.evaluated_now} evaluated, "
-          f"{ws.from_store} from the results store, {elapsed:.1f} s on {ran_on(ws)} "
-          f"(decode {decode_s:.1f} s, evaluation {eval_s:.1f} s with {ws.engine_label()})")
+          f"{ev.tally.distinct} distinct plans (float32 included): {ev.tally.evaluated} evaluated, "
+          f"{ev.tally.from_store} from the results store, {elapsed:.1f} s on {ws.evaluator.where()} "
+          f"(decode {decode_s:.1f} s, evaluation {eval_s:.1f} s with {ws.evaluator.label()})")
 
 
 def run(args) -> None:

@@ -20,17 +20,18 @@ def cmd_target(args) -> None:
 
     use_default_data(args, NO_DATA)
     mode = mode_of(args)
-    ws, calib = workspace_with_table(args, args.method == "fisher", mode)
+    ev, calib = workspace_with_table(args, args.method == "fisher", mode)
+    ws = ev.ws
     data = eval_tensors(args, ws, mode)
     with progress(mode, "float32", "images") as cb:
-        ws.evaluate_bits(None, data, cb)
+        ev.evaluate_bits(None, data, cb)
     with progress(mode, "bisection") as cb:
-        result = smallest_within_drop(ws, data, args.max_drop, args.method, args.confident, calib, cb)
+        result = smallest_within_drop(ev, data, args.max_drop, args.method, args.confident, calib, cb)
     plan = target_plan(ws, result) if result.found else None
     if plan is not None and args.out:
         plan.save(args.out)
     if args.json:
-        print(json.dumps({**result.to_dict(), "out": args.out, "from_store": ws.from_store,
+        print(json.dumps({**result.to_dict(), "out": args.out, "from_store": ev.tally.from_store,
                           **({"plan_file": json.loads(plan.to_json())} if plan is not None and not args.out else {})},
                          indent=2))
         return
