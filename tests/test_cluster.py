@@ -215,3 +215,47 @@ def test_app_sidebar_takes_a_ray_address():
     assert at.sidebar.text_input(key="cluster").value == "127.0.0.1:1"
     assert [e for e in errors(at) if e.startswith("Cannot use the Ray cluster: cannot reach the Ray cluster at 127.0.0.1:1")]
     assert not at.exception
+
+
+@pytest.fixture
+def not_ray():
+    """Two local listeners that are not Ray: a web server, and a socket that accepts and never answers."""
+    import http.server
+    import socket
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    web = http.server.HTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    yield {"web": f"127.0.0.1:{web.server_port}", "silent": f"127.0.0.1:{silent.getsockname()[1]}"}
+    web.shutdown()
+    silent.close()
+
+
+@pytest.mark.parametrize("kind", ["web", "silent"])
+def test_an_address_that_answers_but_is_not_ray_is_one_line_within_seconds(not_ray, kind, capsys):
+    """It used to hang the CLI (and the app's sidebar) with Ray's driver retrying its GCS for minutes."""
+    import time
+
+    address = not_ray[kind]
+    start = time.perf_counter()
+    code = main(["sweep", "--cluster", f"ray={address}", "--data", ".", "--no-progress"])
+    took = time.perf_counter() - start
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"mixquant: error: {address} answers, but not as a Ray cluster does")
+    assert took < 30  # a bound on a hang, not a speed target: the probe waits at most 5 s
+
+
+def test_app_sidebar_refuses_an_address_that_is_not_ray(not_ray):
+    from apptest_support import errors, new_app
+
+    at = new_app(cluster=not_ray["web"]).run()
+    assert [e for e in errors(at) if e.startswith("Cannot use the Ray cluster: ") and "not as a Ray cluster" in e]
+    assert not at.exception

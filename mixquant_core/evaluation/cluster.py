@@ -49,8 +49,16 @@ def parse_cluster_option(text: str) -> Optional[str]:
     return address or None
 
 
+# A Ray cluster's head answers gRPC, i.e. HTTP/2: to the client's connection preface and an empty
+# SETTINGS frame, a server replies with its own SETTINGS frame (frame type 4) at once. Anything
+# else at that port (a web server, a silent listener) would keep Ray's driver retrying for minutes.
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+HTTP2_SETTINGS = 4
+
+
 def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
-    """One line, within ``timeout``, when nothing listens at HOST:PORT (``auto`` is left to Ray)."""
+    """One line, within about ``timeout``, when nothing listens at HOST:PORT or what listens does not
+    speak gRPC as a Ray head does (``auto`` is left to Ray)."""
     if address == "auto":
         return
     hostport = address.split("://", 1)[-1].rstrip("/")
@@ -58,10 +66,20 @@ def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
     if not host or not port.isdigit():
         raise MixQuantError(f"a Ray address is HOST:PORT, ray://HOST:PORT or auto, got '{address}'")
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+        conn = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise MixQuantError(f"cannot reach the Ray cluster at {address}: {reason}") from None
+    with conn:
+        try:
+            conn.settimeout(timeout)
+            conn.sendall(HTTP2_PREFACE)
+            reply = conn.recv(9)
+        except OSError:  # a timeout included: a listener that never answers
+            reply = b""
+    if len(reply) < 4 or reply[3] != HTTP2_SETTINGS:
+        raise MixQuantError(f"{address} answers, but not as a Ray cluster does (no gRPC): is that the Ray head's "
+                            "GCS port (6379 by default) or Ray Client's (10001)?")
 
 
 class RayCluster:
