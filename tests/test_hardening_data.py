@@ -58,10 +58,21 @@ def test_labels_txt_a_directory_or_binary_refused(tmp_path):
         open_image_folder(tmp_path)
 
 
-def test_negative_label_refused_naming_the_line(tmp_path):
+def test_negative_label_refused_naming_the_line(tmp_path, tiny_model):
     _folder(tmp_path, [1, -7, 2])
-    with pytest.raises(DatasetError, match="line 2 has a negative label -7"):
-        open_image_folder(tmp_path)
+    data = load_tensors(open_image_folder(tmp_path), TRANSFORM)
+    with pytest.raises(DatasetError, match=r"'img1.png', labels.txt line 2: -7\) has a negative label"):
+        evaluate(tiny_model, data)
+
+
+@pytest.mark.parametrize("labels, line", [([10, 2, -5], "line 1"), ([1, -5, 10], "line 2: -5")])
+def test_the_first_bad_line_is_named_whatever_its_kind(tmp_path, tiny_model, labels, line):
+    """A label past the model's classes on line 1 and a negative one on line 3: line 1 is the first
+    bad line (the negative one used to be reported first, when the folder was read)."""
+    _folder(tmp_path, labels)
+    data = load_tensors(open_image_folder(tmp_path), TRANSFORM)
+    with pytest.raises(DatasetError, match=f"labels.txt {line}\\)"):
+        evaluate(tiny_model, data)
 
 
 def test_label_outside_the_models_classes_names_the_line(tmp_path, tiny_model):
@@ -111,7 +122,8 @@ def test_folder_messages_name_the_right_thing(tmp_path):
 
 def test_calibration_labels_txt_must_be_right_when_present(tmp_path):
     _folder(tmp_path, [1, -7, 2])
-    with pytest.raises(DatasetError, match="line 2 has a negative label"):
-        open_calibration_folder(str(tmp_path))
+    calib = load_tensors(open_calibration_folder(str(tmp_path)), TRANSFORM)
+    with pytest.raises(DatasetError, match="line 2: -7\\) has a negative label"):
+        calib.check_labels(10, allow_unlabelled=True)
     (tmp_path / "labels.txt").unlink()
     assert open_calibration_folder(str(tmp_path)).labels == [-1, -1, -1]  # plain images: unlabelled, allowed

@@ -19,6 +19,9 @@ from ..errors import DatasetError
 
 IMAGE_EXTS = (".jpeg", ".jpg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
 NO_LABEL = -1  # an image without a label (calibration): losses use the model's own prediction
+# A negative label in labels.txt. It is refused where the model's classes are known (check_labels),
+# beside labels past them, so the error names the first bad line of the file, whichever kind it is.
+NEGATIVE_LABEL = -2
 DEFAULT_CALIB_IMAGES = 64
 DATA_ENV = "MIXQUANT_DATA"  # the one setting: a folder holding imagenet-val-1300 & co.
 # Imagenette's ten WNIDs and their ImageNet-1k class indices (sorted-WNID order).
@@ -120,11 +123,10 @@ def _from_labels_txt(root: Path, labels_file: Path) -> ImageList:
         parts = line.split()
         if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
             raise DatasetError(f"{labels_file}: line {n} is not 'FILENAME LABEL': {line[:80]!r}")
-        if int(parts[1]) < 0:
-            raise DatasetError(f"{labels_file}: line {n} has a negative label {parts[1][:20]} (class indices start at 0)")
+        negative = int(parts[1]) < 0
         paths.append(str(image_dir / parts[0]))
-        labels.append(int(parts[1]))
-        origins.append(f"{labels_file.name} line {n}")
+        labels.append(NEGATIVE_LABEL if negative else int(parts[1]))
+        origins.append(f"{labels_file.name} line {n}" + (f": {parts[1][:20]}" if negative else ""))
     return ImageList(str(root), paths, labels, _read_class_names(root), origins)
 
 
@@ -212,7 +214,12 @@ def check_labels(labels: torch.Tensor, origins: Sequence[str], num_classes: int,
         i = int(bad[0, 0])
         where = f" ({origins[i]})" if i < len(origins) else f" (image {i + 1})"
         label = int(labels[i])
-        what = "has no label" if label < 0 else f"has label {label}, outside the model's {num_classes} classes (0..{num_classes - 1})"
+        if label == NEGATIVE_LABEL:
+            what = "has a negative label (class indices start at 0)"
+        elif label < 0:
+            what = "has no label"
+        else:
+            what = f"has label {label}, outside the model's {num_classes} classes (0..{num_classes - 1})"
         raise DatasetError(f"an image{where} {what}")
 
 
