@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 from .inputs import workspace_with_table
-from .options import add_calib_args, add_model_args
+from .options import add_calib_args, add_model_args, number
 from .progress import mode_of
 
 
@@ -31,8 +31,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("allocate", help="least-cost bit-widths within a size budget (Lagrangian hull sweep)")
     add_model_args(p)
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--avg-bits", type=float, help="largest average bit-width allowed")
-    g.add_argument("--max-mb", type=float, help="largest model size allowed, in MB")
+    g.add_argument("--avg-bits", type=number("avg_bits"), help="largest average bit-width allowed")
+    g.add_argument("--max-mb", type=number("max_mb"), help="largest model size allowed, in MB")
     p.add_argument("--cost", choices=("qe", "fisher"), default="qe",
                    help="summed cost to minimise: plain QE, or Fisher-weighted error (needs calibration images)")
     add_calib_args(p)

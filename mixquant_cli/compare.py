@@ -10,7 +10,7 @@ from mixquant_core.errors import MixQuantError
 
 from .choices import COMPARE_METHODS, COMPARE_TARGETS
 from .inputs import calib_dir, eval_tensors, fisher_calibration, open_evaluations, use_default_data
-from .options import add_calib_args, float_list, name_list
+from .options import add_calib_args, name_list, number_list
 from .output import (VERSUS_HEADERS, VERSUS_NOTE, check_out, fmt, print_table, versus_cells, with_ci,
                      write_csv)
 from .progress import mode_of, progress
@@ -88,7 +88,7 @@ def add_compare_args(sweep) -> None:
     """``sweep --compare`` and its options, on the sweep command."""
     sweep.add_argument("--compare", action="store_true",
                        help="instead of a QEM sweep: uniform vs MixQuant-QEM vs budgeted plans, Pareto front marked")
-    sweep.add_argument("--targets", type=float_list, default=list(COMPARE_TARGETS),
+    sweep.add_argument("--targets", type=number_list("target_bits"), default=list(COMPARE_TARGETS),
                        help="--compare: average-bit budgets (default " + ",".join(f"{t:g}" for t in COMPARE_TARGETS) + ")")
     sweep.add_argument("--methods", type=name_list, default=list(COMPARE_METHODS),
                        help="--compare: which of " + ",".join(COMPARE_METHODS))

@@ -16,8 +16,18 @@ from .output import MAX_MESSAGE, print_error
 COMMAND_MODULES = (models, qe, search, evaluate, sweep, reconstruct, allocate, results, report)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (exit 2), like every other bad input;
+    ``--help`` still shows the usage. Sub-command parsers are of this class too."""
+
+    def error(self, message: str):
+        command = self.prog.partition(" ")[2]  # "mixquant search" -> "search"
+        print_error(f"{command + ': ' if command else ''}{message} (see {self.prog} --help)")
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mixquant", description="MixQuant: per-layer bit-width search (QE <= QEM x QE(8 bit)).")
+    parser = OneLineParser(prog="mixquant", description="MixQuant: per-layer bit-width search (QE <= QEM x QE(8 bit)).")
     sub = parser.add_subparsers(dest="command", required=True)
     for module in COMMAND_MODULES:
         module.register(sub)

@@ -17,52 +17,36 @@ def bits_list(text: str) -> List[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers like 8,6,4, got {text!r}") from None
 
 
-def float_list(text: str) -> List[float]:
-    """An argparse type: comma-separated numbers, e.g. ``5,20,80``."""
-    try:
-        return [float(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 5,20,80, got {text!r}") from None
+def number(name: str):
+    """An argparse type for the setting ``name``: parsed and bounded by ``mixquant_core.numbers``, the
+    one parser every option, environment variable and app field shares."""
+    def parse(text: str):
+        from mixquant_core.numbers import BOUNDS
+
+        try:
+            return BOUNDS[name].parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    parse.__name__ = name  # argparse names the type in its messages
+    return parse
+
+
+def number_list(name: str):
+    """An argparse type: comma-separated numbers, e.g. ``5,20,80``, each bounded as ``name``."""
+    one = number(name)
+
+    def parse(text: str) -> list:
+        values = [one(t) for t in text.split(",") if t.strip()]
+        if not values:
+            raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 5,20,80, got {text!r}")
+        return values
+    parse.__name__ = f"{name} list"
+    return parse
 
 
 def name_list(text: str) -> List[str]:
     """An argparse type: comma-separated names, empty ones dropped."""
     return [name for name in text.split(",") if name]
-
-
-def positive_int(text: str) -> int:
-    """An argparse type: an integer >= 1 (``--limit 0`` must not mean "everything")."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def megabytes(text: str) -> float:
-    """An argparse type: a size in MB, >= 0 (0: keep nothing, stream every set)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of megabytes, got {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
-    return value
-
-
-def bounded_int(low: int, high: int):
-    """An argparse type: an integer in [low, high]."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be between {low} and {high}, got {value}")
-        return value
-    return parse
 
 
 def cluster_option(text: str) -> str:
@@ -115,8 +99,8 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     """The evaluation images (default: $MIXQUANT_DATA's set, as in the app), the store, the engine."""
     p.add_argument("--data", help="evaluation folder (labels.txt or class subfolders), or 'imagenette[:DIR]' "
                                   "(default $MIXQUANT_DATA/imagenet-val-1300, else $MIXQUANT_DATA)")
-    p.add_argument("--limit", type=positive_int, default=None, help="evaluate the first N images only (N >= 1)")
-    p.add_argument("--cache-mb", type=megabytes, default=None, metavar="MB",
+    p.add_argument("--limit", type=number("limit"), default=None, help="evaluate the first N images only (N >= 1)")
+    p.add_argument("--cache-mb", type=number("cache_mb"), default=None, metavar="MB",
                    help="keep the decoded images (uint8, 150 KB a 224 px image) in memory up to MB; a larger set is "
                         "streamed from its files on every pass (default: a quarter of RAM, or $MIXQUANT_CACHE_MB)")
     p.add_argument("--store", metavar="PATH", help="results store (default $MIXQUANT_HOME/results.sqlite, "
@@ -144,4 +128,4 @@ def add_calib_args(p: argparse.ArgumentParser) -> None:
     """Calibration images of the Fisher cost (allocate, sweep --compare, search --max-drop)."""
     p.add_argument("--calib", help="calibration images for the Fisher cost (labelled folder, or plain images: "
                                    "the model's predictions stand in); default $MIXQUANT_DATA/imagenet-calib-1000")
-    p.add_argument("--calib-images", type=int, default=64, help="calibration images, spread over the folder (default 64)")
+    p.add_argument("--calib-images", type=number("calib_images"), default=64, help="calibration images, spread over the folder (default 64)")

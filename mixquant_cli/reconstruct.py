@@ -8,7 +8,7 @@ from mixquant_core.errors import MixQuantError
 
 from .choices import DEFAULT_MODEL, QUANTIZERS, RECON_SCHEMES
 from .inputs import calibration_tensors, plan_notice
-from .options import add_engine_arg, add_json_arg, add_progress_args, add_trust_code, positive_int
+from .options import add_engine_arg, add_json_arg, add_progress_args, add_trust_code, number
 from .output import accuracy_text, check_out, notice
 from .progress import mode_of, progress
 
@@ -21,7 +21,7 @@ def _add_common(p, compute: bool = True) -> None:
     add_trust_code(p)
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--plan", help="plan JSON (from `mixquant search`)")
-    g.add_argument("--uniform", type=int, metavar="BITS", help="every layer at BITS bits instead of a plan")
+    g.add_argument("--uniform", type=number("bit_width"), metavar="BITS", help="every layer at BITS bits instead of a plan")
     p.add_argument("--quantizer", default="asymmetric", choices=QUANTIZERS,
                    help="quantizer of a --uniform plan (default asymmetric)")
     if compute:
@@ -34,15 +34,15 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("reconstruct", help="learn each layer's rounding (AdaRound, BRECQ block-wise) for a plan")
     _add_common(p)
     p.add_argument("--calib", required=True, help="calibration image folder (e.g. imagenet-calib-1000)")
-    p.add_argument("--calib-images", type=int, default=DEFAULT_CALIB_IMAGES,
+    p.add_argument("--calib-images", type=number("calib_images"), default=DEFAULT_CALIB_IMAGES,
                    help=f"calibration images, spread over the folder (default {DEFAULT_CALIB_IMAGES})")
-    p.add_argument("--iters", type=int, default=500, help="optimisation steps per block (default 500; BRECQ: 20000)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=None, help="Adam learning rate of the rounding variables (default 0.01)")
+    p.add_argument("--iters", type=number("iters"), default=500, help="optimisation steps per block (default 500; BRECQ: 20000)")
+    p.add_argument("--batch-size", type=number("batch_size"), default=32)
+    p.add_argument("--lr", type=number("lr"), default=None, help="Adam learning rate of the rounding variables (default 0.01)")
     p.add_argument("--scheme", default=RECON_SCHEMES[0], choices=RECON_SCHEMES,
                    help=f"base quantizer whose grid the rounding is learned on (default {RECON_SCHEMES[0]}: "
                         "affine per output channel, range clipped for least MSE, as BRECQ)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=number("seed"), default=0)
     p.add_argument("--out", required=True, help="write the reconstructed model here (.safetensors export file)")
     p.set_defaults(run=cmd_reconstruct)
 
@@ -62,7 +62,7 @@ def register(subparsers) -> None:
     p.add_argument("--arch", help="architecture (registry name) of a state-dict --model file")
     add_trust_code(p)
     p.add_argument("--data", help="evaluation folder; omit to only check the file")
-    p.add_argument("--limit", type=positive_int, default=None, help="evaluate the first N images only (N >= 1)")
+    p.add_argument("--limit", type=number("limit"), default=None, help="evaluate the first N images only (N >= 1)")
     p.add_argument("--device", default="auto")
     add_engine_arg(p)
     add_json_arg(p)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 from .inputs import eval_tensors, open_evaluations, use_default_data
-from .options import add_data_args, add_model_args
+from .options import add_data_args, add_model_args, number
 from .output import check_out
 from .progress import mode_of, progress, sweep_unit
 
@@ -40,8 +40,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("report", help="one self-contained HTML report (figures embedded, works offline)")
     add_model_args(p)
     add_data_args(p)
-    p.add_argument("--steps", type=int, default=12, help="QEM points of the sweep (default 12, as in the app)")
-    p.add_argument("--max-drop", type=float, default=1.0, help="the chosen plan: smallest within this top-1 drop (default 1)")
+    p.add_argument("--steps", type=number("steps"), default=12, help="QEM points of the sweep (default 12, as in the app)")
+    p.add_argument("--max-drop", type=number("max_drop"), default=1.0, help="the chosen plan: smallest within this top-1 drop (default 1)")
     p.add_argument("--confident", action="store_true", help="the chosen plan's 95 %% upper bound of the drop must be within it")
     p.add_argument("--out", required=True, help="the HTML file to write")
     p.set_defaults(run=cmd_report)

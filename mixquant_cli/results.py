@@ -6,7 +6,7 @@ import json
 
 from mixquant_core.errors import MixQuantError
 
-from .options import add_json_arg
+from .options import add_json_arg, number
 from .output import fmt, print_table
 
 
@@ -60,11 +60,11 @@ def cmd_results(args) -> None:
 def register(subparsers) -> None:
     p = subparsers.add_parser("results", help="the results store: list | show ID | export [--csv FILE] | prune")
     p.add_argument("action", choices=("list", "show", "export", "prune"))
-    p.add_argument("id", nargs="?", type=int, help="show: the row id")
+    p.add_argument("id", nargs="?", type=number("row_id"), help="show: the row id")
     p.add_argument("--store", metavar="PATH", help="default $MIXQUANT_HOME/results.sqlite")
     p.add_argument("--model", help="only this model's rows (list, export, prune)")
     p.add_argument("--csv", metavar="FILE", help="export: write CSV here (default: stdout)")
-    p.add_argument("--older-than", type=float, metavar="DAYS", help="prune: rows older than this")
+    p.add_argument("--older-than", type=number("days"), metavar="DAYS", help="prune: rows older than this")
     p.add_argument("--other-versions", action="store_true", help="prune: rows written by another mixquant version")
     p.add_argument("--all", action="store_true", help="prune: every row")
     add_json_arg(p)

@@ -6,7 +6,7 @@ import json
 
 from . import target
 from .inputs import open_evaluations
-from .options import add_model_args
+from .options import add_model_args, number
 from .output import check_out
 from .progress import mode_of, progress
 
@@ -41,10 +41,10 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("search", help="choose bit-widths for a QEM (or a size budget) and write the plan")
     add_model_args(p)
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--qem", type=float, help="quantization error multiplier, >= 1")
-    g.add_argument("--max-mb", type=float, help="largest model size allowed, in MB")
-    g.add_argument("--max-avg-bits", type=float, help="largest average bit-width allowed")
-    g.add_argument("--max-drop", type=float, help="largest top-1 drop from float32 allowed, in points "
+    g.add_argument("--qem", type=number("qem"), help="quantization error multiplier, >= 1")
+    g.add_argument("--max-mb", type=number("max_mb"), help="largest model size allowed, in MB")
+    g.add_argument("--max-avg-bits", type=number("avg_bits"), help="largest average bit-width allowed")
+    g.add_argument("--max-drop", type=number("max_drop"), help="largest top-1 drop from float32 allowed, in points "
                                                   "(evaluates on --data)")
     p.add_argument("--out", help="write the plan JSON here (default: stdout)")
     target.add_target_args(p)

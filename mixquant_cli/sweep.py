@@ -7,11 +7,10 @@ import time
 
 from . import compare
 from .inputs import eval_tensors, open_evaluations, use_default_data
-from .options import add_data_args, add_model_args, bounded_int, float_list
+from .options import add_data_args, add_model_args, number, number_list
 from .output import VERSUS_HEADERS, VERSUS_NOTE, check_out, fmt, print_table, versus_cells, with_ci, write_csv
 from .progress import mode_of, progress, sweep_unit
 
-MAX_SWEEP_STEPS = 10_000  # each step is a plan row: far past any readable table, far below a MemoryError
 
 
 def cmd_sweep(args) -> None:
@@ -64,11 +63,11 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("sweep", help="Table-2 style sweep over QEMs (each distinct plan evaluated once)")
     add_model_args(p)
     add_data_args(p)
-    p.add_argument("--qems", type=float_list, help="explicit QEMs, e.g. 5,20,80")
-    p.add_argument("--qem-min", type=float, default=1.0)
-    p.add_argument("--qem-max", type=float, default=None, help="default: where the last layer reaches its lowest bit-width")
-    p.add_argument("--steps", type=bounded_int(1, MAX_SWEEP_STEPS), default=12,
-                   help=f"QEMs on the default grid (1..{MAX_SWEEP_STEPS}, default 12)")
+    p.add_argument("--qems", type=number_list("qem"), help="explicit QEMs, e.g. 5,20,80")
+    p.add_argument("--qem-min", type=number("qem"), default=1.0)
+    p.add_argument("--qem-max", type=number("qem"), default=None, help="default: where the last layer reaches its lowest bit-width")
+    p.add_argument("--steps", type=number("steps"), default=12,
+                   help="QEMs on the default grid (1..10000, default 12)")
     p.add_argument("--out", help="also write the table as CSV")
     compare.add_compare_args(p)
     p.set_defaults(run=run)

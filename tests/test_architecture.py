@@ -13,7 +13,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("mixquant_core", "mixquant_cli", "mixquant_viz", "studio_ui")
 # The data's path through the core (README, "Architecture"); equal numbers may import each other.
-STAGES = {"errors": 0, "files": 0, "models": 1, "data": 1, "quant": 2, "plans": 3, "evaluation": 4, "recon": 5,
+STAGES = {"errors": 0, "files": 0, "numbers": 0, "models": 1, "data": 1, "quant": 2, "plans": 3, "evaluation": 4, "recon": 5,
           "export": 6, "workspace": 7, "evaluations": 7, "studies": 8}
 # What each package must never import (top-level names).
 FORBIDDEN = {

@@ -62,7 +62,7 @@ def test_mse_quantizer_plan_export_load(capsys, tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["search", "--qem", "0.5", "--no-progress"], "QEM must be a finite number >= 1"),
+    (["search", "--qem", "0.5", "--no-progress"], "--qem: must be between 1 and"),
     (["qe", "--model", "not_a_model", "--no-progress"], "unknown model 'not_a_model'"),
     (["qe", "--bits", "8,9", "--no-progress"], "bit-widths must be from 2 to 8"),
     (["evaluate", "--data", "/nonexistent/folder", "--no-progress"], "evaluation folder '/nonexistent/folder' does not exist"),

@@ -13,7 +13,7 @@ from PIL import Image
 from mixquant_core.data.image_sets import EvalTensors, open_image_folder
 from mixquant_core.data.load import load_tensors
 from mixquant_core.data.streaming import StreamedImages
-from mixquant_core.errors import DatasetError
+from mixquant_core.errors import DatasetError, MixQuantError
 from mixquant_core.models.preprocess import Preprocess
 from mixquant_core.models.registry import LoadedModel, fingerprint
 from mixquant_core.evaluations import Evaluations
@@ -106,9 +106,9 @@ def test_budget_decides_kept_or_streamed(tmp_path, monkeypatch):
     monkeypatch.setenv("MIXQUANT_CACHE_MB", "0")
     assert isinstance(load_tensors(images, PRE), StreamedImages)
     monkeypatch.setenv("MIXQUANT_CACHE_MB", "lots")
-    with pytest.raises(DatasetError, match="MIXQUANT_CACHE_MB must be a number"):
+    with pytest.raises(MixQuantError, match="MIXQUANT_CACHE_MB: expected a number between 0 and"):
         load_tensors(images, PRE)
-    with pytest.raises(DatasetError, match="at least 0 MB"):
+    with pytest.raises(MixQuantError, match="cache size in MB: must be between 0 and"):
         load_tensors(images, PRE, cache_mb=-1)
 
 

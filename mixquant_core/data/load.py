@@ -4,12 +4,14 @@
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import Callable, Optional
 
 import torch
 
 from ..errors import DatasetError
+from ..numbers import env_number, parse_number
 from .decode import decode_float
 from .image_sets import EvalTensors, ImageList, Progress, decode_workers, describe, pixels_source
 from .streaming import StreamedImages
@@ -18,12 +20,9 @@ from .streaming import StreamedImages
 def default_cache_mb() -> float:
     """A quarter of the machine's memory ($MIXQUANT_CACHE_MB overrides): decoded sets larger than
     this are streamed from their files on every pass instead of kept."""
-    env = os.environ.get("MIXQUANT_CACHE_MB")
-    if env:
-        try:
-            return float(env)
-        except ValueError:
-            raise DatasetError(f"MIXQUANT_CACHE_MB must be a number of megabytes, got {env!r}") from None
+    env = env_number("MIXQUANT_CACHE_MB")  # the bounds of --cache-mb (mixquant_core.numbers)
+    if env is not None:
+        return float(env)
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 4 / 1e6
     except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
@@ -40,9 +39,12 @@ def load_tensors(images: ImageList, preprocess, progress: Progress = None, cache
     callable is taken as a PIL -> float tensor transform and its output kept as float32."""
     if not hasattr(preprocess, "pixel_transform"):
         return _load_float(images, preprocess, progress)
-    budget = default_cache_mb() if cache_mb is None else float(cache_mb)
-    if budget < 0:
-        raise DatasetError(f"the cache size must be at least 0 MB, got {cache_mb!r}")
+    if cache_mb is None:
+        budget = default_cache_mb()
+    elif cache_mb == math.inf:  # a caller (never a user's setting) that keeps the set whatever its size
+        budget = math.inf
+    else:
+        budget = float(parse_number("cache_mb", cache_mb, "the cache size in MB"))
     if len(images) * 3 * preprocess.crop * preprocess.crop > budget * 1e6:
         return StreamedImages(images, preprocess, progress)
     return _load_pixels(images, preprocess, progress)

@@ -25,7 +25,8 @@ from typing import Callable, Dict, List, Tuple
 
 import torch
 
-from ..errors import ModelUnavailableError, UntrustedCodeError, first_line
+from ..errors import MixQuantError, ModelUnavailableError, UntrustedCodeError, first_line
+from ..numbers import env_number
 
 TIMEOUT_ENV = "MIXQUANT_LOAD_TIMEOUT_S"
 MEMORY_ENV = "MIXQUANT_LOAD_MEMORY_MB"
@@ -35,13 +36,11 @@ _EXIT_USER, _EXIT_UNTRUSTED, _EXIT_MEMORY = 2, 3, 4
 
 
 def _setting(name: str, default: float) -> float:
+    """The limit from the environment, bounded as every number a user gives (mixquant_core.numbers)."""
     try:
-        value = float(os.environ.get(name, default))
-    except ValueError:
-        raise ModelUnavailableError(f"{name} must be a number, got {os.environ[name]!r}") from None
-    if not value > 0:
-        raise ModelUnavailableError(f"{name} must be positive, got {value:g}")
-    return value
+        return float(env_number(name, default))
+    except MixQuantError as exc:
+        raise ModelUnavailableError(str(exc)) from None
 
 
 def run_child(module: str, args: List[str], shown: str) -> Tuple[dict, Dict[str, torch.Tensor]]:
