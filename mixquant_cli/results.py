@@ -12,12 +12,12 @@ def _when(ts: float) -> str:
 
 
 def cmd_results(args) -> None:
-    from .main import _fmt, _print_table
+    from .main import _fmt, _print_table, notice
     from mixquant_core.evaluation.store import ResultsStore, default_store_path
 
     store = ResultsStore(args.store or default_store_path())
     if args.action == "list":
-        rows = store.rows(args.model)
+        rows = store.rows(args.model, on_damaged=notice)  # a damaged row: one note, skipped
         if args.json:
             print(json.dumps(rows, indent=2))
             return
