@@ -7,7 +7,7 @@ import json
 from mixquant_core.errors import MixQuantError
 
 from .options import add_json_arg, number
-from .output import fmt, print_table
+from .output import fmt, notice, print_table
 
 
 def _when(ts: float) -> str:
@@ -19,7 +19,7 @@ def cmd_results(args) -> None:
 
     store = ResultsStore(args.store or default_store_path())
     if args.action == "list":
-        rows = store.rows(args.model)
+        rows = store.rows(args.model, on_damaged=notice)  # a damaged row: one note, skipped
         if args.json:
             print(json.dumps(rows, indent=2))
             return

@@ -5,13 +5,15 @@ permission, a pseudo file system) leaves the old file as it was and raises one l
 """
 from __future__ import annotations
 
+import errno
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Union
+from typing import Callable, Iterable, Iterator, Optional, Tuple, Type, Union
 
-from .errors import MixQuantError
+from .errors import MixQuantError, first_line
 
 PathLike = Union[str, os.PathLike]
 
@@ -69,7 +71,7 @@ def atomic_path(path: PathLike) -> Iterator[str]:
         os.replace(tmp, out)
     except OSError as exc:
         _remove(tmp)
-        raise OutputError(f"cannot write '{path}': {exc.strerror or type(exc).__name__}; the old file is unchanged") from None
+        raise OutputError(f"cannot write '{path}': {why_not_written(exc)}; {_old_file_state(out)}") from None
     except BaseException:
         _remove(tmp)
         raise
@@ -79,6 +81,44 @@ def atomic_write(path: PathLike, data: Union[str, bytes]) -> None:
     """Write ``data`` (text as UTF-8) to ``path`` atomically."""
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         fh.write(data.encode() if isinstance(data, str) else data)
+
+
+def atomic_save(path: PathLike, save: Callable[[str], None],
+                library_errors: Tuple[Type[BaseException], ...] = ()) -> None:
+    """Write ``path`` atomically with a library function that writes to a path it is given
+    (safetensors' ``save_file``): ``save`` writes a temporary file beside ``path``. Libraries do not
+    raise OSError for a full disk (safetensors raises SafetensorError "... (os error 28)"), so
+    ``library_errors`` are turned into the same one line as any other failed write."""
+    with atomic_path(path) as tmp:
+        try:
+            save(tmp)
+        except library_errors as exc:
+            code = _errno_named_in(exc)
+            if code is None:  # not the disk: say what the library said, still in one line
+                raise OutputError(f"cannot write '{path}': {first_line(exc)}; {_old_file_state(Path(path))}") from None
+            raise OSError(code, os.strerror(code)) from None
+
+
+# How Rust's std::io::Error shows an errno ("I/O error: No space left on device (os error 28)").
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def _errno_named_in(exc: BaseException) -> Optional[int]:
+    found = _RUST_OS_ERROR.search(str(exc))
+    return int(found.group(1)) if found else None
+
+
+def why_not_written(exc: OSError) -> str:
+    """The reason a write failed, in words; a file-size limit says so (its strerror, "File too
+    large", reads like a fault of the file)."""
+    reason = exc.strerror or type(exc).__name__
+    if exc.errno == errno.EFBIG:
+        reason += " (a file-size limit was reached)"
+    return reason
+
+
+def _old_file_state(path: Path) -> str:
+    return "the old file is unchanged" if path.exists() else "nothing was written"
 
 
 def _remove(tmp: str) -> None:

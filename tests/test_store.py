@@ -134,11 +134,13 @@ def test_many_openers_of_a_new_file_all_get_the_store(tmp_path):
 
 def test_corrupt_file_is_refused_and_left_alone(tmp_path):
     path = tmp_path / "results.sqlite"
-    junk = b"this is not a database, but the user's file" * 100
-    path.write_bytes(junk)
-    with pytest.raises(MixQuantError, match="results.sqlite.*move it aside"):
+    ResultsStore(path).put(key(), metrics(), seconds=1.0)
+    data = bytearray(path.read_bytes())
+    data[100:4096] = b"\xff" * (4096 - 100)  # the schema page overwritten, the SQLite header kept
+    path.write_bytes(bytes(data))
+    with pytest.raises(MixQuantError, match="results.sqlite is damaged .*left as it is"):
         ResultsStore(path)
-    assert path.read_bytes() == junk
+    assert path.read_bytes() == bytes(data)
 
 
 def test_other_schema_versions_are_refused(tmp_path):
@@ -193,9 +195,10 @@ def test_cli_evaluate_writes_reuses_and_lists_the_store(val_dir, tmp_path):
     subprocess.run(base + ["results", "export", "--csv", str(csv_path), "--store", str(store)], env=env, cwd=REPO,
                    check=True, timeout=120, capture_output=True)
     assert len(csv_path.read_text().splitlines()) == 3
-    store.write_bytes(b"garbage" * 200)  # a corrupt store: refused in one line, left as it was
-    bad = subprocess.run(evaluate, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
-    assert bad.returncode == 2 and "move it aside" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    store.write_bytes(b"garbage" * 200)  # no longer a store: one line, left as it was, no advice to move the
+    bad = subprocess.run(evaluate, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)  # user's file
+    assert bad.returncode == 2 and "not a mixquant results store" in bad.stderr and "mv " not in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
     assert store.read_bytes() == b"garbage" * 200
 
 

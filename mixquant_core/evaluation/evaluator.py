@@ -23,11 +23,12 @@ import torch
 from torch import nn
 
 from ..data.image_sets import EvalTensors
+from ..errors import MixQuantError
 from ..models.registry import LoadedModel
 from .engines import get_engine
 from .evaluate import Metrics
 from .statistics import EarlyStop
-from .store import EvalKey, ResultsStore, mixquant_version
+from .store import DamagedRowError, EvalKey, ResultsStore, mixquant_version
 from .timing import Throughput, measure_throughput
 
 Named = Optional[Dict[str, int]]
@@ -127,7 +128,7 @@ class Evaluator:
             return held
         if store is None:
             return None
-        got = store.get(self.store_key(named, quantizer, data))
+        got = self._stored(store, named, quantizer, data)
         if got is None or (got.stopped_early and not early_stop) or got.images > len(data):
             return None
         self._keep(key, got)
@@ -176,7 +177,7 @@ class Evaluator:
         self._keep((data.fingerprint, plan_key(named, quantizer)), metrics)
         self._count(tally, named, quantizer, measured=True)
         if store is not None:
-            store.put(self.store_key(named, quantizer, data), metrics, seconds)
+            self._store(store, named, quantizer, data, metrics, seconds)
         return metrics
 
     def evaluate_many(self, plans: Sequence[Named], quantizer: str, data: EvalTensors,
@@ -209,5 +210,25 @@ class Evaluator:
             self._keep((data.fingerprint, plan_key(named, quantizer)), metrics)
             self._count(tally, named, quantizer, measured=True)
             if store is not None:
-                store.put(self.store_key(named, quantizer, data), metrics, each)
+                self._store(store, named, quantizer, data, metrics, each)
         return results
+
+    # --- the results store -----------------------------------------------------------------
+    def _stored(self, store: ResultsStore, named: Named, quantizer: str, data: EvalTensors) -> Optional[Metrics]:
+        """The store's metrics of a plan, or None. A damaged row counts as none: the plan is
+        measured again and its new row replaces the damaged one (same key)."""
+        try:
+            return store.get(self.store_key(named, quantizer, data))
+        except DamagedRowError as exc:
+            self._tell(f"{exc}; measuring it again to replace it")
+            return None
+
+    def _store(self, store: ResultsStore, named: Named, quantizer: str, data: EvalTensors, metrics: Metrics,
+               seconds: float) -> None:
+        """Keep a measured result in the store. A store that cannot take it (disk full, made
+        read-only meanwhile) must not cost the measurement: the result is still returned (and
+        printed by the caller), and one notice says it was not stored."""
+        try:
+            store.put(self.store_key(named, quantizer, data), metrics, seconds)
+        except MixQuantError as exc:
+            self._tell(f"{exc}; results measured now are shown but not stored")

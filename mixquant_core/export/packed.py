@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from ..errors import MixQuantError, first_line
-from ..files import atomic_path
+from ..files import atomic_save
 from ..plans.plan import Plan
 from ..quant.codes import QuantizedLayer, nearest_layers
 from ..quant.quantizers import QUANTIZERS, is_per_channel, is_symmetric
@@ -180,12 +180,13 @@ def build_tensors(model: nn.Module, plan: Plan, layers: Dict[str, QuantizedLayer
 
 def save_quantized(path: str | os.PathLike, model: nn.Module, plan: Plan, layers: Dict[str, QuantizedLayer],
                    extra_meta: Optional[Dict[str, str]] = None) -> int:
-    """Write the export file; returns its size in bytes."""
+    """Write the export file atomically (a full disk leaves the old file and raises one line);
+    returns its size in bytes."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     tensors, meta = build_tensors(model, plan, layers, extra_meta)
-    with atomic_path(path) as tmp:
-        save_file(tensors, tmp, metadata=meta)
+    atomic_save(path, lambda tmp: save_file(tensors, tmp, metadata=meta), (SafetensorError,))
     return os.path.getsize(path)
 
 
