@@ -27,6 +27,14 @@ def filled_store(path: Path, rows: int = 3) -> ResultsStore:
     return store
 
 
+def exit_code(argv) -> int:
+    """``mixquant ARGV``'s exit status, whether the parser refused it (SystemExit) or the command did."""
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return exc.code
+
+
 def one_line(err: str) -> str:
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
@@ -58,7 +66,7 @@ def test_cli_prune_with_a_negative_age_exits_2_and_keeps_every_row(tmp_path, cap
     path = tmp_path / "r.sqlite"
     filled_store(path)
     for bad in ("--older-than=-5", "--older-than=nan"):
-        assert main(["results", "prune", bad, "--store", str(path)]) == 2
+        assert exit_code(["results", "prune", bad, "--store", str(path)]) == 2
         assert "nothing was deleted" in one_line(capsys.readouterr().err)
     assert len(ResultsStore(path).rows()) == 3
 
@@ -199,7 +207,7 @@ def test_tampered_rows_are_one_line_naming_the_store_and_the_row(tmp_path, capsy
         assert main(["results", "show", str(row_id), "--store", str(path)]) == 2
         line = one_line(capsys.readouterr().err)
         assert f"results store {path}: row {row_id} is damaged (column {column}" in line
-    assert main(["results", "show", str(2**70), "--store", str(path)]) == 2  # beyond SQLite's integers
+    assert exit_code(["results", "show", str(2**70), "--store", str(path)]) == 2  # beyond SQLite's integers
     assert f"results store {path} has no row {2**70}" in one_line(capsys.readouterr().err)
 
 
