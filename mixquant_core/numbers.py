@@ -28,11 +28,15 @@ class Bound:
 
     def range(self) -> str:
         """"between 1 and 10000", "at least 1", "above 0 and at most 10"."""
+        low, high = self._show(self.low), self._show(self.high)
         if math.isinf(self.high):
-            return f"above {self.low:g}" if self.above else f"at least {self.low:g}"
+            return f"above {low}" if self.above else f"at least {low}"
         if self.above:
-            return f"above {self.low:g} and at most {self.high:g}"
-        return f"between {self.low:g} and {self.high:g}"
+            return f"above {low} and at most {high}"
+        return f"between {low} and {high}"
+
+    def _show(self, value: float) -> str:
+        return str(int(value)) if self.integer and math.isfinite(value) else f"{value:g}"
 
     def parse(self, text: Union[str, Number]) -> Number:
         """The value of ``text``, or ValueError saying what was expected (callers name the setting)."""

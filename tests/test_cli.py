@@ -69,7 +69,10 @@ def test_mse_quantizer_plan_export_load(capsys, tmp_path):
     (["evaluate", "--plan", "/nonexistent/plan.json", "--data", ".", "--no-progress"], "cannot read plan file"),
 ])
 def test_bad_input_one_line(capsys, argv, message):
-    code, out, err = run(capsys, *argv)
+    try:
+        code, out, err = run(capsys, *argv)
+    except SystemExit as exc:  # refused by the parser (exit 2), before the command ran
+        code, err = exc.code, capsys.readouterr().err
     assert code == 2
     assert err.count("\n") == 1 and message in err and "Traceback" not in err
 
