@@ -95,6 +95,12 @@ def add_model_args(p: argparse.ArgumentParser, compute: bool = True) -> None:
     add_progress_args(p)
 
 
+def add_store_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", metavar="PATH", help="results store (default $MIXQUANT_HOME/results.sqlite, "
+                                                   "MIXQUANT_HOME defaulting to ~/.cache/mixquant)")
+    p.add_argument("--no-store", action="store_true", help="neither read nor write the results store")
+
+
 def add_data_args(p: argparse.ArgumentParser) -> None:
     """The evaluation images (default: $MIXQUANT_DATA's set, as in the app), the store, the engine."""
     p.add_argument("--data", help="evaluation folder (labels.txt or class subfolders), or 'imagenette[:DIR]' "
@@ -103,9 +109,7 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-mb", type=number("cache_mb"), default=None, metavar="MB",
                    help="keep the decoded images (uint8, 150 KB a 224 px image) in memory up to MB; a larger set is "
                         "streamed from its files on every pass (default: a quarter of RAM, or $MIXQUANT_CACHE_MB)")
-    p.add_argument("--store", metavar="PATH", help="results store (default $MIXQUANT_HOME/results.sqlite, "
-                                                   "MIXQUANT_HOME defaulting to ~/.cache/mixquant)")
-    p.add_argument("--no-store", action="store_true", help="neither read nor write the results store")
+    add_store_args(p)
     p.add_argument("--early-stop", action="store_true",
                    help="stop evaluating a plan once its top-1 is surely below half of float32's (error rate 0.001)")
     add_engine_arg(p)

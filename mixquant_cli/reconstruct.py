@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from mixquant_core.errors import MixQuantError
 
 from .choices import DEFAULT_MODEL, QUANTIZERS, RECON_SCHEMES
 from .inputs import calibration_tensors, plan_notice
-from .options import add_engine_arg, add_json_arg, add_progress_args, add_trust_code, number
+from .options import add_engine_arg, add_json_arg, add_progress_args, add_store_args, add_trust_code, number
 from .output import accuracy_text, check_out, notice
 from .progress import mode_of, progress
 
@@ -64,6 +65,7 @@ def register(subparsers) -> None:
     p.add_argument("--data", help="evaluation folder; omit to only check the file")
     p.add_argument("--limit", type=number("limit"), default=None, help="evaluate the first N images only (N >= 1)")
     p.add_argument("--device", default="auto")
+    add_store_args(p)
     add_engine_arg(p)
     add_json_arg(p)
     add_progress_args(p)
@@ -200,12 +202,15 @@ def cmd_load(args) -> None:
         return _load_onnx(args)
     from mixquant_core.data.image_sets import open_image_folder
     from mixquant_core.data.load import load_tensors
-    from mixquant_core.evaluation.engines import get_engine
-    from mixquant_core.models.devices import resolve_device
+    from mixquant_core.evaluation.evaluator import Evaluator, Tally
+    from mixquant_core.evaluation.store import open_store
     from mixquant_core.export.packed import load_quantized_, peek_plan, registry_model_of
-    from mixquant_core.models.registry import build_model, load_model
+    from mixquant_core.files import file_digest
+    from mixquant_core.models.devices import resolve_device
+    from mixquant_core.models.registry import LoadedModel, build_model, load_model
 
     plan = peek_plan(args.file)  # checksum verified before anything in the file is used
+    store = open_store(args.store, not args.no_store) if args.data else None  # a bad store fails first
     if args.model:
         loaded = load_model(args.model, arch=args.arch, trust_code=args.trust_code)
     else:  # only ever a registry name from the file, never a path it names
@@ -218,10 +223,14 @@ def cmd_load(args) -> None:
         mode = mode_of(args)
         with progress(mode, "decode", "images") as cb:
             data = load_tensors(images, loaded.preprocess, cb)
-        engine = get_engine(args.engine, resolve_device(args.device), notice)
+        # The file's own model: the store keys its results by the file's content, so a reconstructed
+        # and a round-to-nearest file of the same plan never share a row.
+        exported = LoadedModel(loaded.model, f"{loaded.name} ({os.path.basename(args.file)})", loaded.source,
+                               loaded.preprocess, "export-" + file_digest(args.file)[:16])
+        evaluator, tally = Evaluator(exported, resolve_device(args.device), args.engine, notify=notice), Tally()
         with progress(mode, "evaluate", "images") as cb:
-            m = engine.evaluate(loaded.model, data, progress=cb)
-        out.update(m.summary())
+            m = evaluator.evaluate(None, qf.scheme, data, store, progress=cb, tally=tally)
+        out.update(m.summary(), from_store=tally.from_store)
     _print_load(args, out, f"{args.file}: {out['layers']} quantized layers ({out['scheme']}) load into {loaded.name}")
 
 

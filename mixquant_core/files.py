@@ -126,3 +126,14 @@ def _remove(tmp: str) -> None:
         os.remove(tmp)
     except OSError:
         pass
+
+
+def file_digest(path: PathLike, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file's content, read in chunks (results of a file are keyed by what it holds)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()

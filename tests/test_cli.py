@@ -122,3 +122,19 @@ def test_load_prints_intervals_like_evaluate(capsys, tmp_path, val_dir):
     code, out, _ = run(capsys, "load", str(path), "--data", str(val_dir), "--limit", "4", "--no-progress", "--json")
     data = json.loads(out)
     assert data["top1_ci"][0] <= data["top1"] <= data["top1_ci"][1] and data["images"] == 4
+
+
+def test_load_keeps_its_results_in_the_store_keyed_by_the_files_content(capsys, tmp_path, val_dir):
+    """`load` takes --store/--no-store like evaluate: a second load of the same file reads the store;
+    another file of the same plan (other content) never shares its row."""
+    store = str(tmp_path / "r.sqlite")
+    u8, u4 = tmp_path / "u8.safetensors", tmp_path / "u4.safetensors"
+    for bits, path in ((8, u8), (4, u4)):
+        assert run(capsys, "export", "--uniform", str(bits), "--out", str(path), "--no-progress")[0] == 0
+    argv = ["--data", str(val_dir), "--limit", "4", "--no-progress", "--json", "--store", store]
+    first = json.loads(run(capsys, "load", str(u8), *argv)[1])
+    again = json.loads(run(capsys, "load", str(u8), *argv)[1])
+    other = json.loads(run(capsys, "load", str(u4), *argv)[1])
+    off = json.loads(run(capsys, "load", str(u8), *argv, "--no-store")[1])
+    assert (first["from_store"], again["from_store"], other["from_store"], off["from_store"]) == (0, 1, 0, 0)
+    assert again["top1"] == first["top1"] == off["top1"] and again["loss"] == first["loss"]
