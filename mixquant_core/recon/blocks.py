@@ -5,6 +5,12 @@ fitted to its float32 output. That needs the model as a plain chain ``x -> stage
 Supported: EfficientNet-Lite (MBConvBlocks under ``_blocks``), torchvision ResNet/ResNeXt
 (BasicBlock/Bottleneck), torchvision MobileNetV2 (``features`` children), and ``nn.Sequential``.
 The stem, head and classifier are single-layer blocks.
+
+Transformers (BRECQ's block is one encoder layer: attention and MLP with their norms and
+residuals): timm VisionTransformer (ViT, DeiT) and SwinTransformer, torchvision
+VisionTransformer and SwinTransformer. The patch embedding (with the class token and position
+embedding) is the first block, a Swin stage's patch merging its own block, the final norm with
+the pooling and the classifier the last.
 """
 from __future__ import annotations
 
@@ -15,7 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import MixQuantError
-from ..models.layers import QUANTIZABLE
+from ..models.layers import find_layers
 
 
 @dataclass
@@ -26,11 +32,9 @@ class Stage:
 
 
 def _layers_under(model: nn.Module, prefixes: List[str]) -> List[str]:
-    out = []
-    for name, module in model.named_modules():
-        if isinstance(module, QUANTIZABLE) and any(name == p or name.startswith(p + ".") for p in prefixes):
-            out.append(name)
-    return out
+    """The quantizable layers (models.layers.find_layers: whatever counts as a layer) under ``prefixes``."""
+    return [layer.name for layer in find_layers(model)
+            if any(layer.name == p or layer.name.startswith(p + ".") for p in prefixes)]
 
 
 def _lite(m: nn.Module) -> List[Stage]:
@@ -64,6 +68,67 @@ def _sequential(m: nn.Sequential) -> List[Stage]:
     return [Stage(name, child, _layers_under(m, [name])) for name, child in m.named_children()]
 
 
+def _timm_vit(m: nn.Module) -> List[Stage]:
+    embed = lambda x: m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(x))))  # noqa: E731
+    stages = [Stage("patch_embed", embed, _layers_under(m, ["patch_embed"]))]
+    stages += [Stage(f"blocks.{i}", block, _layers_under(m, [f"blocks.{i}"])) for i, block in enumerate(m.blocks)]
+    stages.append(Stage("head", lambda x: m.forward_head(m.norm(x)), _layers_under(m, ["norm", "fc_norm", "head"])))
+    return stages
+
+
+def _timm_swin(m: nn.Module) -> List[Stage]:
+    stages = [Stage("patch_embed", m.patch_embed, _layers_under(m, ["patch_embed"]))]
+    for i, stage in enumerate(m.layers):
+        if _layers_under(m, [f"layers.{i}.downsample"]):
+            stages.append(Stage(f"layers.{i}.downsample", stage.downsample, _layers_under(m, [f"layers.{i}.downsample"])))
+        elif not isinstance(stage.downsample, nn.Identity):
+            raise MixQuantError(f"Swin stage {i}: a patch merging without weights is not supported for reconstruction")
+        stages += [Stage(f"layers.{i}.blocks.{j}", block, _layers_under(m, [f"layers.{i}.blocks.{j}"]))
+                   for j, block in enumerate(stage.blocks)]
+    stages.append(Stage("head", lambda x: m.forward_head(m.norm(x)), _layers_under(m, ["norm", "head"])))
+    return stages
+
+
+def _torchvision_vit(m: nn.Module) -> List[Stage]:
+    def embed(x):
+        x = m._process_input(x)
+        x = torch.cat([m.class_token.expand(x.shape[0], -1, -1), x], dim=1)
+        return m.encoder.dropout(x + m.encoder.pos_embedding)
+
+    stages = [Stage("patch_embed", embed, _layers_under(m, ["conv_proj"]))]
+    stages += [Stage(f"encoder.layers.{name}", layer, _layers_under(m, [f"encoder.layers.{name}"]))
+               for name, layer in m.encoder.layers.named_children()]
+    stages.append(Stage("head", lambda x: m.heads(m.encoder.ln(x)[:, 0]), _layers_under(m, ["heads"])))
+    return stages
+
+
+def _torchvision_swin(m: nn.Module) -> List[Stage]:
+    stages = [Stage("patch_embed", m.features[0], _layers_under(m, ["features.0"]))]
+    for i, part in enumerate(m.features[1:], start=1):
+        if isinstance(part, nn.Sequential):  # a stage of Swin blocks
+            stages += [Stage(f"features.{i}.{name}", block, _layers_under(m, [f"features.{i}.{name}"]))
+                       for name, block in part.named_children()]
+        else:  # patch merging between stages
+            stages.append(Stage(f"features.{i} (downsample)", part, _layers_under(m, [f"features.{i}"])))
+    head = lambda x: m.head(m.flatten(m.avgpool(m.permute(m.norm(x)))))  # noqa: E731
+    stages.append(Stage("head", head, _layers_under(m, ["head"])))
+    return stages
+
+
+def _transformer_stages(model: nn.Module):
+    """The chain of a supported transformer, or None."""
+    cls, module = type(model).__name__, type(model).__module__
+    if module.startswith("timm.") and cls == "VisionTransformer":  # ViT and DeiT (not the distilled class)
+        return _timm_vit(model)
+    if module.startswith("timm.") and cls == "SwinTransformer":
+        return _timm_swin(model)
+    if module.startswith("torchvision.") and cls == "VisionTransformer":
+        return _torchvision_vit(model)
+    if module.startswith("torchvision.") and cls == "SwinTransformer":
+        return _torchvision_swin(model)
+    return None
+
+
 def model_stages(model: nn.Module) -> List[Stage]:
     """The model as a chain of blocks, or a MixQuantError naming what is supported."""
     cls = type(model).__name__
@@ -75,5 +140,9 @@ def model_stages(model: nn.Module) -> List[Stage]:
         return _mobilenet_v2(model)
     if isinstance(model, nn.Sequential):
         return _sequential(model)
-    raise MixQuantError(f"reconstruction supports EfficientNet-Lite, torchvision ResNet/ResNeXt, MobileNetV2 and "
-                        f"nn.Sequential models; {cls} is not one of them (round-to-nearest still works)")
+    stages = _transformer_stages(model)
+    if stages is not None:
+        return stages
+    raise MixQuantError(f"reconstruction supports EfficientNet-Lite, torchvision ResNet/ResNeXt, MobileNetV2, "
+                        f"ViT/DeiT and Swin (timm, torchvision) and nn.Sequential models; {cls} is not one of them "
+                        "(round-to-nearest still works)")
