@@ -5,7 +5,7 @@ import streamlit as st
 
 from mixquant_core import Plan, plan_size
 from mixquant_viz import figures
-from mixquant_core.export.onnx import onnx_bytes, onnx_size_report, read_onnx
+from mixquant_core.export.onnx import onnx_bytes, onnx_size_report, probe_onnx, read_onnx
 from mixquant_core.export.packed import quantized_model_bytes, read_quantized, size_report
 from mixquant_core.studies.tradeoff import rows_to_csv
 from studio_ui import recon_job, sidebar, state, workspaces
@@ -127,13 +127,13 @@ exported_upload = st.file_uploader("Upload a quantized model file to check it ag
                                    type=["safetensors", "onnx"], key="export_upload")
 if exported_upload is not None and exported_upload.name.lower().endswith(".onnx"):
     try:
-        of = read_onnx(exported_upload.getvalue(), ws.loaded.model)
-        of.session()
+        of = read_onnx(exported_upload.getvalue(), ws.loaded.model)  # every claim checked against its graph
+        probe_onnx(of)  # run by ONNX Runtime in a child process with a time and memory limit, never in the server
     except state.USER_ERRORS as exc:
         st.error(f"'{exported_upload.name}' cannot be used: {state.one_line(exc)}")
     else:
         st.success(f"'{exported_upload.name}' is an ONNX export of {ws.loaded.name} that ONNX Runtime runs: "
-                   f"{len(of.plan.layers)} quantized layers ({of.scheme}), {of.plan.size['avg_bits']:.2f} average bits.")
+                   f"{len(of.facts.layers)} quantized layers ({of.scheme}), {of.avg_bits:.2f} average bits.")
 elif exported_upload is not None:
     try:
         qf = read_quantized(exported_upload.getvalue(), ws.loaded.model)

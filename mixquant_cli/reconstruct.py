@@ -168,23 +168,22 @@ def _export_onnx(args, loaded, plan, layers) -> None:
 def _load_onnx(args) -> None:
     from mixquant_core.data.image_sets import open_image_folder
     from mixquant_core.data.load import load_tensors
-    from mixquant_core.export.onnx import evaluate_onnx, read_onnx
+    from mixquant_core.export.onnx import evaluate_onnx, isolated_session, read_onnx
 
-    f = read_onnx(args.file)
-    name = f.plan.model.get("name", "")
-    if args.model and args.model != name:
-        raise MixQuantError(f"'{args.file}' is an ONNX export of {name}, not of {args.model}")
-    f.session()  # ORT must accept it before any image is decoded
-    out = {"file": args.file, "model": name, "layers": len(f.plan.layers), "scheme": f.scheme,
-           "avg_bits": f.plan.size.get("avg_bits"), "engine": "onnxruntime"}
-    if args.data:
-        images = open_image_folder(args.data).subset(args.limit)
-        mode = mode_of(args)
-        with progress(mode, "decode", "images") as cb:
-            data = load_tensors(images, f.preprocess, cb)
-        with progress(mode, "evaluate", "images") as cb:
-            out.update(evaluate_onnx(f, data, progress=cb).summary())
-    _print_load(args, out, f"{args.file}: ONNX, {out['layers']} quantized layers ({out['scheme']}) of {name}, run by ONNX Runtime")
+    f = read_onnx(args.file)  # every claim checked against the graph before anything is shown or run
+    if args.model:
+        f.expect_model(args.model)
+    out = {"file": args.file, **f.summary(), "engine": "onnxruntime"}
+    with isolated_session(f) as session:  # ORT (a limited child) must accept it before any image is decoded
+        if args.data:
+            images = open_image_folder(args.data).subset(args.limit)
+            mode = mode_of(args)
+            with progress(mode, "decode", "images") as cb:
+                data = load_tensors(images, f.preprocess, cb)
+            with progress(mode, "evaluate", "images") as cb:
+                out.update(evaluate_onnx(f, data, progress=cb, session=session).summary())
+    _print_load(args, out, f"{args.file}: ONNX, {out['layers']} quantized layers ({out['scheme']}) of {f.model_label}, "
+                           "run by ONNX Runtime")
 
 
 def _print_load(args, out: dict, line: str) -> None:

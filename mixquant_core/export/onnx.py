@@ -12,8 +12,10 @@ Everything else stays float32. metadata_props holds the plan JSON, the scheme, t
 and the model's identity, so ``mixquant load`` can evaluate the file on its own.
 
 3-, 5-, 6- and 7-bit codes cost their container's width (4 or 8 bits): see ``container_bits``.
-The file is untrusted input when read back: ``read_onnx`` parses it with onnx only (no custom
-domains, no external data) and ONNX Runtime runs it on the CPU.
+The file is untrusted input when read back: ``read_onnx`` parses it with onnx only, bounds the graph
+(onnx_checks.py: an allow-list of operators, shapes known and bounded, the input the preprocessing
+makes) and checks its metadata against the graph and the model it claims (onnx_claims.py); ONNX
+Runtime then runs it on the CPU in a child process with a time and memory limit (onnx_isolated.py).
 """
 from __future__ import annotations
 
@@ -32,20 +34,15 @@ from ..models.preprocess import Preprocess
 from ..plans.plan import Plan
 from ..quant.codes import QuantizedLayer
 from ..quant.quantizers import is_symmetric
+from .onnx_checks import check_input, check_ops, check_output, check_self_contained, check_shapes, read_preprocess
+from .onnx_claims import (GraphFacts, check_against_model, check_plan_layers, check_size_claims, checked_scheme,
+                          container_bits, graph_facts, quantized_layers, verify_registry_claim)
+from .untrusted import OnnxFileError, untrusted_text
 
 ONNX_FORMAT = "mixquant-onnx"
 EXPORT_OPSET = 25  # int2/uint2 DequantizeLinear inputs need opset 25
 _MAX_BYTES = 2 * 1024**3  # protobuf's limit; a bigger "ONNX file" is not one we wrote
 Progress = Optional[Callable[[int, int, str], None]]
-
-
-class OnnxFileError(MixQuantError):
-    """An ONNX file is corrupt, not a MixQuant export, or for another model."""
-
-
-def container_bits(nbits: int) -> int:
-    """Bits one code occupies in the ONNX file: 2, 4 or 8."""
-    return 2 if nbits <= 2 else 4 if nbits <= 4 else 8
 
 
 def _code_dtype(nbits: int, signed: bool):
@@ -139,77 +136,126 @@ def onnx_bytes(model: nn.Module, plan: Plan, preprocess: Preprocess, reconstruct
 # --- reading (untrusted) ---------------------------------------------------------------------
 @dataclass
 class OnnxFile:
+    """A MixQuant ONNX export whose every claim was checked against its graph (read_onnx)."""
     proto: object  # onnx.ModelProto
     plan: Plan
-    scheme: str
-    preprocess: Preprocess
+    scheme: str  # one of QUANTIZERS, and the one its codes are stored with
+    preprocess: Preprocess  # bounded, and the graph's input size
     data: bytes
+    facts: GraphFacts  # layers, average bits, quantized weights: from the graph, never the metadata
+    model_name: Optional[str] = None  # the registry model it was checked against (None: unverified)
+    shown_as: str = "ONNX data"  # the file, as error messages name it
+
+    @property
+    def avg_bits(self) -> float:
+        return self.facts.avg_bits
+
+    @property
+    def model_label(self) -> str:
+        """The model it is for: a checked registry name, or the file's claim marked unverified."""
+        if self.model_name:
+            return self.model_name
+        return f"unverified model name '{untrusted_text(self.plan.model.get('name', ''))}'"
+
+    def summary(self) -> Dict[str, object]:
+        """What ``mixquant load`` shows: every value checked or computed from the graph."""
+        return {"model": self.model_name or untrusted_text(self.plan.model.get("name", "")),
+                "model_verified": self.model_name is not None, "layers": len(self.facts.layers),
+                "scheme": self.scheme, "avg_bits": self.facts.avg_bits,
+                "quantized_params": self.facts.quantized_params, "bytes": len(self.data)}
+
+    def expect_model(self, wanted: str) -> None:
+        """An OnnxFileError unless the file was made for the model named ``wanted`` (the user's name)."""
+        if wanted not in (self.plan.model.get("name", ""), self.model_name):
+            raise OnnxFileError(f"{self.shown_as} is an ONNX export of {self.model_label}, not of {wanted}")
 
     def session(self, threads: Optional[int] = None):
+        """An ONNX Runtime session in this process: for files this process has just built. An
+        untrusted file runs through ``isolated_session`` (a child with limits)."""
         from ..evaluation.engines.onnxruntime_engine import new_session
 
         try:
             return new_session(self.data, threads)
         except Exception as exc:
-            raise OnnxFileError(f"ONNX Runtime cannot run this file: {first_line(exc, 160)}") from None
+            raise OnnxFileError(f"ONNX Runtime cannot run this file: {untrusted_text(first_line(exc), 160)}") from None
 
 
-def read_onnx(path_or_bytes, model: Optional[nn.Module] = None) -> OnnxFile:
-    """Parse and check a MixQuant ONNX export (and, with ``model``, that it was made for it)."""
+def _file_bytes(path_or_bytes) -> Tuple[bytes, str]:
+    if isinstance(path_or_bytes, (bytes, bytearray)):
+        return bytes(path_or_bytes), "ONNX data"
+    name = f"'{os.fspath(path_or_bytes)}'"
+    if not os.path.isfile(path_or_bytes):
+        raise OnnxFileError(f"ONNX file {name} does not exist")
+    if os.path.getsize(path_or_bytes) > _MAX_BYTES:
+        raise OnnxFileError(f"{name} is larger than any ONNX file MixQuant writes")
+    with open(path_or_bytes, "rb") as fh:
+        return fh.read(), name
+
+
+def _parsed(data: bytes, name: str):
+    """The ModelProto and its MixQuant metadata; no operator is looked at yet."""
     import onnx
 
-    if isinstance(path_or_bytes, (bytes, bytearray)):
-        data, name = bytes(path_or_bytes), "ONNX data"
-    else:
-        name = f"'{os.fspath(path_or_bytes)}'"
-        if not os.path.isfile(path_or_bytes):
-            raise OnnxFileError(f"ONNX file {name} does not exist")
-        if os.path.getsize(path_or_bytes) > _MAX_BYTES:
-            raise OnnxFileError(f"{name} is larger than any ONNX file MixQuant writes")
-        with open(path_or_bytes, "rb") as fh:
-            data = fh.read()
     try:
         proto = onnx.load_model_from_string(data)  # never follows external-data paths
     except Exception as exc:
-        raise OnnxFileError(f"{name} is not a readable ONNX file (corrupt or truncated): {first_line(exc, 120)}") from None
+        raise OnnxFileError(f"{name} is not a readable ONNX file (corrupt or truncated): {untrusted_text(first_line(exc), 120)}") from None
     meta = {p.key: p.value for p in proto.metadata_props}
     if meta.get("mixquant_format") != ONNX_FORMAT:
         raise OnnxFileError(f"{name} is not a MixQuant ONNX export (no plan in its metadata; corrupt, truncated or another tool's file)")
-    for tensor in proto.graph.initializer:
-        if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.external_data:
-            raise OnnxFileError(f"{name} refers to external data files ('{tensor.name}'); MixQuant exports are self-contained")
-    custom = sorted({n.domain for n in proto.graph.node if n.domain not in ("", "ai.onnx")})
-    if custom:
-        raise OnnxFileError(f"{name} uses operators of another domain ({custom[0]}); MixQuant exports use standard ONNX only")
+    return proto, meta
+
+
+def _checked_graph(proto, preprocess: Preprocess, name: str) -> None:
+    """The bounds of onnx_checks.py, cheapest first: what ONNX Runtime would be asked to run."""
+    import onnx
+
+    check_self_contained(proto, name)
+    check_ops(proto.graph, name)
     try:
         onnx.checker.check_model(proto)
     except Exception as exc:
-        raise OnnxFileError(f"{name} is not a valid ONNX model (corrupt): {first_line(exc, 120)}") from None
-    plan = Plan.from_json(meta.get("mixquant_plan", ""))
+        raise OnnxFileError(f"{name} is not a valid ONNX model (corrupt): {untrusted_text(first_line(exc), 120)}") from None
+    batch = check_input(proto.graph, preprocess, name)
+    check_output(proto.graph, batch, name)
+    check_shapes(proto, batch, name)
+
+
+def _plan(meta: Dict[str, str], name: str) -> Plan:
     try:
-        fields = json.loads(meta.get("mixquant_preprocess", ""))
-        preprocess = Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
-    except Exception:
-        raise OnnxFileError(f"{name} has unreadable preprocessing metadata (corrupt)") from None
-    out = OnnxFile(proto, plan, meta.get("mixquant_scheme", ""), preprocess, data)
+        return Plan.from_json(meta.get("mixquant_plan", ""))
+    except MixQuantError as exc:
+        raise OnnxFileError(f"{name} holds an invalid plan: {untrusted_text(exc, 300)}") from None
+
+
+def read_onnx(path_or_bytes, model: Optional[nn.Module] = None) -> OnnxFile:
+    """Parse and check a MixQuant ONNX export: bounded graph, metadata that agrees with it, and
+    the model it claims (``model``, or the registry model it names); the first problem is an
+    OnnxFileError of one line."""
+    data, name = _file_bytes(path_or_bytes)
+    proto, meta = _parsed(data, name)
+    preprocess = read_preprocess(meta.get("mixquant_preprocess", ""), name)
+    _checked_graph(proto, preprocess, name)
+    plan = _plan(meta, name)
+    scheme = checked_scheme(meta.get("mixquant_scheme", ""), name)
+    layers = quantized_layers(proto.graph, name)
+    check_plan_layers(plan, scheme, layers, proto.graph, name)
+    facts = graph_facts(plan, layers, proto.graph)
+    check_size_claims(plan, facts, name)
+    out = OnnxFile(proto, plan, scheme, preprocess, data, facts, shown_as=name)
     if model is not None:
         check_onnx_against(out, model)
+    else:
+        out.model_name = verify_registry_claim(plan, preprocess, facts, proto.graph, name)
     return out
 
 
 def check_onnx_against(f: OnnxFile, model: nn.Module) -> None:
-    """An OnnxFileError unless ``f`` was exported from ``model``'s architecture (names and shapes)."""
-    try:
-        f.plan.check_against(model)
-    except MixQuantError as exc:
-        raise OnnxFileError(f"ONNX file is for another model: {exc}") from None
-    shapes = {init.name: tuple(init.dims) for init in f.proto.graph.initializer}
-    for key, value in model.state_dict().items():
-        module_name = key.rpartition(".")[0]
-        there = shapes.get(key + "_codes" if module_name in f.plan.layers and key.endswith(".weight") else key)
-        if there is not None and there != tuple(value.shape):
-            raise OnnxFileError(f"ONNX file is for another model ({f.plan.model.get('name')}): '{key}' has shape "
-                                f"{there} there, {tuple(value.shape)} here")
+    """An OnnxFileError unless ``f`` was exported from ``model``'s architecture (names, shapes, sizes)."""
+    from ..plans.size import float32_bytes
+
+    check_against_model(f.plan, f.facts.layers, f.proto.graph, model, "this model")
+    check_size_claims(f.plan, f.facts, f.shown_as, float32_bytes(model))
 
 
 def onnx_size_report(data: bytes, model: nn.Module, plan: Plan, scheme: str) -> Dict[str, object]:
@@ -223,13 +269,34 @@ def onnx_size_report(data: bytes, model: nn.Module, plan: Plan, scheme: str) -> 
             "difference_pct": 100.0 * (len(data) - accounted) / accounted}
 
 
-def evaluate_onnx(f: OnnxFile, data, batch_size: Optional[int] = None, progress: Progress = None):
-    """Metrics of the file itself, run by ONNX Runtime on the CPU."""
+def isolated_session(f: OnnxFile, threads: Optional[int] = None):
+    """ONNX Runtime on ``f`` in a child process with a time and memory limit (onnx_isolated.py):
+    an ``IsolatedSession``, to close (or use as a context manager)."""
+    from .onnx_isolated import IsolatedSession
+
+    return IsolatedSession(f.data, f.shown_as, threads)
+
+
+def probe_onnx(f: OnnxFile) -> None:
+    """ONNX Runtime opens ``f`` and runs one blank image, in a limited child: an uploaded file
+    is said to run only once it has."""
+    with isolated_session(f) as session:
+        crop = f.preprocess.crop
+        session.run(None, {session.get_inputs()[0].name: np.zeros((1, 3, crop, crop), np.float32)})
+
+
+def evaluate_onnx(f: OnnxFile, data, batch_size: Optional[int] = None, progress: Progress = None, session=None):
+    """Metrics of the file itself, run by ONNX Runtime on the CPU in a limited child process
+    (``session``: one from ``isolated_session`` to reuse; default: a new one)."""
     from ..evaluation.engines.onnxruntime_engine import DEFAULT_BATCH, run_session
 
-    session = f.session()
-    inputs = session.get_inputs()
-    if len(inputs) != 1 or list(inputs[0].shape[1:]) != list(data.image_shape):
-        raise OnnxFileError(f"the ONNX model takes input {inputs[0].shape if inputs else None}, the images are "
+    if list(data.image_shape) != [3, f.preprocess.crop, f.preprocess.crop]:
+        raise OnnxFileError(f"the ONNX model takes images [3, {f.preprocess.crop}, {f.preprocess.crop}], the images are "
                             f"{list(data.image_shape)}")
-    return run_session(session, data, batch_size or DEFAULT_BATCH, progress)
+    own = session is None
+    session = session or isolated_session(f)
+    try:
+        return run_session(session, data, batch_size or DEFAULT_BATCH, progress)
+    finally:
+        if own:
+            session.close()

@@ -11,7 +11,8 @@ in this process as well (its module *is* the model): the child was the probe tha
 within the limits, the second load runs the same trusted code again.
 
 Settings (environment): MIXQUANT_LOAD_TIMEOUT_S (default 300 s), MIXQUANT_LOAD_MEMORY_MB (address
-space the child may add after start-up, default 16384 MB).
+space the child may add after start-up, default 16384 MB). ONNX files run by ONNX Runtime get the
+same limits (export/onnx_isolated.py); the child's side of them is models/child_limits.py.
 """
 from __future__ import annotations
 
@@ -27,15 +28,15 @@ import torch
 
 from ..errors import MixQuantError, ModelUnavailableError, UntrustedCodeError, first_line
 from ..numbers import env_number
+from .child_limits import EXIT_MEMORY, EXIT_UNTRUSTED, EXIT_USER, die_with_parent, limit_memory, tail
 
 TIMEOUT_ENV = "MIXQUANT_LOAD_TIMEOUT_S"
 MEMORY_ENV = "MIXQUANT_LOAD_MEMORY_MB"
 DEFAULT_TIMEOUT_S = 300.0
 DEFAULT_MEMORY_MB = 16384
-_EXIT_USER, _EXIT_UNTRUSTED, _EXIT_MEMORY = 2, 3, 4
 
 
-def _setting(name: str, default: float) -> float:
+def limit_setting(name: str, default: float) -> float:
     """The limit from the environment, bounded as every number a user gives (mixquant_core.numbers)."""
     try:
         return float(env_number(name, default))
@@ -46,8 +47,8 @@ def _setting(name: str, default: float) -> float:
 def run_child(module: str, args: List[str], shown: str) -> Tuple[dict, Dict[str, torch.Tensor]]:
     """Run ``python -m module args... OUT MEMORY_MB`` (a ``child_main``) under the limits; returns
     its JSON line and the tensors it saved to OUT, or raises one line naming ``shown``."""
-    timeout = _setting(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)
-    memory_mb = _setting(MEMORY_ENV, DEFAULT_MEMORY_MB)
+    timeout = limit_setting(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)
+    memory_mb = limit_setting(MEMORY_ENV, DEFAULT_MEMORY_MB)
     with tempfile.TemporaryDirectory(prefix="mixquant-load-") as tmp:
         out = Path(tmp) / "state.pt"
         # The child sees this process's import path, so it reads the file with the same code
@@ -62,13 +63,13 @@ def run_child(module: str, args: List[str], shown: str) -> Tuple[dict, Dict[str,
             except subprocess.TimeoutExpired:  # run() has killed the child
                 raise ModelUnavailableError(f"loading '{shown}' took longer than {timeout:g} s and was stopped "
                                             f"(time limit, {TIMEOUT_ENV})") from None
-            stdout, stderr = _tail(fout), _tail(ferr)
+            stdout, stderr = tail(fout), tail(ferr)
         message = (stderr.strip().splitlines() or [""])[-1][:300]
-        if done.returncode == _EXIT_UNTRUSTED:
+        if done.returncode == EXIT_UNTRUSTED:
             raise UntrustedCodeError(message)
-        if done.returncode == _EXIT_USER:
+        if done.returncode == EXIT_USER:
             raise ModelUnavailableError(message)
-        if done.returncode == _EXIT_MEMORY:
+        if done.returncode == EXIT_MEMORY:
             raise ModelUnavailableError(f"loading '{shown}' needed more than {memory_mb:g} MB and was stopped "
                                         f"(memory limit, {MEMORY_ENV})")
         if done.returncode < 0:
@@ -84,57 +85,26 @@ def run_child(module: str, args: List[str], shown: str) -> Tuple[dict, Dict[str,
     return info, state
 
 
-def _tail(fh, size: int = 65536) -> str:
-    fh.seek(0, os.SEEK_END)
-    fh.seek(max(0, fh.tell() - size))
-    return fh.read().decode("utf-8", "replace")
-
-
-def _limit_memory(extra_mb: int) -> None:
-    import resource
-
-    vm = 0
-    try:
-        with open("/proc/self/status") as fh:
-            vm = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmSize:"))
-    except (OSError, StopIteration, ValueError):
-        pass
-    limit = vm + extra_mb * 1024 * 1024
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
-
-def _die_with_parent() -> None:
-    """Linux: the kernel kills this child when its parent ends (a killed CLI or server leaves no
-    orphan looping on; the time limit itself is enforced by the parent)."""
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 def child_main(load: Callable[..., Tuple[dict, Dict[str, torch.Tensor]]]) -> int:
     """The child's side: ``load(*args, shown)`` under the memory limit, tensors saved for the parent."""
     *args, out, memory_mb = sys.argv[1:]
-    _die_with_parent()
-    _limit_memory(int(memory_mb))
+    die_with_parent()
+    limit_memory(int(memory_mb))
     try:
         info, state = load(*args)
         torch.save({k: v.detach().cpu().clone() for k, v in state.items()}, out)
     except UntrustedCodeError as exc:
         print(exc, file=sys.stderr)
-        return _EXIT_UNTRUSTED
+        return EXIT_UNTRUSTED
     except ModelUnavailableError as exc:
         print(exc, file=sys.stderr)
-        return _EXIT_USER
+        return EXIT_USER
     except MemoryError:
-        return _EXIT_MEMORY
+        return EXIT_MEMORY
     except Exception as exc:  # the file's own code failed: one line back to the parent
         if "allocate memory" in str(exc):  # torch's allocator hit the limit
-            return _EXIT_MEMORY
+            return EXIT_MEMORY
         print(f"'{args[-1]}' does not load: {type(exc).__name__}: {first_line(exc)}", file=sys.stderr)
-        return _EXIT_USER
+        return EXIT_USER
     print(json.dumps(info))
     return 0
