@@ -170,9 +170,13 @@ def _load_onnx(args) -> None:
     from mixquant_core.data.load import load_tensors
     from mixquant_core.export.onnx import evaluate_onnx, isolated_session, read_onnx
 
+    from mixquant_core.evaluation.store import EvalKey, mixquant_version, open_store, remembered
+    from mixquant_core.files import file_digest
+
     f = read_onnx(args.file)  # every claim checked against the graph before anything is shown or run
     if args.model:
         f.expect_model(args.model)
+    store = open_store(args.store, not args.no_store) if args.data else None
     out = {"file": args.file, **f.summary(), "engine": "onnxruntime"}
     with isolated_session(f) as session:  # ORT (a limited child) must accept it before any image is decoded
         if args.data:
@@ -180,8 +184,13 @@ def _load_onnx(args) -> None:
             mode = mode_of(args)
             with progress(mode, "decode", "images") as cb:
                 data = load_tensors(images, f.preprocess, cb)
+            # keyed by the file's content: another file (or an edited one) never reads these numbers
+            key = EvalKey(f"{f.model_label} ({os.path.basename(args.file)})", "onnx-" + file_digest(args.file)[:16],
+                          f.scheme, None, data.fingerprint, len(data), repr(f.preprocess), "onnxruntime-cpu-file",
+                          mixquant_version())
             with progress(mode, "evaluate", "images") as cb:
-                out.update(evaluate_onnx(f, data, progress=cb, session=session).summary())
+                m, stored = remembered(store, key, lambda: evaluate_onnx(f, data, progress=cb, session=session), notice)
+            out.update(m.summary(), from_store=int(stored))
     _print_load(args, out, f"{args.file}: ONNX, {out['layers']} quantized layers ({out['scheme']}) of {f.model_label}, "
                            "run by ONNX Runtime")
 

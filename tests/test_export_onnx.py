@@ -160,6 +160,10 @@ def test_lite0_onnx_file_has_the_fake_quantized_top1_top5(lite0, val_dir, tmp_pa
     data = load_tensors(open_image_folder(val_dir).subset(100), lite0.preprocess)
     fake = Evaluations(ws).evaluate_plan(plan, data)
     assert (loaded["top1"], loaded["top5"], loaded["images"]) == (fake.top1, fake.top5, 100)
-    assert abs(loaded["loss"] - fake.loss) <= 1e-4
+    assert abs(loaded["loss"] - fake.loss) <= 1e-4 and loaded["from_store"] == 0
+    # loaded again: the results store answers (keyed by the file's content), the same numbers
+    assert main(["load", str(out), "--data", str(val_dir), "--limit", "100", "--no-progress", "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["from_store"] == 1 and (again["top1"], again["loss"]) == (loaded["top1"], loaded["loss"])
     assert main(["load", str(out), "--model", "resnet18", "--no-progress"]) == 2
     assert "not of resnet18" in capsys.readouterr().err

@@ -29,7 +29,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, List, Mapping, Optional, Sequence, TypeVar
+from typing import TYPE_CHECKING, Callable, Iterator, List, Mapping, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
 
@@ -537,3 +537,26 @@ def open_store(path: Optional[str] = None, enabled: bool = True) -> Optional[Res
     if not enabled:
         return None
     return ResultsStore(path or default_store_path())
+
+
+def remembered(store: Optional[ResultsStore], key: EvalKey, measure: Callable[[], "Metrics"],
+               notify: Callable[[str], None]) -> Tuple["Metrics", bool]:
+    """(metrics, read from the store?): ``key``'s stored metrics, else ``measure()`` kept in ``store``.
+    A damaged row is measured again and replaced; a store that cannot take a result costs it
+    nothing but a notice (for evaluations outside an Evaluator: an export file's)."""
+    if store is not None:
+        try:
+            got = store.get(key)
+        except DamagedRowError as exc:
+            notify(f"{exc}; measuring it again to replace it")
+            got = None
+        if got is not None:
+            return got, True
+    start = time.perf_counter()
+    metrics = measure()
+    if store is not None:
+        try:
+            store.put(key, metrics, time.perf_counter() - start)
+        except MixQuantError as exc:
+            notify(f"{exc}; results measured now are shown but not stored")
+    return metrics, False
