@@ -5,7 +5,7 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from mixquant_core.models.layers import KINDS
+from mixquant_core.models.layers import KINDS, float32_rest
 from studio_ui import eval_sets, sidebar, state, workspaces
 
 SAMPLE_IMAGES = 8
@@ -39,6 +39,12 @@ for l in ws.layers:
     params[l.kind] += l.params
 st.dataframe(pd.DataFrame([{"kind": k, "layers": counts[k], "parameters": params[k]} for k in KINDS if counts[k]]),
              hide_index=True)
+
+# What no layer covers (norms, biases, embeddings, ...): why the share above is not 100 %.
+rest = float32_rest(model, ws.layers)
+st.caption(f"Stays float32: {sum(g.params for g in rest):,} parameters")
+st.dataframe(pd.DataFrame([{"stays float32": g.reason, "tensors": g.tensors, "parameters": g.params} for g in rest],
+                          columns=["stays float32", "tensors", "parameters"]), hide_index=True)
 
 st.subheader("Evaluation set")
 images = eval_sets.eval_images(s)

@@ -15,7 +15,7 @@ _EXPORTS = {
     # the module, not the package: ``evaluation.evaluate`` is also that submodule's name
     ".evaluation.evaluate": ("Metrics", "evaluate"),
     ".models": ("DEFAULT_MODEL", "KINDS", "PAPER_MODELS", "LayerInfo", "LoadedModel", "build_model", "find_layers",
-                "list_models", "load_model", "resolve_device"),
+                "float32_rest", "list_models", "load_model", "resolve_device"),
     ".plans": ("Plan", "PlanFamily", "SizeSummary", "applied", "breakpoints", "default_qem_grid", "float32_bytes",
                "make_plan", "plan_size", "quantize_model_", "search", "search_many"),
     ".quant": ("DEFAULT_BITS", "QUANTIZERS", "QETable", "dequantize", "fake_quantize", "qe_table", "quantize"),

@@ -17,7 +17,9 @@ from mixquant_core.plans.size import SizeSummary
 
 # One colour per layer kind, shared by every figure so a kind reads the same everywhere.
 KIND_COLORS = {"first_conv": "#d62728", "kxk_conv": "#ff7f0e", "1x1_conv": "#1f77b4",
-               "depthwise": "#2ca02c", "fc": "#9467bd"}
+               "depthwise": "#2ca02c", "fc": "#9467bd",
+               "patch_embed": "#843c39", "attn_qkv": "#e377c2", "attn_out": "#17becf",
+               "mlp_in": "#bcbd22", "mlp_out": "#637939", "head": "#393b79"}
 REFERENCE_STYLE = {"float32": dict(color="#444444", dash="dash"), "int8": dict(color="#8c564b", dash="dot")}
 # float32 labelled above its line, int8 below, so the two labels never overprint each other
 REFERENCE_LABEL = {"float32": "top left", "int8": "bottom right"}

@@ -30,6 +30,10 @@ def test_home_summarises_the_builtin_model_offline():
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Quantizable layers"] == str(len(find_layers(model)))
     assert metrics["Parameters"] == f"{sum(p.numel() for p in model.parameters()):,}"
+    # under the layer kinds, what stays float32 and why
+    rest = next(df.value for df in at.dataframe if "stays float32" in df.value.columns)
+    assert list(rest["stays float32"]) == ["normalization", "bias"]
+    assert rest["parameters"].sum() + sum(l.params for l in find_layers(model)) == sum(p.numel() for p in model.parameters())
     # no eval folder given: Home says so instead of failing
     assert any("No evaluation set" in i.value for i in at.info)
     assert not errors(at)

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ..errors import MixQuantError, first_line
+from ..models.layers import state_key
 from ..models.onnx_graph import float_graph, set_initializers, state_initializers
 from ..models.preprocess import Preprocess
 from ..plans.plan import Plan
@@ -55,8 +56,9 @@ def _code_dtype(nbits: int, signed: bool):
             (4, True): ml_dtypes.int4, (4, False): ml_dtypes.uint4}[(width, signed)]
 
 
-def _layer_tensors(name: str, q: QuantizedLayer):
-    """(codes, scale, zero_point) TensorProtos and the DequantizeLinear node of one layer."""
+def _layer_tensors(key: str, q: QuantizedLayer):
+    """(codes, scale, zero_point) TensorProtos and the DequantizeLinear node of one layer, whose
+    weight is the initializer ``key`` (its state_dict key)."""
     from onnx import helper, numpy_helper
 
     signed = is_symmetric(q.scheme)
@@ -68,7 +70,7 @@ def _layer_tensors(name: str, q: QuantizedLayer):
     scale = q.scale.float().reshape(-1) if per_channel else q.scale.float().reshape(())
     zero_point = zero_point.reshape(-1) if per_channel else zero_point.reshape(())
     dtype = _code_dtype(q.nbits, signed)
-    base = f"{name}.weight"
+    base = key
     inits = [numpy_helper.from_array(codes.numpy().astype(dtype), base + "_codes"),
              numpy_helper.from_array(scale.numpy(), base + "_scale"),
              numpy_helper.from_array(zero_point.numpy().astype(dtype), base + "_zero_point")]
@@ -95,11 +97,11 @@ def build_onnx(model: nn.Module, plan: Plan, layers: Dict[str, QuantizedLayer], 
     proto = float_graph(model, (3, preprocess.crop, preprocess.crop))
     set_initializers(proto, state_initializers(model, proto))  # the model's current floats
     graph = proto.graph
-    planned = {f"{name}.weight" for name in layers}
+    planned = {state_key(model, name) for name in layers}
     kept = [init for init in graph.initializer if init.name not in planned]
     new_inits, nodes = [], []
     for k, (name, q) in enumerate(layers.items()):
-        inits, node = _layer_tensors(name, q)
+        inits, node = _layer_tensors(state_key(model, name), q)
         new_inits += inits
         nodes.append(node)
         if progress:

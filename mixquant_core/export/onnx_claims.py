@@ -19,7 +19,7 @@ import numpy as np
 from torch import nn
 
 from ..errors import MixQuantError
-from ..models.layers import LayerInfo
+from ..models.layers import MATRIX_KINDS, LayerInfo, key_for_name, name_for_key
 from ..models.preprocess import Preprocess
 from ..plans.plan import Plan
 from ..plans.size import FLOAT_BYTES, MB, float32_bytes, quantized_layer_bytes
@@ -73,7 +73,7 @@ def quantized_layers(graph, name: str) -> Dict[str, GraphLayer]:
         if node.op_type != "DequantizeLinear":
             continue
         out = node.output[0] if len(node.output) == 1 else ""
-        layer = out[: -len(".weight")] if out.endswith(".weight") else ""
+        layer = name_for_key(out) or ""
         if not layer or list(node.input) != [out + s for s in SUFFIXES] or not all(i in inits for i in node.input):
             raise OnnxFileError(f"{name}: DequantizeLinear node '{untrusted_text(node.name, 60)}' does not dequantize "
                                 "a layer's stored codes, scale and zero-point (corrupt or edited)")
@@ -134,10 +134,11 @@ def check_plan_layers(plan: Plan, scheme: str, layers: Dict[str, GraphLayer], gr
                                 f"'{scheme}' scheme does not make for a weight of shape {shown_dims(g.shape)}")
         if entry.get("params") is not None and entry["params"] != g.params:
             raise OnnxFileError(f"{name}: layer '{shown}' has {g.params} weights in the graph, {entry['params']} in the plan")
-        if entry.get("kind") is not None and (entry["kind"] == "fc") != (len(g.shape) == 2):
+        if entry.get("kind") is not None and (entry["kind"] in MATRIX_KINDS) != (len(g.shape) == 2):
             raise OnnxFileError(f"{name}: layer '{shown}' is '{untrusted_text(entry['kind'], 20)}' in the plan, its "
                                 f"weight has shape {shown_dims(g.shape)} in the graph")
-        _check_codes_fit(inits[layer + ".weight_codes"], inits[layer + ".weight_zero_point"], bits, g.signed, shown, name)
+        key = key_for_name(layer)
+        _check_codes_fit(inits[key + "_codes"], inits[key + "_zero_point"], bits, g.signed, shown, name)
 
 
 def _check_codes_fit(codes, zero_point, bits: int, signed: bool, shown: str, name: str) -> None:
@@ -163,7 +164,7 @@ def graph_facts(plan: Plan, layers: Dict[str, GraphLayer], graph) -> GraphFacts:
     ordered = {layer: layers[layer] for layer in plan.layers}
     params = sum(g.params for g in ordered.values())
     avg = sum(g.params * int(plan.layers[n]["bits"]) for n, g in ordered.items()) / params if params else 0.0
-    stored = {n + ".weight" + s for n in ordered for s in SUFFIXES}
+    stored = {key_for_name(n) + s for n in ordered for s in SUFFIXES}
     floats = sum(math.prod(i.dims) for i in graph.initializer
                  if i.data_type == TensorProto.FLOAT and i.name not in stored)
     return GraphFacts(ordered, float(avg), int(params), FLOAT_BYTES * (floats + params))
@@ -217,11 +218,11 @@ def check_against_model(plan: Plan, layers: Dict[str, GraphLayer], graph, model:
         raise OnnxFileError(f"ONNX file does not fit {label}: {untrusted_text(exc, 300)}") from None
     state = model.state_dict()
     for layer, g in layers.items():
-        here = tuple(state[layer + ".weight"].shape)
+        here = tuple(state[key_for_name(layer)].shape)
         if g.shape != here:
-            raise OnnxFileError(f"ONNX file is for another model, not {label}: '{untrusted_text(layer)}.weight' "
+            raise OnnxFileError(f"ONNX file is for another model, not {label}: '{untrusted_text(key_for_name(layer))}' "
                                 f"has shape {shown_dims(g.shape)} there, {shown_dims(here)} in {label}")
-    stored = {n + ".weight" + s for n in layers for s in SUFFIXES}
+    stored = {key_for_name(n) + s for n in layers for s in SUFFIXES}
     for init in graph.initializer:
         if init.name in stored:
             continue

@@ -45,6 +45,7 @@ from torch import nn
 
 from ..errors import MixQuantError, first_line
 from ..files import atomic_save
+from ..models.layers import state_key
 from ..plans.plan import Plan
 from ..quant.codes import QuantizedLayer, nearest_layers
 from ..quant.quantizers import QUANTIZERS, is_per_channel, is_symmetric
@@ -148,10 +149,10 @@ def build_tensors(model: nn.Module, plan: Plan, layers: Dict[str, QuantizedLayer
         scales.append(q.scale.reshape(-1).float())
         zps.append(q.zero_point.reshape(-1))
     state = model.state_dict()
+    quantized_keys = {state_key(model, name) for name in layers}
     floats, ints, index = [], [], []
     for key, value in state.items():
-        module_name, _, attr = key.rpartition(".")
-        if attr == "weight" and module_name in layers:
+        if key in quantized_keys:
             index.append([key, list(value.shape), "q"])
         elif value.is_floating_point():
             floats.append(value.detach().float().reshape(-1).cpu())
@@ -291,16 +292,17 @@ def read_quantized(path_or_bytes, model: nn.Module) -> QuantizedFile:
             raise ExportError(f"export file is for another model ({str(plan.model.get('name'))[:80]}): '{key}' has shape "
                               f"{tuple(shape)} there, {tuple(state[key].shape)} here")
     scheme = _check_fields(tensors, meta, plan, model)
-    return QuantizedFile(plan, scheme, _unpack_layers(tensors, plan, scheme, state),
+    keys = {name: state_key(model, name) for name in plan.bits}  # the plan was checked against the model
+    return QuantizedFile(plan, scheme, _unpack_layers(tensors, plan, scheme, state, keys),
                          _unpack_state(tensors, index, state), meta)
 
 
-def _unpack_layers(tensors, plan: Plan, scheme: str, state) -> Dict[str, QuantizedLayer]:
+def _unpack_layers(tensors, plan: Plan, scheme: str, state, keys: Dict[str, str]) -> Dict[str, QuantizedLayer]:
     codes = tensors["codes"].numpy()
     scales, zps = tensors["scales"], tensors.get("zero_points")
     layers, c_off, g_off = {}, 0, 0
     for name, b in plan.bits.items():
-        shape = tuple(state[name + ".weight"].shape)
+        shape = tuple(state[keys[name]].shape)
         n = int(np.prod(shape))
         groups = shape[0] if is_per_channel(scheme) and len(shape) > 1 else 1
         nb = packed_bytes(n, b)

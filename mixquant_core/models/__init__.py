@@ -1,8 +1,8 @@
 """Stage 1, the model: the registry (built-in, torchvision, timm, files), its preprocessing, and
 which layers get quantized. Imports only ``mixquant_core.errors``."""
 from .devices import resolve_device
-from .layers import KINDS, LayerInfo, find_layers
+from .layers import KINDS, LayerInfo, find_layers, float32_rest
 from .registry import DEFAULT_MODEL, PAPER_MODELS, LoadedModel, build_model, list_models, load_model
 
-__all__ = ["KINDS", "LayerInfo", "find_layers", "DEFAULT_MODEL", "PAPER_MODELS", "LoadedModel", "build_model",
+__all__ = ["KINDS", "LayerInfo", "find_layers", "float32_rest", "DEFAULT_MODEL", "PAPER_MODELS", "LoadedModel", "build_model",
            "list_models", "load_model", "resolve_device"]

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..errors import PlanError
 from ..files import atomic_write
-from ..models.layers import LayerInfo, find_layers
+from ..models.layers import LayerInfo, find_layers, layer_weight
 from ..quant.qe import QETable
 from ..quant.quantizers import MAX_BITS, MIN_BITS, QUANTIZERS, fake_quantize
 from .size import float32_bytes, plan_size
@@ -176,27 +176,26 @@ def applied(model: nn.Module, bits: Dict[str, int], quantizer: str) -> Iterator[
     Only the original weights of the quantized layers are held aside (not a second model), and
     the swap writes into the existing parameter storage so references to the model stay valid.
     """
-    modules = dict(model.named_modules())
+    weights = {name: layer_weight(model, name) for name in bits}  # every name checked before any write
     saved = {}
     try:
         with torch.no_grad():
             for name, b in bits.items():
-                w = modules[name].weight
+                w = weights[name]
                 saved[name] = w.detach().clone()
                 w.copy_(fake_quantize(saved[name].float(), int(b), quantizer).to(w.dtype))
         yield model
     finally:
         with torch.no_grad():
             for name, original in saved.items():
-                modules[name].weight.copy_(original)
+                weights[name].copy_(original)
 
 
 def quantize_model_(model: nn.Module, plan: Plan) -> nn.Module:
     """Apply a plan permanently, in place (for export or the user's own pipeline)."""
     plan.check_against(model)
-    modules = dict(model.named_modules())
     with torch.no_grad():
         for name, b in plan.bits.items():
-            w = modules[name].weight
+            w = layer_weight(model, name)
             w.copy_(fake_quantize(w.detach().float(), b, plan.quantizer).to(w.dtype))
     return model

@@ -13,6 +13,7 @@ from typing import Dict
 import torch
 from torch import nn
 
+from ..models.layers import layer_weight
 from .quantizers import QuantMeta, check_finite, dequantize, quantize
 
 
@@ -46,10 +47,9 @@ def unsigned_grid(w: torch.Tensor, nbits: int, scheme: str):
 
 def nearest_layers(model: nn.Module, bits: Dict[str, int], scheme: str) -> Dict[str, QuantizedLayer]:
     """Round-to-nearest codes of the project's quantizers (quantizers.quantize), as QuantizedLayers."""
-    modules = dict(model.named_modules())
     out = {}
     for name, b in bits.items():
-        w = modules[name].weight.detach().float().cpu()
+        w = layer_weight(model, name).detach().float().cpu()
         check_finite(w, name)
         codes, scale, zp = unsigned_grid(w, int(b), scheme)
         out[name] = QuantizedLayer(codes.to(torch.uint8), scale.float(), zp.float(), int(b), scheme)

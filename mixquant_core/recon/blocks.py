@@ -21,20 +21,20 @@ import torch
 from torch import nn
 
 from ..errors import MixQuantError
-from ..models.layers import find_layers
+from ..models.layers import layer_names
 
 
 @dataclass
 class Stage:
     name: str
     run: Callable[[torch.Tensor], torch.Tensor]
-    layers: List[str]  # fully qualified names of the quantizable layers inside
+    layers: List[str]  # names of the layers inside (models/layers.py: attention parameters included)
+    channel_dim: int = 1  # the output's channel dimension: 1 for [N, C, ...], -1 for tokens [N, T, C]
 
 
 def _layers_under(model: nn.Module, prefixes: List[str]) -> List[str]:
-    """The quantizable layers (models.layers.find_layers: whatever counts as a layer) under ``prefixes``."""
-    return [layer.name for layer in find_layers(model)
-            if any(layer.name == p or layer.name.startswith(p + ".") for p in prefixes)]
+    """The quantizable layers (models.layers.layer_names: whatever counts as a layer) under ``prefixes``."""
+    return [name for name in layer_names(model) if any(name == p or name.startswith(p + ".") for p in prefixes)]
 
 
 def _lite(m: nn.Module) -> List[Stage]:
@@ -64,26 +64,30 @@ def _mobilenet_v2(m: nn.Module) -> List[Stage]:
     return stages
 
 
+# Transformer blocks output tokens [N, T, C] (Swin: [N, H, W, C]): channels last.
+TOKENS = -1
+
+
 def _sequential(m: nn.Sequential) -> List[Stage]:
     return [Stage(name, child, _layers_under(m, [name])) for name, child in m.named_children()]
 
 
 def _timm_vit(m: nn.Module) -> List[Stage]:
     embed = lambda x: m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(x))))  # noqa: E731
-    stages = [Stage("patch_embed", embed, _layers_under(m, ["patch_embed"]))]
-    stages += [Stage(f"blocks.{i}", block, _layers_under(m, [f"blocks.{i}"])) for i, block in enumerate(m.blocks)]
+    stages = [Stage("patch_embed", embed, _layers_under(m, ["patch_embed"]), TOKENS)]
+    stages += [Stage(f"blocks.{i}", block, _layers_under(m, [f"blocks.{i}"]), TOKENS) for i, block in enumerate(m.blocks)]
     stages.append(Stage("head", lambda x: m.forward_head(m.norm(x)), _layers_under(m, ["norm", "fc_norm", "head"])))
     return stages
 
 
 def _timm_swin(m: nn.Module) -> List[Stage]:
-    stages = [Stage("patch_embed", m.patch_embed, _layers_under(m, ["patch_embed"]))]
+    stages = [Stage("patch_embed", m.patch_embed, _layers_under(m, ["patch_embed"]), TOKENS)]
     for i, stage in enumerate(m.layers):
         if _layers_under(m, [f"layers.{i}.downsample"]):
-            stages.append(Stage(f"layers.{i}.downsample", stage.downsample, _layers_under(m, [f"layers.{i}.downsample"])))
+            stages.append(Stage(f"layers.{i}.downsample", stage.downsample, _layers_under(m, [f"layers.{i}.downsample"]), TOKENS))
         elif not isinstance(stage.downsample, nn.Identity):
             raise MixQuantError(f"Swin stage {i}: a patch merging without weights is not supported for reconstruction")
-        stages += [Stage(f"layers.{i}.blocks.{j}", block, _layers_under(m, [f"layers.{i}.blocks.{j}"]))
+        stages += [Stage(f"layers.{i}.blocks.{j}", block, _layers_under(m, [f"layers.{i}.blocks.{j}"]), TOKENS)
                    for j, block in enumerate(stage.blocks)]
     stages.append(Stage("head", lambda x: m.forward_head(m.norm(x)), _layers_under(m, ["norm", "head"])))
     return stages
@@ -95,21 +99,21 @@ def _torchvision_vit(m: nn.Module) -> List[Stage]:
         x = torch.cat([m.class_token.expand(x.shape[0], -1, -1), x], dim=1)
         return m.encoder.dropout(x + m.encoder.pos_embedding)
 
-    stages = [Stage("patch_embed", embed, _layers_under(m, ["conv_proj"]))]
-    stages += [Stage(f"encoder.layers.{name}", layer, _layers_under(m, [f"encoder.layers.{name}"]))
+    stages = [Stage("patch_embed", embed, _layers_under(m, ["conv_proj"]), TOKENS)]
+    stages += [Stage(f"encoder.layers.{name}", layer, _layers_under(m, [f"encoder.layers.{name}"]), TOKENS)
                for name, layer in m.encoder.layers.named_children()]
     stages.append(Stage("head", lambda x: m.heads(m.encoder.ln(x)[:, 0]), _layers_under(m, ["heads"])))
     return stages
 
 
 def _torchvision_swin(m: nn.Module) -> List[Stage]:
-    stages = [Stage("patch_embed", m.features[0], _layers_under(m, ["features.0"]))]
+    stages = [Stage("patch_embed", m.features[0], _layers_under(m, ["features.0"]), TOKENS)]
     for i, part in enumerate(m.features[1:], start=1):
         if isinstance(part, nn.Sequential):  # a stage of Swin blocks
-            stages += [Stage(f"features.{i}.{name}", block, _layers_under(m, [f"features.{i}.{name}"]))
+            stages += [Stage(f"features.{i}.{name}", block, _layers_under(m, [f"features.{i}.{name}"]), TOKENS)
                        for name, block in part.named_children()]
         else:  # patch merging between stages
-            stages.append(Stage(f"features.{i} (downsample)", part, _layers_under(m, [f"features.{i}"])))
+            stages.append(Stage(f"features.{i} (downsample)", part, _layers_under(m, [f"features.{i}"]), TOKENS))
     head = lambda x: m.head(m.flatten(m.avgpool(m.permute(m.norm(x)))))  # noqa: E731
     stages.append(Stage("head", head, _layers_under(m, ["head"])))
     return stages

@@ -16,9 +16,13 @@ Weights only (activations stay float32), each layer at the bit-width its plan gi
   uses 1e-3 over 20,000 steps; CPU budgets of a few hundred steps need larger ones). At the end
   h is made hard (V >= 0 rounds up), so every weight is exactly ``(code - zero_point) * scale``
   with an integer code in 0 .. 2^b - 1 (symmetric schemes: offset by the zero-point 2^(b-1)).
-* Blocks (blocks.py): BRECQ's residual blocks, stem/head/classifier alone. A block's input comes
-  from the already-reconstructed quantized model before it, its target from the float32 model
-  (BRECQ's ``asym`` mode). Unlike BRECQ, BatchNorm is not folded into the convolutions: the plan
+* Blocks (blocks.py): BRECQ's residual blocks, stem/head/classifier alone; a vision transformer's
+  encoder layers (its block loss sums over the token features, the last dimension). Every layer
+  of models/layers.py is reconstructed alike, an attention module's packed q/k/v
+  ``in_proj_weight`` included: it is parametrized on that module and AdaRound learns its rounding
+  within its encoder block, on round-to-nearest's grid (per-channel: one range per row of 3E).
+  A block's input comes from the already-reconstructed quantized model before it, its target
+  from the float32 model (BRECQ's ``asym`` mode). Unlike BRECQ, BatchNorm is not folded into the convolutions: the plan
   and the size accounting are over the conv weights, BatchNorm stays float32.
 
 The model passed in is not modified: the work is done on a copy, and the result (integer codes,
@@ -40,6 +44,7 @@ from .adaround import AdaRoundWeight
 from .blocks import Stage, model_stages
 from ..errors import MixQuantError
 from ..models.devices import resolve_device
+from ..models.layers import WeightRef, weight_ref
 from ..quant.codes import QuantizedLayer
 from ..quant.quantizers import QUANTIZERS, check_bits, check_finite
 
@@ -90,9 +95,10 @@ def _beta(step: int, cfg: ReconConfig) -> Optional[float]:
     return cfg.beta_end + (cfg.beta_start - cfg.beta_end) * max(0.0, 1.0 - rel)
 
 
-def block_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Squared error summed over channels (dim 1), averaged over the batch and positions (BRECQ)."""
-    return (pred - target).pow(2).sum(1).mean()
+def block_loss(pred: torch.Tensor, target: torch.Tensor, channel_dim: int = 1) -> torch.Tensor:
+    """Squared error summed over channels, averaged over the batch and positions (BRECQ); channels
+    are dim 1 of [N, C, ...] outputs, dim -1 of a transformer's tokens [N, T, C]."""
+    return (pred - target).pow(2).sum(channel_dim).mean()
 
 
 def _forward_all(run, x: torch.Tensor, chunk: int) -> torch.Tensor:
@@ -112,12 +118,17 @@ def _check_inputs(model: nn.Module, bits: Dict[str, int], calib: torch.Tensor, c
         raise MixQuantError(f"iterations and batch size must be at least 1 (got {cfg.iters}, {cfg.batch_size})")
     if calib.dim() != 4 or len(calib) == 0:
         raise MixQuantError("reconstruction needs at least one calibration image")
-    modules = dict(model.named_modules())
     for name, b in bits.items():
-        if name not in modules or getattr(modules[name], "weight", None) is None:
-            raise MixQuantError(f"layer '{name}' of the plan is not in this model")
+        ref = _plan_layer(model, name)
         check_bits(int(b))
-        check_finite(modules[name].weight.detach(), name)
+        check_finite(ref.tensor.detach(), name)
+
+
+def _plan_layer(model: nn.Module, name: str) -> WeightRef:
+    try:
+        return weight_ref(model, name)
+    except MixQuantError:
+        raise MixQuantError(f"layer '{name[:200]}' of the plan is not in this model") from None
 
 
 def reconstruct(model: nn.Module, bits: Dict[str, int], calib: torch.Tensor, cfg: ReconConfig = ReconConfig(),
@@ -138,7 +149,7 @@ def reconstruct(model: nn.Module, bits: Dict[str, int], calib: torch.Tensor, cfg
     missing = [n for n in bits if n not in covered]
     if missing:
         raise MixQuantError(f"layer '{missing[0]}' is outside the blocks reconstruction knows for this model")
-    modules = dict(work.named_modules())
+    refs = {n: weight_ref(work, n) for n in bits}
     gen = torch.Generator().manual_seed(cfg.seed)  # the only randomness: which samples each step sees
     chunk = max(cfg.batch_size, 64)
     x_fp = calib.to(device)
@@ -152,8 +163,9 @@ def reconstruct(model: nn.Module, bits: Dict[str, int], calib: torch.Tensor, cfg
             t0 = time.perf_counter()
             params = []
             for n in names:
-                p = AdaRoundWeight(modules[n].weight, int(bits[n]), cfg.scheme).to(device)
-                parametrize.register_parametrization(modules[n], "weight", p, unsafe=True)
+                # an attention module's in_proj_weight is parametrized on that module like any weight
+                p = AdaRoundWeight(refs[n].tensor, int(bits[n]), cfg.scheme).to(device)
+                parametrize.register_parametrization(refs[n].owner, refs[n].attr, p, unsafe=True)
                 params.append(p)
             report = _fit_block(stage, params, x_q, target, cfg, gen, chunk,
                                 lambda i, what: progress and progress(done + i, total, what))
@@ -165,9 +177,9 @@ def reconstruct(model: nn.Module, bits: Dict[str, int], calib: torch.Tensor, cfg
             x_q_next = _forward_all(stage.run, x_q, chunk)
             for n, p in zip(names, params):
                 result.layers[n] = p.result()
-                parametrize.remove_parametrizations(modules[n], "weight", leave_parametrized=False)
+                parametrize.remove_parametrizations(refs[n].owner, refs[n].attr, leave_parametrized=False)
                 with torch.no_grad():
-                    modules[n].weight.copy_(result.layers[n].weight())
+                    refs[n].tensor.copy_(result.layers[n].weight())
         else:
             x_q_next = _forward_all(stage.run, x_q, chunk)
         x_fp, x_q = target, x_q_next
@@ -184,7 +196,7 @@ def _fit_block(stage: Stage, params: List[AdaRoundWeight], x_q: torch.Tensor, ta
     def eval_mse(mode: str) -> float:
         _set_mode(params, mode)
         with torch.no_grad():
-            errs = [block_loss(stage.run(x_q[i:i + chunk]), target[i:i + chunk]) * len(x_q[i:i + chunk])
+            errs = [block_loss(stage.run(x_q[i:i + chunk]), target[i:i + chunk], stage.channel_dim) * len(x_q[i:i + chunk])
                     for i in range(0, n_eval, chunk)]
         return float(sum(errs) / n_eval)
 
@@ -194,7 +206,7 @@ def _fit_block(stage: Stage, params: List[AdaRoundWeight], x_q: torch.Tensor, ta
     for step in range(cfg.iters):
         idx = torch.randint(len(x_q), (min(cfg.batch_size, len(x_q)),), generator=gen).to(x_q.device)
         with torch.enable_grad():
-            rec = block_loss(stage.run(x_q[idx]), target[idx])
+            rec = block_loss(stage.run(x_q[idx]), target[idx], stage.channel_dim)
             beta = _beta(step, cfg)
             loss = rec if beta is None else rec + cfg.round_weight * sum(p.round_loss(beta) for p in params)
             opt.zero_grad(set_to_none=True)
@@ -209,23 +221,30 @@ def _fit_block(stage: Stage, params: List[AdaRoundWeight], x_q: torch.Tensor, ta
 
 
 # --- applying a result --------------------------------------------------------------------------
-def check_result_fits(model: nn.Module, layers: Dict[str, QuantizedLayer]) -> None:
-    modules = dict(model.named_modules())
+def _result_weights(model: nn.Module, layers: Dict[str, QuantizedLayer]) -> Dict[str, torch.Tensor]:
+    """Each quantized layer's weight in ``model``, checked to exist and to have the codes' shape."""
+    weights = {}
     for name, q in layers.items():
-        w = getattr(modules.get(name), "weight", None)
-        if w is None:
-            raise MixQuantError(f"quantized layer '{name}' is not in this model")
+        try:
+            w = weights[name] = weight_ref(model, name).tensor
+        except MixQuantError:
+            raise MixQuantError(f"quantized layer '{name[:200]}' is not in this model") from None
         if tuple(w.shape) != tuple(q.codes.shape):
             raise MixQuantError(f"quantized layer '{name}' has shape {tuple(q.codes.shape)}, the model's is {tuple(w.shape)}")
+    return weights
+
+
+def check_result_fits(model: nn.Module, layers: Dict[str, QuantizedLayer]) -> None:
+    """A MixQuantError unless every quantized layer is in ``model`` with its codes' shape."""
+    _result_weights(model, layers)
 
 
 def apply_quantized_(model: nn.Module, layers: Dict[str, QuantizedLayer]) -> nn.Module:
     """Write each layer's dequantized codes into the model, in place."""
-    check_result_fits(model, layers)
-    modules = dict(model.named_modules())
+    weights = _result_weights(model, layers)
     with torch.no_grad():
         for name, q in layers.items():
-            w = modules[name].weight
+            w = weights[name]
             w.copy_(q.weight().to(w.device, w.dtype))
     return model
 
@@ -233,16 +252,15 @@ def apply_quantized_(model: nn.Module, layers: Dict[str, QuantizedLayer]) -> nn.
 @contextmanager
 def quantized_applied(model: nn.Module, layers: Dict[str, QuantizedLayer]) -> Iterator[nn.Module]:
     """Like plan.applied: the quantized weights for the duration of the block, then the originals."""
-    check_result_fits(model, layers)
-    modules = dict(model.named_modules())
-    saved = {name: modules[name].weight.detach().clone() for name in layers}
+    weights = _result_weights(model, layers)
+    saved = {name: weights[name].detach().clone() for name in layers}
     try:
         apply_quantized_(model, layers)
         yield model
     finally:
         with torch.no_grad():
             for name, original in saved.items():
-                modules[name].weight.copy_(original)
+                weights[name].copy_(original)
 
 
 def reconstruct_plan(model: nn.Module, plan, calib: torch.Tensor, cfg: ReconConfig = ReconConfig(),

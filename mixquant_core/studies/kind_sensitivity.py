@@ -1,7 +1,8 @@
 """Section 6 of the paper: which kind of layer is most sensitive to quantization.
 
 Two views: accuracy when only the layers of one kind (first_conv, kxk_conv, 1x1_conv, depthwise,
-fc) drop to b bits while every other layer stays at 8 bits, and the single layer with the highest
+fc; for transformers patch_embed, attn_qkv, attn_out, mlp_in, mlp_out, head: models/layers.py KINDS)
+drop to b bits while every other layer stays at 8 bits, and the single layer with the highest
 relative quantization error (RQE) at each bit-width (the paper's Table 4).
 """
 from __future__ import annotations

@@ -19,6 +19,7 @@ from torch import nn
 
 from ...data.image_sets import EvalTensors, usable_cores
 from ...errors import MixQuantError
+from ...models.layers import weight_ref
 from ...models.onnx_graph import INPUT_NAME, OnnxExportError, float_graph, set_initializers, state_initializers
 from ...quant.quantizers import fake_quantize
 from ..evaluate import Metrics, PerImageResults, Progress
@@ -44,9 +45,10 @@ def new_session(model_bytes: bytes, threads: Optional[int] = None):
 
 
 def planned_weights(model: nn.Module, bits: Dict[str, int], quantizer: str) -> Dict[str, torch.Tensor]:
-    """name.weight -> fake-quantized weight for every planned layer (what ``plans.applied`` writes)."""
-    modules = dict(model.named_modules())
-    return {f"{name}.weight": fake_quantize(modules[name].weight.detach().float().cpu(), int(b), quantizer)
+    """State-dict key (the graph's initializer name) -> fake-quantized weight for every planned layer
+    (what ``plans.applied`` writes)."""
+    refs = {name: weight_ref(model, name) for name in bits}
+    return {refs[name].key: fake_quantize(refs[name].tensor.detach().float().cpu(), int(b), quantizer)
             for name, b in bits.items()}
 
 
