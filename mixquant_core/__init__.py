@@ -4,7 +4,7 @@ models/, data/ -> quant/ -> plans/ -> evaluation/ -> recon/ -> export/ -> worksp
 Knows nothing of any UI or plotting; the CLI (``mixquant_cli``), the figures (``mixquant_viz``),
 the Streamlit app and the tests all call it.
 """
-import importlib
+from .lazy import lazy_exports
 
 # The public API, by the module that exports it. Imported on first use (PEP 562, ``__getattr__``
 # below): importing one light module such as ``mixquant_core.errors`` runs this file, and must not
@@ -26,14 +26,4 @@ __all__ = [name for names in _EXPORTS.values() for name in names]
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str):
-    for module, names in _EXPORTS.items():
-        if name in names:
-            value = getattr(importlib.import_module(module, __name__), name)
-            globals()[name] = value  # later look-ups are plain attribute reads
-            return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
