@@ -6,8 +6,8 @@ import torch
 import torchvision
 
 from mixquant_core.errors import ModelUnavailableError
-from mixquant_core.models.registry import (PAPER_MODELS, build_model, fingerprint, list_models, load_model,
-                                  torchvision_cache_path)
+from mixquant_core.models.registry import (PAPER_MODELS, build_model, fingerprint, is_registry_name, list_models,
+                                           load_model, torchvision_cache_path)
 
 
 def test_registry_lists_builtin_then_paper_models_first():
@@ -78,6 +78,43 @@ def test_timm_models_build_and_offline_pretrained_fails_clearly(monkeypatch):
 def test_unknown_name_rejected():
     with pytest.raises(ModelUnavailableError, match="unknown model 'resnet9000'"):
         load_model("resnet9000")
+
+
+@pytest.mark.parametrize("name", ["swin_tiny_patch4_window7_224", "swin_tiny_patch4_window7_224.ms_in1k",
+                                  "timm/swin_tiny_patch4_window7_224"])
+def test_timm_names_resolve_with_or_without_a_pretrained_tag(name):
+    pytest.importorskip("timm")
+    assert is_registry_name(name)  # untagged: timm's default weights, as timm.create_model picks them
+
+
+def test_untagged_timm_architecture_builds_and_loads_weights_as_arch(tmp_path, monkeypatch):
+    pytest.importorskip("timm")
+    tiny = build_model("test_resnet", pretrained=False)  # untagged; listed only as test_resnet.r160_in1k
+    assert tiny.source == "timm" and tiny.name == "test_resnet"
+    path = tmp_path / "mine.pth"
+    torch.save(tiny.model.state_dict(), path)
+    for arch in ("test_resnet", "test_resnet.r160_in1k"):  # --arch takes both
+        assert load_model(str(path), arch=arch).fingerprint == tiny.fingerprint
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ModelUnavailableError, match="timm weights for 'test_resnet'") as err:
+        load_model("test_resnet")  # --model: the default weights, which cannot be downloaded offline
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_name_suggests_the_nearest_registry_names(tmp_path):
+    with pytest.raises(ModelUnavailableError) as err:
+        load_model("resnet5")
+    msg = str(err.value)
+    assert msg.startswith("unknown model 'resnet5': not a file and not in the registry; did you mean resnet50, ")
+    assert msg.endswith("? (see `mixquant models`)") and "\n" not in msg
+    path = tmp_path / "mine.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    with pytest.raises(ModelUnavailableError, match="unknown model 'vit_smal_patch16_224'.*did you mean vit_small_patch16_224"):
+        load_model(str(path), arch="vit_smal_patch16_224")  # --arch too
+    with pytest.raises(ModelUnavailableError, match=r"^unknown model 'qqqqzzzz': not a file and not in the registry \(see"):
+        load_model("qqqqzzzz")  # nothing near: no suggestion
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ module in eval mode, its preprocessing and a fingerprint of its weights (plans r
 """
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import hashlib
 import os
@@ -131,6 +132,24 @@ def _timm_names() -> List[str]:
     return list(timm.list_models(pretrained=True))
 
 
+def _is_timm_architecture(name: str) -> bool:
+    """An untagged timm architecture name (``swin_tiny_patch4_window7_224``): timm builds it, with
+    its default pretrained weights when asked for weights. Tagged names must be listed ones."""
+    if "." in name or not timm_available():
+        return False
+    import timm
+
+    return timm.is_model(name)
+
+
+def _timm_architectures() -> List[str]:
+    if not timm_available():
+        return []
+    import timm
+
+    return list(timm.list_models())
+
+
 def _build_timm(name: str, pretrained: bool = True) -> LoadedModel:
     if not timm_available():
         raise ModelUnavailableError("timm models need the package timm: pip install timm")
@@ -166,9 +185,17 @@ def _resolve_source(name: str) -> str:
         return "builtin"
     if name in _torchvision_names():
         return "torchvision"
-    if name in set(_timm_names()):
+    if name in set(_timm_names()) or _is_timm_architecture(name):
         return "timm"
-    raise ModelUnavailableError(f"unknown model '{name}': not a file and not in the registry (see `mixquant models`)")
+    raise ModelUnavailableError(f"unknown model '{name}': not a file and not in the registry{_did_you_mean(name)} "
+                                "(see `mixquant models`)")
+
+
+def _did_you_mean(name: str, count: int = 5) -> str:
+    """"; did you mean a, b, c?" naming the registry names nearest ``name`` (difflib), or ""."""
+    names = dict.fromkeys([e.name for e in list_models()] + _timm_architectures())  # ordered, no repeats
+    near = difflib.get_close_matches(name, list(names), n=count)
+    return f"; did you mean {', '.join(near)}?" if near else ""
 
 
 def is_registry_name(name: str) -> bool:
