@@ -28,17 +28,18 @@ from .onnx_fold import put_in_known_sizes, small_constants
 from .untrusted import OnnxFileError, shown_dims, untrusted_text
 
 # Operators of MixQuant's exports: what torch's exporter writes for the registry's image
-# classifiers (EfficientNet-Lite, ResNet, MobileNet, ShuffleNet, RegNet, DenseNet, ConvNeXt...)
-# and DequantizeLinear. Element-wise, normalisation, pooling, reduction and reshaping ops only.
+# classifiers (EfficientNet-Lite, ResNet, MobileNet, ShuffleNet, RegNet, DenseNet, ConvNeXt...;
+# transformers add Equal/Where (shape asserts, masks) and Mod (Swin's window shifts)) and
+# DequantizeLinear. Element-wise, normalisation, pooling, reduction and reshaping ops only.
 ALLOWED_OPS = frozenset({
     "Abs", "Add", "AveragePool", "BatchNormalization", "Cast", "Ceil", "Clip", "Concat", "Constant",
-    "ConstantOfShape", "Conv", "DequantizeLinear", "Div", "Elu", "Erf", "Exp", "Expand",
+    "ConstantOfShape", "Conv", "DequantizeLinear", "Div", "Elu", "Equal", "Erf", "Exp", "Expand",
     "Flatten", "Floor", "Gather", "Gelu", "Gemm", "GlobalAveragePool", "GlobalMaxPool",
     "GroupNormalization", "HardSigmoid", "HardSwish", "Identity", "InstanceNormalization",
     "LayerNormalization", "LeakyRelu", "Log", "LogSoftmax", "MatMul", "Max", "MaxPool", "Mean", "Min",
-    "Mish", "Mul", "Neg", "Pad", "Pow", "PRelu", "Reciprocal", "ReduceMax", "ReduceMean", "ReduceMin",
+    "Mish", "Mod", "Mul", "Neg", "Pad", "Pow", "PRelu", "Reciprocal", "ReduceMax", "ReduceMean", "ReduceMin",
     "ReduceSum", "Relu", "Reshape", "Selu", "Shape", "Sigmoid", "Slice", "Softmax", "Softplus", "Split",
-    "Sqrt", "Squeeze", "Sub", "Sum", "Tanh", "Transpose", "Unsqueeze",
+    "Sqrt", "Squeeze", "Sub", "Sum", "Tanh", "Transpose", "Unsqueeze", "Where",
 })
 # Ops whose output size is read from a tensor's values: their shape must be known up front.
 SIZED_BY_DATA = frozenset({"ConstantOfShape", "Expand", "Pad"})
@@ -140,16 +141,39 @@ def _with_known_sizes(proto, name: str):
     return inferred
 
 
+def _at_batch_one(proto, batch: str):
+    """A copy of ``proto`` whose input and output batch dim is 1: sizes computed from the input's
+    shape become constants (per image, as every bound here counts them)."""
+    import onnx
+
+    one = onnx.ModelProto()
+    one.CopyFrom(proto)
+    for value in list(one.graph.input) + list(one.graph.output):
+        for d in value.type.tensor_type.shape.dim:
+            if d.dim_param == batch:
+                d.Clear()
+                d.dim_value = 1
+    del one.graph.value_info[:]
+    return one
+
+
 def check_shapes(proto, batch: str, name: str) -> None:
     """No tensor holds more than MAX_ELEMENTS values per image (MAX_WEIGHT_ELEMENTS without a batch
     dim), and the data-sized ops' shapes are known before anything runs."""
     inferred = _with_known_sizes(proto, name)
     shapes = _shapes(inferred)
+    one_image = None  # the shapes at a batch of one image, worked out when first needed
     for node in inferred.graph.node:
         for out in node.output:
             dims = shapes.get(out)
             elements = per_image_elements(dims, batch)
             what = f"{untrusted_text(node.op_type, 40)} node '{untrusted_text(node.name, 60)}'"
+            if elements is None and node.op_type in SIZED_BY_DATA:
+                # A transformer sizes some of these from the input's shape (the class token expanded
+                # to the batch, Swin's padding to whole windows): known once the batch is.
+                if one_image is None:
+                    one_image = _shapes(_with_known_sizes(_at_batch_one(proto, batch), name))
+                elements = per_image_elements(one_image.get(out), batch)
             if elements is None and node.op_type in SIZED_BY_DATA:
                 raise OnnxFileError(f"{name}: the {what} takes its size from values known only at run time; refused "
                                     "(an untrusted graph's allocations must be sized up front)")

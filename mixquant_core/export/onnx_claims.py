@@ -19,7 +19,7 @@ import numpy as np
 from torch import nn
 
 from ..errors import MixQuantError
-from ..models.layers import MATRIX_KINDS, LayerInfo, key_for_name, name_for_key
+from ..models.layers import CONV_KINDS, MATRIX_KINDS, LayerInfo, key_for_name, name_for_key
 from ..models.preprocess import Preprocess
 from ..plans.plan import Plan
 from ..plans.size import FLOAT_BYTES, MB, float32_bytes, quantized_layer_bytes
@@ -134,7 +134,8 @@ def check_plan_layers(plan: Plan, scheme: str, layers: Dict[str, GraphLayer], gr
                                 f"'{scheme}' scheme does not make for a weight of shape {shown_dims(g.shape)}")
         if entry.get("params") is not None and entry["params"] != g.params:
             raise OnnxFileError(f"{name}: layer '{shown}' has {g.params} weights in the graph, {entry['params']} in the plan")
-        if entry.get("kind") is not None and (entry["kind"] in MATRIX_KINDS) != (len(g.shape) == 2):
+        kind = entry.get("kind")
+        if (kind in MATRIX_KINDS and len(g.shape) != 2) or (kind in CONV_KINDS and len(g.shape) == 2):
             raise OnnxFileError(f"{name}: layer '{shown}' is '{untrusted_text(entry['kind'], 20)}' in the plan, its "
                                 f"weight has shape {shown_dims(g.shape)} in the graph")
         key = key_for_name(layer)

@@ -23,9 +23,12 @@ FOLD_LIMIT = 4096  # values in a tensor evaluated here: shape arithmetic, never 
 MAX_EVALUATIONS = 20_000  # nodes evaluated (about 1 ms each); Lite0's 17 paddings take 378
 SAME_SIZE = frozenset({"Identity", "Cast", "Unsqueeze", "Squeeze", "Reshape", "Transpose", "Slice", "Neg", "Abs",
                        "Floor", "Ceil", "Clip", "Concat", "Constant"})
-BROADCAST = frozenset({"Add", "Sub", "Mul", "Div", "Max", "Min"})
-# Which inputs size the output of each data-sized op (the others are the data).
-SIZE_INPUTS = {"ConstantOfShape": (0,), "Expand": (1,), "Pad": (1, 2, 3)}
+# element-wise on broadcast inputs (Equal/Where: torch's expand(-1, ...) sizes; Mod: Swin's padding to windows)
+BROADCAST = frozenset({"Add", "Sub", "Mul", "Div", "Max", "Min", "Mod", "Equal", "Where"})
+# Which inputs size the output of each data-sized op (the others are the data); and Reshape's shape,
+# which is not an allocation but makes the shapes after it known (Swin's patch merging, whose
+# output a later Pad reads).
+SIZE_INPUTS = {"ConstantOfShape": (0,), "Expand": (1,), "Pad": (1, 2, 3), "Reshape": (1,)}
 
 
 def _elements(shape) -> int:

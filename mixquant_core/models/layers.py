@@ -33,7 +33,10 @@ CNN_KINDS = ("first_conv", "kxk_conv", "1x1_conv", "depthwise", "fc")
 # ... and the roles a weight plays in a transformer block, decided from the module structure.
 TRANSFORMER_KINDS = ("patch_embed", "attn_qkv", "attn_out", "mlp_in", "mlp_out", "head")
 KINDS = CNN_KINDS + TRANSFORMER_KINDS
-MATRIX_KINDS = frozenset({"fc", "attn_qkv", "attn_out", "mlp_in", "mlp_out", "head"})  # 2-D weights
+# Kinds whose weight has a known rank (a file's claims are checked against its tensors with these);
+# a transformer's projections and head may be Linear (2-D) or 1x1 Conv (ConvNeXt's MLP): any rank.
+MATRIX_KINDS = frozenset({"fc"})
+CONV_KINDS = frozenset({"first_conv", "kxk_conv", "1x1_conv", "depthwise", "patch_embed"})
 
 # Projection weights nn.MultiheadAttention holds itself (not in a Linear): the packed one, or the
 # three separate ones it uses when q, k and v have different sizes. The unused ones are None.
