@@ -50,7 +50,11 @@ def _open(workdir: Path, threads: int):
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only
-    return ort.InferenceSession(str(workdir / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    # As the evaluation engine's sessions (onnxruntime_engine.new_session, which this module must not
+    # import): a transformer's fused int4 MatMul in float32, and 2-bit Linear layers loadable.
+    options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
+    return ort.InferenceSession(str(workdir / "model.onnx"), options, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=["TransposeOptimizer"])
 
 
 def _signature(args) -> list:
