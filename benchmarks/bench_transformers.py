@@ -40,6 +40,7 @@ def qe_figures(loaded, quantizers) -> list:
     base = Workspace(loaded, quantizers[0], device="cpu", engine="torch")
     weights = layer_weights(loaded.model, base.layers)
     floor = seconds(lambda: [w.sum() for w in weights])
+    Workspace(loaded, quantizers[0], device="cpu", engine="torch").table()  # warm-up: numba compiles its kernels once
     params = sum(w.numel() for w in weights)
     covered = 100 * params / sum(p.numel() for p in loaded.model.parameters())
     for q in quantizers:
