@@ -174,3 +174,36 @@ def test_every_state_tensor_is_its_own_initializer_and_batchnorm_stays(make):
     n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
     assert sum(n.op_type == "BatchNormalization" for n in proto.graph.node) == n_bn
     onnx.checker.check_model(proto)
+
+
+def _torchvision_vit() -> nn.Module:
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    return VisionTransformer(image_size=SIZE, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64,
+                             num_classes=10).eval()
+
+
+@pytest.mark.parametrize("quantizer", ["asymmetric", "per-channel"])
+def test_onnx_round_trip_is_bit_exact_for_attention_weights(quantizer, one_thread):
+    """Each layer's codes, scale and zero-point in the file dequantize to exactly its fake-quantized
+    weight: nn.MultiheadAttention's packed in_proj_weight (stored under its parameter's name) too."""
+    from onnx import numpy_helper
+
+    from mixquant_core.models.layers import find_layers, layer_weight, state_key
+    from mixquant_core.quant.quantizers import fake_quantize
+
+    model = _torchvision_vit()
+    layers = find_layers(model)
+    assert any(layer.name.endswith("in_proj_weight") for layer in layers)
+    loaded = LoadedModel(model, "tv-vit", "file", Preprocess(resize=SIZE, crop=SIZE), fingerprint="test")
+    plan = Workspace(loaded, quantizer, device="cpu").plan_from_bits([(4, 8, 2, 6)[k % 4] for k in range(len(layers))])
+    inits = {i.name: i for i in onnx.load_from_string(onnx_bytes(model, plan, loaded.preprocess)).graph.initializer}
+    for name, b in plan.bits.items():
+        key = state_key(model, name)
+        q = numpy_helper.to_array(inits[key + "_codes"]).astype(np.float32)
+        scale = numpy_helper.to_array(inits[key + "_scale"]).copy()
+        zp = numpy_helper.to_array(inits[key + "_zero_point"]).astype(np.float32)
+        shape = (-1,) + (1,) * (q.ndim - 1) if scale.ndim else ()
+        weight = (torch.from_numpy(q) - torch.from_numpy(zp).reshape(shape)) * torch.from_numpy(scale).reshape(shape)
+        assert torch.equal(weight, fake_quantize(layer_weight(model, name).detach(), b, quantizer)), name
