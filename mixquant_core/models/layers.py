@@ -338,7 +338,9 @@ class Float32Group:
 
 
 def _parameter_owners(model: nn.Module) -> Dict[str, Tuple[nn.Module, str]]:
-    return {_join(mname, attr): (m, attr) for mname, m in model.named_modules() for attr in m._parameters}
+    # named_parameters(recurse=False), not _parameters: a TorchScript module's cannot be iterated
+    return {_join(mname, attr): (m, attr) for mname, m in model.named_modules()
+            for attr, _ in m.named_parameters(recurse=False)}
 
 
 def _float32_reason(owner: nn.Module, attr: str) -> str:
