@@ -90,6 +90,7 @@ def test_cli_search_max_drop_on_lite0(val_dir, tmp_path):
     assert json.loads(again.stdout)["from_store"] == report["evaluated"] + 1
     # no --data and no MIXQUANT_DATA (whose evaluation set is the default): one line naming --data
     no_env = {k: v for k, v in os.environ.items() if k != "MIXQUANT_DATA"}
-    no_data = subprocess.run(cmd[:5] + ["--no-progress"], capture_output=True, text=True, cwd=REPO, timeout=300,
-                             env=no_env)
+    no_data = subprocess.run(cmd[:6] + ["--no-progress"], capture_output=True, text=True, cwd=REPO, timeout=300,
+                             env=no_env)  # search --max-drop 3, nothing else
     assert no_data.returncode == 2 and "--data" in no_data.stderr and "Traceback" not in no_data.stderr
+    assert no_data.stderr.count("\n") == 1 and "expected one argument" not in no_data.stderr
