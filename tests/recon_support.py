@@ -39,3 +39,11 @@ def workspace(model: nn.Module, quantizer: str = "asymmetric") -> Workspace:
 
 
 MIXED_BITS = [5, 3, 2, 4, 6]  # one per quantizable layer of tiny_chain, in model order
+
+
+def chain_output(stages, x: torch.Tensor) -> torch.Tensor:
+    """What a model's chain of reconstruction blocks (recon.blocks.model_stages) computes from ``x``."""
+    with torch.no_grad():
+        for stage in stages:
+            x = stage.run(x)
+    return x

@@ -12,6 +12,7 @@ from mixquant_core.models.layers import find_layers
 from mixquant_core.quant.quantizers import fake_quantize
 from mixquant_core.recon.blocks import model_stages
 from mixquant_core.recon.reconstruct import ReconConfig, reconstruct
+from recon_support import chain_output
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -58,10 +59,7 @@ def test_the_chain_of_blocks_is_the_model_and_covers_every_layer(name):
     x = torch.randn(3, 3, size, size)
     stages = model_stages(model)
     with torch.no_grad():
-        y = x
-        for stage in stages:
-            y = stage.run(y)
-        assert torch.equal(y, model(x))
+        assert torch.equal(chain_output(stages, x), model(x))
     in_blocks = [n for s in stages for n in s.layers]
     assert sorted(in_blocks) == sorted(layer.name for layer in find_layers(model))  # each layer in one block
     assert len(in_blocks) == len(set(in_blocks))

@@ -10,7 +10,7 @@ from mixquant_core.recon.blocks import model_stages
 from mixquant_core.errors import MixQuantError
 from mixquant_core.recon.reconstruct import (ReconConfig, apply_quantized_, reconstruct,
                                        reconstruct_plan)
-from recon_support import MIXED_BITS, images, tiny_chain, workspace
+from recon_support import MIXED_BITS, chain_output, images, tiny_chain, workspace
 
 CFG = ReconConfig(iters=100, batch_size=8, lr=3e-2, seed=0, eval_samples=16)
 
@@ -104,10 +104,7 @@ def test_block_chain_reproduces_the_model(name):
     x = images(2, 64)
     stages = model_stages(model)
     with torch.no_grad():
-        y = x
-        for stage in stages:
-            y = stage.run(y)
-        assert torch.allclose(y, model(x), atol=1e-5)
+        assert torch.allclose(chain_output(stages, x), model(x), atol=1e-5)
     covered = [n for s in stages for n in s.layers]
     assert covered == [l.name for l in find_layers(model)]
 

@@ -29,6 +29,7 @@ from mixquant_core.quant.quantizers import fake_quantize
 from mixquant_core.recon.blocks import model_stages
 from mixquant_core.recon.reconstruct import ReconConfig, reconstruct, reconstruct_plan
 from mixquant_core.workspace import Workspace
+from recon_support import chain_output
 
 timm = pytest.importorskip("timm")
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -351,10 +352,7 @@ def test_block_chain_reproduces_the_transformer(arch, models):
     x = torch.randn(2, 3, IMAGE, IMAGE)
     stages = model_stages(model)
     with torch.no_grad():
-        y = x
-        for stage in stages:
-            y = stage.run(y)
-        assert torch.allclose(y, model(x), atol=1e-5)
+        assert torch.allclose(chain_output(stages, x), model(x), atol=1e-5)
     assert [n for s in stages for n in s.layers] == [layer.name for layer in find_layers(model)]
 
 

@@ -23,12 +23,11 @@ import torch
 from torch import nn
 
 from ..data.image_sets import EvalTensors
-from ..errors import MixQuantError
 from ..models.registry import LoadedModel
 from .engines import get_engine
 from .evaluate import Metrics
 from .statistics import EarlyStop
-from .store import DamagedRowError, EvalKey, ResultsStore, mixquant_version
+from .store import EvalKey, ResultsStore, keep, mixquant_version, recall
 from .timing import Throughput, measure_throughput
 
 Named = Optional[Dict[str, int]]
@@ -93,9 +92,9 @@ class Evaluator:
         """This engine's speed on the float32 model for inputs of ``image_shape``, measured once."""
         shape = tuple(int(d) for d in image_shape)
         if shape not in self._speed:
-            with self.private_model() as model:
-                speed = measure_throughput(lambda data: self.engine.evaluate(model, data), shape)
-            self._speed[shape] = speed
+            with self.private_model() as model:  # under the lock: a second caller finds it measured
+                if shape not in self._speed:
+                    self._speed[shape] = measure_throughput(lambda data: self.engine.evaluate(model, data), shape)
         return self._speed[shape]
 
     # --- keys ------------------------------------------------------------------------------
@@ -128,7 +127,7 @@ class Evaluator:
             return held
         if store is None:
             return None
-        got = self._stored(store, named, quantizer, data)
+        got = recall(store, self.store_key(named, quantizer, data), self._tell)
         if got is None or (got.stopped_early and not early_stop) or got.images > len(data):
             return None
         self._keep(key, got)
@@ -174,10 +173,7 @@ class Evaluator:
         with self.private_model() as model:  # weights change in place only on this private copy
             metrics = self.engine.evaluate(model, data, named, quantizer, progress, early_stop=rule)
         seconds = time.perf_counter() - start
-        self._keep((data.fingerprint, plan_key(named, quantizer)), metrics)
-        self._count(tally, named, quantizer, measured=True)
-        if store is not None:
-            self._store(store, named, quantizer, data, metrics, seconds)
+        self._measured(named, quantizer, data, metrics, seconds, store, tally)
         return metrics
 
     def evaluate_many(self, plans: Sequence[Named], quantizer: str, data: EvalTensors,
@@ -207,28 +203,13 @@ class Evaluator:
                                              self.engine_choice, progress)
         each = (time.perf_counter() - start) / len(plans)  # the plans ran side by side: an equal share each
         for named, metrics in zip(plans, results):
-            self._keep((data.fingerprint, plan_key(named, quantizer)), metrics)
-            self._count(tally, named, quantizer, measured=True)
-            if store is not None:
-                self._store(store, named, quantizer, data, metrics, each)
+            self._measured(named, quantizer, data, metrics, each, store, tally)
         return results
 
-    # --- the results store -----------------------------------------------------------------
-    def _stored(self, store: ResultsStore, named: Named, quantizer: str, data: EvalTensors) -> Optional[Metrics]:
-        """The store's metrics of a plan, or None. A damaged row counts as none: the plan is
-        measured again and its new row replaces the damaged one (same key)."""
-        try:
-            return store.get(self.store_key(named, quantizer, data))
-        except DamagedRowError as exc:
-            self._tell(f"{exc}; measuring it again to replace it")
-            return None
-
-    def _store(self, store: ResultsStore, named: Named, quantizer: str, data: EvalTensors, metrics: Metrics,
-               seconds: float) -> None:
-        """Keep a measured result in the store. A store that cannot take it (disk full, made
-        read-only meanwhile) must not cost the measurement: the result is still returned (and
-        printed by the caller), and one notice says it was not stored."""
-        try:
-            store.put(self.store_key(named, quantizer, data), metrics, seconds)
-        except MixQuantError as exc:
-            self._tell(f"{exc}; results measured now are shown but not stored")
+    def _measured(self, named: Named, quantizer: str, data: EvalTensors, metrics: Metrics, seconds: float,
+                  store: Optional[ResultsStore], tally: Optional[Tally]) -> None:
+        """A plan just measured: kept in memory, counted, and kept in the store when there is one."""
+        self._keep((data.fingerprint, plan_key(named, quantizer)), metrics)
+        self._count(tally, named, quantizer, measured=True)
+        if store is not None:
+            keep(store, self.store_key(named, quantizer, data), metrics, seconds, self._tell)

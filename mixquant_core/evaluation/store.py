@@ -539,24 +539,34 @@ def open_store(path: Optional[str] = None, enabled: bool = True) -> Optional[Res
     return ResultsStore(path or default_store_path())
 
 
+def recall(store: ResultsStore, key: EvalKey, notify: Callable[[str], None]) -> Optional["Metrics"]:
+    """``key``'s stored metrics, or None. A damaged row counts as none: it is measured again and
+    its new row replaces the damaged one (same key)."""
+    try:
+        return store.get(key)
+    except DamagedRowError as exc:
+        notify(f"{exc}; measuring it again to replace it")
+        return None
+
+
+def keep(store: ResultsStore, key: EvalKey, metrics: "Metrics", seconds: float, notify: Callable[[str], None]) -> None:
+    """Keep a measured result. A store that cannot take it (disk full, made read-only meanwhile)
+    must not cost the measurement: the caller still has it, and one notice says it was not stored."""
+    try:
+        store.put(key, metrics, seconds)
+    except MixQuantError as exc:
+        notify(f"{exc}; results measured now are shown but not stored")
+
+
 def remembered(store: Optional[ResultsStore], key: EvalKey, measure: Callable[[], "Metrics"],
                notify: Callable[[str], None]) -> Tuple["Metrics", bool]:
-    """(metrics, read from the store?): ``key``'s stored metrics, else ``measure()`` kept in ``store``.
-    A damaged row is measured again and replaced; a store that cannot take a result costs it
-    nothing but a notice (for evaluations outside an Evaluator: an export file's)."""
-    if store is not None:
-        try:
-            got = store.get(key)
-        except DamagedRowError as exc:
-            notify(f"{exc}; measuring it again to replace it")
-            got = None
-        if got is not None:
-            return got, True
+    """(metrics, read from the store?): ``key``'s stored metrics, else ``measure()`` kept in ``store``
+    (for evaluations outside an Evaluator: an export file's)."""
+    got = recall(store, key, notify) if store is not None else None
+    if got is not None:
+        return got, True
     start = time.perf_counter()
     metrics = measure()
     if store is not None:
-        try:
-            store.put(key, metrics, time.perf_counter() - start)
-        except MixQuantError as exc:
-            notify(f"{exc}; results measured now are shown but not stored")
+        keep(store, key, metrics, time.perf_counter() - start, notify)
     return metrics, False
