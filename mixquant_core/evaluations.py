@@ -88,7 +88,7 @@ class Evaluations:
 
     def evaluate_bits(self, bits: Optional[Sequence[int]], data: EvalTensors, progress: Progress = None) -> Metrics:
         """Metrics of the float32 model (``bits=None``) or of per-layer ``bits`` (model order)."""
-        return self.ws.evaluator.evaluate(self.ws.named(bits), self.ws.quantizer, data, self.store, self.early_stop,
+        return self.ws.evaluator.evaluate(self.ws.named(bits), self.ws.recipe, data, self.store, self.early_stop,
                                           progress, self.tally)
 
     def evaluate_plan(self, plan: Plan, data: EvalTensors, progress: Progress = None) -> Metrics:
@@ -100,14 +100,14 @@ class Evaluations:
     def evaluate_plans(self, plans: Sequence[Optional[Sequence[int]]], data: EvalTensors,
                        progress: Progress = None) -> List[Metrics]:
         """Each distinct plan of ``plans`` (``None`` = float32) evaluated once, one progress step per plan."""
-        return self.ws.evaluator.evaluate_many([self.ws.named(b) for b in plans], self.ws.quantizer, data, self.store,
+        return self.ws.evaluator.evaluate_many([self.ws.named(b) for b in plans], self.ws.recipe, data, self.store,
                                                self.early_stop, progress, self.tally)
 
     def has_results(self, plans: Sequence[Optional[Sequence[int]]], data: EvalTensors) -> bool:
         """True when every plan (``None`` = float32) is known from memory or the store: nothing to evaluate.
         (What it reads from the store counts in ``tally.from_store``.)"""
         known = self.ws.evaluator.known
-        return all(known(self.ws.named(b), self.ws.quantizer, data, self.store, self.early_stop, self.tally) is not None
+        return all(known(self.ws.named(b), self.ws.recipe, data, self.store, self.early_stop, self.tally) is not None
                    for b in plans)
 
     def row(self, method: str, bits: Optional[Sequence[int]], data: EvalTensors, qem: Optional[float] = None,

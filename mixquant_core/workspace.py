@@ -23,6 +23,7 @@ from .models.devices import resolve_device
 from .models.layers import LayerInfo, find_layers, pinned_mask
 from .models.registry import LoadedModel
 from .plans.plan import Plan, make_plan
+from .quant.recipe import Quantizer, Recipe
 from .quant.qe import BASE_BITS, DEFAULT_BITS, QETable, normalize_bits, qe_table
 from .plans.search import PlanFamily, breakpoints, check_qem, search_many
 from .plans.size import SizeSummary, float32_bytes, plan_size
@@ -34,9 +35,17 @@ class Workspace:
     def __init__(self, loaded: LoadedModel, quantizer: str = "asymmetric", bits: Sequence[int] = DEFAULT_BITS,
                  keep_first_last: bool = False, exclude: Sequence[str] = (), device: str = "auto",
                  engine: str = "auto", notify: Optional[Callable[[str], None]] = None,
-                 cluster: Optional[RayCluster] = None):
+                 cluster: Optional[RayCluster] = None, ranges: str = "weights", act_bits: Optional[int] = None,
+                 act_range: Optional[str] = None, calib: Optional[EvalTensors] = None):
         self.loaded = loaded
-        self.quantizer = quantizer
+        self.quantizer = quantizer  # the weight scheme's name
+        # What calibration adds to the scheme (quant/recipe.py): "weights" keeps the scheme's own
+        # ranges, "loss" chooses each layer's clipping by a loss-aware error (issue #22); act_bits
+        # quantizes the layers' inputs with ranges by act_range (issue #20). Both need ``calib``.
+        self.ranges = ranges
+        self.act_bits = act_bits
+        self.act_range = act_range
+        self.calib = calib
         self.bits = normalize_bits(bits)
         self.keep_first_last = bool(keep_first_last)
         self.device = resolve_device(device)
@@ -51,6 +60,8 @@ class Workspace:
         self._family: Optional[PlanFamily] = None
         self._fisher = None  # (calibration set, FisherTable); holding the set keeps its id unique
         self._allocations: Dict[tuple, object] = {}  # (cost, unit) -> allocation family
+        self._recipe: Optional[Quantizer] = None
+        self._recipe_lock = threading.Lock()
         self._table_lock = threading.Lock()  # the QE table is computed once, without waiting on evaluations
         self._frozen = True
 
@@ -61,6 +72,20 @@ class Workspace:
             raise AttributeError(f"Workspace.{name} is fixed when the Workspace is made; pass per-call choices "
                                  "(store, early stop, progress) to the evaluation calls instead")
         object.__setattr__(self, name, value)
+
+    @property
+    def recipe(self) -> Quantizer:
+        """What evaluation and export quantize with: the scheme name, or a Recipe once calibration
+        adds loss-aware weight ranges or activation quantization (computed once, on ``calib``)."""
+        if self.ranges == "weights" and self.act_bits is None:
+            return self.quantizer
+        with self._recipe_lock:
+            if self._recipe is None:
+                self._recipe = self._calibrated_recipe()
+            return self._recipe
+
+    def _calibrated_recipe(self) -> Recipe:
+        raise MixQuantError("calibrated ranges are not available yet")  # filled in by issues #20/#22
 
     def named(self, bits: Optional[Sequence[int]]) -> Optional[Dict[str, int]]:
         """Per-layer ``bits`` (model order) as layer name -> bits; None (float32) stays None."""

@@ -24,6 +24,7 @@ from torch import nn
 
 from ..data.image_sets import EvalTensors
 from ..models.registry import LoadedModel
+from ..quant.recipe import Quantizer, canonical, label_of
 from .engines import get_engine
 from .evaluate import Metrics
 from .statistics import EarlyStop
@@ -51,9 +52,10 @@ class Tally:
         return len(self.plans)
 
 
-def plan_key(named: Named, quantizer: str) -> tuple:
-    """A plan as a hashable key: its (quantizer, layer -> bits) mapping; float32 has one key."""
-    return ("f32",) if named is None else (quantizer, tuple(sorted(named.items())))
+def plan_key(named: Named, quantizer: Quantizer) -> tuple:
+    """A plan as a hashable key: its (quantizer, layer -> bits) mapping; float32 has one key. A
+    Recipe counts by its content (a plain one is its scheme name)."""
+    return ("f32",) if named is None else (canonical(quantizer), tuple(sorted(named.items())))
 
 
 class Evaluator:
@@ -108,12 +110,12 @@ class Evaluator:
         """Where the evaluations run, for summary lines."""
         return self.cluster.describe() if self.cluster is not None else str(self.device)
 
-    def store_key(self, named: Named, quantizer: str, data: EvalTensors) -> EvalKey:
-        return EvalKey(self.loaded.name, self.loaded.fingerprint, quantizer, None if named is None else dict(named),
+    def store_key(self, named: Named, quantizer: Quantizer, data: EvalTensors) -> EvalKey:
+        return EvalKey(self.loaded.name, self.loaded.fingerprint, label_of(quantizer), None if named is None else dict(named),
                        data.fingerprint, len(data), repr(self.loaded.preprocess), self.label(), mixquant_version())
 
     # --- lookups ---------------------------------------------------------------------------
-    def known(self, named: Named, quantizer: str, data: EvalTensors, store: Optional[ResultsStore] = None,
+    def known(self, named: Named, quantizer: Quantizer, data: EvalTensors, store: Optional[ResultsStore] = None,
               early_stop: bool = False, tally: Optional[Tally] = None) -> Optional[Metrics]:
         """The plan's metrics from memory or the store, or None; nothing is evaluated. Without
         ``early_stop``, a result that stopped early does not count (it is measured again)."""
@@ -147,7 +149,7 @@ class Evaluator:
                 self._cache.popitem(last=False)
 
     @staticmethod
-    def _count(tally: Optional[Tally], named: Named, quantizer: str, from_store: bool = False,
+    def _count(tally: Optional[Tally], named: Named, quantizer: Quantizer, from_store: bool = False,
                measured: bool = False) -> None:
         if tally is not None:
             tally.plans.add(plan_key(named, quantizer))
@@ -155,7 +157,7 @@ class Evaluator:
             tally.evaluated += measured
 
     # --- evaluation ------------------------------------------------------------------------
-    def evaluate(self, named: Named, quantizer: str, data: EvalTensors, store: Optional[ResultsStore] = None,
+    def evaluate(self, named: Named, quantizer: Quantizer, data: EvalTensors, store: Optional[ResultsStore] = None,
                  early_stop: bool = False, progress: Progress = None, tally: Optional[Tally] = None) -> Metrics:
         """Metrics of one plan: from memory, else from ``store``, else measured (and stored).
         ``early_stop`` ends a hopeless plan's evaluation once it is surely below half of float32's
@@ -176,7 +178,7 @@ class Evaluator:
         self._measured(named, quantizer, data, metrics, seconds, store, tally)
         return metrics
 
-    def evaluate_many(self, plans: Sequence[Named], quantizer: str, data: EvalTensors,
+    def evaluate_many(self, plans: Sequence[Named], quantizer: Quantizer, data: EvalTensors,
                       store: Optional[ResultsStore] = None, early_stop: bool = False, progress: Progress = None,
                       tally: Optional[Tally] = None) -> List[Metrics]:
         """Metrics of each plan in order, each distinct plan evaluated once, one progress step per
@@ -195,7 +197,7 @@ class Evaluator:
                 progress(len(distinct), len(distinct), "done")
         return [self.evaluate(p, quantizer, data, store, early_stop, None, tally) for p in plans]
 
-    def _measure_on_cluster(self, plans: List[Named], quantizer: str, data: EvalTensors,
+    def _measure_on_cluster(self, plans: List[Named], quantizer: Quantizer, data: EvalTensors,
                             store: Optional[ResultsStore], progress: Progress, tally: Optional[Tally]) -> List[Metrics]:
         """Every plan's metrics from one batch of cluster tasks (no early stop there), kept and stored."""
         start = time.perf_counter()
@@ -206,7 +208,7 @@ class Evaluator:
             self._measured(named, quantizer, data, metrics, each, store, tally)
         return results
 
-    def _measured(self, named: Named, quantizer: str, data: EvalTensors, metrics: Metrics, seconds: float,
+    def _measured(self, named: Named, quantizer: Quantizer, data: EvalTensors, metrics: Metrics, seconds: float,
                   store: Optional[ResultsStore], tally: Optional[Tally]) -> None:
         """A plan just measured: kept in memory, counted, and kept in the store when there is one."""
         self._keep((data.fingerprint, plan_key(named, quantizer)), metrics)

@@ -15,7 +15,9 @@ from ..errors import PlanError
 from ..files import atomic_write
 from ..models.layers import LayerInfo, find_layers, layer_weight
 from ..quant.qe import QETable
+from ..quant.activations import quantized_inputs
 from ..quant.quantizers import MAX_BITS, MIN_BITS, QUANTIZERS, fake_quantize
+from ..quant.recipe import Quantizer, acts_of, quantize_layer
 from .size import float32_bytes, plan_size
 
 PLAN_FORMAT = "mixquant-plan"
@@ -170,8 +172,9 @@ def make_plan(identity: Dict[str, str], table: QETable, bits: Sequence[int], qem
 
 
 @contextmanager
-def applied(model: nn.Module, bits: Dict[str, int], quantizer: str) -> Iterator[nn.Module]:
-    """Fake-quantize the named layers in place for the duration of the block, then restore.
+def applied(model: nn.Module, bits: Dict[str, int], quantizer: Quantizer) -> Iterator[nn.Module]:
+    """Fake-quantize the named layers in place for the duration of the block, then restore; a
+    Recipe with activation quantization also quantizes the listed layers' inputs (hooks).
 
     Only the original weights of the quantized layers are held aside (not a second model), and
     the swap writes into the existing parameter storage so references to the model stay valid.
@@ -183,8 +186,13 @@ def applied(model: nn.Module, bits: Dict[str, int], quantizer: str) -> Iterator[
             for name, b in bits.items():
                 w = weights[name]
                 saved[name] = w.detach().clone()
-                w.copy_(fake_quantize(saved[name].float(), int(b), quantizer).to(w.dtype))
-        yield model
+                w.copy_(quantize_layer(quantizer, name, saved[name].float(), int(b)).to(w.dtype))
+        acts = acts_of(quantizer)
+        if acts is None:
+            yield model
+        else:
+            with quantized_inputs(model, acts):
+                yield model
     finally:
         with torch.no_grad():
             for name, original in saved.items():

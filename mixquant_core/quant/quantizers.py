@@ -135,6 +135,30 @@ def _quantize(w: torch.Tensor, nbits: int, scheme: str):
     return codes_for(w, scale, zp, nbits, symmetric), QuantMeta(scale, zp, nbits, scheme)
 
 
+def quantize_with_ratios(w: torch.Tensor, nbits: int, scheme: str, ratios: torch.Tensor):
+    """The scheme's grid with its min/max range shrunk by the given clipping ``ratios`` (one per row
+    of ``as_rows``: per output channel for per-channel schemes, one for per-tensor ones), as a
+    calibration chose them (``recipe.WeightRanges``); ratio 1 is min/max itself."""
+    check_bits(nbits)
+    per_channel, symmetric = is_per_channel(scheme), is_symmetric(scheme)
+    rows = as_rows(w, per_channel)
+    ratios = ratios.to(device=rows.device, dtype=torch.float32).reshape(-1)
+    if ratios.numel() != rows.shape[0]:
+        raise MixQuantError(f"{ratios.numel()} clipping ratios for a grid of {rows.shape[0]} rows")
+    if not torch.isfinite(ratios).all() or (ratios <= 0).any() or (ratios > 1).any():
+        raise MixQuantError("clipping ratios must be finite and in (0, 1]")
+    lo, hi = torch.aminmax(rows, dim=1)
+    scale, zp = range_params(lo * ratios, hi * ratios, nbits, symmetric)
+    shape = (-1,) + (1,) * (w.dim() - 1) if per_channel and w.dim() > 1 else ()
+    scale, zp = scale.reshape(shape), zp.reshape(shape)
+    return codes_for(w, scale, zp, nbits, symmetric), QuantMeta(scale, zp, nbits, scheme)
+
+
+def fake_quantize_with_ratios(w: torch.Tensor, nbits: int, scheme: str, ratios: torch.Tensor) -> torch.Tensor:
+    codes, meta = quantize_with_ratios(w, nbits, scheme, ratios)
+    return dequantize(codes, meta)
+
+
 def dequantize(codes: torch.Tensor, meta: QuantMeta) -> torch.Tensor:
     return (codes - meta.zero_point) * meta.scale
 

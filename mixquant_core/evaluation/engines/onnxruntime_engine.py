@@ -21,7 +21,7 @@ from ...data.image_sets import EvalTensors, usable_cores
 from ...errors import MixQuantError
 from ...models.layers import weight_ref
 from ...models.onnx_graph import INPUT_NAME, OnnxExportError, float_graph, set_initializers, state_initializers
-from ...quant.quantizers import fake_quantize
+from ...quant.recipe import Quantizer, acts_of, quantize_layer
 from ..evaluate import Metrics, PerImageResults, Progress
 from ..statistics import EarlyStop
 from .torch_engine import TorchEngine
@@ -53,11 +53,11 @@ def new_session(model_bytes: bytes, threads: Optional[int] = None):
                                 disabled_optimizers=["TransposeOptimizer"])
 
 
-def planned_weights(model: nn.Module, bits: Dict[str, int], quantizer: str) -> Dict[str, torch.Tensor]:
+def planned_weights(model: nn.Module, bits: Dict[str, int], quantizer: Quantizer) -> Dict[str, torch.Tensor]:
     """State-dict key (the graph's initializer name) -> fake-quantized weight for every planned layer
     (what ``plans.applied`` writes)."""
     refs = {name: weight_ref(model, name) for name in bits}
-    return {refs[name].key: fake_quantize(refs[name].tensor.detach().float().cpu(), int(b), quantizer)
+    return {refs[name].key: quantize_layer(quantizer, name, refs[name].tensor.detach().float().cpu(), int(b))
             for name, b in bits.items()}
 
 
@@ -90,7 +90,10 @@ class OnnxRuntimeEngine:
         # leaves the set, so a new model that CPython puts at its address still gets its notice.
         self._told: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
 
-    def session_for(self, model: nn.Module, data: EvalTensors, bits: Optional[Dict[str, int]], quantizer: str):
+    def session_for(self, model: nn.Module, data: EvalTensors, bits: Optional[Dict[str, int]], quantizer: Quantizer):
+        if acts_of(quantizer) is not None:
+            # TODO(#20): QuantizeLinear/DequantizeLinear pairs on the layers' inputs in the graph
+            raise OnnxExportError("the onnxruntime engine does not quantize activations yet")
         proto = float_graph(model, data.image_shape)
         tensors = state_initializers(model, proto)  # the model's current floats, whatever was traced
         if bits:
@@ -99,7 +102,7 @@ class OnnxRuntimeEngine:
         return new_session(proto.SerializeToString(), self.threads)
 
     def evaluate(self, model: nn.Module, data: EvalTensors, bits: Optional[Dict[str, int]] = None,
-                 quantizer: str = "asymmetric", progress: Progress = None,
+                 quantizer: Quantizer = "asymmetric", progress: Progress = None,
                  early_stop: Optional[EarlyStop] = None) -> Metrics:
         try:
             session = self.session_for(model, data, bits, quantizer)

@@ -11,6 +11,7 @@ from ...data.image_sets import EvalTensors
 from ...errors import MixQuantError
 from ..evaluate import Metrics, Progress
 from ..statistics import EarlyStop
+from ...quant.recipe import Quantizer
 
 ENGINES = ("auto", "torch", "onnxruntime")
 
@@ -22,7 +23,7 @@ class Engine(Protocol):
     name: str
 
     def evaluate(self, model: nn.Module, data: EvalTensors, bits: Optional[Dict[str, int]] = None,
-                 quantizer: str = "asymmetric", progress: Progress = None,
+                 quantizer: Quantizer = "asymmetric", progress: Progress = None,
                  early_stop: Optional[EarlyStop] = None) -> Metrics:
         """Metrics of ``model`` with the named layers at ``bits`` (None: float32); ``early_stop``
         ends a hopeless plan's evaluation early (``Metrics.stopped_early``)."""

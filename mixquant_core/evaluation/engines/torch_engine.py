@@ -8,6 +8,7 @@ from torch import nn
 
 from ...data.image_sets import EvalTensors
 from ...plans.plan import applied
+from ...quant.recipe import Quantizer
 from ..evaluate import Metrics, Progress, evaluate
 from ..statistics import EarlyStop
 
@@ -20,7 +21,7 @@ class TorchEngine:
         self.batch_size = batch_size
 
     def evaluate(self, model: nn.Module, data: EvalTensors, bits: Optional[Dict[str, int]] = None,
-                 quantizer: str = "asymmetric", progress: Progress = None,
+                 quantizer: Quantizer = "asymmetric", progress: Progress = None,
                  early_stop: Optional[EarlyStop] = None) -> Metrics:
         """Metrics of ``model`` with the named layers at ``bits`` (None: float32); ``early_stop``
         ends a hopeless plan's evaluation early (``Metrics.stopped_early``)."""
