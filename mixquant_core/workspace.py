@@ -115,10 +115,10 @@ class Workspace:
 
     def plan(self, qem: float) -> Plan:
         qem = check_qem(qem)
-        return make_plan(self.loaded.identity, self.table(), self.bits_for([qem])[0], qem, self.float_bytes)
+        return make_plan(self.loaded.identity, self.table(), self.bits_for([qem])[0], qem, self.float_bytes, recipe=self.recipe)
 
     def plan_from_bits(self, bits: Sequence[int], qem: Optional[float] = None, extra: Optional[dict] = None) -> Plan:
-        return make_plan(self.loaded.identity, self.table(), bits, qem, self.float_bytes, extra)
+        return make_plan(self.loaded.identity, self.table(), bits, qem, self.float_bytes, extra, self.recipe)
 
     def quant_mse(self, bits: Sequence[int]) -> float:
         table = self.table()
