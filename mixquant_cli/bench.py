@@ -71,6 +71,32 @@ def print_bench(result, as_json: bool) -> None:
               "vs float32: speed against the float32 model on the same runtime (> 1: faster)")
 
 
+def add_latency_arg(p) -> None:
+    """``--latency`` on the commands that tabulate plans (sweep, sweep --compare, report)."""
+    p.add_argument("--latency", action="store_true",
+                   help="also measure each plan's latency: its ONNX export on ONNX Runtime (CPU), median ms per image "
+                        "at batch 1 (float32: the float graph); a few seconds per plan")
+
+
+def with_latency(args, ws, rows, mode: str) -> list:
+    """``rows`` with their latency measured when ``--latency`` was given (else unchanged)."""
+    if not getattr(args, "latency", False):
+        return rows
+    from mixquant_core.studies.latency import with_latency as measured
+
+    from .progress import progress
+
+    with progress(mode, "latency", "plans") as cb:
+        return measured(ws, rows, progress=cb, notify=notice)
+
+
+def latency_columns(rows) -> tuple:
+    """(headers, cells per row): a "latency ms" column when any row was measured, else nothing."""
+    if all(r.latency_ms is None for r in rows):
+        return [], [[] for _ in rows]
+    return ["latency ms"], [[fmt(r.latency_ms)] for r in rows]
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("bench", help="latency of an ONNX export (or a plan) against float32: ONNX Runtime "
                                             "and OpenVINO on the CPU")

@@ -102,15 +102,15 @@ def _openvino(model_bytes: bytes, precision: str, threads: int):
     def compile_for(batch: int) -> Runner:
         model.reshape([batch, *[d.get_length() for d in shape[1:]]])
         compiled = core.compile_model(model, "CPU", config)
-        used.append(str(compiled.get_property("INFERENCE_PRECISION_HINT")))
+        hint = compiled.get_property("INFERENCE_PRECISION_HINT")  # an ov.Type: "f32", "bf16"
+        used.append(hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint))
         request = compiled.create_infer_request()
         return lambda x: request.infer({0: x})
 
     compile_for(1)  # the precision it really uses, known before any timing
-    return compile_for, _PRECISION_NAMES.get(used[0].lower(), used[0])
+    return compile_for, used[0]
 
 
-_PRECISION_NAMES = {"float32": "f32", "f32": "f32", "bf16": "bf16", "bfloat16": "bf16", "f16": "f16", "float16": "f16"}
 _BACKENDS = {"onnxruntime": _onnxruntime, "openvino": _openvino}
 
 

@@ -49,6 +49,17 @@ class Bench:
                  if latency.images_per_second and ref.images_per_second else None)
         return {"speedup_batch1": ref.ms_per_image / latency.ms_per_image, "speedup_batch": batch}
 
+    def table(self) -> List[dict]:
+        """One row a measurement, for a data frame: the numbers and the speed against float32."""
+        rows = []
+        for r in self.latencies:
+            ratios = self.ratios(r)
+            rows.append({"runtime": r.runtime, "model": r.model, "precision": r.precision,
+                         "ms/image (batch 1)": r.ms_per_image, "25 %": r.spread[0], "75 %": r.spread[1],
+                         f"images/s (batch {r.batch})": r.images_per_second,
+                         "x float32 (batch 1)": ratios["speedup_batch1"], f"x float32 (batch {r.batch})": ratios["speedup_batch"]})
+        return rows
+
     def to_dict(self) -> dict:
         return {"file": self.shown, "model": self.model, "notices": list(self.notices),
                 "results": [{**r.to_dict(), **self.ratios(r)} for r in self.latencies]}
@@ -104,10 +115,11 @@ def bench_file(path_or_bytes, model=None, **options) -> Bench:
     return bench_bytes(f.data, reference, shape, f.shown_as, f.model_label, notices=notices, **options)
 
 
-def bench_plan(loaded, plan, **options) -> Bench:
-    """A plan, exported as ``mixquant export --format onnx`` writes it, against its float32 model."""
+def bench_plan(loaded, plan, data: Optional[bytes] = None, **options) -> Bench:
+    """A plan, exported as ``mixquant export --format onnx`` writes it (or ``data``, that export
+    already built), against its float32 model."""
     shape = (3, loaded.preprocess.crop, loaded.preprocess.crop)
-    data = onnx_bytes(loaded.model, plan, loaded.preprocess)
+    data = data if data is not None else onnx_bytes(loaded.model, plan, loaded.preprocess)
     label = f"plan ({plan.size.get('avg_bits', 0):.2f} average bits)"
     return bench_bytes(data, float_onnx_bytes(loaded.model, shape), shape, label, loaded.name, **options)
 
