@@ -94,6 +94,7 @@ def test_bench_file_prints_both_runtimes(capsys, tiny_file):
     assert "no float32 reference" in err and err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_bench_plan_json_has_float32_beside_the_plan(capsys, tmp_path):
     from mixquant_core.models.registry import build_model
     from mixquant_core.workspace import Workspace
@@ -154,6 +155,7 @@ def test_a_slow_file_is_stopped_at_the_time_limit(tiny, monkeypatch):
         bench_file(_slow(tiny[1], side=2048, chain=64), runtimes=["onnxruntime"], runs=1, batch=1)
 
 
+@pytest.mark.slow
 def test_sweep_latency_adds_a_column(capsys, val_dir):
     argv = ["sweep", "--data", str(val_dir), "--limit", "4", "--qems", "5", "--no-progress", "--no-store", "--latency"]
     assert main(argv) == 0
