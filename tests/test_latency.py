@@ -168,3 +168,14 @@ def test_sweep_latency_adds_a_column(capsys, val_dir):
     assert all(r["latency_ms"] > 0 for r in rows)
     assert main(argv[:-1] + ["--json"]) == 0  # not asked for: not measured
     assert all(r["latency_ms"] is None for r in json.loads(capsys.readouterr().out)["rows"])
+
+
+def test_a_file_past_the_memory_limit_is_stopped(tiny, monkeypatch):
+    from test_hardening_onnx import _slow
+
+    from mixquant_core.studies.latency import bench_file
+
+    monkeypatch.setenv("MIXQUANT_LOAD_MEMORY_MB", "300")
+    # 3 x 2048^2 floats an image (50 MB), twice: 600 MB at the throughput batch of 6
+    with pytest.raises(MixQuantError, match="needed more than 300 MB .*MIXQUANT_LOAD_MEMORY_MB|stopped"):
+        bench_file(_slow(tiny[1], side=2048, chain=1), runtimes=["onnxruntime"], runs=1, batch=6)

@@ -17,22 +17,16 @@ reference and the file.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
+import runpy
 import sys
 from pathlib import Path
 
 from mixquant_core.evaluation.latency import measure
 
-
-def _child_limits():
-    path = Path(__file__).resolve().parents[1] / "models" / "child_limits.py"
-    spec = importlib.util.spec_from_file_location("mixquant_child_limits", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+_MEMORY_WORDS = ("bad_alloc", "Failed to allocate", "out of memory")  # the runtimes' allocation failures
 
 
 def _one_line(exc: BaseException) -> str:
@@ -49,9 +43,9 @@ def _run(workdir: Path, job: dict, say) -> None:
             try:
                 latency = measure(data, runtime, job["shape"], job["precision"], job["runs"], job["batch"],
                                   job["threads"], model=label)
-            except MemoryError:
-                raise
             except Exception as exc:  # the runtime refuses this model (an op or a type it lacks)
+                if any(word in str(exc) for word in _MEMORY_WORDS):
+                    raise MemoryError from None
                 say({"failed": {"runtime": runtime, "model": label, "error": _one_line(exc)}})
                 continue
             say({"latency": latency.to_dict()})
@@ -60,19 +54,19 @@ def _run(workdir: Path, job: dict, say) -> None:
 
 def main(argv) -> int:
     workdir, memory_mb = Path(argv[0]), int(argv[1])
-    limits = _child_limits()
-    limits.die_with_parent()
+    limits = runpy.run_path(str(Path(__file__).resolve().parents[1] / "models" / "child_limits.py"))
+    limits["die_with_parent"]()
     out = os.fdopen(os.dup(1), "w", buffering=1)  # the answers; the runtimes' own prints go to stderr
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     job = json.loads((workdir / "job.json").read_text())
     for runtime in job["runtimes"]:  # imported before the limit: it is on what the models make us allocate
         __import__(runtime)
-    limits.limit_memory(memory_mb)
+    limits["limit_memory"](memory_mb)
     try:
         _run(workdir, job, lambda answer: out.write(json.dumps(answer) + "\n"))
     except MemoryError:
-        return limits.EXIT_MEMORY
+        return limits["EXIT_MEMORY"]
     return 0
 
 
