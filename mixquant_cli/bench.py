@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 from .choices import LATENCY_PRECISIONS, LATENCY_RUNTIMES
-from .options import add_json_arg, add_trust_code, name_list, number
+from .options import add_json_arg, add_progress_args, add_trust_code, name_list, number
 from .output import fmt, notice, print_table
+from .progress import mode_of, progress
 
 
 def _runtimes(args) -> list:
@@ -24,27 +25,28 @@ def cmd_bench(args) -> None:
 
     if (args.file is None) == (args.plan is None):
         raise MixQuantError("bench takes an ONNX file or --plan plan.json (one of the two)")
-    options = dict(runtimes=_runtimes(args), precision=args.precision, runs=args.runs, batch=args.batch)
-    if args.plan:
-        from mixquant_core.models.registry import load_model
-        from mixquant_core.plans.plan import Plan
-        from mixquant_core.studies.latency import bench_plan
+    from mixquant_core.models.registry import build_model, load_model
+    from mixquant_core.studies.latency import bench_file, bench_plan
 
-        from .inputs import plan_notice
+    options = dict(runtimes=_runtimes(args), precision=args.precision, runs=args.runs, batch=args.batch)
+    plan = None
+    if args.plan:
+        from mixquant_core.plans.plan import Plan
 
         plan = Plan.load(args.plan)  # a bad plan fails before the model is loaded
-        loaded = load_model(args.model or plan.model.get("name") or "", arch=args.arch, trust_code=args.trust_code)
-        plan_notice(plan, loaded.model)
-        result = bench_plan(loaded, plan, **options)
-    else:
-        from mixquant_core.studies.latency import bench_file
+    loaded = None
+    if args.model:
+        loaded = load_model(args.model, arch=args.arch, trust_code=args.trust_code)
+    elif plan is not None:  # only ever a registry name from the plan, never a path it names
+        loaded = build_model(plan.model.get("name", ""))
+    with progress(mode_of(args), "bench", "measurements") as cb:
+        if plan is not None:
+            from .inputs import plan_notice
 
-        model = None
-        if args.model:
-            from mixquant_core.models.registry import load_model
-
-            model = load_model(args.model, arch=args.arch, trust_code=args.trust_code).model
-        result = bench_file(args.file, model, **options)
+            plan_notice(plan, loaded.model)
+            result = bench_plan(loaded, plan, progress=cb, **options)
+        else:
+            result = bench_file(args.file, loaded.model if loaded else None, progress=cb, **options)
     print_bench(result, args.json)
 
 
@@ -114,4 +116,5 @@ def register(subparsers) -> None:
                                                                     "at least 2)")
     p.add_argument("--batch", type=number("batch_size"), default=32, help="the throughput batch (default 32)")
     add_json_arg(p)
+    add_progress_args(p)
     p.set_defaults(run=cmd_bench)

@@ -24,7 +24,7 @@ from recon_support import tiny_chain, workspace
 REPO = Path(__file__).resolve().parents[1]
 SHAPE = (3, 24, 24)
 BITS = [5, 3, 4, 4, 6]  # no 2-bit layer: OpenVINO reads int4/uint4 and int8/uint8 codes, not uint2
-CHEAP = ["--runs", "2", "--batch", "2"]
+CHEAP = ["--runs", "2", "--batch", "2", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +119,7 @@ def test_bench_plan_json_has_float32_beside_the_plan(capsys, tmp_path):
 def test_missing_openvino_is_a_one_line_notice_and_onnxruntime_rows_stay(tiny_file):
     code = ("import sys; sys.modules['openvino'] = None\n"  # `import openvino` now raises ImportError
             "from mixquant_cli.main import main\n"
-            f"sys.exit(main(['bench', {str(tiny_file)!r}, '--runs', '2', '--batch', '2']))")
+            f"sys.exit(main(['bench', {str(tiny_file)!r}, '--runs', '2', '--batch', '2', '--no-progress']))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300,
                           env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert done.returncode == 0, done.stderr
@@ -179,3 +179,21 @@ def test_a_file_past_the_memory_limit_is_stopped(tiny, monkeypatch):
     # 3 x 2048^2 floats an image (50 MB), twice: 600 MB at the throughput batch of 6
     with pytest.raises(MixQuantError, match="needed more than 300 MB .*MIXQUANT_LOAD_MEMORY_MB|stopped"):
         bench_file(_slow(tiny[1], side=2048, chain=1), runtimes=["onnxruntime"], runs=1, batch=6)
+
+
+def test_report_shows_latency_only_when_measured(tiny):
+    import torch
+
+    from mixquant_core.data.image_sets import EvalTensors
+    from mixquant_core.evaluations import Evaluations
+    from mixquant_core.studies.latency import with_latency
+    from mixquant_viz.report import report_html
+
+    ws = workspace(tiny[0])
+    data = EvalTensors(torch.randn(4, *SHAPE, generator=torch.Generator().manual_seed(0)), torch.arange(4))
+    rows = Evaluations(ws).sweep(data, [5.0, 500.0])
+    timed = with_latency(ws, rows, runs=2)
+    assert all(r.latency_ms > 0 for r in timed) and [r.bits for r in timed] == [r.bits for r in rows]
+    plain, measured = report_html(ws, data, rows), report_html(ws, data, timed)
+    assert "Accuracy against latency" not in plain and "ms/image (ONNX Runtime, batch 1)" not in plain
+    assert "Accuracy against latency" in measured and "ms/image (ONNX Runtime, batch 1)" in measured

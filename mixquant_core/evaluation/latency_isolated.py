@@ -20,7 +20,7 @@ import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 from ..errors import MixQuantError
 from .latency import DEFAULT_BATCH, DEFAULT_RUNS, Latency, default_threads
@@ -44,9 +44,11 @@ def _lines(pipe, answers: "queue.Queue[Optional[bytes]]") -> None:
 
 def measure_isolated(models: Dict[str, bytes], runtimes: Sequence[str], input_shape: Sequence[int],
                      precision: str = "f32", runs: int = DEFAULT_RUNS, batch: Optional[int] = DEFAULT_BATCH,
-                     threads: Optional[int] = None, shown: str = "the model") -> Timings:
+                     threads: Optional[int] = None, shown: str = "the model",
+                     progress: Optional[Callable[[int, int, str], None]] = None) -> Timings:
     """Every model (label -> ONNX bytes) on every runtime, timed in one limited child; a model past
-    a limit, or a child that dies, is a MixQuantError of one line naming ``shown``."""
+    a limit, or a child that dies, is a MixQuantError of one line naming ``shown``. ``progress``
+    hears (done, total, "runtime model") as each measurement starts, and (total, total, "done")."""
     from ..models.child_limits import EXIT_MEMORY, tail
     from ..models.isolated import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_S, MEMORY_ENV, TIMEOUT_ENV, limit_setting
 
@@ -68,7 +70,7 @@ def measure_isolated(models: Dict[str, bytes], runtimes: Sequence[str], input_sh
                                     stderr=stderr, env=env, cwd=str(workdir))
             answers: "queue.Queue[Optional[bytes]]" = queue.Queue()
             threading.Thread(target=_lines, args=(proc.stdout, answers), daemon=True).start()
-            out, doing = Timings(), "starting"
+            out, doing, started, total = Timings(), "starting", 0, len(labels) * len(runtimes)
             while True:
                 try:
                     line = answers.get(timeout=timeout)
@@ -84,9 +86,14 @@ def measure_isolated(models: Dict[str, bytes], runtimes: Sequence[str], input_sh
                     last = (tail(stderr).strip().splitlines() or [""])[-1][:300]
                     raise MixQuantError(f"timing {shown} stopped ({doing}; exit {code}): {last}")
                 if answer.get("done"):
+                    if progress:
+                        progress(total, total, "done")
                     return out
                 if "start" in answer:
                     doing = f"{answer['start']}"
+                    if progress:
+                        progress(started, total, doing)
+                    started += 1
                 elif "latency" in answer:
                     out.latencies.append(Latency.from_dict(answer["latency"]))
                 elif "failed" in answer:

@@ -81,13 +81,13 @@ def usable_runtimes(runtimes: Sequence[str], notices: List[str]) -> List[str]:
 
 def bench_bytes(data: bytes, reference: Optional[bytes], input_shape: Sequence[int], shown: str, model: str,
                 runtimes: Sequence[str], precision: str = "f32", runs: int = DEFAULT_RUNS,
-                batch: int = DEFAULT_BATCH, notices: Sequence[str] = ()) -> Bench:
+                batch: int = DEFAULT_BATCH, notices: Sequence[str] = (), progress: Progress = None) -> Bench:
     """The ONNX model ``data`` and its float32 ``reference`` (None: none) timed on each runtime in one
     limited child. ONNX Runtime must run the file; another runtime that cannot is a notice."""
     out = Bench(shown, model, notices=list(notices))
     kept = usable_runtimes(runtimes, out.notices)
     models = {FLOAT32: reference, FILE: data} if reference is not None else {FILE: data}
-    timings = measure_isolated(models, kept, input_shape, precision, runs, batch, shown=shown)
+    timings = measure_isolated(models, kept, input_shape, precision, runs, batch, shown=shown, progress=progress)
     for failed in timings.failures:
         what = f"{failed['runtime']} cannot run {shown if failed['model'] == FILE else 'the float32 model'}: " \
                f"{untrusted_text(failed['error'], 200)}"
