@@ -93,11 +93,11 @@ if file_key in onnx_files:
     if lc[2].button("Measure latency against float32", key="onnx_latency"):
         try:
             with st.spinner("Timing the file and the float32 model on ONNX Runtime and OpenVINO (CPU)..."):
-                st.session_state["onnx_latency"] = (file_key, bench_plan(
+                st.session_state["onnx_latency_result"] = (file_key, bench_plan(
                     ws.loaded, plan, onnx_data, runtimes=("onnxruntime", "openvino"), runs=int(runs), batch=int(batch)))
         except state.USER_ERRORS as exc:
             st.error(f"Latency measurement failed: {state.one_line(exc)}")
-    timed = st.session_state.get("onnx_latency")
+    timed = st.session_state.get("onnx_latency_result")
     if timed and timed[0] == file_key:
         for line in timed[1].notices:
             st.info(line)
