@@ -197,3 +197,14 @@ def test_report_shows_latency_only_when_measured(tiny):
     plain, measured = report_html(ws, data, rows), report_html(ws, data, timed)
     assert "Accuracy against latency" not in plain and "ms/image (ONNX Runtime, batch 1)" not in plain
     assert "Accuracy against latency" in measured and "ms/image (ONNX Runtime, batch 1)" in measured
+
+
+@pytest.mark.slow
+def test_sweep_compare_latency_adds_the_column(capsys, val_dir):
+    argv = ["sweep", "--compare", "--data", str(val_dir), "--limit", "4", "--targets", "5", "--methods", "uniform,budget-qe",
+            "--no-progress", "--no-store", "--latency"]
+    assert main(argv) == 0
+    assert "latency ms" in capsys.readouterr().out.splitlines()[0]
+    assert main(argv + ["--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert rows[0]["method"] == "float32" and all(r["latency_ms"] > 0 for r in rows)

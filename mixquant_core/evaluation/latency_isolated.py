@@ -79,7 +79,11 @@ def measure_isolated(models: Dict[str, bytes], runtimes: Sequence[str], input_sh
                                         f"(time limit, {TIMEOUT_ENV})") from None
                 answer = json.loads(line) if line else None
                 if answer is None:
-                    code = proc.wait(timeout=30)
+                    try:
+                        code = proc.wait(timeout=30)  # its output has ended: it is ending too
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        code = proc.wait()
                     if code == EXIT_MEMORY:
                         raise MixQuantError(f"timing {shown} needed more than {memory_mb:g} MB ({doing}) and was "
                                             f"stopped (memory limit, {MEMORY_ENV})")

@@ -9,6 +9,7 @@ that agrees with it) and timed in a limited child (evaluation/latency_isolated.p
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, replace
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -112,7 +113,10 @@ def bench_file(path_or_bytes, model=None, **options) -> Bench:
     if reference is None:
         notices.append(f"no float32 reference: {f.shown_as} is for {f.model_label}, not a registry model "
                        "(pass --model to compare with it)")
-    return bench_bytes(f.data, reference, shape, f.shown_as, f.model_label, notices=notices, **options)
+    bench = bench_bytes(f.data, reference, shape, f.shown_as, f.model_label, notices=notices, **options)
+    if not isinstance(path_or_bytes, (bytes, bytearray)):
+        bench.shown = os.fspath(path_or_bytes)  # the path itself, not its quoted form in messages
+    return bench
 
 
 def bench_plan(loaded, plan, data: Optional[bytes] = None, **options) -> Bench:
