@@ -7,6 +7,7 @@ from mixquant_core import Plan, plan_size
 from mixquant_viz import figures
 from mixquant_core.export.onnx import onnx_bytes, onnx_size_report, probe_onnx, read_onnx
 from mixquant_core.export.packed import quantized_model_bytes, read_quantized, size_report
+from mixquant_core.studies.latency import bench_plan
 from mixquant_core.studies.tradeoff import rows_to_csv
 from studio_ui import recon_job, sidebar, state, workspaces
 from studio_ui.progress import progress
@@ -85,6 +86,25 @@ if file_key in onnx_files:
                f"{report['accounted_bytes'] / 1e6:.3f} MB ({report['difference_pct']:+.2f} %: "
                f"{report['container_padding_bytes'] / 1e6:.3f} MB of it are 3/5/6/7-bit codes stored in 4/8-bit "
                "containers, the rest the graph and metadata).")
+    state.persist(latency_runs=20, latency_batch=32)
+    lc = st.columns(3)
+    runs = lc[0].number_input("Timed images (batch 1)", min_value=1, max_value=1000, key="latency_runs")
+    batch = lc[1].number_input("Throughput batch", min_value=1, max_value=256, key="latency_batch")
+    if lc[2].button("Measure latency against float32", key="onnx_latency"):
+        try:
+            with st.spinner("Timing the file and the float32 model on ONNX Runtime and OpenVINO (CPU)..."):
+                st.session_state["onnx_latency_result"] = (file_key, bench_plan(
+                    ws.loaded, plan, onnx_data, runtimes=("onnxruntime", "openvino"), runs=int(runs), batch=int(batch)))
+        except state.USER_ERRORS as exc:
+            st.error(f"Latency measurement failed: {state.one_line(exc)}")
+    timed = st.session_state.get("onnx_latency_result")
+    if timed and timed[0] == file_key:
+        for line in timed[1].notices:
+            st.info(line)
+        st.dataframe(pd.DataFrame(timed[1].table()), hide_index=True, key="onnx_latency_table")
+        st.caption("Median ms per image at batch 1 (25-75 % spread) and images/s at the throughput batch, after "
+                   "warm-up, on this server's CPU; x float32: speed against the float32 model on the same runtime "
+                   "(> 1: faster), measured in the same run.")
 
 done = recon_job.latest_done(st.session_state.get("recon_jobs", []), s.model_key)
 if done is None:

@@ -11,6 +11,7 @@ import streamlit as st
 from mixquant_core import default_qem_grid
 from mixquant_core.evaluation.statistics import EarlyStop, describe_difference, within_noise
 from mixquant_viz import figures
+from mixquant_core.studies.latency import with_latency
 from mixquant_core.studies.tradeoff import baseline, rows_to_csv
 from studio_ui import eval_sets, pareto, recon_panel, report_button, sidebar, state, target_panel, workspaces
 from studio_ui.progress import progress
@@ -100,12 +101,29 @@ if st.button("Use this QEM everywhere", key="use_qem"):
     state.set_qem(mq_rows[choice].qem, "Trade-off")
     st.success(f"QEM {mq_rows[choice].qem:.5g} is now used on every page.")
 
+state.persist(measure_latency=False)
+if st.checkbox("Measure latency", key="measure_latency",
+               help="Each plan's ONNX export (float32: the float graph) on ONNX Runtime's CPU provider on this "
+                    "server: median ms per image at batch 1 after warm-up. A few seconds per plan, measured once."):
+    timed = st.session_state.setdefault("latency_rows", {})
+    if key not in timed:
+        try:
+            with progress("Measuring latency") as cb:
+                timed[key] = with_latency(ws, rows, progress=cb)
+        except state.USER_ERRORS as exc:
+            st.error(f"Latency measurement failed: {state.one_line(exc)}")
+    if key in timed:
+        rows = timed[key]
+        st.plotly_chart(figures.accuracy_vs_latency(rows), key="acc_latency_chart")
+        st.caption("Latency of the exported ONNX files as they are today, on this machine (its load included); "
+                   "`mixquant bench` compares ONNX Runtime and OpenVINO at batch 1 and 32.")
+
 st.subheader("Table")
 frame = pd.DataFrame([r.to_flat_dict() for r in rows]).rename(columns={
     "qem": "QEM", "bit_set": "bit-widths", "top1": "top-1 %", "top5": "top-5 %", "quant_mse": "quant MSE",
     "avg_bits": "avg bits", "size_mb": "size MB", "compression": "compression x", "top1_lo": "top-1 low",
     "top1_hi": "top-1 high", "top5_lo": "top-5 low", "top5_hi": "top-5 high", "delta_top1": "Δ top-1 vs float32",
-    "delta_lo": "Δ low", "delta_hi": "Δ high", "p_value": "p (McNemar)"})
+    "delta_lo": "Δ low", "delta_hi": "Δ high", "p_value": "p (McNemar)", "latency_ms": "ms/image (batch 1)"})
 frame["note"] = [f"stopped early after {r.images} images" if r.stopped_early else
                  ("within noise" if within_noise(r.vs_float32) else "")
                  for r in rows]

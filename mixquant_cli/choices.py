@@ -21,3 +21,7 @@ TARGET_FAMILIES = {
 # tuple(mixquant_core.studies.compare.METHODS) and its DEFAULT_TARGETS (average bits)
 COMPARE_METHODS = ("uniform", "mixquant", "budget-qe", "budget-fisher")
 COMPARE_TARGETS = (7.0, 6.0, 5.0, 4.5, 4.0, 3.5, 3.0)
+
+# mixquant_core.evaluation.latency.RUNTIMES and PRECISIONS (mixquant bench)
+LATENCY_RUNTIMES = ("onnxruntime", "openvino")
+LATENCY_PRECISIONS = ("f32", "bf16")

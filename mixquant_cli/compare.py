@@ -8,6 +8,7 @@ import time
 
 from mixquant_core.errors import MixQuantError
 
+from .bench import latency_columns, with_latency
 from .choices import COMPARE_METHODS, COMPARE_TARGETS
 from .inputs import calib_dir, eval_tensors, fisher_calibration, open_evaluations, use_default_data
 from .options import add_calib_args, name_list, number_list
@@ -40,6 +41,7 @@ def cmd_compare(args) -> None:
     data = eval_tensors(args, ws, mode)
     with progress(mode, "compare") as cb:
         rows = compare(ev, data, args.targets, methods, calib, progress=cb)
+    rows = with_latency(args, ws, rows, mode)
     elapsed = time.perf_counter() - t0
     write_csv(args.out, rows)
     info = {"model": ws.loaded.name, "quantizer": ws.quantizer, "images": len(data),
@@ -60,10 +62,12 @@ def print_rows(rows) -> None:
     """Every compared plan, one row each, with the paired comparison to float32."""
     headers = ["method", "budget", "QEM", "bit-widths", "top-1 [95 %]", "top-5 [95 %]", "loss", "avg bits", "size MB", "x",
                "Pareto"]
+    latency_headers, latency_cells = latency_columns(rows)
     body = [[r.method, fmt(r.target) if r.target is not None else "N/A", fmt(r.qem, 3) if r.qem else "N/A",
              r.bit_set, with_ci(r.top1, r.top1_ci), with_ci(r.top5, r.top5_ci), fmt(r.loss, 3), fmt(r.avg_bits),
-             fmt(r.size_mb, 3), fmt(r.compression), "*" if r.pareto else ""] + versus_cells(r.to_dict()) for r in rows]
-    print_table(headers + VERSUS_HEADERS, body)
+             fmt(r.size_mb, 3), fmt(r.compression), "*" if r.pareto else ""] + cells + versus_cells(r.to_dict())
+            for r, cells in zip(rows, latency_cells)]
+    print_table(headers + latency_headers + VERSUS_HEADERS, body)
     print(VERSUS_NOTE)
 
 

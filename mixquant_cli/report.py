@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+from .bench import add_latency_arg, with_latency
 from .inputs import eval_tensors, open_evaluations, use_default_data
 from .options import add_data_args, add_model_args, number
 from .output import check_out
@@ -25,6 +26,7 @@ def cmd_report(args) -> None:
     data = eval_tensors(args, ws, mode)
     with progress(mode, "sweep", sweep_unit(ws.evaluator.cluster)) as cb:
         rows = ev.sweep(data, default_qem_grid(table, args.steps), cb)
+    rows = with_latency(args, ws, rows, mode)
     with progress(mode, "bisection") as cb:
         target = smallest_within_drop(ev, data, args.max_drop, "qem", args.confident, progress=cb)
     text = report_html(ws, data, rows, target)
@@ -44,4 +46,5 @@ def register(subparsers) -> None:
     p.add_argument("--max-drop", type=number("max_drop"), default=1.0, help="the chosen plan: smallest within this top-1 drop (default 1)")
     p.add_argument("--confident", action="store_true", help="the chosen plan's 95 %% upper bound of the drop must be within it")
     p.add_argument("--out", required=True, help="the HTML file to write")
+    add_latency_arg(p)
     p.set_defaults(run=cmd_report)

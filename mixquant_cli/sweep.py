@@ -6,6 +6,7 @@ import json
 import time
 
 from . import compare
+from .bench import add_latency_arg, latency_columns, with_latency
 from .inputs import eval_tensors, open_evaluations, use_default_data
 from .options import add_data_args, add_model_args, number, number_list
 from .output import VERSUS_HEADERS, VERSUS_NOTE, check_out, fmt, print_table, versus_cells, with_ci, write_csv
@@ -30,6 +31,7 @@ def cmd_sweep(args) -> None:
     t_eval = time.perf_counter()
     with progress(mode, "sweep", sweep_unit(ws.evaluator.cluster)) as cb:
         rows = ev.sweep(data, qems, cb)
+    rows = with_latency(args, ws, rows, mode)
     elapsed = time.perf_counter() - t0
     decode_s, eval_s = t_eval - t_decode, time.perf_counter() - t_eval
     write_csv(args.out, rows)
@@ -42,10 +44,11 @@ def cmd_sweep(args) -> None:
                           "rows": [r.to_dict() for r in rows]}, indent=2))
         return
     headers = ["method", "QEM", "bit-widths", "top-1 [95 %]", "top-5 [95 %]", "loss", "quant MSE", "avg bits", "size MB", "x"]
+    latency_headers, latency_cells = latency_columns(rows)
     body = [[r.method, fmt(r.qem, 3) if r.qem is not None else "N/A", r.bit_set, with_ci(r.top1, r.top1_ci),
              with_ci(r.top5, r.top5_ci), fmt(r.loss, 3), fmt(r.quant_mse), fmt(r.avg_bits), fmt(r.size_mb),
-             fmt(r.compression)] + versus_cells(r.to_dict()) for r in rows]
-    print_table(headers + VERSUS_HEADERS, body)
+             fmt(r.compression)] + cells + versus_cells(r.to_dict()) for r, cells in zip(rows, latency_cells)]
+    print_table(headers + latency_headers + VERSUS_HEADERS, body)
     print(f"\n{VERSUS_NOTE}\n{ws.loaded.name}, {ws.quantizer}, {len(data)} images, {len(qems)} QEMs, "
           f"{ev.tally.distinct} distinct plans (float32 included): {ev.tally.evaluated} evaluated, "
           f"{ev.tally.from_store} from the results store, {elapsed:.1f} s on {ws.evaluator.where()} "
@@ -70,4 +73,5 @@ def register(subparsers) -> None:
                    help="QEMs on the default grid (1..10000, default 12)")
     p.add_argument("--out", help="also write the table as CSV")
     compare.add_compare_args(p)
+    add_latency_arg(p)
     p.set_defaults(run=run)

@@ -48,6 +48,9 @@ class PlanRow:
     target: Optional[float] = None
     pareto: bool = False
     bits: Optional[tuple] = field(default=None, compare=False)
+    # ONNX Runtime CPU, median ms per image at batch 1 of the plan's ONNX export (the float graph for
+    # float32), when asked for (studies/latency.py: with_latency); None: not measured.
+    latency_ms: Optional[float] = None
 
     def to_dict(self, with_bits: bool = False) -> dict:
         out = asdict(self)

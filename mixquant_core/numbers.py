@@ -74,6 +74,7 @@ BOUNDS: Dict[str, Bound] = {
     "target_bits": Bound(2, 8),
     "timeout_s": Bound(0, 7 * 86_400, above=True),
     "memory_mb": Bound(0, 1e9, above=True),
+    "runs": Bound(1, 10_000, integer=True),  # timed single images of a latency measurement
 }
 
 # environment variable -> the bound it shares with its option

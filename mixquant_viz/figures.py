@@ -192,30 +192,49 @@ def accuracy_vs_qem(rows) -> go.Figure:
     return fig
 
 
-def accuracy_vs_size(rows) -> go.Figure:
-    """Top-1 against model size: the MixQuant plans, with float32 and int8 as reference points and lines."""
-    all_rows = [_row(r) for r in rows]
-    mq = [r for r in all_rows if r["method"] == "mixquant"]
+def _accuracy_against(rows, x: str, x_title: str, x_hover: str, title: str, methods: Sequence[str], mode: str) -> go.Figure:
+    """Top-1 against the column ``x``: a trace per plan method of ``methods``, float32 and int8 as
+    reference points and lines; rows without a value of ``x`` are left out."""
+    all_rows = [r for r in (_row(r) for r in rows) if r.get(x) is not None]
     fig = go.Figure()
-    fig.add_trace(go.Scatter(
-        x=[r["size_mb"] for r in mq], y=[r["top1"] for r in mq], mode="lines+markers", name="MixQuant top-1",
-        line=dict(color="#1f77b4"), error_y=interval_bars(mq, "top1"), marker=dict(symbol=_stopped_symbols(mq), size=8),
-        customdata=[[r["qem"], r["top5"], r["avg_bits"], _noise_note(r)] for r in mq],
-        hovertemplate=("%{x:.2f} MB<br>top-1 %{y:.2f} %<br>top-5 %{customdata[1]:.2f} %<br>QEM %{customdata[0]:.4g}, "
-                       "%{customdata[2]:.2f} avg bits<br>%{customdata[3]}<extra></extra>"),
-    ))
+    for method in methods:
+        plans = [r for r in all_rows if r["method"] == method]
+        if not plans:
+            continue
+        fig.add_trace(go.Scatter(
+            x=[r[x] for r in plans], y=[r["top1"] for r in plans], mode=mode,
+            name="MixQuant top-1" if method == "mixquant" else method, error_y=interval_bars(plans, "top1"),
+            marker=dict(symbol=_stopped_symbols(plans), size=8), **({"line": dict(color="#1f77b4")} if method == "mixquant" else {}),
+            customdata=[[r["qem"], r["top5"], r["avg_bits"], _noise_note(r)] for r in plans],
+            hovertemplate=(f"{x_hover}<br>top-1 %{{y:.2f}} %<br>top-5 %{{customdata[1]:.2f}} %<br>QEM %{{customdata[0]:.4g}}, "
+                           "%{customdata[2]:.2f} avg bits<br>%{customdata[3]}<extra></extra>"),
+        ))
     for method, symbol in (("float32", "diamond"), ("int8", "square")):
         ref = next((r for r in all_rows if r["method"] == method), None)
         if ref is not None:
-            fig.add_trace(go.Scatter(x=[ref["size_mb"]], y=[ref["top1"]], mode="markers", name=method,
+            fig.add_trace(go.Scatter(x=[ref[x]], y=[ref["top1"]], mode="markers", name=method,
                                      error_y=interval_bars([ref], "top1"), customdata=[_noise_note(ref)],
                                      marker=dict(symbol=symbol, size=11, color=REFERENCE_STYLE[method]["color"]),
-                                     hovertemplate=f"{method}<br>%{{x:.2f}} MB<br>top-1 %{{y:.2f}} %<br>%{{customdata}}<extra></extra>"))
+                                     hovertemplate=f"{method}<br>{x_hover}<br>top-1 %{{y:.2f}} %<br>%{{customdata}}<extra></extra>"))
     _references(fig, rows, "top1")
-    fig.update_xaxes(title="model size (MB)")
+    fig.update_xaxes(title=x_title)
     fig.update_yaxes(title="top-1 (%)")
-    fig.update_layout(title="Accuracy against model size (bars: 95 % intervals)", height=420, margin=dict(l=10, r=10, t=60, b=10))
+    fig.update_layout(title=title, height=420, margin=dict(l=10, r=10, t=60, b=10))
     return fig
+
+
+def accuracy_vs_size(rows) -> go.Figure:
+    """Top-1 against model size: the MixQuant plans, with float32 and int8 as reference points and lines."""
+    return _accuracy_against(rows, "size_mb", "model size (MB)", "%{x:.2f} MB",
+                             "Accuracy against model size (bars: 95 % intervals)", ("mixquant",), "lines+markers")
+
+
+def accuracy_vs_latency(rows) -> go.Figure:
+    """Top-1 against latency (``latency_ms``: ONNX Runtime CPU, batch 1, ms per image of each plan's
+    ONNX export): a point per measured plan, a trace per method, float32 and int8 as references."""
+    methods = list(dict.fromkeys(_row(r)["method"] for r in rows if _row(r)["method"] not in REFERENCE_STYLE))
+    return _accuracy_against(rows, "latency_ms", "latency (ms per image, batch 1, ONNX Runtime CPU)",
+                             "%{x:.2f} ms/image", "Accuracy against latency (bars: 95 % intervals)", methods, "markers")
 
 
 def kind_sensitivity_figure(results, int8_top1: Optional[float] = None, float_top1: Optional[float] = None) -> go.Figure:

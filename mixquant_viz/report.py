@@ -52,10 +52,14 @@ def report_html(ws, data, rows, target=None, title: Optional[str] = None) -> str
     table = ws.table()
     name = ws.loaded.name
     title = title or f"MixQuant report: {name}"
+    timed = any(r.latency_ms is not None for r in rows)
     figs = [figures.accuracy_vs_qem(rows), figures.accuracy_vs_size(rows), figures.qe_heatmap(table)]
-    chosen = ""
+    if timed:
+        figs.append(figures.accuracy_vs_latency(rows))
+    chosen, chosen_bar = "", False
     if target is not None and target.found:
-        figs.append(figures.plan_bits_bar(ws.layers, target.bits, ws.pinned))
+        chosen_bar = True
+        figs.insert(3, figures.plan_bits_bar(ws.layers, target.bits, ws.pinned))
         s, d = target.size, target.difference
         chosen = (f'<div class="box"><b>Chosen plan</b>: the smallest {target.method} plan whose top-1 stays within '
                   f'{target.max_drop:g} points of float32{" (95 % upper bound)" if target.confident else ""}'
@@ -76,9 +80,10 @@ def report_html(ws, data, rows, target=None, title: Optional[str] = None) -> str
                               ["quantized parameters", f"{params:,}"], ["float32 size", f"{ws.float_bytes / 1e6:.2f} MB"],
                               ["quantizer", ws.quantizer], ["candidate bit-widths", ", ".join(map(str, ws.bits))]])
     body = [[r.method, f"{r.qem:.4g}" if r.qem else "", r.bit_set, _ci(r.top1, r.top1_ci), _ci(r.top5, r.top5_ci),
-             f"{r.avg_bits:.2f}", f"{r.size_mb:.2f}", f"{r.compression:.2f}", _versus(r)] for r in rows]
-    sweep = _table(["plan", "QEM", "bit-widths", "top-1 % [95 %]", "top-5 % [95 %]", "avg bits", "MB", "x",
-                    "vs float32 (points) [95 %]"], body)
+             f"{r.avg_bits:.2f}", f"{r.size_mb:.2f}", f"{r.compression:.2f}"]
+            + ([f"{r.latency_ms:.2f}" if r.latency_ms is not None else ""] if timed else []) + [_versus(r)] for r in rows]
+    sweep = _table(["plan", "QEM", "bit-widths", "top-1 % [95 %]", "top-5 % [95 %]", "avg bits", "MB", "x"]
+                   + (["ms/image (ONNX Runtime, batch 1)"] if timed else []) + ["vs float32 (points) [95 %]"], body)
     stopped = sum(1 for r in rows if r.stopped_early)
     measured = _table(["", ""], [
         ["images", f"{len(data)} (evaluation set fingerprint {data.fingerprint})"],
@@ -96,5 +101,8 @@ def report_html(ws, data, rows, target=None, title: Optional[str] = None) -> str
             f"<h2>Model</h2>{model}<h2>Accuracy against QEM and size</h2>{parts[0]}{parts[1]}"
             f"<p>Bars are 95 % intervals: two plans whose bars overlap widely may not really differ on these images.</p>"
             f"{sweep}<h2>Quantization error per layer</h2>{parts[2]}"
-            + (f"<h2>The chosen plan, layer by layer</h2>{parts[3]}" if len(parts) > 3 else "")
+            + (f"<h2>The chosen plan, layer by layer</h2>{parts[3]}" if chosen_bar else "")
+            + (f"<h2>Accuracy against latency</h2>{parts[-1]}<p>Latency: each plan's ONNX export (float32: the float "
+               f"graph) on ONNX Runtime's CPU provider on the machine that wrote this report, median ms per image at "
+               f"batch 1.</p>" if timed else "")
             + f"<h2>How the numbers were measured</h2>{measured}</body></html>")

@@ -139,3 +139,20 @@ def test_sidebar_engine_select_reaches_the_workspace(export):
     assert_ran_cleanly(at)
     assert at.session_state["settings"].engine == "torch"
     assert at.session_state["settings"].workspace_key[-2:] == ("torch", "")  # engine, then the (empty) Ray cluster
+
+
+def test_built_onnx_file_latency_against_float32(export):
+    at = export
+    at.button(key="build_onnx").click().run()
+    assert_ran_cleanly(at)
+    at.number_input(key="latency_runs").set_value(2)
+    at.number_input(key="latency_batch").set_value(2)
+    at.button(key="onnx_latency").click().run()
+    assert_ran_cleanly(at)
+    assert not errors(at)
+    table = next(d.value for d in at.dataframe if "ms/image (batch 1)" in d.value.columns)
+    pairs = list(zip(table["runtime"], table["model"]))
+    assert pairs == [("onnxruntime", "float32"), ("onnxruntime", "file"), ("openvino", "float32"), ("openvino", "file")]
+    assert (table["ms/image (batch 1)"] > 0).all() and (table["images/s (batch 2)"] > 0).all()
+    assert list(table["x float32 (batch 1)"][[0, 2]]) == [1.0, 1.0] and (table["x float32 (batch 1)"] > 0).all()
+    assert any("x float32: speed against the float32 model" in c.value for c in at.caption)

@@ -146,3 +146,19 @@ def test_pareto_fisher_without_calibration_folder_is_an_error(swept):
     at.button(key="run_pareto").click().run()
     assert_ran_cleanly(at)
     assert any("needs a calibration folder" in e for e in errors(at))
+
+
+@pytest.mark.data
+def test_measure_latency_adds_the_column_and_the_chart(swept):
+    at = swept
+    assert "ms/image (batch 1)" in at.dataframe[0].value.columns and at.dataframe[0].value["ms/image (batch 1)"].isna().all()
+    at.checkbox(key="measure_latency").check().run()
+    assert_ran_cleanly(at)
+    assert not errors(at)
+    table = at.dataframe[0].value
+    assert (table["ms/image (batch 1)"] > 0).all()
+    fig = charts(at)["acc_latency_chart"]
+    assert [t.name for t in fig.data] == ["MixQuant top-1", "float32", "int8"]
+    np.testing.assert_allclose(array(fig.data[1].x), table["ms/image (batch 1)"][:1].to_numpy(dtype=float))
+    at.checkbox(key="measure_latency").uncheck().run()  # off again: the measured table is not shown
+    assert at.dataframe[0].value["ms/image (batch 1)"].isna().all() and "acc_latency_chart" not in charts(at)

@@ -56,6 +56,7 @@ def test_the_parser_names_equal_the_core_ones():
     from mixquant_core.models.registry import DEFAULT_MODEL
     from mixquant_core.quant.quantizers import QUANTIZERS
     from mixquant_core.recon.reconstruct import SCHEMES
+    from mixquant_core.evaluation.latency import PRECISIONS, RUNTIMES
     from mixquant_core.studies.compare import DEFAULT_TARGETS, METHODS
     from mixquant_core.studies.target import FAMILIES
 
@@ -64,3 +65,4 @@ def test_the_parser_names_equal_the_core_ones():
     assert choices.RECON_SCHEMES == SCHEMES
     assert choices.TARGET_FAMILIES == FAMILIES
     assert choices.COMPARE_METHODS == tuple(METHODS) and choices.COMPARE_TARGETS == DEFAULT_TARGETS
+    assert choices.LATENCY_RUNTIMES == RUNTIMES and choices.LATENCY_PRECISIONS == PRECISIONS

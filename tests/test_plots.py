@@ -140,3 +140,18 @@ def test_accuracy_figures_draw_intervals_and_mark_early_stops():
     assert list(size.data[0].error_y.array) == [6.0, 7.0]
     assert list(size.data[1].error_y.arrayminus) == [8.0]  # float32's own interval
     assert figures.interval_bars([r.to_dict() for r in _rows()], "top1") is None  # rows without intervals: no bars
+
+
+def test_accuracy_vs_latency_draws_measured_plans_only():
+    from dataclasses import replace
+
+    rows = _rows()
+    timed = [replace(r, latency_ms=ms) for r, ms in zip(rows, (9.0, 7.0, 6.5, None))]  # the last plan: not measured
+    fig = figures.accuracy_vs_latency(timed)
+    assert [t.name for t in fig.data] == ["MixQuant top-1", "float32", "int8"]
+    assert list(fig.data[0].x) == [6.5] and list(fig.data[0].y) == [79.5]
+    assert list(fig.data[1].x) == [9.0] and list(fig.data[2].x) == [7.0]
+    assert "latency" in fig.layout.xaxis.title.text
+    assert [s.y0 for s in fig.layout.shapes] == [80.0, 79.0]
+    compared = [replace(timed[0]), replace(timed[2], method="budget-qe")]  # a comparison's methods get a trace each
+    assert [t.name for t in figures.accuracy_vs_latency(compared).data] == ["budget-qe", "float32"]

@@ -1,6 +1,7 @@
 """Stage 4, accuracy: running a (fake-quantized) model over an evaluation set into metrics, how sure
 they are (statistics), keeping them (store), and spreading them over a Ray cluster (cluster, shards,
-cluster_worker; ``ray`` imported only when used). Imports plans/ and the stages below it only."""
+cluster_worker; ``ray`` imported only when used), and latency (latency, latency_isolated,
+latency_runner: an ONNX model timed on ONNX Runtime or OpenVINO). Imports plans/ and the stages below it only."""
 from ..lazy import lazy_exports
 
 # Imported on first use (PEP 562): the results store lives in this package and is read without

@@ -155,3 +155,11 @@ def state_initializers(model: nn.Module, proto) -> Dict[str, torch.Tensor]:
     """The model's current floating state tensors that the graph holds as float initializers."""
     names = {init.name for init in proto.graph.initializer if init.data_type == 1}
     return {k: v for k, v in model.state_dict().items() if k in names and v.is_floating_point()}
+
+
+def float_onnx_bytes(model: nn.Module, image_shape: Tuple[int, ...]) -> bytes:
+    """The float32 model as a runnable ONNX file (its current weights): the reference that exported
+    plans are compared with (latency)."""
+    proto = float_graph(model, image_shape)
+    set_initializers(proto, state_initializers(model, proto))
+    return proto.SerializeToString()

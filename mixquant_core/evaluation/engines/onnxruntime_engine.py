@@ -23,6 +23,7 @@ from ...models.layers import weight_ref
 from ...models.onnx_graph import INPUT_NAME, OnnxExportError, float_graph, set_initializers, state_initializers
 from ...quant.recipe import Quantizer, acts_of, quantize_layer
 from ..evaluate import Metrics, PerImageResults, Progress
+from ..ort_session import ort_session
 from ..statistics import EarlyStop
 from .torch_engine import TorchEngine
 
@@ -34,23 +35,7 @@ DEFAULT_BATCH = 8
 
 def new_session(model_bytes: bytes, threads: Optional[int] = None):
     """An ORT CPU session with every graph optimisation, ``threads`` intra-op threads (default: cores)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or usable_cores()
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3  # errors only: no warnings on the user's terminal
-    # An exported file's DequantizeLinear + MatMul (transformers' Linear layers) is fused into
-    # MatMulNBits, which by default rounds the activations to int8 (accuracy level 4): logits ~1%
-    # off the fake-quantized model's. Level 1 computes in float32, as torch does.
-    options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
-    # ONNX Runtime 1.32 cannot load a 2-bit DequantizeLinear -> Transpose -> MatMul (an exported
-    # transformer's Linear layer, K >= 32) with its TransposeOptimizer on: it moves the Transpose
-    # onto the uint2/int2 codes, and constant folding fails on them ("Element type mismatch").
-    # Off, it costs nothing measurable (Lite0 and ViT-S/16 float graphs: same speed within noise).
-    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"],
-                                disabled_optimizers=["TransposeOptimizer"])
+    return ort_session(model_bytes, threads or usable_cores())
 
 
 def planned_weights(model: nn.Module, bits: Dict[str, int], quantizer: Quantizer) -> Dict[str, torch.Tensor]:
