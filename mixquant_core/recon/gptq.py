@@ -239,6 +239,13 @@ def gptq_codes(w: torch.Tensor, h: torch.Tensor, scale: torch.Tensor, zero_point
     return codes, start
 
 
+def _row_error(codes: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor,
+               h: torch.Tensor) -> torch.Tensor:
+    """[G, R]: each row's output error on the calibration inputs, d H d^T with d = w - w_hat."""
+    d = (w - (codes - zp) * scale).double()
+    return (torch.bmm(d, h.double()) * d).sum(-1)
+
+
 def gptq_layer(name: str, w: torch.Tensor, hessians: torch.Tensor, bits: int, quantizer: Quantizer,
                damp: float = DAMP, act_order: bool = False) -> Tuple[QuantizedLayer, torch.Tensor]:
     """Layer ``name``'s GPTQ codes on ``quantizer``'s grid for ``bits``, and the updated weights
@@ -247,8 +254,14 @@ def gptq_layer(name: str, w: torch.Tensor, hessians: torch.Tensor, bits: int, qu
     _, scale, zp = layer_grid(quantizer, name, w, bits)
     groups = int(hessians.shape[0])
     full = lambda t: grouped(t.float().expand_as(w), groups)  # noqa: E731
-    codes, start = gptq_codes(grouped(w, groups), hessians, full(scale), full(zp), 2 ** int(bits) - 1, damp, act_order)
-    codes = codes.reshape(w.shape)
+    wg, sg, zg = grouped(w, groups), full(scale), full(zp)
+    codes, start = gptq_codes(wg, hessians, sg, zg, 2 ** int(bits) - 1, damp, act_order)
+    # GPTQ is greedy: with heavy clipping (2 bits) a row can end worse than plain rounding. Rows are
+    # independent in the objective sum_rows d H d^T, so each keeps the better of the two roundings.
+    nearest = grouped(layer_grid(quantizer, name, w, bits)[0].float(), groups)
+    worse = _row_error(codes, wg, sg, zg, hessians) > _row_error(nearest, wg, sg, zg, hessians)
+    codes = torch.where(worse[:, :, None], nearest, codes).reshape(w.shape)
+    start = torch.where(worse[:, :, None], wg, start)
     if not torch.isfinite(start).all():  # never: H is damped and finite; a last guard before the codes ship
         raise MixQuantError(f"layer '{name}': GPTQ produced non-finite weights")
     from ..quant.recipe import scheme_of
