@@ -201,42 +201,42 @@ def gptq_codes(w: torch.Tensor, h: torch.Tensor, scale: torch.Tensor, zero_point
     ``zero_point`` broadcastable to ``w`` (per weight, after the grid's own broadcasting), codes
     0 .. ``qmax``. Returns (codes [G, R, C] float, the updated weights GPTQ rounded: the value each
     weight had when its column was quantized, so that its nearest code is its GPTQ code)."""
-    w = w.detach().float().clone()
     h = h.detach().double().clone()
-    scale = scale.float().expand_as(w).clone()
-    zero_point = zero_point.float().expand_as(w).clone()
-    g, r, c = w.shape
+    # columns first ([G, C, R]): each step reads one contiguous column
+    col_major = lambda t: t.float().expand_as(w).transpose(1, 2).contiguous()  # noqa: E731
+    w, scale, zero_point = col_major(w.detach()), col_major(scale), col_major(zero_point)
+    c = w.shape[1]
     diag = torch.diagonal(h, dim1=-2, dim2=-1)
     dead = diag == 0
     diag[dead] = 1.0  # a view: writes H's diagonal
-    w.masked_fill_(dead[:, None, :], 0.0)
+    w.masked_fill_(dead[:, :, None], 0.0)
     if act_order:
         perm = torch.argsort(torch.diagonal(h, dim1=-2, dim2=-1), dim=-1, descending=True, stable=True)
-        take = lambda t: t.gather(2, perm[:, None, :].expand_as(t))  # noqa: E731
+        take = lambda t: t.gather(1, perm[:, :, None].expand_as(t))  # noqa: E731
         w, scale, zero_point = take(w), take(scale), take(zero_point)
         h = h.gather(1, perm[:, :, None].expand_as(h)).gather(2, perm[:, None, :].expand_as(h))
     u = inverse_factor(h, damp).float()
     codes, start = torch.empty_like(w), torch.empty_like(w)
     for i1 in range(0, c, block):
         i2 = min(i1 + block, c)
-        w1 = w[:, :, i1:i2].clone()
-        err1 = torch.zeros_like(w1)
+        w1 = w[:, i1:i2].clone()
+        err1 = torch.empty_like(w1)
         u1 = u[:, i1:i2, i1:i2]
         for i in range(i2 - i1):
-            col, s, z = w1[:, :, i], scale[:, :, i1 + i], zero_point[:, :, i1 + i]
+            col, s, z = w1[:, i], scale[:, i1 + i], zero_point[:, i1 + i]
             code = torch.clamp(torch.round(col / s) + z, 0, qmax)
-            start[:, :, i1 + i] = col
-            codes[:, :, i1 + i] = code
-            e = (col - (code - z) * s) / u1[:, i, i][:, None]
-            w1[:, :, i:] -= e[:, :, None] * u1[:, None, i, i:]
-            err1[:, :, i] = e
+            start[:, i1 + i] = col
+            codes[:, i1 + i] = code
+            e = err1[:, i]
+            torch.div(col - (code - z) * s, u1[:, i, i, None], out=e)
+            w1[:, i + 1:].addcmul_(u1[:, i, i + 1:, None], e[:, None, :], value=-1.0)
         if i2 < c:
-            w[:, :, i2:] -= torch.bmm(err1, u[:, i1:i2, i2:])
+            w[:, i2:] -= torch.bmm(u[:, i1:i2, i2:].transpose(1, 2), err1)
     if act_order:
         inv = torch.argsort(perm, dim=-1)
-        back = lambda t: t.gather(2, inv[:, None, :].expand_as(t))  # noqa: E731
+        back = lambda t: t.gather(1, inv[:, :, None].expand_as(t))  # noqa: E731
         codes, start = back(codes), back(start)
-    return codes, start
+    return codes.transpose(1, 2), start.transpose(1, 2)
 
 
 def _row_error(codes: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor,
@@ -247,18 +247,19 @@ def _row_error(codes: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zp: to
 
 
 def gptq_layer(name: str, w: torch.Tensor, hessians: torch.Tensor, bits: int, quantizer: Quantizer,
-               damp: float = DAMP, act_order: bool = False) -> Tuple[QuantizedLayer, torch.Tensor]:
+               damp: float = DAMP, act_order: bool = False, grid=None) -> Tuple[QuantizedLayer, torch.Tensor]:
     """Layer ``name``'s GPTQ codes on ``quantizer``'s grid for ``bits``, and the updated weights
-    (``w``'s shape) those codes are the nearest rounding of (AdaRound's start in gptq+brecq)."""
+    (``w``'s shape) those codes are the nearest rounding of (AdaRound's start in gptq+brecq).
+    ``grid``: ``layer_grid``'s answer for this layer when the caller has it already."""
     w = w.detach().float()
-    _, scale, zp = layer_grid(quantizer, name, w, bits)
+    nearest, scale, zp = grid if grid is not None else layer_grid(quantizer, name, w, bits)
     groups = int(hessians.shape[0])
     full = lambda t: grouped(t.float().expand_as(w), groups)  # noqa: E731
     wg, sg, zg = grouped(w, groups), full(scale), full(zp)
     codes, start = gptq_codes(wg, hessians, sg, zg, 2 ** int(bits) - 1, damp, act_order)
     # GPTQ is greedy: with heavy clipping (2 bits) a row can end worse than plain rounding. Rows are
     # independent in the objective sum_rows d H d^T, so each keeps the better of the two roundings.
-    nearest = grouped(layer_grid(quantizer, name, w, bits)[0].float(), groups)
+    nearest = grouped(nearest.float(), groups)
     worse = _row_error(codes, wg, sg, zg, hessians) > _row_error(nearest, wg, sg, zg, hessians)
     codes = torch.where(worse[:, :, None], nearest, codes).reshape(w.shape)
     start = torch.where(worse[:, :, None], wg, start)
@@ -274,14 +275,14 @@ Progress = Optional[Callable[[int, int, str], None]]
 
 
 def quantize_with_inputs(refs: Dict[str, WeightRef], bits: Dict[str, int], inputs: Dict[str, LayerInputs],
-                         quantizer: Quantizer, damp: float, act_order: bool,
+                         quantizer: Quantizer, damp: float, act_order: bool, grids: Dict[str, tuple],
                          starts: Optional[Dict[str, torch.Tensor]] = None) -> Dict[str, QuantizedLayer]:
-    """GPTQ codes of each layer of ``inputs`` from its collected Hessians; the model's weights are
-    left as they were (the caller writes them)."""
+    """GPTQ codes of each layer of ``inputs`` from its collected Hessians, on ``grids`` (name ->
+    ``layer_grid``); the model's weights are left as they were (the caller writes them)."""
     out = {}
     for name, coll in inputs.items():
         layer, start = gptq_layer(name, refs[name].tensor.detach().cpu(), coll.matrices(name).cpu(), int(bits[name]),
-                                  quantizer, damp, act_order)
+                                  quantizer, damp, act_order, grids[name])
         out[name] = layer
         if starts is not None:
             starts[name] = start
@@ -292,8 +293,8 @@ def quantize_with_inputs(refs: Dict[str, WeightRef], bits: Dict[str, int], input
 REPORT_IMAGES = 64  # calibration images each stage's error report (GPTQ vs nearest) is measured on
 
 
-def _nearest_weight(name: str, w: torch.Tensor, bits: int, quantizer: Quantizer) -> torch.Tensor:
-    codes, scale, zp = layer_grid(quantizer, name, w.detach().float(), bits)
+def _dequantized(grid) -> torch.Tensor:
+    codes, scale, zp = grid
     return (codes - zp) * scale
 
 
@@ -322,15 +323,18 @@ def run_gptq(work: nn.Module, bits: Dict[str, int], calib: torch.Tensor, cfg, qu
     refs = {n: weight_ref(work, n) for n in bits}
     chunk = max(1, cfg.batch_size)
     result = ReconResult({}, config=cfg)
+    grids: Dict[str, tuple] = {}
 
     def collect(names: List[str], run, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        for n in names:  # each layer's grid once (an MSE range search is not free)
+            grids[n] = layer_grid(quantizer, n, refs[n].tensor.detach().float().cpu(), int(bits[n]))
         inputs = {n: LayerInputs(refs[n]) for n in names}
         with ExitStack() as stack, torch.no_grad():
             for coll in inputs.values():
                 stack.enter_context(coll)
             for i in range(0, len(x), chunk):
                 run(x[i:i + chunk])
-        return quantize_with_inputs(refs, bits, inputs, quantizer, cfg.damp, cfg.act_order, starts)
+        return quantize_with_inputs(refs, bits, inputs, quantizer, cfg.damp, cfg.act_order, grids, starts)
 
     def write(layers: Dict[str, torch.Tensor]) -> None:
         with torch.no_grad():
@@ -362,7 +366,7 @@ def run_gptq(work: nn.Module, bits: Dict[str, int], calib: torch.Tensor, cfg, qu
                 t0 = time.perf_counter()
                 layers = collect(names, stage.run, x_q)
                 n_eval = len(x_fp)
-                write({n: _nearest_weight(n, refs[n].tensor, bits[n], quantizer) for n in names})
+                write({n: _dequantized(grids[n]) for n in names})
                 nearest = _forward_all(stage.run, x_q[:n_eval], chunk)
                 write({n: q.weight() for n, q in layers.items()})
                 x_q = _forward_all(stage.run, x_q, chunk)
