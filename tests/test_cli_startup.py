@@ -63,5 +63,8 @@ def test_the_parser_names_equal_the_core_ones():
     assert choices.DEFAULT_MODEL == DEFAULT_MODEL
     assert choices.RECON_SCHEMES == SCHEMES
     assert choices.RECON_METHODS == RECON_METHODS
+    from mixquant_core.workspace import COSTS
+
+    assert choices.ALLOCATION_COSTS == COSTS
     assert choices.TARGET_FAMILIES == FAMILIES
     assert choices.COMPARE_METHODS == tuple(METHODS) and choices.COMPARE_TARGETS == DEFAULT_TARGETS

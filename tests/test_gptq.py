@@ -227,3 +227,25 @@ def test_cli_bad_gptq_options_are_one_usage_line(argv, message, capsys, tmp_path
         main(["reconstruct", "--uniform", "4", "--calib", str(tmp_path), "--out", str(tmp_path / "x.safetensors")] + argv)
     code, err = done.value.code, capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_fisher_gptq_cost_is_in_fisher_units_and_allocates():
+    """Part 3: the allocation cost of GPTQ's weights, on the Fisher table's diagonal."""
+    import numpy as np
+
+    from mixquant_core.data.image_sets import EvalTensors
+    from recon_support import workspace
+
+    ws = workspace(tiny_chain(), "per-channel")
+    g = torch.Generator().manual_seed(0)
+    calib = EvalTensors(torch.randn(8, 3, 24, 24, generator=g), torch.randint(0, 10, (8,), generator=g))
+    fisher = ws.cost_table("fisher", calib)
+    gptq = ws.cost_table("fisher-gptq", calib)
+    assert gptq.shape == fisher.shape and np.isfinite(gptq).all() and (gptq >= 0).all()
+    # 8 bits: GPTQ's and round-to-nearest's weights are both within half a step; same order of cost
+    assert np.allclose(gptq[:, 0], fisher[:, 0], rtol=5, atol=1e-12)
+    assert ws.cost_table("fisher-gptq", calib) is gptq  # cached per calibration set
+    bits = ws.budget_bits("fisher-gptq", avg_bits=4.0, calib=calib)
+    assert ws.size(bits).avg_bits <= 4.0 + 1e-9
+    with pytest.raises(MixQuantError, match="needs calibration images"):
+        ws.allocation_family("fisher-gptq", "bits")

@@ -383,3 +383,43 @@ def run_gptq(work: nn.Module, bits: Dict[str, int], calib: torch.Tensor, cfg, qu
     result.seconds = time.perf_counter() - t_start
     result.layers = {n: result.layers[n] for n in bits}
     return result
+
+
+# --- allocation that knows the rounding (issue #22 part 3) ---------------------------------------
+def gptq_cost_table(model: nn.Module, names: List[str], calib: torch.Tensor, fisher: List[torch.Tensor],
+                    bits, quantizer: Quantizer, batch_size: int = 32, damp: float = DAMP,
+                    progress: Progress = None):
+    """[L, B] float64: per layer of ``names`` and bit-width of ``bits``, the Fisher-weighted error
+    ``sum F * (w - w_gptq(b))**2`` of GPTQ's weights, in the units of the plain Fisher cost
+    (plans/fisher.py), so the budgeted allocation ranks bit-widths by what GPTQ will make of them.
+    Hessians from ONE float32 pass over ``calib`` (every layer's inputs from the float model, not
+    the sequential scheme of ``run_gptq``), then one GPTQ solve per layer and bit-width."""
+    import numpy as np
+
+    from ..models.layers import weight_ref
+
+    if not torch.isfinite(calib).all():
+        raise MixQuantError("the calibration images contain NaN/Inf values")
+    refs = {n: weight_ref(model, n) for n in names}
+    inputs = {n: LayerInputs(refs[n]) for n in names}
+    total = len(names) + 1
+    from contextlib import ExitStack
+
+    with ExitStack() as stack, torch.no_grad():
+        for coll in inputs.values():
+            stack.enter_context(coll)
+        for i in range(0, len(calib), batch_size):
+            model(calib[i:i + batch_size])
+    if progress:
+        progress(1, total, "GPTQ cost: Hessians")
+    cost = np.zeros((len(names), len(bits)), dtype=np.float64)
+    for i, (name, f) in enumerate(zip(names, fisher)):
+        w = refs[name].tensor.detach().float().cpu()
+        h = inputs[name].matrices(name).cpu()
+        for j, b in enumerate(bits):
+            q, _ = gptq_layer(name, w, h, int(b), quantizer, damp)
+            err = w.double() - q.weight().double()
+            cost[i, j] = float(torch.sum(f.cpu().double() * err * err))
+        if progress:
+            progress(i + 2, total, f"GPTQ cost: {name}")
+    return cost
