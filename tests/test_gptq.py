@@ -244,3 +244,19 @@ def test_fisher_gptq_cost_is_in_fisher_units_and_allocates():
     assert ws.size(bits).avg_bits <= 4.0 + 1e-9
     with pytest.raises(MixQuantError, match="needs calibration images"):
         ws.allocation_family("fisher-gptq", "bits")
+
+
+def test_gptq_on_a_vision_transformer_with_packed_attention():
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    from mixquant_core.models.layers import find_layers
+
+    torch.manual_seed(0)
+    model = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64,
+                              num_classes=10).eval()
+    bits = {layer.name: 4 for layer in find_layers(model)}
+    assert any(n.endswith("in_proj_weight") for n in bits)
+    result = reconstruct(model, bits, torch.randn(6, 3, 32, 32), ReconConfig(method="gptq", scheme="per-channel"))
+    assert set(result.layers) == set(bits)
+    assert all(torch.isfinite(q.weight()).all() for q in result.layers.values())
+    assert sum(b.mse_learned for b in result.blocks) <= sum(b.mse_nearest for b in result.blocks)

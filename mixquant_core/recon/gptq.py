@@ -116,16 +116,23 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
 
 
 class LayerInputs:
-    """The Hessians of one layer, filled by a forward hook on its module while the model runs."""
+    """The Hessians of one layer, filled by a forward hook on its module while the model runs.
 
-    def __init__(self, ref: WeightRef):
+    ``attention``: the nn.MultiheadAttention whose ``out_proj`` this layer is. That Linear is never
+    called as a module (the attention function reads its weight), so its input is taken by running
+    the attention again with an identity output projection: exactly the heads' concatenated output."""
+
+    def __init__(self, ref: WeightRef, attention: Optional[nn.Module] = None):
         self.ref = ref
+        self.attention = attention
         self.hessians: List[Hessian] = []  # one, or one per q/k/v row block of a packed in_proj_weight
         self._handle = None
 
     def __enter__(self):
         owner = self.ref.owner
-        if self.ref.attr == "weight":
+        if self.attention is not None:
+            self._handle = self.attention.register_forward_hook(self._out_proj_hook, with_kwargs=True)
+        elif self.ref.attr == "weight":
             self._handle = owner.register_forward_hook(self._module_hook)
         else:  # nn.MultiheadAttention: its query/key/value, positional or keyword
             self._handle = owner.register_forward_pre_hook(self._attention_hook, with_kwargs=True)
@@ -149,6 +156,22 @@ class LayerInputs:
         for part in _chunks(x, per_image):
             self._add([conv_columns(module, part)])
 
+    def _out_proj_hook(self, module, args, kwargs, _output) -> None:
+        proj = module.out_proj
+        saved = proj.weight, proj.bias
+        try:  # plain attributes for one call: the module's own forward, so no hook runs again
+            del proj.weight
+            proj.weight = torch.eye(proj.in_features, dtype=saved[0].dtype, device=saved[0].device)
+            if saved[1] is not None:
+                del proj.bias
+                proj.bias = torch.zeros_like(saved[1])
+            heads = module.forward(*args, **kwargs)[0]
+        finally:
+            proj.weight = saved[0]
+            if saved[1] is not None:
+                proj.bias = saved[1]
+        self._add([_rows(heads)])
+
     def _attention_hook(self, module, args, kwargs) -> None:
         names = ("query", "key", "value")
         qkv = [args[i] if len(args) > i else kwargs.get(n) for i, n in enumerate(names)]
@@ -169,6 +192,23 @@ class LayerInputs:
             raise MixQuantError(f"layer '{name}': its inputs on the calibration images are NaN/Inf; "
                                 "GPTQ needs finite activations")
         return h
+
+
+def layer_inputs(model: nn.Module, name: str) -> LayerInputs:
+    """The Hessian collector of layer ``name`` (an attention module's ``out_proj`` handled)."""
+    from ..models.layers import weight_ref
+
+    ref = weight_ref(model, name)
+    parent_name, _, child = name.rpartition(".")
+    parent = weight_ref_parent(model, parent_name) if child == "out_proj" else None
+    return LayerInputs(ref, parent if isinstance(parent, nn.MultiheadAttention) else None)
+
+
+def weight_ref_parent(model: nn.Module, dotted: str) -> Optional[nn.Module]:
+    try:
+        return model.get_submodule(dotted) if dotted else model
+    except AttributeError:
+        return None
 
 
 def grouped(w: torch.Tensor, groups: int) -> torch.Tensor:
@@ -329,7 +369,7 @@ def run_gptq(work: nn.Module, bits: Dict[str, int], calib: torch.Tensor, cfg, qu
     def collect(names: List[str], run, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         for n in names:  # each layer's grid once (an MSE range search is not free)
             grids[n] = layer_grid(quantizer, n, refs[n].tensor.detach().float().cpu(), int(bits[n]))
-        inputs = {n: LayerInputs(refs[n]) for n in names}
+        inputs = {n: layer_inputs(work, n) for n in names}
         with ExitStack() as stack, torch.no_grad():
             for coll in inputs.values():
                 stack.enter_context(coll)
@@ -401,7 +441,7 @@ def gptq_cost_table(model: nn.Module, names: List[str], calib: torch.Tensor, fis
     if not torch.isfinite(calib).all():
         raise MixQuantError("the calibration images contain NaN/Inf values")
     refs = {n: weight_ref(model, n) for n in names}
-    inputs = {n: LayerInputs(refs[n]) for n in names}
+    inputs = {n: layer_inputs(model, n) for n in names}
     total = len(names) + 1
     from contextlib import ExitStack
 
