@@ -260,3 +260,19 @@ def test_gptq_on_a_vision_transformer_with_packed_attention():
     assert set(result.layers) == set(bits)
     assert all(torch.isfinite(q.weight()).all() for q in result.layers.values())
     assert sum(b.mse_learned for b in result.blocks) <= sum(b.mse_nearest for b in result.blocks)
+
+
+def test_brecq_started_from_gptq_runs_and_records_its_method():
+    from mixquant_core.recon.reconstruct import recon_metadata
+
+    model = tiny_chain()
+    bits = dict(zip(layer_names(model), MIXED_BITS))
+    calib = images(8)
+    gptq = reconstruct(model, bits, calib, ReconConfig(method="gptq", batch_size=4))
+    both = reconstruct(model, bits, calib, ReconConfig(method="gptq+brecq", iters=2, batch_size=4, warmup=1.0))
+    assert set(both.layers) == set(bits)
+    # 2 warm-up steps move few weights: most codes are still GPTQ's (the start reproduces them exactly)
+    same = sum(int((both.layers[n].codes == gptq.layers[n].codes).sum()) for n in bits)
+    assert same >= 0.9 * sum(q.codes.numel() for q in gptq.layers.values())
+    meta = json.loads(recon_metadata(both, len(calib))["reconstruction"])
+    assert meta["method"] == "gptq+adaround+brecq-blocks" and meta["config"]["method"] == "gptq+brecq"
