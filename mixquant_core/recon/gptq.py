@@ -200,11 +200,11 @@ def layer_inputs(model: nn.Module, name: str) -> LayerInputs:
 
     ref = weight_ref(model, name)
     parent_name, _, child = name.rpartition(".")
-    parent = weight_ref_parent(model, parent_name) if child == "out_proj" else None
+    parent = _submodule(model, parent_name) if child == "out_proj" else None
     return LayerInputs(ref, parent if isinstance(parent, nn.MultiheadAttention) else None)
 
 
-def weight_ref_parent(model: nn.Module, dotted: str) -> Optional[nn.Module]:
+def _submodule(model: nn.Module, dotted: str) -> Optional[nn.Module]:
     try:
         return model.get_submodule(dotted) if dotted else model
     except AttributeError:
@@ -355,7 +355,7 @@ def run_gptq(work: nn.Module, bits: Dict[str, int], calib: torch.Tensor, cfg, qu
     from contextlib import ExitStack
 
     from .blocks import model_stages
-    from .reconstruct import BlockReport, ReconResult, block_loss, _forward_all
+    from .results import BlockReport, ReconResult, block_loss, forward_all as _forward_all
     from ..models.layers import weight_ref
 
     if not torch.isfinite(calib).all():

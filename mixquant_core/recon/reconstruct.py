@@ -33,7 +33,7 @@ from __future__ import annotations
 import copy
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Optional
 
 import torch
@@ -41,6 +41,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .adaround import AdaRoundWeight
+from .results import BlockReport, ReconResult, block_loss, forward_all as _forward_all
 from .blocks import Stage, model_stages
 from ..errors import MixQuantError
 from ..models.devices import resolve_device
@@ -77,24 +78,6 @@ METHODS = ("brecq", "gptq", "gptq+brecq")
 METHOD_LABELS = {"brecq": "adaround+brecq-blocks", "gptq": "gptq", "gptq+brecq": "gptq+adaround+brecq-blocks"}
 
 
-@dataclass
-class BlockReport:
-    name: str
-    layers: List[str]
-    mse_nearest: float  # block output error with round-to-nearest codes (same scales)
-    mse_learned: float  # ... with the learned rounding
-    seconds: float
-
-
-@dataclass
-class ReconResult:
-    layers: Dict[str, QuantizedLayer]
-    blocks: List[BlockReport] = field(default_factory=list)
-    config: Optional[ReconConfig] = None
-    seconds: float = 0.0
-    calib_images: int = 0
-
-
 def _beta(step: int, cfg: ReconConfig) -> Optional[float]:
     """None during warm-up (no rounding term), then beta decaying linearly start -> end."""
     start = int(cfg.warmup * cfg.iters)
@@ -102,17 +85,6 @@ def _beta(step: int, cfg: ReconConfig) -> Optional[float]:
         return None
     rel = (step - start) / max(1, cfg.iters - start)
     return cfg.beta_end + (cfg.beta_start - cfg.beta_end) * max(0.0, 1.0 - rel)
-
-
-def block_loss(pred: torch.Tensor, target: torch.Tensor, channel_dim: int = 1) -> torch.Tensor:
-    """Squared error summed over channels, averaged over the batch and positions (BRECQ); channels
-    are dim 1 of [N, C, ...] outputs, dim -1 of a transformer's tokens [N, T, C]."""
-    return (pred - target).pow(2).sum(channel_dim).mean()
-
-
-def _forward_all(run, x: torch.Tensor, chunk: int) -> torch.Tensor:
-    with torch.no_grad():
-        return torch.cat([run(x[i:i + chunk]) for i in range(0, len(x), chunk)])
 
 
 def _set_mode(params: List[AdaRoundWeight], mode: str) -> None:
