@@ -3,14 +3,19 @@ from __future__ import annotations
 
 import json
 
+from .choices import ALLOCATION_COSTS
 from .inputs import workspace_with_table
 from .options import add_calib_args, add_model_args, number
-from .progress import mode_of
+from .progress import mode_of, progress
 
 
 def cmd_allocate(args) -> None:
-    ev, calib = workspace_with_table(args, args.cost == "fisher", mode_of(args))
+    mode = mode_of(args)
+    ev, calib = workspace_with_table(args, args.cost != "qe", mode)
     ws = ev.ws
+    if args.cost == "fisher-gptq":
+        with progress(mode, "GPTQ cost", "layers") as cb:
+            ws.gptq_costs(calib, cb)
     bits = ws.budget_bits(args.cost, max_mb=args.max_mb, avg_bits=args.avg_bits, calib=calib)
     budget = {"max_mb": args.max_mb} if args.max_mb is not None else {"avg_bits": args.avg_bits}
     within = f"{args.max_mb:g} MB" if args.max_mb is not None else f"{args.avg_bits:g} average bits"
@@ -33,8 +38,10 @@ def register(subparsers) -> None:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--avg-bits", type=number("avg_bits"), help="largest average bit-width allowed")
     g.add_argument("--max-mb", type=number("max_mb"), help="largest model size allowed, in MB")
-    p.add_argument("--cost", choices=("qe", "fisher"), default="qe",
-                   help="summed cost to minimise: plain QE, or Fisher-weighted error (needs calibration images)")
+    p.add_argument("--cost", choices=ALLOCATION_COSTS, default="qe",
+                   help="summed cost to minimise: plain QE, Fisher-weighted error of round-to-nearest, or "
+                        "fisher-gptq: Fisher-weighted error of GPTQ's weights, for plans that `reconstruct --method "
+                        "gptq` will round (both need calibration images)")
     add_calib_args(p)
     p.add_argument("--out", help="write the plan JSON here (default: stdout)")
     p.set_defaults(run=cmd_allocate)

@@ -10,6 +10,10 @@ QUANTIZERS = ("asymmetric", "symmetric", "per-channel", "asymmetric-mse", "symme
 
 # mixquant_core.recon.reconstruct.SCHEMES: BRECQ's choice (MSE-clipped per channel) first
 RECON_SCHEMES = ("per-channel-mse",) + tuple(q for q in QUANTIZERS if q != "per-channel-mse")
+# mixquant_core.workspace.COSTS: what a budgeted allocation minimises
+ALLOCATION_COSTS = ("qe", "fisher", "fisher-gptq")
+# mixquant_core.recon.reconstruct.METHODS
+RECON_METHODS = ("brecq", "gptq", "gptq+brecq")
 
 # mixquant_core.studies.target.FAMILIES
 TARGET_FAMILIES = {

@@ -7,7 +7,7 @@ import sys
 
 from mixquant_core.errors import MixQuantError
 
-from .choices import DEFAULT_MODEL, QUANTIZERS, RECON_SCHEMES
+from .choices import DEFAULT_MODEL, QUANTIZERS, RECON_METHODS, RECON_SCHEMES
 from .inputs import calibration_tensors, plan_notice
 from .options import add_engine_arg, add_json_arg, add_progress_args, add_store_args, add_trust_code, number
 from .output import accuracy_text, check_out, notice
@@ -32,8 +32,17 @@ def _add_common(p, compute: bool = True) -> None:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("reconstruct", help="learn each layer's rounding (AdaRound, BRECQ block-wise) for a plan")
+    p = subparsers.add_parser("reconstruct", help="choose each layer's rounding for a plan: AdaRound fitted block-wise "
+                                                   "(BRECQ), GPTQ, or BRECQ started from GPTQ")
     _add_common(p)
+    p.add_argument("--method", default=RECON_METHODS[0], choices=RECON_METHODS,
+                   help="brecq (default): AdaRound's learned rounding fitted block by block; gptq: GPTQ's "
+                        "Hessian-based rounding, one pass, no fitting (--iters, --lr unused); gptq+brecq: BRECQ "
+                        "started from GPTQ's rounding")
+    p.add_argument("--damp", type=number("damp"), default=None,
+                   help="GPTQ dampening, a fraction of the Hessian's mean diagonal (default 0.01, the paper's)")
+    p.add_argument("--act-order", action="store_true",
+                   help="GPTQ: quantize columns in descending Hessian-diagonal order (default: natural order)")
     p.add_argument("--calib", required=True, help="calibration image folder (e.g. imagenet-calib-1000)")
     p.add_argument("--calib-images", type=number("calib_images"), default=DEFAULT_CALIB_IMAGES,
                    help=f"calibration images, spread over the folder (default {DEFAULT_CALIB_IMAGES})")
@@ -98,10 +107,13 @@ def cmd_reconstruct(args) -> None:
     check_metadata_fits(plan)  # before the (long) reconstruction, not after it
     mode = mode_of(args)
     calib = calibration_tensors(args.calib, args.calib_images, loaded.preprocess, mode)
-    cfg = ReconConfig(iters=args.iters, batch_size=args.batch_size, scheme=args.scheme, seed=args.seed, device=args.device)
+    cfg = ReconConfig(iters=args.iters, batch_size=args.batch_size, scheme=args.scheme, seed=args.seed, device=args.device,
+                      method=args.method, act_order=args.act_order)
     if args.lr is not None:
         cfg.lr = args.lr
-    with progress(mode, "reconstruct") as cb:
+    if args.damp is not None:
+        cfg.damp = args.damp
+    with progress(mode, f"reconstruct ({args.method})") as cb:
         result = reconstruct_plan(loaded.model, plan, calib.inputs(), cfg, cb)
     size = save_quantized(args.out, loaded.model, plan, result.layers, recon_metadata(result, len(calib)))
     report = size_report(args.out, loaded.model)
@@ -109,12 +121,13 @@ def cmd_reconstruct(args) -> None:
     after = sum(b.mse_learned for b in result.blocks)
     if args.json:
         print(json.dumps({"out": args.out, "bytes": size, "seconds": result.seconds, "calib_images": len(calib),
-                          "iters": cfg.iters, "device": str(cfg.device), **report,
+                          "iters": cfg.iters, "method": cfg.method, "device": str(cfg.device), **report,
                           "blocks": [b.__dict__ for b in result.blocks]}, indent=2))
     else:
+        work = f"{len(result.blocks)} blocks" if cfg.method == "gptq" else f"{len(result.blocks)} blocks x {cfg.iters} iterations"
         print(f"wrote {args.out}: {size} bytes ({report['difference_pct']:+.2f} % vs size accounting); "
-              f"{len(result.blocks)} blocks x {cfg.iters} iterations on {len(calib)} images in {result.seconds:.0f} s; "
-              f"summed block error {before:.4g} (nearest) -> {after:.4g} (learned)")
+              f"{cfg.method}: {work} on {len(calib)} images in {result.seconds:.0f} s; "
+              f"summed block error {before:.4g} (nearest) -> {after:.4g} ({cfg.method})")
 
 
 def cmd_export(args) -> None:

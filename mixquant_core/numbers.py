@@ -63,6 +63,7 @@ BOUNDS: Dict[str, Bound] = {
     "iters": Bound(1, 1_000_000, integer=True),
     "batch_size": Bound(1, 65_536, integer=True),
     "lr": Bound(0, 10, above=True),
+    "damp": Bound(0, 1, above=True),  # GPTQ's dampening, a fraction of mean(diag H)
     "seed": Bound(0, 2**32 - 1, integer=True),
     "qem": Bound(1, 1e300),
     "max_mb": Bound(0, 1e9, above=True),

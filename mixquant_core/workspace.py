@@ -29,6 +29,8 @@ from .plans.search import PlanFamily, breakpoints, check_qem, search_many
 from .plans.size import SizeSummary, float32_bytes, plan_size
 
 Progress = Optional[Callable[[int, int, str], None]]
+# Budgeted allocation costs: plain QE, Fisher-weighted error of round-to-nearest, of GPTQ's weights.
+COSTS = ("qe", "fisher", "fisher-gptq")
 
 
 class Workspace:
@@ -59,6 +61,7 @@ class Workspace:
         self._table: Optional[QETable] = None
         self._family: Optional[PlanFamily] = None
         self._fisher = None  # (calibration set, FisherTable); holding the set keeps its id unique
+        self._gptq_costs = None  # (FisherTable, [L, B] fisher-gptq costs)
         self._allocations: Dict[tuple, object] = {}  # (cost, unit) -> allocation family
         self._recipe: Optional[Quantizer] = None
         self._recipe_lock = threading.Lock()
@@ -173,10 +176,10 @@ class Workspace:
         ``unit`` ("bytes" of the model, or "bits" = params x bit-width), cached."""
         from .plans.allocate import allocation_family
 
-        if cost not in ("qe", "fisher"):
-            raise MixQuantError(f"unknown allocation cost '{cost}'; choose qe or fisher")
-        if cost == "fisher" and calib is None:
-            raise MixQuantError("the Fisher cost needs calibration images (--calib DIR)")
+        if cost not in COSTS:
+            raise MixQuantError(f"unknown allocation cost '{cost}'; choose {', '.join(COSTS)}")
+        if cost != "qe" and calib is None:
+            raise MixQuantError(f"the {cost} cost needs calibration images (--calib DIR)")
         costs = self.cost_table(cost, calib)  # may refresh the Fisher table (and clear this cache)
         key = (cost, unit)
         cache = self._allocations
@@ -184,9 +187,30 @@ class Workspace:
             cache[key] = allocation_family(self.bits, self.budget_weights(unit), costs, self.pinned)
         return cache[key]
 
-    def cost_table(self, cost: str, calib: Optional[EvalTensors] = None) -> np.ndarray:
-        """[L, B] summed-cost terms: plain QE, or the Fisher-weighted error."""
-        return self.table().qe if cost == "qe" else self.fisher(calib).cost
+    def cost_table(self, cost: str, calib: Optional[EvalTensors] = None, progress: Progress = None) -> np.ndarray:
+        """[L, B] summed-cost terms: plain QE, the Fisher-weighted error of round-to-nearest, or
+        ("fisher-gptq") the Fisher-weighted error of GPTQ's weights (recon/gptq.py)."""
+        if cost == "qe":
+            return self.table().qe
+        table = self.fisher(calib)
+        if cost == "fisher":
+            return table.cost
+        return self.gptq_costs(calib, progress)
+
+    def gptq_costs(self, calib: EvalTensors, progress: Progress = None) -> np.ndarray:
+        """The "fisher-gptq" cost table, cached per calibration set like the Fisher table."""
+        from .recon.gptq import gptq_cost_table
+
+        table = self.fisher(calib, progress)
+        held = self._gptq_costs
+        if held is None or held[0] is not table:
+            with self.evaluator.private_model() as model:
+                costs = gptq_cost_table(model, [l.name for l in self.layers], calib.inputs(), table.diagonal,
+                                        self.bits, self.quantizer, progress=progress)
+            self._gptq_costs = held = (table, costs)
+            self._allocations.pop(("fisher-gptq", "bytes"), None)
+            self._allocations.pop(("fisher-gptq", "bits"), None)
+        return held[1]
 
     def budget_weights(self, unit: str) -> np.ndarray:
         """[L, B] what a budget counts: bytes of each quantized layer, or params x bit-width."""

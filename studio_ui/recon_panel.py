@@ -13,13 +13,16 @@ import streamlit as st
 
 from mixquant_core.data.image_sets import default_calib_dir
 from mixquant_viz.recon import block_error_figure
-from mixquant_core.recon.reconstruct import SCHEMES, ReconConfig, evaluate_quantized
+from mixquant_core.recon.reconstruct import METHODS, SCHEMES, ReconConfig, evaluate_quantized
 
 from . import recon_job, state
 from .progress import progress
 from .settings import QUANTIZER_LABELS
 
 POLL_SECONDS = 1.0
+METHOD_LABELS = {"brecq": "AdaRound + BRECQ (learned, block by block)", "gptq": "GPTQ (one pass, no fitting)",
+                 "gptq+brecq": "BRECQ started from GPTQ"}
+DEFAULT_METHOD = "brecq"
 
 
 def session_jobs() -> list:
@@ -39,18 +42,23 @@ def plan_choices(ws, mq_rows) -> dict:
 
 
 def render(ws, ev, data, mq_rows) -> None:
-    st.subheader("Reconstruction (AdaRound + BRECQ)")
+    st.subheader("Reconstruction (AdaRound + BRECQ, GPTQ)")
     st.caption("Round-to-nearest is not the best rounding: AdaRound learns, for each weight, whether to round up "
                "or down, block by block (BRECQ) so that each block's output on calibration images matches "
-               "float32. Same plan, same bits per layer, same file size; it runs in the background, so the "
+               "float32; GPTQ chooses the codes column by column from each layer's input statistics, in one "
+               "pass. Same plan, same bits per layer, same file size; it runs in the background, so the "
                "other pages stay usable meanwhile.")
     choices = plan_choices(ws, mq_rows)
     if st.session_state.get("recon_plan") not in choices:  # the QEM or the sweep changed since
         st.session_state.pop("recon_plan", None)
     state.persist(recon_iters=100, recon_calib_images=256, recon_batch=32, recon_seed=0,
-                  recon_calib_dir=default_calib_dir() or "", recon_scheme=SCHEMES[0])
-    label = st.selectbox("Plan to reconstruct", list(choices), key="recon_plan",
-                         help="The current QEM's plan, or any other plan the sweep above evaluated.")
+                  recon_calib_dir=default_calib_dir() or "", recon_scheme=SCHEMES[0], recon_method=DEFAULT_METHOD)
+    top = st.columns([2, 1])
+    label = top[0].selectbox("Plan to reconstruct", list(choices), key="recon_plan",
+                             help="The current QEM's plan, or any other plan the sweep above evaluated.")
+    method = top[1].selectbox("Method", METHODS, key="recon_method", format_func=METHOD_LABELS.get,
+                              help="GPTQ needs no iterations (minutes on a CPU); BRECQ fits the rounding and "
+                                   "takes longer; BRECQ started from GPTQ's rounding combines both.")
     c = st.columns(4)
     iters = c[0].number_input("Iterations per block", min_value=1, max_value=20000, step=50, key="recon_iters",
                               help="Optimisation steps per block. BRECQ uses 20,000 on a GPU; on a CPU a few "
@@ -66,7 +74,8 @@ def render(ws, ev, data, mq_rows) -> None:
     scheme = right.selectbox("Base quantizer", SCHEMES, key="recon_scheme", format_func=QUANTIZER_LABELS.get,
                            help="The grid the rounding is learned on; MSE-clipped per channel is BRECQ's.")
     if st.button("Start reconstruction", type="primary", key="recon_start"):
-        cfg = ReconConfig(iters=int(iters), batch_size=int(batch), scheme=scheme, seed=int(seed), device=str(ws.device))
+        cfg = ReconConfig(iters=int(iters), batch_size=int(batch), scheme=scheme, seed=int(seed), device=str(ws.device),
+                          method=method)
         _start(ws, choices[label], calib_dir.strip(), int(n_calib), cfg)
 
     jobs = session_jobs()
@@ -133,7 +142,9 @@ def _results(ev, data, job) -> None:
                 delta_color="inverse")
     st.caption(f"Round-to-nearest of the same plan ({job.plan.quantizer} quantizer): top-1 {nearest.top1:.2f} %, "
                f"top-5 {nearest.top5:.2f} %, loss {nearest.loss:.4f}.")
-    st.caption(f"{cfg.iters} iteration{'s' if cfg.iters != 1 else ''} per block over {len(result.blocks)} blocks, "
+    work = f"{cfg.iters} iteration{'s' if cfg.iters != 1 else ''} per block"
+    work = {"gptq": "GPTQ", "gptq+brecq": f"GPTQ, then {work}"}.get(cfg.method, work)
+    st.caption(f"{work} over {len(result.blocks)} blocks, "
                f"{result.calib_images} calibration "
                f"images, batch {cfg.batch_size}, seed {cfg.seed}, {cfg.scheme} base quantizer, on {cfg.device}: "
                f"{result.seconds:.1f} s. The Export page offers the reconstructed model file.")

@@ -166,3 +166,20 @@ def test_second_start_is_refused_and_cancel_ends_the_job(val_dir, data_root):
     assert job.status == "cancelled" and job.result is None
     assert any("was cancelled" in i.value for i in at.info), [i.value for i in at.info]
     assert not errors(at) and not at.get("progress")
+
+
+@pytest.mark.data
+def test_gptq_is_offered_and_runs_as_a_job(val_dir, data_root):
+    at = new_app(data=str(val_dir), limit=EVAL, recon_calib_dir=str(data_root / "imagenet-calib-1000"),
+                 **{**TINY, "recon_method": "gptq"})
+    open_page(at, "tradeoff")
+    assert "gptq" in at.selectbox(key="recon_method").options
+    at.button(key="recon_start").click().run()
+    try:
+        run_until_ended(at)
+    finally:
+        stop(at)
+    job = job_of(at)
+    assert job.status == "done" and job.config.method == "gptq", job.error
+    assert not errors(at)
+    assert any(c.value.startswith(f"GPTQ over {len(job.result.blocks)} blocks") for c in at.caption)

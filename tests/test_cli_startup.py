@@ -55,14 +55,18 @@ def test_the_parser_names_equal_the_core_ones():
     from mixquant_cli import choices
     from mixquant_core.models.registry import DEFAULT_MODEL
     from mixquant_core.quant.quantizers import QUANTIZERS
-    from mixquant_core.recon.reconstruct import SCHEMES
     from mixquant_core.evaluation.latency import PRECISIONS, RUNTIMES
+    from mixquant_core.recon.reconstruct import METHODS as RECON_METHODS, SCHEMES
     from mixquant_core.studies.compare import DEFAULT_TARGETS, METHODS
     from mixquant_core.studies.target import FAMILIES
 
     assert choices.QUANTIZERS == tuple(QUANTIZERS)
     assert choices.DEFAULT_MODEL == DEFAULT_MODEL
     assert choices.RECON_SCHEMES == SCHEMES
+    assert choices.RECON_METHODS == RECON_METHODS
+    from mixquant_core.workspace import COSTS
+
+    assert choices.ALLOCATION_COSTS == COSTS
     assert choices.TARGET_FAMILIES == FAMILIES
     assert choices.COMPARE_METHODS == tuple(METHODS) and choices.COMPARE_TARGETS == DEFAULT_TARGETS
     assert choices.LATENCY_RUNTIMES == RUNTIMES and choices.LATENCY_PRECISIONS == PRECISIONS

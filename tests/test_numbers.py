@@ -72,6 +72,8 @@ def test_no_cli_option_parses_a_number_by_itself():
     (["results", "show", "99999999999999999999999"], "must be between 1 and"),
     (["search", "--qem", "nan"], "--qem: must be a finite number"),
     (["reconstruct", "--uniform", "9", "--out", "x.safetensors"], "--uniform: must be between 2 and 8, got 9"),
+    (["reconstruct", "--uniform", "4", "--method", "gptq", "--damp", "2", "--out", "x.safetensors"],
+     "--damp: must be above 0 and at most 1, got 2"),
 ])
 def test_bad_numbers_are_one_usage_line_before_any_work(args, words, tmp_path):
     done = _cli(*args, env={"MIXQUANT_HOME": str(tmp_path)})

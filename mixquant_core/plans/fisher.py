@@ -13,7 +13,7 @@ weight perturbation d as about 0.5 * sum(F * d**2); the table holds
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence
 
 import numpy as np
@@ -41,6 +41,7 @@ class FisherTable:
     images: int  # calibration images used
     labelled: int  # of which had a label (the rest used the model's prediction)
     quantizer: str
+    diagonal: Optional[List[torch.Tensor]] = field(default=None, repr=False)  # F per layer weight (float64)
 
     def column(self, b: int) -> np.ndarray:
         return self.cost[:, self.bits.index(b)]
@@ -129,4 +130,4 @@ def fisher_table(model: nn.Module, layers: Sequence[LayerInfo], data: EvalTensor
             cost[i] = fisher_cost(w, f, bits, quantizer)
     return FisherTable(layers=list(layers), bits=bits, cost=cost,
                        fisher_sum=np.array([float(f.sum()) for f in fisher]), images=len(data),
-                       labelled=int((data.labels >= 0).sum()), quantizer=quantizer)
+                       labelled=int((data.labels >= 0).sum()), quantizer=quantizer, diagonal=fisher)

@@ -8,13 +8,13 @@ same grid, so export/ stores and loads both alike.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 from torch import nn
 
 from ..models.layers import layer_weight
-from .quantizers import QuantMeta, check_finite, dequantize, quantize
+from .quantizers import QuantMeta, check_finite, dequantize, quantize, quantize_with_ratios
 
 
 @dataclass
@@ -35,10 +35,15 @@ class QuantizedLayer:
         return dequantize(self.codes.float(), self.meta)
 
 
-def unsigned_grid(w: torch.Tensor, nbits: int, scheme: str):
+def unsigned_grid(w: torch.Tensor, nbits: int, scheme: str, ratios: Optional[torch.Tensor] = None):
     """Round-to-nearest codes of ``quantizers.quantize`` as unsigned 0 .. 2^b - 1, with scale and
-    zero-point: symmetric codes are offset by 2^(b-1) (the zero-point), as the export stores them."""
-    codes, meta = quantize(w.detach().float(), nbits, scheme)
+    zero-point: symmetric codes are offset by 2^(b-1) (the zero-point), as the export stores them.
+    ``ratios``: the clipping ratios a calibration chose (``quantize_with_ratios``) instead of the
+    scheme's own range."""
+    if ratios is None:
+        codes, meta = quantize(w.detach().float(), nbits, scheme)
+    else:
+        codes, meta = quantize_with_ratios(w.detach().float(), nbits, scheme, ratios)
     if meta.signed:
         off = 2 ** (nbits - 1)
         return codes + off, meta.scale, torch.full_like(meta.scale, float(off))

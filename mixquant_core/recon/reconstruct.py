@@ -33,7 +33,7 @@ from __future__ import annotations
 import copy
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Optional
 
 import torch
@@ -41,6 +41,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .adaround import AdaRoundWeight
+from .results import BlockReport, ReconResult, block_loss, forward_all as _forward_all
 from .blocks import Stage, model_stages
 from ..errors import MixQuantError
 from ..models.devices import resolve_device
@@ -66,24 +67,15 @@ class ReconConfig:
     seed: int = 0
     device: str = "cpu"
     eval_samples: int = 256  # calibration samples used to report each block's error before/after
+    method: str = "brecq"  # one of METHODS
+    damp: float = 0.01  # GPTQ: dampening, a fraction of mean(diag H) (the paper's 1 %)
+    act_order: bool = False  # GPTQ: columns in descending diag(H) order instead of natural
 
 
-@dataclass
-class BlockReport:
-    name: str
-    layers: List[str]
-    mse_nearest: float  # block output error with round-to-nearest codes (same scales)
-    mse_learned: float  # ... with the learned rounding
-    seconds: float
-
-
-@dataclass
-class ReconResult:
-    layers: Dict[str, QuantizedLayer]
-    blocks: List[BlockReport] = field(default_factory=list)
-    config: Optional[ReconConfig] = None
-    seconds: float = 0.0
-    calib_images: int = 0
+# brecq: AdaRound fitted block by block; gptq: GPTQ (recon/gptq.py), no fitting; gptq+brecq:
+# BRECQ's AdaRound started from GPTQ's rounding.
+METHODS = ("brecq", "gptq", "gptq+brecq")
+METHOD_LABELS = {"brecq": "adaround+brecq-blocks", "gptq": "gptq", "gptq+brecq": "gptq+adaround+brecq-blocks"}
 
 
 def _beta(step: int, cfg: ReconConfig) -> Optional[float]:
@@ -95,23 +87,16 @@ def _beta(step: int, cfg: ReconConfig) -> Optional[float]:
     return cfg.beta_end + (cfg.beta_start - cfg.beta_end) * max(0.0, 1.0 - rel)
 
 
-def block_loss(pred: torch.Tensor, target: torch.Tensor, channel_dim: int = 1) -> torch.Tensor:
-    """Squared error summed over channels, averaged over the batch and positions (BRECQ); channels
-    are dim 1 of [N, C, ...] outputs, dim -1 of a transformer's tokens [N, T, C]."""
-    return (pred - target).pow(2).sum(channel_dim).mean()
-
-
-def _forward_all(run, x: torch.Tensor, chunk: int) -> torch.Tensor:
-    with torch.no_grad():
-        return torch.cat([run(x[i:i + chunk]) for i in range(0, len(x), chunk)])
-
-
 def _set_mode(params: List[AdaRoundWeight], mode: str) -> None:
     for p in params:
         p.mode = mode
 
 
 def _check_inputs(model: nn.Module, bits: Dict[str, int], calib: torch.Tensor, cfg: ReconConfig) -> None:
+    if cfg.method not in METHODS:
+        raise MixQuantError(f"reconstruction method must be one of {', '.join(METHODS)}, got '{cfg.method}'")
+    if not 0 < cfg.damp <= 1:
+        raise MixQuantError(f"GPTQ dampening must be above 0 and at most 1, got {cfg.damp}")
     if cfg.scheme not in SCHEMES:
         raise MixQuantError(f"reconstruction scheme must be one of {', '.join(SCHEMES)}, got '{cfg.scheme}'")
     if cfg.iters < 1 or cfg.batch_size < 1:
@@ -144,6 +129,20 @@ def reconstruct(model: nn.Module, bits: Dict[str, int], calib: torch.Tensor, cfg
     work = copy.deepcopy(model).to(device).eval()
     for p in work.parameters():
         p.requires_grad_(False)
+    starts: Optional[Dict[str, torch.Tensor]] = None
+    if cfg.method != "brecq":
+        from .gptq import run_gptq
+
+        starts = {} if cfg.method == "gptq+brecq" else None
+        gptq_model = copy.deepcopy(work) if starts is not None else work
+        share = 1.0 if starts is None else 0.1  # of the progress bar (BRECQ's fitting takes the rest)
+        tick = (lambda d, t, w: progress(int(1000 * share * d / max(t, 1)), 1000, w)) if progress else None
+        first = run_gptq(gptq_model, bits, calib.to(device), cfg, cfg.scheme, tick, starts)
+        if starts is None:
+            first.seconds = time.perf_counter() - t_start
+            return first
+        del gptq_model
+        progress = (lambda d, t, w, p=progress: p(100 + int(900 * d / max(t, 1)), 1000, w)) if progress else None
     stages = model_stages(work)
     covered = {n for s in stages for n in s.layers}
     missing = [n for n in bits if n not in covered]
@@ -164,7 +163,8 @@ def reconstruct(model: nn.Module, bits: Dict[str, int], calib: torch.Tensor, cfg
             params = []
             for n in names:
                 # an attention module's in_proj_weight is parametrized on that module like any weight
-                p = AdaRoundWeight(refs[n].tensor, int(bits[n]), cfg.scheme).to(device)
+                start = None if starts is None else starts[n]
+                p = AdaRoundWeight(refs[n].tensor, int(bits[n]), cfg.scheme, start).to(device)
                 parametrize.register_parametrization(refs[n].owner, refs[n].attr, p, unsafe=True)
                 params.append(p)
             report = _fit_block(stage, params, x_q, target, cfg, gen, chunk,
@@ -278,7 +278,8 @@ def recon_metadata(result: ReconResult, calib_images: int) -> Dict[str, str]:
     import json
     from dataclasses import asdict
 
-    info = {"method": "adaround+brecq-blocks", "calib_images": calib_images, "seconds": round(result.seconds, 1),
+    method = result.config.method if result.config else "brecq"
+    info = {"method": METHOD_LABELS[method], "calib_images": calib_images, "seconds": round(result.seconds, 1),
             "config": asdict(result.config) if result.config else None,
             "blocks": [[b.name, round(b.mse_nearest, 6), round(b.mse_learned, 6)] for b in result.blocks]}
     return {"reconstruction": json.dumps(info, separators=(",", ":"))}

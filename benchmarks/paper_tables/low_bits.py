@@ -1,0 +1,111 @@
+"""Issue #22's table: EfficientNet-Lite0 at 4.0 and 3.0 average bits (Fisher-budgeted, candidates
+8..2 and {8, 4, 2}) and uniform 4 bits, per-channel grid, with each weight-rounding method:
+
+* ``brecq``: AdaRound + BRECQ blocks on the MSE-clipped grid (today's budget: 40 iterations per
+  block, batch 16, lr 0.02, 128 calibration images), as docs/RESULTS.md's Table 1 rows.
+
+Every row is appended to a JSON-lines file as it finishes (top-1/top-5/loss on all 1,300 validation
+images, wall time of the method), so methods can run in separate processes:
+
+  python benchmarks/paper_tables/low_bits.py --method brecq --out OUT/low_bits.jsonl
+
+The plans are the same for every method: Fisher allocation on the per-channel min/max QE grid with
+Fisher from 64 calibration images (``mixquant allocate --cost fisher --quantizer per-channel``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from mixquant_core.data.image_sets import open_calibration_folder
+from mixquant_core.data.load import load_tensors
+from mixquant_core.models.registry import load_model
+from mixquant_core.recon.reconstruct import ReconConfig, evaluate_quantized, reconstruct_plan
+from mixquant_core.workspace import Workspace
+
+QUANTIZER = "per-channel"
+POINTS = (  # (label, candidate bits, average bits or None for uniform 4)
+    ("Fisher 4.0 avg, {8,4,2}", (8, 4, 2), 4.0),
+    ("Fisher 4.0 avg, 8..2", (8, 7, 6, 5, 4, 3, 2), 4.0),
+    ("Fisher 3.0 avg, {8,4,2}", (8, 4, 2), 3.0),
+    ("Fisher 3.0 avg, 8..2", (8, 7, 6, 5, 4, 3, 2), 3.0),
+    ("uniform 4", (8, 7, 6, 5, 4, 3, 2), None),
+)
+
+
+def data_dir(name: str) -> Path:
+    return Path(os.environ["MIXQUANT_DATA"]) / name
+
+
+def eval_tensors(loaded, cache: Path):
+    """The 1,300 validation images, decoded once and shared between processes through ``cache``."""
+    from mixquant_core.data.image_sets import open_image_folder
+
+    if cache.is_file():
+        return torch.load(cache, weights_only=False)
+    data = load_tensors(open_image_folder(data_dir("imagenet-val-1300")), loaded.preprocess)
+    tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+    torch.save(data, tmp)
+    tmp.replace(cache)
+    return data
+
+
+def points(loaded, fisher_images: int):
+    """(label, Workspace, plan) for every point of the table."""
+    fisher_calib = load_tensors(open_calibration_folder(str(data_dir("imagenet-calib-1000")), fisher_images),
+                                loaded.preprocess)
+    out = []
+    for label, cands, avg in POINTS:
+        ws = Workspace(loaded, QUANTIZER, bits=cands, device="cpu")
+        if avg is None:
+            plan = ws.plan_from_bits(ws.uniform(4))
+        else:
+            plan = ws.plan_from_bits(ws.budget_bits("fisher", avg_bits=avg, calib=fisher_calib),
+                                     extra={"allocation": "fisher", "fisher_images": fisher_images})
+        out.append((label, ws, plan))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--method", choices=("brecq",), required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--only", help="only the points whose label contains this text")
+    ap.add_argument("--iters", type=int, default=40)
+    ap.add_argument("--lr", type=float, default=2e-2)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--calib-images", type=int, default=128)
+    ap.add_argument("--fisher-images", type=int, default=64)
+    ap.add_argument("--cache", default="/tmp/mixquant_val1300.pt")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    loaded = load_model("efficientnet_lite0")
+    data = eval_tensors(loaded, Path(args.cache))
+    calib_list = open_calibration_folder(str(data_dir("imagenet-calib-1000")), args.calib_images)
+    calib = load_tensors(calib_list, loaded.preprocess).inputs()
+    with open(args.out, "a") as out:
+        for label, ws, plan in points(loaded, args.fisher_images):
+            if args.only and args.only not in label:
+                continue
+            t0 = time.perf_counter()
+            cfg = ReconConfig(iters=args.iters, batch_size=args.batch_size, lr=args.lr, device="cpu", seed=0)
+            result = reconstruct_plan(loaded.model, plan, calib, cfg)
+            seconds = time.perf_counter() - t0
+            metrics = evaluate_quantized(loaded.model, result.layers, data)
+            rec = {"point": label, "method": args.method, "avg_bits": plan.size["avg_bits"],
+                   "bit_set": sorted(set(plan.bits.values())), **metrics.to_dict(),
+                   "method_seconds": round(seconds, 1), "calib_images": len(calib),
+                   "config": {"iters": args.iters, "batch_size": args.batch_size, "lr": args.lr, "threads": args.threads}}
+            out.write(json.dumps(rec) + "\n")
+            out.flush()
+            print(json.dumps(rec), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,465 @@
+"""GPTQ rounding (Frantar et al. 2023): each layer's codes chosen column by column so that the
+layer's output on calibration inputs changes least, on the FIXED grid of the base quantizer.
+
+Per layer, with X the layer's inputs on the calibration images (a Linear's input rows; a conv's
+im2col patches), H = 2 X X^T / n. Columns (input features) are quantized one at a time; the error
+of each is spread over the columns not yet quantized through the inverse Hessian, so that later
+columns compensate it. As the paper and its reference implementation:
+
+* dampening: lambda = 1 % of the mean of diag(H) added to the diagonal (``damp``), which makes H
+  positive definite whatever the calibration set (one image, a rank-deficient X); should the
+  Cholesky factorisation still fail, lambda is raised tenfold (up to 4 times), then the layer
+  falls back to round-to-nearest (H = I);
+* dead inputs (diag(H) == 0: a channel that is zero on every calibration image) get diag 1 and
+  their weight columns are set to 0, as the reference implementation does;
+* the upper Cholesky factor of H^-1, lazy batch updates in blocks of 128 columns;
+* column order: natural by default, or "act-order" (descending diag(H)) with ``act_order``.
+  The grid is fixed before GPTQ (see below), so act-order is only a permutation of the columns.
+
+The grid (scale and zero-point per output channel or per tensor) is the base quantizer's, chosen
+from the original weights exactly as round-to-nearest chooses it (min/max, MSE-clipped, or a
+Recipe's clipping ratios: ``quant.recipe.layer_grid``); GPTQ only changes which code each weight
+gets, so its ``QuantizedLayer`` is stored and exported like any other.
+
+Grouped convolutions have one Hessian per group (a depthwise conv: one k*k x k*k Hessian per
+channel), all solved together as a batch [G, C, C]; an attention module's packed
+``in_proj_weight`` has one Hessian (self-attention) or one per q/k/v row block when the query,
+key and value inputs differ. Hessians are accumulated with forward hooks, in chunks of images so
+an im2col never holds more than ``UNFOLD_ELEMENTS`` numbers.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import MixQuantError
+from ..models.layers import WeightRef
+from ..quant.codes import QuantizedLayer
+from ..quant.recipe import Quantizer, layer_grid
+
+BLOCK = 128  # lazy batch update width (the paper's B)
+DAMP = 0.01  # lambda as a fraction of mean(diag H) (the paper's 1 %)
+UNFOLD_ELEMENTS = 2 ** 24  # largest im2col a hook builds at once (64 MB of float32)
+DAMP_RETRIES = 4
+
+
+# --- the layer's inputs as columns -----------------------------------------------------------
+def _same_padding(module: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``x`` as the conv's own F.conv2d sees it: EfficientNet's static / dynamic SAME padding and
+    non-zero padding modes applied first (the hook receives the module's raw input)."""
+    pad = getattr(module, "static_padding", None)
+    if isinstance(pad, nn.Module):
+        return pad(x)
+    if type(module).__name__ == "Conv2dDynamicSamePadding":
+        ih, iw = x.shape[-2:]
+        (kh, kw), (sh, sw), (dh, dw) = module.weight.shape[-2:], module.stride, module.dilation
+        ph = max((-(-ih // sh) - 1) * sh + (kh - 1) * dh + 1 - ih, 0)
+        pw = max((-(-iw // sw) - 1) * sw + (kw - 1) * dw + 1 - iw, 0)
+        return F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
+    if module.padding_mode != "zeros":
+        return F.pad(x, module._reversed_padding_repeated_twice, mode=module.padding_mode)
+    return x
+
+
+def conv_columns(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """im2col of a Conv1d/Conv2d input ``x`` [N, C_in, ...] as [G, C_in/G * k, N * L]: group g's
+    patches, in the order of that group's flattened weight rows."""
+    conv1d = x.dim() == 3
+    if conv1d:
+        x = x.unsqueeze(2)
+    if x.dim() != 4:
+        raise MixQuantError(f"GPTQ handles Conv1d, Conv2d and Linear layers, not {type(module).__name__}")
+    two = lambda v: (1, v[0]) if conv1d else tuple(v)  # noqa: E731
+    kernel = (1,) + tuple(module.weight.shape[-1:]) if conv1d else tuple(module.weight.shape[-2:])
+    padding = module.padding
+    if isinstance(padding, str):  # "same" / "valid": PyTorch pads symmetrically (odd kernels)
+        padding = tuple(0 if padding == "valid" else d * (k - 1) // 2 for d, k in zip(two(module.dilation), kernel))
+    else:
+        x = _same_padding(module, x)
+        padding = two(padding)
+    cols = F.unfold(x, kernel, dilation=two(module.dilation), padding=padding, stride=two(module.stride))
+    g = module.groups
+    n, ck, length = cols.shape
+    return cols.reshape(n, g, ck // g, length).permute(1, 2, 0, 3).reshape(g, ck // g, n * length)
+
+
+class Hessian:
+    """Running sum of X X^T ([G, C, C], float64) over the inputs a layer sees."""
+
+    def __init__(self):
+        self.sum: Optional[torch.Tensor] = None
+        self.count = 0
+
+    def add(self, cols: torch.Tensor) -> None:
+        """``cols`` [G, C, M]: M more input columns."""
+        cols = cols.detach().float()
+        part = torch.bmm(cols, cols.transpose(1, 2)).double()
+        self.sum = part if self.sum is None else self.sum + part
+        self.count += cols.shape[-1]
+
+    def matrix(self) -> torch.Tensor:
+        """H = 2 X X^T / n (the scale is immaterial to GPTQ; it keeps the numbers moderate)."""
+        return 2.0 * self.sum / max(self.count, 1)
+
+
+def _chunks(x: torch.Tensor, per_image: int):
+    step = max(1, UNFOLD_ELEMENTS // max(per_image, 1))
+    return (x[i:i + step] for i in range(0, len(x), step))
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """A Linear's / attention projection's input [..., C] as [1, C, M]."""
+    return x.detach().reshape(-1, x.shape[-1]).t().unsqueeze(0)
+
+
+class LayerInputs:
+    """The Hessians of one layer, filled by a forward hook on its module while the model runs.
+
+    ``attention``: the nn.MultiheadAttention whose ``out_proj`` this layer is. That Linear is never
+    called as a module (the attention function reads its weight), so its input is taken by running
+    the attention again with an identity output projection: exactly the heads' concatenated output."""
+
+    def __init__(self, ref: WeightRef, attention: Optional[nn.Module] = None):
+        self.ref = ref
+        self.attention = attention
+        self.hessians: List[Hessian] = []  # one, or one per q/k/v row block of a packed in_proj_weight
+        self._handle = None
+
+    def __enter__(self):
+        owner = self.ref.owner
+        if self.attention is not None:
+            self._handle = self.attention.register_forward_hook(self._out_proj_hook, with_kwargs=True)
+        elif self.ref.attr == "weight":
+            self._handle = owner.register_forward_hook(self._module_hook)
+        else:  # nn.MultiheadAttention: its query/key/value, positional or keyword
+            self._handle = owner.register_forward_pre_hook(self._attention_hook, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc):
+        self._handle.remove()
+
+    def _add(self, parts: List[torch.Tensor]) -> None:
+        if not self.hessians:
+            self.hessians = [Hessian() for _ in parts]
+        for h, cols in zip(self.hessians, parts):
+            h.add(cols)
+
+    def _module_hook(self, module, inputs, _output) -> None:
+        x = inputs[0]
+        if self.ref.tensor.dim() == 2:  # Linear (any subclass)
+            self._add([_rows(x)])
+            return
+        per_image = x[0].numel() * module.weight.shape[2:].numel()  # im2col numbers per image, about
+        for part in _chunks(x, per_image):
+            self._add([conv_columns(module, part)])
+
+    def _out_proj_hook(self, module, args, kwargs, _output) -> None:
+        proj = module.out_proj
+        saved = proj.weight, proj.bias
+        try:  # plain attributes for one call: the module's own forward, so no hook runs again
+            del proj.weight
+            proj.weight = torch.eye(proj.in_features, dtype=saved[0].dtype, device=saved[0].device)
+            if saved[1] is not None:
+                del proj.bias
+                proj.bias = torch.zeros_like(saved[1])
+            heads = module.forward(*args, **kwargs)[0]
+        finally:
+            proj.weight = saved[0]
+            if saved[1] is not None:
+                proj.bias = saved[1]
+        self._add([_rows(heads)])
+
+    def _attention_hook(self, module, args, kwargs) -> None:
+        names = ("query", "key", "value")
+        qkv = [args[i] if len(args) > i else kwargs.get(n) for i, n in enumerate(names)]
+        attr = self.ref.attr
+        if attr == "in_proj_weight":
+            same = qkv[1] is qkv[0] and qkv[2] is qkv[0]
+            self._add([_rows(qkv[0])] if same else [_rows(t) for t in qkv])
+        else:
+            self._add([_rows(qkv["qkv".index(attr[0])])])  # q_proj_weight: the query, ...
+
+    def matrices(self, name: str) -> torch.Tensor:
+        """[G, C, C]: the group / row-block Hessians, checked finite."""
+        if not self.hessians:
+            raise MixQuantError(f"layer '{name}' saw no input on the calibration images (is it used by the model?)")
+        mats = [h.matrix() for h in self.hessians]
+        h = torch.cat(mats) if len(mats) > 1 else mats[0]
+        if not torch.isfinite(h).all():
+            raise MixQuantError(f"layer '{name}': its inputs on the calibration images are NaN/Inf; "
+                                "GPTQ needs finite activations")
+        return h
+
+
+def layer_inputs(model: nn.Module, name: str) -> LayerInputs:
+    """The Hessian collector of layer ``name`` (an attention module's ``out_proj`` handled)."""
+    from ..models.layers import weight_ref
+
+    ref = weight_ref(model, name)
+    parent_name, _, child = name.rpartition(".")
+    parent = _submodule(model, parent_name) if child == "out_proj" else None
+    return LayerInputs(ref, parent if isinstance(parent, nn.MultiheadAttention) else None)
+
+
+def _submodule(model: nn.Module, dotted: str) -> Optional[nn.Module]:
+    try:
+        return model.get_submodule(dotted) if dotted else model
+    except AttributeError:
+        return None
+
+
+def grouped(w: torch.Tensor, groups: int) -> torch.Tensor:
+    """A weight as [G, R, C]: G groups (or q/k/v row blocks) of R output rows over C input columns."""
+    return w.reshape(groups, w.shape[0] // groups, -1)
+
+
+# --- the GPTQ solve ---------------------------------------------------------------------------
+def inverse_factor(h: torch.Tensor, damp: float = DAMP) -> torch.Tensor:
+    """Upper Cholesky factor of (H + lambda I)^-1 for each of the [G, C, C] Hessians (float64);
+    lambda = ``damp`` * mean(diag H) per group, raised tenfold while factorising fails, H = I at last."""
+    eye = torch.eye(h.shape[-1], dtype=h.dtype)
+    mean_diag = torch.diagonal(h, dim1=-2, dim2=-1).mean(-1)[:, None, None]
+    for attempt in range(DAMP_RETRIES + 1):
+        lam = damp * (10 ** attempt) * mean_diag
+        chol, info = torch.linalg.cholesky_ex(h + lam * eye)
+        if not bool(info.any()):
+            break
+    else:  # hopeless numerics: round-to-nearest for those groups
+        bad = info != 0
+        h = torch.where(bad[:, None, None], eye.expand_as(h), h + lam * eye)
+        chol = torch.linalg.cholesky(h)
+    low_inv = torch.linalg.solve_triangular(chol, eye.expand_as(chol), upper=False)  # L^-1
+    inv = low_inv.transpose(1, 2) @ low_inv  # (L L^T)^-1 (faster here than cholesky_inverse on batches)
+    return torch.linalg.cholesky(inv, upper=True)
+
+
+def gptq_codes(w: torch.Tensor, h: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmax: int,
+               damp: float = DAMP, act_order: bool = False, block: int = BLOCK) -> Tuple[torch.Tensor, torch.Tensor]:
+    """GPTQ on a fixed grid. ``w`` [G, R, C] weights, ``h`` [G, C, C] Hessians, ``scale`` and
+    ``zero_point`` broadcastable to ``w`` (per weight, after the grid's own broadcasting), codes
+    0 .. ``qmax``. Returns (codes [G, R, C] float, the updated weights GPTQ rounded: the value each
+    weight had when its column was quantized, so that its nearest code is its GPTQ code)."""
+    h = h.detach().double().clone()
+    # columns first ([G, C, R]): each step reads one contiguous column
+    col_major = lambda t: t.float().expand_as(w).transpose(1, 2).contiguous()  # noqa: E731
+    w, scale, zero_point = col_major(w.detach()), col_major(scale), col_major(zero_point)
+    c = w.shape[1]
+    diag = torch.diagonal(h, dim1=-2, dim2=-1)
+    dead = diag == 0
+    diag[dead] = 1.0  # a view: writes H's diagonal
+    w.masked_fill_(dead[:, :, None], 0.0)
+    if act_order:
+        perm = torch.argsort(torch.diagonal(h, dim1=-2, dim2=-1), dim=-1, descending=True, stable=True)
+        take = lambda t: t.gather(1, perm[:, :, None].expand_as(t))  # noqa: E731
+        w, scale, zero_point = take(w), take(scale), take(zero_point)
+        h = h.gather(1, perm[:, :, None].expand_as(h)).gather(2, perm[:, None, :].expand_as(h))
+    u = inverse_factor(h, damp).float()
+    codes, start = torch.empty_like(w), torch.empty_like(w)
+    for i1 in range(0, c, block):
+        i2 = min(i1 + block, c)
+        w1 = w[:, i1:i2].clone()
+        err1 = torch.empty_like(w1)
+        u1 = u[:, i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            col, s, z = w1[:, i], scale[:, i1 + i], zero_point[:, i1 + i]
+            code = torch.clamp(torch.round(col / s) + z, 0, qmax)
+            start[:, i1 + i] = col
+            codes[:, i1 + i] = code
+            e = err1[:, i]
+            torch.div(col - (code - z) * s, u1[:, i, i, None], out=e)
+            w1[:, i + 1:].addcmul_(u1[:, i, i + 1:, None], e[:, None, :], value=-1.0)
+        if i2 < c:
+            w[:, i2:] -= torch.bmm(u[:, i1:i2, i2:].transpose(1, 2), err1)
+    if act_order:
+        inv = torch.argsort(perm, dim=-1)
+        back = lambda t: t.gather(1, inv[:, :, None].expand_as(t))  # noqa: E731
+        codes, start = back(codes), back(start)
+    return codes.transpose(1, 2), start.transpose(1, 2)
+
+
+def _row_error(codes: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor,
+               h: torch.Tensor) -> torch.Tensor:
+    """[G, R]: each row's output error on the calibration inputs, d H d^T with d = w - w_hat."""
+    d = (w - (codes - zp) * scale).double()
+    return (torch.bmm(d, h.double()) * d).sum(-1)
+
+
+def gptq_layer(name: str, w: torch.Tensor, hessians: torch.Tensor, bits: int, quantizer: Quantizer,
+               damp: float = DAMP, act_order: bool = False, grid=None) -> Tuple[QuantizedLayer, torch.Tensor]:
+    """Layer ``name``'s GPTQ codes on ``quantizer``'s grid for ``bits``, and the updated weights
+    (``w``'s shape) those codes are the nearest rounding of (AdaRound's start in gptq+brecq).
+    ``grid``: ``layer_grid``'s answer for this layer when the caller has it already."""
+    w = w.detach().float()
+    nearest, scale, zp = grid if grid is not None else layer_grid(quantizer, name, w, bits)
+    groups = int(hessians.shape[0])
+    full = lambda t: grouped(t.float().expand_as(w), groups)  # noqa: E731
+    wg, sg, zg = grouped(w, groups), full(scale), full(zp)
+    codes, start = gptq_codes(wg, hessians, sg, zg, 2 ** int(bits) - 1, damp, act_order)
+    # GPTQ is greedy: with heavy clipping (2 bits) a row can end worse than plain rounding. Rows are
+    # independent in the objective sum_rows d H d^T, so each keeps the better of the two roundings.
+    nearest = grouped(nearest.float(), groups)
+    worse = _row_error(codes, wg, sg, zg, hessians) > _row_error(nearest, wg, sg, zg, hessians)
+    codes = torch.where(worse[:, :, None], nearest, codes).reshape(w.shape)
+    start = torch.where(worse[:, :, None], wg, start)
+    if not torch.isfinite(start).all():  # never: H is damped and finite; a last guard before the codes ship
+        raise MixQuantError(f"layer '{name}': GPTQ produced non-finite weights")
+    from ..quant.recipe import scheme_of
+
+    layer = QuantizedLayer(codes.to(torch.uint8), scale.float(), zp.float(), int(bits), scheme_of(quantizer))
+    return layer, start.reshape(w.shape)
+
+
+Progress = Optional[Callable[[int, int, str], None]]
+
+
+def quantize_with_inputs(refs: Dict[str, WeightRef], bits: Dict[str, int], inputs: Dict[str, LayerInputs],
+                         quantizer: Quantizer, damp: float, act_order: bool, grids: Dict[str, tuple],
+                         starts: Optional[Dict[str, torch.Tensor]] = None) -> Dict[str, QuantizedLayer]:
+    """GPTQ codes of each layer of ``inputs`` from its collected Hessians, on ``grids`` (name ->
+    ``layer_grid``); the model's weights are left as they were (the caller writes them)."""
+    out = {}
+    for name, coll in inputs.items():
+        layer, start = gptq_layer(name, refs[name].tensor.detach().cpu(), coll.matrices(name).cpu(), int(bits[name]),
+                                  quantizer, damp, act_order, grids[name])
+        out[name] = layer
+        if starts is not None:
+            starts[name] = start
+    return out
+
+
+# --- the whole model: stage by stage ----------------------------------------------------------
+REPORT_IMAGES = 64  # calibration images each stage's error report (GPTQ vs nearest) is measured on
+
+
+def _dequantized(grid) -> torch.Tensor:
+    codes, scale, zp = grid
+    return (codes - zp) * scale
+
+
+def run_gptq(work: nn.Module, bits: Dict[str, int], calib: torch.Tensor, cfg, quantizer: Quantizer,
+             progress: Progress = None, starts: Optional[Dict[str, torch.Tensor]] = None):
+    """GPTQ codes for every layer of ``bits``, sequentially: stage by stage over recon/blocks.py's
+    chain, each stage's inputs coming from the already-quantized stages before it; the Hessians of
+    a stage's layers are collected in one run of the stage (its own layers still float32), then
+    its layers are quantized and the stage is run again with the quantized weights. ``work`` (a
+    private copy) ends with the quantized weights. A model blocks.py does not chain gets a single
+    float32 pass over the calibration images (every layer's inputs from the float model).
+
+    Returns a ``ReconResult`` whose block reports compare each stage's output error (against the
+    float32 model, on the first ``REPORT_IMAGES`` images) under round-to-nearest and under GPTQ.
+    """
+    import time
+    from contextlib import ExitStack
+
+    from .blocks import model_stages
+    from .results import BlockReport, ReconResult, block_loss, forward_all as _forward_all
+    from ..models.layers import weight_ref
+
+    if not torch.isfinite(calib).all():
+        raise MixQuantError("the calibration images contain NaN/Inf values")
+    t_start = time.perf_counter()
+    refs = {n: weight_ref(work, n) for n in bits}
+    chunk = max(1, cfg.batch_size)
+    result = ReconResult({}, config=cfg)
+    grids: Dict[str, tuple] = {}
+
+    def collect(names: List[str], run, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        for n in names:  # each layer's grid once (an MSE range search is not free)
+            grids[n] = layer_grid(quantizer, n, refs[n].tensor.detach().float().cpu(), int(bits[n]))
+        inputs = {n: layer_inputs(work, n) for n in names}
+        with ExitStack() as stack, torch.no_grad():
+            for coll in inputs.values():
+                stack.enter_context(coll)
+            for i in range(0, len(x), chunk):
+                run(x[i:i + chunk])
+        return quantize_with_inputs(refs, bits, inputs, quantizer, cfg.damp, cfg.act_order, grids, starts)
+
+    def write(layers: Dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for n, w in layers.items():
+                refs[n].tensor.copy_(w.to(refs[n].tensor.device, refs[n].tensor.dtype))
+
+    try:
+        stages = model_stages(work)
+    except MixQuantError:
+        stages = None
+    if stages is None:  # one float32 pass for every layer
+        if progress:
+            progress(0, 1, "GPTQ: one float32 pass")
+        result.layers = collect(list(bits), work, calib)
+        write({n: q.weight() for n, q in result.layers.items()})
+    else:
+        covered = {n for s in stages for n in s.layers}
+        missing = [n for n in bits if n not in covered]
+        if missing:
+            raise MixQuantError(f"layer '{missing[0]}' is outside the blocks reconstruction knows for this model")
+        x_q = calib
+        x_fp = calib[:min(REPORT_IMAGES, cfg.eval_samples, len(calib))]
+        for k, stage in enumerate(stages):
+            names = [n for n in stage.layers if n in bits]
+            if progress:
+                progress(k, len(stages), f"GPTQ {stage.name}")
+            target = _forward_all(stage.run, x_fp, chunk)
+            if names:
+                t0 = time.perf_counter()
+                layers = collect(names, stage.run, x_q)
+                n_eval = len(x_fp)
+                write({n: _dequantized(grids[n]) for n in names})
+                nearest = _forward_all(stage.run, x_q[:n_eval], chunk)
+                write({n: q.weight() for n, q in layers.items()})
+                x_q = _forward_all(stage.run, x_q, chunk)
+                result.layers.update(layers)
+                result.blocks.append(BlockReport(
+                    stage.name, names, float(block_loss(nearest, target, stage.channel_dim)),
+                    float(block_loss(x_q[:n_eval], target, stage.channel_dim)), time.perf_counter() - t0))
+            else:
+                x_q = _forward_all(stage.run, x_q, chunk)
+            x_fp = target
+    if progress:
+        progress(1 if stages is None else len(stages), 1 if stages is None else len(stages), "done")
+    result.seconds = time.perf_counter() - t_start
+    result.layers = {n: result.layers[n] for n in bits}
+    return result
+
+
+# --- allocation that knows the rounding (issue #22 part 3) ---------------------------------------
+def gptq_cost_table(model: nn.Module, names: List[str], calib: torch.Tensor, fisher: List[torch.Tensor],
+                    bits, quantizer: Quantizer, batch_size: int = 32, damp: float = DAMP,
+                    progress: Progress = None):
+    """[L, B] float64: per layer of ``names`` and bit-width of ``bits``, the Fisher-weighted error
+    ``sum F * (w - w_gptq(b))**2`` of GPTQ's weights, in the units of the plain Fisher cost
+    (plans/fisher.py), so the budgeted allocation ranks bit-widths by what GPTQ will make of them.
+    Hessians from ONE float32 pass over ``calib`` (every layer's inputs from the float model, not
+    the sequential scheme of ``run_gptq``), then one GPTQ solve per layer and bit-width."""
+    import numpy as np
+
+    from ..models.layers import weight_ref
+
+    if not torch.isfinite(calib).all():
+        raise MixQuantError("the calibration images contain NaN/Inf values")
+    refs = {n: weight_ref(model, n) for n in names}
+    inputs = {n: layer_inputs(model, n) for n in names}
+    total = len(names) + 1
+    from contextlib import ExitStack
+
+    with ExitStack() as stack, torch.no_grad():
+        for coll in inputs.values():
+            stack.enter_context(coll)
+        for i in range(0, len(calib), batch_size):
+            model(calib[i:i + batch_size])
+    if progress:
+        progress(1, total, "GPTQ cost: Hessians")
+    cost = np.zeros((len(names), len(bits)), dtype=np.float64)
+    for i, (name, f) in enumerate(zip(names, fisher)):
+        w = refs[name].tensor.detach().float().cpu()
+        h = inputs[name].matrices(name).cpu()
+        for j, b in enumerate(bits):
+            q, _ = gptq_layer(name, w, h, int(b), quantizer, damp)
+            err = w.double() - q.weight().double()
+            cost[i, j] = float(torch.sum(f.cpu().double() * err * err))
+        if progress:
+            progress(i + 2, total, f"GPTQ cost: {name}")
+    return cost
