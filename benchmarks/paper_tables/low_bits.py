@@ -3,6 +3,8 @@
 
 * ``brecq``: AdaRound + BRECQ blocks on the MSE-clipped grid (today's budget: 40 iterations per
   block, batch 16, lr 0.02, 128 calibration images), as docs/RESULTS.md's Table 1 rows.
+* ``gptq``: GPTQ (recon/gptq.py) on the same grid, one sequential pass, 256 calibration images.
+* ``gptq+brecq``: BRECQ's AdaRound started from GPTQ's rounding, BRECQ's budget.
 
 Every row is appended to a JSON-lines file as it finishes (top-1/top-5/loss on all 1,300 validation
 images, wall time of the method), so methods can run in separate processes:
@@ -73,7 +75,7 @@ def points(loaded, fisher_images: int):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--method", choices=("brecq",), required=True)
+    ap.add_argument("--method", choices=("brecq", "gptq", "gptq+brecq"), required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--only", help="only the points whose label contains this text")
     ap.add_argument("--iters", type=int, default=40)
@@ -94,7 +96,8 @@ def main() -> None:
             if args.only and args.only not in label:
                 continue
             t0 = time.perf_counter()
-            cfg = ReconConfig(iters=args.iters, batch_size=args.batch_size, lr=args.lr, device="cpu", seed=0)
+            cfg = ReconConfig(iters=args.iters, batch_size=args.batch_size, lr=args.lr, device="cpu", seed=0,
+                              method=args.method)
             result = reconstruct_plan(loaded.model, plan, calib, cfg)
             seconds = time.perf_counter() - t0
             metrics = evaluate_quantized(loaded.model, result.layers, data)
