@@ -20,10 +20,10 @@ ZETA, GAMMA = 1.1, -0.1  # rectified sigmoid stretch (AdaRound)
 class AdaRoundWeight(nn.Module):
     """Parametrization: the layer's weight becomes its (soft or hard) quantized version."""
 
-    def __init__(self, w: torch.Tensor, nbits: int, scheme: str):
+    def __init__(self, w: torch.Tensor, nbits: int, scheme: str, ratios: Optional[torch.Tensor] = None):
         super().__init__()
         self.nbits, self.scheme, self.qmax = nbits, scheme, 2**nbits - 1
-        _, scale, zp = unsigned_grid(w, nbits, scheme)
+        _, scale, zp = unsigned_grid(w, nbits, scheme, ratios)  # ratios: calibrated clipping (loss-aware ranges)
         w = w.detach().float()
         self.register_buffer("scale", scale)
         self.register_buffer("zero_point", zp)
