@@ -58,9 +58,11 @@ def test_the_parser_names_equal_the_core_ones():
     from mixquant_core.recon.reconstruct import SCHEMES
     from mixquant_core.studies.compare import DEFAULT_TARGETS, METHODS
     from mixquant_core.studies.target import FAMILIES
+    from mixquant_core.workspace import RANGES
 
     assert choices.QUANTIZERS == tuple(QUANTIZERS)
     assert choices.DEFAULT_MODEL == DEFAULT_MODEL
     assert choices.RECON_SCHEMES == SCHEMES
     assert choices.TARGET_FAMILIES == FAMILIES
     assert choices.COMPARE_METHODS == tuple(METHODS) and choices.COMPARE_TARGETS == DEFAULT_TARGETS
+    assert choices.RANGES == RANGES

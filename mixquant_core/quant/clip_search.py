@@ -27,12 +27,13 @@ except ImportError:  # pragma: no cover - exercised only where numba is missing
 
 _TORCH_CHUNK = 1 << 20  # weights x candidates per torch step (a few MB of temporaries)
 _LOCK = threading.Lock()  # one search at a time: its parallel loop already uses every core
+_NO_WEIGHTS = np.ones((1, 1), np.float64)  # the plain search's stand-in for the weights it does not read
 
 if HAVE_NUMBA:
     # reassoc lets LLVM vectorise the float64 sum; no "contract" (an FMA in (q - z) * s - x would
     # change the error of a weight the quantizer reproduces exactly), as in kernels/numba_cpu.py
     @njit(parallel=True, fastmath={"reassoc", "nsz"}, cache=True, nogil=True)
-    def _numba_errors(rows, scale, zp, qmin, qmax):  # pragma: no cover - compiled
+    def _numba_errors(rows, weights, scale, zp, qmin, qmax, weighted):  # pragma: no cover - compiled
         n_rows, m = rows.shape
         k_all = scale.shape[1]
         out = np.empty((n_rows, k_all), np.float64)
@@ -46,26 +47,10 @@ if HAVE_NUMBA:
                 x = rows[r, i]
                 q = min(max(np.rint(x / s) + z, qmin), qmax)
                 e = (q - z) * s - x
-                acc += e * e
-            out[r, k] = acc
-        return out
-
-    @njit(parallel=True, fastmath={"reassoc", "nsz"}, cache=True, nogil=True)
-    def _numba_weighted_errors(rows, weights, scale, zp, qmin, qmax):  # pragma: no cover - compiled
-        n_rows, m = rows.shape
-        k_all = scale.shape[1]
-        out = np.empty((n_rows, k_all), np.float64)
-        for t in prange(n_rows * k_all):
-            r = t // k_all
-            k = t - r * k_all
-            s = scale[r, k]
-            z = zp[r, k]
-            acc = 0.0
-            for i in range(m):
-                x = rows[r, i]
-                q = min(max(np.rint(x / s) + z, qmin), qmax)
-                e = (q - z) * s - x
-                acc += weights[r, i] * (e * e)
+                if weighted:  # loop-invariant: compiled as two loops
+                    acc += weights[r, i] * (e * e)
+                else:
+                    acc += e * e
             out[r, k] = acc
         return out
 
@@ -93,9 +78,8 @@ def row_sq_errors(rows: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, qmi
         weights = weights.to(device=rows.device, dtype=torch.float64)
     if HAVE_NUMBA and rows.device.type == "cpu" and rows.numel() * scale.shape[1] >= 4096:
         args = (rows.contiguous().numpy(), scale.contiguous().numpy(), zp.contiguous().numpy())
-        bounds = (np.float32(qmin), np.float32(qmax))
+        w = _NO_WEIGHTS if weights is None else weights.contiguous().numpy()
         with _LOCK:
-            if weights is None:
-                return torch.from_numpy(_numba_errors(*args, *bounds))
-            return torch.from_numpy(_numba_weighted_errors(args[0], weights.contiguous().numpy(), *args[1:], *bounds))
+            return torch.from_numpy(_numba_errors(args[0], w, *args[1:], np.float32(qmin), np.float32(qmax),
+                                                  weights is not None))
     return _torch_errors(rows, scale, zp, float(qmin), float(qmax), weights)
