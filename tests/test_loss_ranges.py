@@ -273,8 +273,11 @@ def test_app_sidebar_chooses_loss_aware_ranges(monkeypatch, tmp_path):
 
 
 def test_reconstruction_base_takes_the_plan_ratios(monkeypatch):
-    from mixquant_core.recon import reconstruct as recon
+    import importlib
+
     from mixquant_core.recon.adaround import AdaRoundWeight
+
+    recon = importlib.import_module("mixquant_core.recon.reconstruct")  # the module (the package exports the function)
 
     g = torch.Generator().manual_seed(4)
     w = torch.randn(5, 3, 3, 3, generator=g)
