@@ -33,7 +33,7 @@ if HAVE_NUMBA:
     # reassoc lets LLVM vectorise the float64 sum; no "contract" (an FMA in (q - z) * s - x would
     # change the error of a weight the quantizer reproduces exactly), as in kernels/numba_cpu.py
     @njit(parallel=True, fastmath={"reassoc", "nsz"}, cache=True, nogil=True)
-    def _numba_errors(rows, weights, scale, zp, qmin, qmax, weighted):  # pragma: no cover - compiled
+    def _numba_kernel(rows, weights, scale, zp, qmin, qmax, weighted):  # pragma: no cover - compiled
         n_rows, m = rows.shape
         k_all = scale.shape[1]
         out = np.empty((n_rows, k_all), np.float64)
@@ -53,6 +53,10 @@ if HAVE_NUMBA:
                     acc += e * e
             out[r, k] = acc
         return out
+
+    def _numba_errors(rows, scale, zp, qmin, qmax):
+        """The plain (unweighted) errors of the compiled kernel."""
+        return _numba_kernel(rows, _NO_WEIGHTS, scale, zp, qmin, qmax, False)
 
 
 def _torch_errors(rows: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, qmin: float, qmax: float,
@@ -80,6 +84,6 @@ def row_sq_errors(rows: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, qmi
         args = (rows.contiguous().numpy(), scale.contiguous().numpy(), zp.contiguous().numpy())
         w = _NO_WEIGHTS if weights is None else weights.contiguous().numpy()
         with _LOCK:
-            return torch.from_numpy(_numba_errors(args[0], w, *args[1:], np.float32(qmin), np.float32(qmax),
+            return torch.from_numpy(_numba_kernel(args[0], w, *args[1:], np.float32(qmin), np.float32(qmax),
                                                   weights is not None))
     return _torch_errors(rows, scale, zp, float(qmin), float(qmax), weights)
