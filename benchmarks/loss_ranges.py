@@ -80,9 +80,14 @@ def main() -> None:
     times["output_search_pairs"] = len(ws.layers)
     out = {"times": times, "rows": rows, "avg_bits": ws.size(plan_bits).avg_bits, "layers_with_other_ratios": differ,
            "calib_images": len(calib), "images": len(data)}
+    report(out, args.out)
+
+
+def report(out: dict, path) -> None:
+    """Print the result as JSON, and write it to ``path`` when given."""
     print(json.dumps(out, indent=2))
-    if args.out:
-        with open(args.out, "w") as f:
+    if path:
+        with open(path, "w") as f:
             json.dump(out, f, indent=2)
 
 

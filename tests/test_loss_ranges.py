@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import TinyNet
+from test_evaluate import tiny_set
 from mixquant_cli.main import main
-from mixquant_core.data.image_sets import EvalTensors
 from mixquant_core.errors import MixQuantError
 from mixquant_core.evaluation.evaluate import per_image
 from mixquant_core.evaluations import Evaluations
@@ -133,15 +133,10 @@ def tiny_ws(calib, ranges="loss", scheme="per-channel", engine="torch"):
     return Workspace(loaded, scheme, device="cpu", engine=engine, ranges=ranges, calib=calib)
 
 
-def tiny_set(n, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return EvalTensors(torch.randn(n, 3, 6, 6, generator=g), torch.randint(0, 10, (n,), generator=g))
-
-
 def test_output_error_score_equals_the_layer_output_error():
     torch.manual_seed(0)
     model = TinyNet().eval()
-    data = tiny_set(5)
+    data = tiny_set(1, 5)
     ws = tiny_ws(data, "weights")
     grams = layer_grams(model, ws.layers, data, batch_size=2)
     inputs = {}
@@ -174,7 +169,7 @@ def test_output_error_score_equals_the_layer_output_error():
 
 
 def test_workspace_tables_use_the_loss_aware_grid():
-    calib = tiny_set(6)
+    calib = tiny_set(1, 6)
     ws = tiny_ws(calib)
     recipe = ws.recipe
     assert isinstance(recipe, Recipe) and recipe.weight_ranges.method == "fisher"
@@ -210,7 +205,7 @@ def manual_metrics(model, plan_json, data):
 
 @pytest.mark.parametrize("engine", ["torch", "onnxruntime"])
 def test_plan_records_ratios_and_evaluation_and_export_use_them(engine, tmp_path):
-    calib, data = tiny_set(8), tiny_set(40, seed=7)
+    calib, data = tiny_set(1, 8), tiny_set(7, 40)
     ws = tiny_ws(calib, engine=engine)
     bits = ws.budget_bits("fisher", avg_bits=3.5, calib=calib)
     plan = ws.plan_from_bits(bits)
@@ -233,10 +228,10 @@ def test_plan_records_ratios_and_evaluation_and_export_use_them(engine, tmp_path
 
 
 def test_one_image_and_broken_gradients():
-    ws = tiny_ws(tiny_set(1))  # one calibration image: ranges exist and are finite
+    ws = tiny_ws(tiny_set(1, 1))  # one calibration image: ranges exist and are finite
     ratios = ws.recipe.weight_ranges.ratios
     assert all(0 < r <= 1 for rs in ratios.values() for r in rs)
-    bad = tiny_set(2)
+    bad = tiny_set(1, 2)
     bad.images[0, 0, 0, 0] = float("nan")
     with pytest.raises(MixQuantError, match="NaN"):
         tiny_ws(bad).recipe
@@ -286,7 +281,7 @@ def test_reconstruction_base_takes_the_plan_ratios(monkeypatch):
     p.mode = "nearest"
     assert torch.allclose(p(w), fake_quantize_with_ratios(w, 3, "per-channel", ratios), atol=1e-6)
     # reconstruct_plan hands the plan's ranges to the base grid when the grids match
-    ws = tiny_ws(tiny_set(4))
+    ws = tiny_ws(tiny_set(1, 4))
     plan = ws.plan_from_bits(ws.uniform(4))
     seen = {}
     monkeypatch.setattr(recon, "reconstruct", lambda model, bits, calib, cfg, progress, ranges: seen.update(r=ranges)
