@@ -8,6 +8,9 @@ DEFAULT_MODEL = "efficientnet_lite0"  # mixquant_core.models.registry.DEFAULT_MO
 # tuple(mixquant_core.quant.quantizers.QUANTIZERS)
 QUANTIZERS = ("asymmetric", "symmetric", "per-channel", "asymmetric-mse", "symmetric-mse", "per-channel-mse")
 
+# mixquant_core.workspace.RANGES: the weights' own ranges (the default), or loss-aware (issue #22)
+RANGES = ("weights", "loss")
+
 # mixquant_core.recon.reconstruct.SCHEMES: BRECQ's choice (MSE-clipped per channel) first
 RECON_SCHEMES = ("per-channel-mse",) + tuple(q for q in QUANTIZERS if q != "per-channel-mse")
 # mixquant_core.workspace.COSTS: what a budgeted allocation minimises

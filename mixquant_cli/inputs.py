@@ -9,7 +9,7 @@ from typing import Optional
 from mixquant_core.errors import MixQuantError
 
 from .output import check_out, notice
-from .progress import OFF, progress
+from .progress import OFF, mode_of, progress
 
 NO_DATA = "no evaluation images: pass --data DIR (or set MIXQUANT_DATA)"
 
@@ -55,12 +55,21 @@ def open_evaluations(args):
     from mixquant_core.models.registry import load_model
     from mixquant_core.workspace import Workspace
 
+    ranges = getattr(args, "ranges", "weights")
+    if ranges == "loss" and calib_dir(args) is None:  # before any slow work
+        raise MixQuantError("--ranges loss needs calibration images: pass --calib DIR (or set MIXQUANT_DATA)")
     store = open_store(args.store, not args.no_store) if hasattr(args, "store") else None
     cluster = open_cluster(getattr(args, "cluster", None))
     loaded = load_model(args.model, arch=args.arch, trust_code=args.trust_code)
+    calib = None
+    if ranges == "loss":
+        calib = calibration_tensors(calib_dir(args), args.calib_images, loaded.preprocess, mode_of(args))
     ws = Workspace(loaded, args.quantizer, args.bits, args.keep_first_last, args.exclude,
                    device=getattr(args, "device", "cpu"), engine=getattr(args, "engine", "auto"), notify=notice,
-                   cluster=cluster)
+                   cluster=cluster, ranges=ranges, calib=calib)
+    if ranges == "loss":  # a stage of its own: Fisher gradients on the calibration images, then the range search
+        with progress(mode_of(args), "loss-aware ranges", "layers") as cb:
+            ws.calibrate(cb)
     return Evaluations(ws, store=store, early_stop=getattr(args, "early_stop", False))
 
 
@@ -105,7 +114,10 @@ def calib_dir(args) -> Optional[str]:
 
 
 def fisher_calibration(args, ws, mode: str):
-    """The calibration images of the Fisher cost; a one-line error when there are none."""
+    """The calibration images of the Fisher cost (the Workspace's own when it has them: the Fisher
+    diagonal of loss-aware ranges is then reused); a one-line error when there are none."""
+    if ws.calib is not None:
+        return ws.calib
     where = calib_dir(args)
     if where is None:
         raise MixQuantError("the Fisher cost needs calibration images: pass --calib DIR (or set MIXQUANT_DATA)")

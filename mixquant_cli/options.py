@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import List
 
-from .choices import DEFAULT_MODEL, QUANTIZERS
+from .choices import DEFAULT_MODEL, QUANTIZERS, RANGES
 
 
 def bits_list(text: str) -> List[int]:
@@ -91,8 +91,17 @@ def add_model_args(p: argparse.ArgumentParser, compute: bool = True) -> None:
     p.add_argument("--exclude", action="append", default=[], metavar="PATTERN", help="skip layers whose name matches (fnmatch; repeatable)")
     if compute:
         p.add_argument("--device", default="auto", help="auto | cpu | cuda (auto: CUDA when present)")
+    add_ranges_args(p)
     add_json_arg(p)
     add_progress_args(p)
+
+
+def add_ranges_args(p: argparse.ArgumentParser) -> None:
+    """``--ranges`` and the calibration images that loss-aware ranges are chosen on."""
+    p.add_argument("--ranges", choices=RANGES, default=RANGES[0],
+                   help="weight ranges: from the weights (the quantizer's own, default) or loss-aware: each layer's "
+                        "clipping per grid row and bit-width of least Fisher-weighted error on --calib images")
+    add_calib_args(p)
 
 
 def add_store_args(p: argparse.ArgumentParser) -> None:
@@ -129,7 +138,10 @@ def add_cluster_arg(p: argparse.ArgumentParser) -> None:
 
 
 def add_calib_args(p: argparse.ArgumentParser) -> None:
-    """Calibration images of the Fisher cost (allocate, sweep --compare, search --max-drop)."""
-    p.add_argument("--calib", help="calibration images for the Fisher cost (labelled folder, or plain images: "
-                                   "the model's predictions stand in); default $MIXQUANT_DATA/imagenet-calib-1000")
+    """Calibration images of the Fisher cost (allocate, sweep --compare, search --max-drop) and of
+    loss-aware ranges (every command with the model options); added once per parser."""
+    if "--calib" in p._option_string_actions:
+        return
+    p.add_argument("--calib", help="calibration images for the Fisher cost and --ranges loss (labelled folder, or plain "
+                                   "images: the model's predictions stand in); default $MIXQUANT_DATA/imagenet-calib-1000")
     p.add_argument("--calib-images", type=number("calib_images"), default=64, help="calibration images, spread over the folder (default 64)")

@@ -31,6 +31,7 @@ from .plans.size import SizeSummary, float32_bytes, plan_size
 Progress = Optional[Callable[[int, int, str], None]]
 # Budgeted allocation costs: plain QE, Fisher-weighted error of round-to-nearest, of GPTQ's weights.
 COSTS = ("qe", "fisher", "fisher-gptq")
+RANGES = ("weights", "loss")  # the weights' own ranges, or loss-aware ones chosen on ``calib`` (issue #22)
 
 
 class Workspace:
@@ -44,6 +45,8 @@ class Workspace:
         # What calibration adds to the scheme (quant/recipe.py): "weights" keeps the scheme's own
         # ranges, "loss" chooses each layer's clipping by a loss-aware error (issue #22); act_bits
         # quantizes the layers' inputs with ranges by act_range (issue #20). Both need ``calib``.
+        if ranges not in RANGES:
+            raise MixQuantError(f"unknown weight ranges '{ranges}'; choose weights or loss")
         self.ranges = ranges
         self.act_bits = act_bits
         self.act_range = act_range
@@ -62,6 +65,7 @@ class Workspace:
         self._family: Optional[PlanFamily] = None
         self._fisher = None  # (calibration set, FisherTable); holding the set keeps its id unique
         self._gptq_costs = None  # (FisherTable, [L, B] fisher-gptq costs)
+        self._fisher_diag = None  # (calibration set, [per-layer Fisher diagonal])
         self._allocations: Dict[tuple, object] = {}  # (cost, unit) -> allocation family
         self._recipe: Optional[Quantizer] = None
         self._recipe_lock = threading.Lock()
@@ -93,8 +97,23 @@ class Workspace:
         return Recipe(self.quantizer, self._weight_ranges() if self.ranges == "loss" else None,
                       self._act_quant() if self.act_bits is not None else None)
 
+    def calibrate(self, progress: Progress = None) -> Quantizer:
+        """``recipe``, with a progress bar while its calibration runs (the first time only)."""
+        self._calib_progress = progress
+        try:
+            return self.recipe
+        finally:
+            self._calib_progress = None
+
     def _weight_ranges(self):
-        raise MixQuantError("loss-aware weight ranges are not available yet")  # issue #22
+        """Loss-aware ranges (issue #22): for every layer and candidate bit-width, the clipping ratio
+        per grid row of least Fisher-weighted error on ``calib`` (plans/ranges.py)."""
+        from .plans.ranges import fisher_weight_ranges
+
+        progress = getattr(self, "_calib_progress", None)
+        diagonal = self.fisher_diagonal(self.calib, progress)
+        with self.evaluator.private_model() as model:
+            return fisher_weight_ranges(model, self.layers, diagonal, self.calib, self.bits, self.quantizer, progress)
 
     def _act_quant(self):
         raise MixQuantError("activation quantization is not available yet")  # issue #20
@@ -105,9 +124,11 @@ class Workspace:
 
     # --- QE table and search ---------------------------------------------------------------
     def table(self, progress: Progress = None) -> QETable:
+        """The QE table, on the grids the layers really get: with loss-aware ranges, the recipe's."""
+        grid = self.calibrate(progress) if self.ranges == "loss" else self.quantizer
         with self._table_lock:
             if self._table is None:
-                self._table = qe_table(self.loaded.model, self.quantizer, self.bits, self.layers,
+                self._table = qe_table(self.loaded.model, grid, self.bits, self.layers,
                                        device=self.device, progress=progress)
         return self._table
 
@@ -159,17 +180,31 @@ class Workspace:
         return qems, all_bits, [None, tuple(self.uniform(BASE_BITS))] + [tuple(b) for b in all_bits]
 
     # --- budgeted allocation (sensitivity.py + allocate.py) ----------------------------------
-    def fisher(self, calib: EvalTensors, progress: Progress = None):
-        """Fisher-weighted error table on calibration images, cached per calibration set."""
-        from .plans.fisher import fisher_table
+    def fisher_diagonal(self, calib: EvalTensors, progress: Progress = None):
+        """Per layer, the Fisher diagonal on ``calib``, cached for the last calibration set (the
+        allocation's Fisher cost and the loss-aware ranges share it)."""
+        from .plans.fisher import fisher_diagonal
 
         with self.evaluator.private_model() as model:  # gradients and requires_grad flags: the private copy
-            held = self._fisher
+            held = self._fisher_diag
             if held is None or held[0] is not calib:
-                table = fisher_table(model, self.layers, calib, self.quantizer, self.bits, self.device, progress)
-                self._fisher = (calib, table)
-                self._allocations.clear()
-            return self._fisher[1]
+                self._fisher_diag = (calib, fisher_diagonal(model, self.layers, calib, self.device, progress))
+            return self._fisher_diag[1]
+
+    def fisher(self, calib: EvalTensors, progress: Progress = None):
+        """Fisher-weighted error table on calibration images, cached per calibration set; with
+        loss-aware ranges, each layer's bit-widths are scored on the grid the recipe gives them."""
+        from .plans.fisher import fisher_table
+
+        held = self._fisher
+        if held is None or held[0] is not calib:
+            grid = self.calibrate(progress) if self.ranges == "loss" else self.quantizer
+            diagonal = self.fisher_diagonal(calib, progress)
+            with self.evaluator.private_model() as model:
+                table = fisher_table(model, self.layers, calib, grid, self.bits, self.device, progress, diagonal)
+            self._fisher = (calib, table)
+            self._allocations.clear()
+        return self._fisher[1]
 
     def allocation_family(self, cost: str = "qe", unit: str = "bytes", calib: Optional[EvalTensors] = None):
         """Every Lagrangian-optimal plan for summed ``cost`` ("qe" or "fisher") under a budget in

@@ -12,6 +12,11 @@ QUANTIZER_LABELS = {
     "symmetric-mse": "symmetric, per tensor, MSE-clipped range",
     "per-channel-mse": "asymmetric, per output channel, MSE-clipped range",
 }
+RANGES_LABELS = {
+    "weights": "from the weights",
+    "loss": "loss-aware (calibrated)",
+}
+RANGES_CALIB_IMAGES = 64  # loss-aware ranges: the Fisher calibration images (the Pareto page's default count)
 DEFAULT_LIMIT = None  # images: None sizes the subset by time (mixquant_core.evaluation.timing)
 TRADEOFF_STEPS = 12  # the Trade-off page's default QEM grid (its plans set the time of a trade-off)
 DEFAULT_QEM = 20.0
@@ -39,6 +44,8 @@ class Settings:
     engine: str = "auto"  # evaluation engine: auto | torch | onnxruntime
     trust_code: bool = False  # the user ticked "Trust code in this file" for an upload
     cluster: str = ""  # address of a running Ray cluster to evaluate on (HOST:PORT, ray://HOST:PORT, auto); "" = none
+    ranges: str = "weights"  # weight ranges: the quantizer's own, or loss-aware on the calibration images (issue #22)
+    calib_dir: str = ""  # the calibration folder of loss-aware ranges ($MIXQUANT_DATA/imagenet-calib-1000)
 
     @property
     def model_key(self) -> tuple:
@@ -48,7 +55,8 @@ class Settings:
 
     @property
     def workspace_key(self) -> tuple:
-        return (self.model_key, self.quantizer, self.bits, self.keep_first_last, self.device, self.engine, self.cluster)
+        return (self.model_key, self.quantizer, self.bits, self.keep_first_last, self.device, self.engine, self.cluster,
+                self.ranges, self.calib_dir if self.ranges == "loss" else "")
 
     @property
     def data_key(self) -> tuple:

@@ -20,12 +20,14 @@ import streamlit as st
 import torch
 
 from mixquant_core import DEFAULT_MODEL, default_eval_dir
+from mixquant_core.data.image_sets import default_calib_dir
 from mixquant_core.quant.quantizers import MAX_BITS, MIN_BITS
 
 from . import state, workspaces
 from mixquant_core.evaluation.timing import SUBSET_BUDGET_S
 
-from .settings import DEFAULT_LIMIT, ENGINE_LABELS, QUANTIZER_LABELS, TRADEOFF_STEPS, Settings
+from .settings import (DEFAULT_LIMIT, ENGINE_LABELS, QUANTIZER_LABELS, RANGES_CALIB_IMAGES, RANGES_LABELS,
+                       TRADEOFF_STEPS, Settings)
 
 MODEL_FILE_TYPES = ["pt", "pth", "ts", "safetensors", "bin"]
 UPLOAD_DIR = Path(tempfile.gettempdir()) / "mixquant-studio-uploads"
@@ -52,7 +54,7 @@ def _defaults(names: List[str]) -> None:
         quantizer="asymmetric", keep_first_last=False, bits=list(range(MAX_BITS, MIN_BITS - 1, -1)),
         device="cuda" if torch.cuda.is_available() else "cpu", data_kind="Image folder", data_dir=default_eval_dir() or "",
         imagenette_dir=os.path.join(os.environ.get("MIXQUANT_DATA") or os.path.expanduser("~/.cache/mixquant"), "imagenette"),
-        limit=DEFAULT_LIMIT, engine="auto", trust_code=False, cluster="",
+        limit=DEFAULT_LIMIT, engine="auto", trust_code=False, cluster="", ranges="weights",
     )
 
 
@@ -97,6 +99,10 @@ def render() -> Settings:
 
     sb.header("Quantization")
     quantizer = sb.selectbox("Quantizer", list(QUANTIZER_LABELS), key="quantizer", format_func=QUANTIZER_LABELS.get)
+    ranges = sb.radio("Weight ranges", list(RANGES_LABELS), key="ranges", format_func=RANGES_LABELS.get,
+                      help="Loss-aware: each layer's clipping (per grid row and bit-width) of least Fisher-weighted "
+                           f"error on {RANGES_CALIB_IMAGES} calibration images from $MIXQUANT_DATA/imagenet-calib-1000 "
+                           "(the Fisher cost's); tables, plans, evaluation and export then use those ranges.")
     keep = sb.checkbox("Keep first and last layer at 8 bits", key="keep_first_last")
     bits = sb.multiselect("Candidate bit-widths", list(range(MAX_BITS, MIN_BITS - 1, -1)), key="bits",
                           help="8 bits is always a candidate: equation (1) compares every bit-width with it.")
@@ -131,7 +137,7 @@ def render() -> Settings:
         model_digest=digest, arch=arch, quantizer=quantizer, bits=tuple(sorted({8, *map(int, bits)}, reverse=True)),
         keep_first_last=bool(keep), device=device, data_kind="folder" if data_kind == "Image folder" else "imagenette",
         data_dir=(data_dir or "").strip(), limit=None if limit is None else int(limit), engine=engine, trust_code=bool(trust),
-        cluster=(cluster or "").strip(),
+        cluster=(cluster or "").strip(), ranges=ranges, calib_dir=(default_calib_dir() or "") if ranges == "loss" else "",
     )
     st.session_state["settings"] = settings
     return settings

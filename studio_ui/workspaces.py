@@ -1,6 +1,6 @@
 """The Workspace for the sidebar's model and settings, shared by every session of the server.
 
-One Workspace per (model, quantizer, bits, keep_first_last, device, engine, cluster) lives in
+One Workspace per (model, quantizer, bits, keep_first_last, device, engine, cluster, weight ranges) lives in
 st.cache_resource. It is immutable once made: a session's own choices (results store, early stop)
 go into the Evaluations that ``state.evaluations`` builds for each script run, never onto it.
 Uploaded model files are loaded in a child process with a time and memory limit
@@ -13,11 +13,13 @@ from typing import List, Optional
 import streamlit as st
 
 from mixquant_core import Workspace, list_models, load_model
-from mixquant_core.errors import UntrustedCodeError, one_line
+from mixquant_core.data.image_sets import open_calibration_folder
+from mixquant_core.data.load import load_tensors
+from mixquant_core.errors import MixQuantError, UntrustedCodeError, one_line
 from mixquant_core.models.downloads import download_needed
 
 from .progress import progress
-from .settings import Settings
+from .settings import RANGES_CALIB_IMAGES, Settings
 from .state import USER_ERRORS, settings
 
 TRUST_ADVICE = ("if you trust this file, tick 'Trust code in this file' in the sidebar "
@@ -40,12 +42,19 @@ def missing_weights(s: Settings) -> Optional[str]:
 @st.cache_resource(max_entries=4, show_spinner=False)
 def _workspace(model_key: tuple, model_ref: str, arch: Optional[str], quantizer: str, bits: tuple,
                keep_first_last: bool, device: str, shown_as: Optional[str] = None, trust_code: bool = False, engine: str = "auto",
-               cluster_address: str = "", _cluster=None) -> Workspace:
+               cluster_address: str = "", _cluster=None, ranges: str = "weights", calib_dir: str = "") -> Workspace:
     if shown_as is None:  # a registry name
         loaded = load_model(model_ref, arch=arch)
     else:  # an upload: read in a limited child process, named by the user's own file name
         loaded = load_model(model_ref, arch=arch, trust_code=trust_code, isolate=True, shown_as=shown_as)
-    return Workspace(loaded, quantizer, bits, keep_first_last, (), device, engine=engine, cluster=_cluster)
+    calib = None
+    if ranges == "loss":  # the calibration images of the Fisher cost (Pareto page default), spread over the folder
+        if not calib_dir:
+            raise MixQuantError("loss-aware ranges need calibration images: set MIXQUANT_DATA (its imagenet-calib-1000)")
+        with progress("Calibration images") as cb:
+            calib = load_tensors(open_calibration_folder(calib_dir, RANGES_CALIB_IMAGES), loaded.preprocess, cb)
+    return Workspace(loaded, quantizer, bits, keep_first_last, (), device, engine=engine, cluster=_cluster,
+                     ranges=ranges, calib=calib)
 
 
 @st.cache_resource(show_spinner=False)
@@ -90,7 +99,8 @@ def require_workspace() -> Workspace:
     try:
         with st.spinner(f"Loading {s.model_name}..."):
             ws = _workspace(s.model_key, ref, s.arch, s.quantizer, s.bits, s.keep_first_last, s.device,
-                            s.model_name if upload else None, s.trust_code, s.engine, s.cluster, cluster)
+                            s.model_name if upload else None, s.trust_code, s.engine, s.cluster, cluster, s.ranges,
+                            s.calib_dir)
     except UntrustedCodeError as exc:
         st.error(f"Cannot use this model: {exc}; {TRUST_ADVICE}.")
         st.stop()

@@ -59,6 +59,7 @@ def test_the_parser_names_equal_the_core_ones():
     from mixquant_core.recon.reconstruct import METHODS as RECON_METHODS, SCHEMES
     from mixquant_core.studies.compare import DEFAULT_TARGETS, METHODS
     from mixquant_core.studies.target import FAMILIES
+    from mixquant_core.workspace import RANGES
 
     assert choices.QUANTIZERS == tuple(QUANTIZERS)
     assert choices.DEFAULT_MODEL == DEFAULT_MODEL
@@ -70,3 +71,4 @@ def test_the_parser_names_equal_the_core_ones():
     assert choices.TARGET_FAMILIES == FAMILIES
     assert choices.COMPARE_METHODS == tuple(METHODS) and choices.COMPARE_TARGETS == DEFAULT_TARGETS
     assert choices.LATENCY_RUNTIMES == RUNTIMES and choices.LATENCY_PRECISIONS == PRECISIONS
+    assert choices.RANGES == RANGES

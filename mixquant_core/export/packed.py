@@ -357,9 +357,10 @@ def accounted_bytes(model: nn.Module, plan: Plan, scheme: str) -> int:
 
 
 def rtn_layers(model: nn.Module, plan: Plan) -> Dict[str, QuantizedLayer]:
-    """Round-to-nearest codes with the plan's own quantizer (what ``plan.quantize_model_`` computes)."""
+    """Round-to-nearest codes with the plan's own quantizer and recipe (its calibrated weight ranges:
+    what ``plan.quantize_model_`` computes)."""
     plan.check_against(model)
-    return nearest_layers(model, plan.bits, plan.quantizer)
+    return nearest_layers(model, plan.bits, plan.recipe)
 
 
 def file_layers(path_or_bytes, model: nn.Module, plan: Optional[Plan] = None) -> Tuple[QuantizedFile, List[str]]:

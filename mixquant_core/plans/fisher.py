@@ -25,7 +25,8 @@ from ..data.image_sets import NO_LABEL, EvalTensors
 from ..errors import DatasetError, MixQuantError
 from ..models.layers import LayerInfo, layer_weights
 from ..quant.qe import normalize_bits
-from ..quant.quantizers import check_finite, fake_quantize, get_quantizer
+from ..quant.quantizers import check_finite, get_quantizer
+from ..quant.recipe import Quantizer, quantize_layer, scheme_of
 
 Progress = Optional[Callable[[int, int, str], None]]
 
@@ -105,29 +106,33 @@ def fisher_diagonal(model: nn.Module, layers: Sequence[LayerInfo], data: EvalTen
     return fisher
 
 
-def fisher_cost(w: torch.Tensor, fisher: torch.Tensor, bits: Sequence[int], quantizer: str) -> List[float]:
-    """sum F * (w - dequant(quant(w, b)))**2 for each b."""
+def fisher_cost(w: torch.Tensor, fisher: torch.Tensor, bits: Sequence[int], quantizer: Quantizer,
+                name: str = "") -> List[float]:
+    """sum F * (w - dequant(quant(w, b)))**2 for each b, on the grid ``quantizer`` (a scheme, or a
+    Recipe whose calibrated ranges for layer ``name`` apply) really gives the layer."""
     w = w.detach()
     out = []
     for b in bits:
-        err = w.double() - fake_quantize(w.float(), int(b), quantizer).double()
+        err = w.double() - quantize_layer(quantizer, name, w.float(), int(b)).double()
         out.append(float(torch.sum(fisher * err * err)))
     return out
 
 
-def fisher_table(model: nn.Module, layers: Sequence[LayerInfo], data: EvalTensors, quantizer: str = "asymmetric",
+def fisher_table(model: nn.Module, layers: Sequence[LayerInfo], data: EvalTensors, quantizer: Quantizer = "asymmetric",
                  bits: Sequence[int] = (8, 7, 6, 5, 4, 3, 2), device: str | torch.device = "cpu",
-                 progress: Progress = None) -> FisherTable:
-    """The Fisher-weighted error table for ``layers`` over the calibration images ``data``."""
-    get_quantizer(quantizer)
+                 progress: Progress = None, fisher: Optional[Sequence[torch.Tensor]] = None) -> FisherTable:
+    """The Fisher-weighted error table for ``layers`` over the calibration images ``data`` (whose
+    Fisher diagonal ``fisher`` is computed here unless given)."""
+    get_quantizer(scheme_of(quantizer))
     bits = normalize_bits(bits)
     if not layers:
         raise MixQuantError("the model has no Conv or Linear layer to quantize")
-    fisher = fisher_diagonal(model, layers, data, device, progress)
+    if fisher is None:
+        fisher = fisher_diagonal(model, layers, data, device, progress)
     cost = np.zeros((len(layers), len(bits)), dtype=np.float64)
     with torch.no_grad():
-        for i, (w, f) in enumerate(zip(layer_weights(model, layers), fisher)):
-            cost[i] = fisher_cost(w, f, bits, quantizer)
+        for i, (layer, w, f) in enumerate(zip(layers, layer_weights(model, layers), fisher)):
+            cost[i] = fisher_cost(w, f, bits, quantizer, layer.name)
     return FisherTable(layers=list(layers), bits=bits, cost=cost,
                        fisher_sum=np.array([float(f.sum()) for f in fisher]), images=len(data),
-                       labelled=int((data.labels >= 0).sum()), quantizer=quantizer, diagonal=fisher)
+                       labelled=int((data.labels >= 0).sum()), quantizer=scheme_of(quantizer), diagonal=fisher)

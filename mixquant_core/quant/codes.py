@@ -15,6 +15,7 @@ from torch import nn
 
 from ..models.layers import layer_weight
 from .quantizers import QuantMeta, check_finite, dequantize, quantize, quantize_with_ratios
+from .recipe import Quantizer, Recipe, scheme_of
 
 
 @dataclass
@@ -36,26 +37,28 @@ class QuantizedLayer:
 
 
 def unsigned_grid(w: torch.Tensor, nbits: int, scheme: str, ratios: Optional[torch.Tensor] = None):
-    """Round-to-nearest codes of ``quantizers.quantize`` as unsigned 0 .. 2^b - 1, with scale and
-    zero-point: symmetric codes are offset by 2^(b-1) (the zero-point), as the export stores them.
-    ``ratios``: the clipping ratios a calibration chose (``quantize_with_ratios``) instead of the
-    scheme's own range."""
-    if ratios is None:
-        codes, meta = quantize(w.detach().float(), nbits, scheme)
-    else:
-        codes, meta = quantize_with_ratios(w.detach().float(), nbits, scheme, ratios)
+    """Round-to-nearest codes of ``quantizers.quantize`` (or, with calibrated clipping ``ratios``,
+    ``quantize_with_ratios``) as unsigned 0 .. 2^b - 1, with scale and zero-point: symmetric codes
+    are offset by 2^(b-1) (the zero-point), as the export stores them."""
+    w = w.detach().float()
+    codes, meta = quantize(w, nbits, scheme) if ratios is None else quantize_with_ratios(w, nbits, scheme, ratios)
     if meta.signed:
         off = 2 ** (nbits - 1)
         return codes + off, meta.scale, torch.full_like(meta.scale, float(off))
     return codes, meta.scale, meta.zero_point
 
 
-def nearest_layers(model: nn.Module, bits: Dict[str, int], scheme: str) -> Dict[str, QuantizedLayer]:
-    """Round-to-nearest codes of the project's quantizers (quantizers.quantize), as QuantizedLayers."""
+def nearest_layers(model: nn.Module, bits: Dict[str, int], quantizer: Quantizer) -> Dict[str, QuantizedLayer]:
+    """Round-to-nearest codes of the project's quantizers (quantizers.quantize), as QuantizedLayers;
+    ``quantizer`` a scheme name or a plan's Recipe, whose calibrated clipping ratios (loss-aware
+    ranges) then set each layer's grid, as ``recipe.quantize_layer`` does for evaluation."""
     out = {}
+    scheme = scheme_of(quantizer)
+    ranges = quantizer.weight_ranges if isinstance(quantizer, Recipe) else None
     for name, b in bits.items():
         w = layer_weight(model, name).detach().float().cpu()
         check_finite(w, name)
-        codes, scale, zp = unsigned_grid(w, int(b), scheme)
+        ratios = None if ranges is None else ranges.ratios_for(name, int(b))
+        codes, scale, zp = unsigned_grid(w, int(b), scheme, ratios)
         out[name] = QuantizedLayer(codes.to(torch.uint8), scale.float(), zp.float(), int(b), scheme)
     return out

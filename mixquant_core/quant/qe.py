@@ -10,7 +10,8 @@ from torch import nn
 
 from ..errors import InvalidWeightsError, MixQuantError
 from ..models.layers import LayerInfo, find_layers, layer_weights
-from .quantizers import MAX_BITS, MIN_BITS, check_finite, fake_quantize, get_quantizer, is_mse
+from .quantizers import MAX_BITS, MIN_BITS, check_finite, get_quantizer, is_mse
+from .recipe import Quantizer, Recipe, quantize_layer, scheme_of
 
 DEFAULT_BITS = (8, 7, 6, 5, 4, 3, 2)
 BASE_BITS = 8  # equation (1) compares every bit-width against the 8-bit QE
@@ -70,8 +71,8 @@ class QETable:
         }
 
 
-def _layer_qe_reference(w: torch.Tensor, bits: Sequence[int], quantizer: str) -> List[float]:
-    return [float(torch.mean((w - fake_quantize(w, b, quantizer)) ** 2)) for b in bits]
+def _layer_qe_reference(w: torch.Tensor, bits: Sequence[int], quantizer: Quantizer, name: str = "") -> List[float]:
+    return [float(torch.mean((w - quantize_layer(quantizer, name, w, b)) ** 2)) for b in bits]
 
 
 def _reference_rows(weights, layers, bits, quantizer, progress):
@@ -80,7 +81,7 @@ def _reference_rows(weights, layers, bits, quantizer, progress):
     mean_sq = np.zeros(len(layers), dtype=np.float64)
     for i, (layer, w) in enumerate(zip(layers, weights)):
         check_finite(w, layer.name)
-        qe[i] = _layer_qe_reference(w, bits, quantizer)
+        qe[i] = _layer_qe_reference(w, bits, quantizer, layer.name)
         mean_sq[i] = float(torch.mean(w.double() ** 2))
         if progress:
             progress(i + 1, len(layers), layer.name)
@@ -133,15 +134,21 @@ def _as_float32(w: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 def qe_table(
     model: nn.Module,
-    quantizer: str = "asymmetric",
+    quantizer: Quantizer = "asymmetric",
     bits: Sequence[int] = DEFAULT_BITS,
     layers: Optional[List[LayerInfo]] = None,
     device: str | torch.device = "cpu",
     progress: Progress = None,
     method: str = "fast",
 ) -> QETable:
-    """Compute the QE table. ``method='reference'`` is the paper's plain loop (Algorithm 1)."""
-    get_quantizer(quantizer)  # fail early on a bad name
+    """Compute the QE table. ``method='reference'`` is the paper's plain loop (Algorithm 1). A Recipe
+    with calibrated weight ranges (loss-aware, issue #22) gives each layer and bit-width the grid
+    of its ratios (that loop, through ``recipe.quantize_layer``); the fast kernels serve plain schemes."""
+    if isinstance(quantizer, Recipe) and quantizer.weight_ranges is not None:
+        method = "reference"
+    else:
+        quantizer = scheme_of(quantizer)
+    get_quantizer(scheme_of(quantizer))  # fail early on a bad name
     bits = normalize_bits(bits)
     layers = find_layers(model) if layers is None else layers
     if not layers:
@@ -155,4 +162,4 @@ def qe_table(
         weights = [_as_float32(w.detach(), device) for w in layer_weights(model, layers)]
         qe, mean_sq = rows(weights, layers, bits, quantizer, progress)
     check_finite_qe(qe, layers, weights)
-    return QETable(layers=list(layers), bits=bits, qe=qe, mean_sq=mean_sq, quantizer=quantizer)
+    return QETable(layers=list(layers), bits=bits, qe=qe, mean_sq=mean_sq, quantizer=scheme_of(quantizer))

@@ -20,12 +20,14 @@ ZETA, GAMMA = 1.1, -0.1  # rectified sigmoid stretch (AdaRound)
 class AdaRoundWeight(nn.Module):
     """Parametrization: the layer's weight becomes its (soft or hard) quantized version."""
 
-    def __init__(self, w: torch.Tensor, nbits: int, scheme: str, start: Optional[torch.Tensor] = None):
-        """The grid is ``w``'s; the rounding starts from ``start`` (default ``w``): GPTQ's updated
-        weights (recon/gptq.py), whose nearest codes are GPTQ's, make the start GPTQ's rounding."""
+    def __init__(self, w: torch.Tensor, nbits: int, scheme: str, ratios: Optional[torch.Tensor] = None,
+                 start: Optional[torch.Tensor] = None):
+        """The grid is ``w``'s (with ``ratios``: the calibrated clipping of loss-aware ranges); the
+        rounding starts from ``start`` (default ``w``): GPTQ's updated weights (recon/gptq.py),
+        whose nearest codes are GPTQ's, make the start GPTQ's rounding."""
         super().__init__()
         self.nbits, self.scheme, self.qmax = nbits, scheme, 2**nbits - 1
-        _, scale, zp = unsigned_grid(w, nbits, scheme)
+        _, scale, zp = unsigned_grid(w, nbits, scheme, ratios)
         w = (w if start is None else start.to(w.device)).detach().float()
         self.register_buffer("scale", scale)
         self.register_buffer("zero_point", zp)

@@ -46,8 +46,9 @@ from .blocks import Stage, model_stages
 from ..errors import MixQuantError
 from ..models.devices import resolve_device
 from ..models.layers import WeightRef, weight_ref
+from ..quant.recipe import Recipe
 from ..quant.codes import QuantizedLayer
-from ..quant.quantizers import QUANTIZERS, check_bits, check_finite
+from ..quant.quantizers import QUANTIZERS, base_scheme, check_bits, check_finite
 
 Progress = Optional[Callable[[int, int, str], None]]
 # Base quantizers, the default first: MSE-clipped per channel (BRECQ's choice), then the others.
@@ -117,7 +118,7 @@ def _plan_layer(model: nn.Module, name: str) -> WeightRef:
 
 
 def reconstruct(model: nn.Module, bits: Dict[str, int], calib: torch.Tensor, cfg: ReconConfig = ReconConfig(),
-                progress: Progress = None) -> ReconResult:
+                progress: Progress = None, weight_ranges=None) -> ReconResult:
     """Learned-rounding codes for every layer in ``bits`` (name -> bit-width); ``model`` is untouched.
 
     ``calib`` holds preprocessed calibration images [N,3,H,W]. Deterministic for a given seed,
@@ -137,7 +138,8 @@ def reconstruct(model: nn.Module, bits: Dict[str, int], calib: torch.Tensor, cfg
         gptq_model = copy.deepcopy(work) if starts is not None else work
         share = 1.0 if starts is None else 0.1  # of the progress bar (BRECQ's fitting takes the rest)
         tick = (lambda d, t, w: progress(int(1000 * share * d / max(t, 1)), 1000, w)) if progress else None
-        first = run_gptq(gptq_model, bits, calib.to(device), cfg, cfg.scheme, tick, starts)
+        grid = cfg.scheme if weight_ranges is None else Recipe(cfg.scheme, weight_ranges)  # the same grid as BRECQ's
+        first = run_gptq(gptq_model, bits, calib.to(device), cfg, grid, tick, starts)
         if starts is None:
             first.seconds = time.perf_counter() - t_start
             return first
@@ -164,7 +166,8 @@ def reconstruct(model: nn.Module, bits: Dict[str, int], calib: torch.Tensor, cfg
             for n in names:
                 # an attention module's in_proj_weight is parametrized on that module like any weight
                 start = None if starts is None else starts[n]
-                p = AdaRoundWeight(refs[n].tensor, int(bits[n]), cfg.scheme, start).to(device)
+                ratios = None if weight_ranges is None else weight_ranges.ratios_for(n, int(bits[n]))
+                p = AdaRoundWeight(refs[n].tensor, int(bits[n]), cfg.scheme, ratios, start).to(device)
                 parametrize.register_parametrization(refs[n].owner, refs[n].attr, p, unsafe=True)
                 params.append(p)
             report = _fit_block(stage, params, x_q, target, cfg, gen, chunk,
@@ -265,9 +268,15 @@ def quantized_applied(model: nn.Module, layers: Dict[str, QuantizedLayer]) -> It
 
 def reconstruct_plan(model: nn.Module, plan, calib: torch.Tensor, cfg: ReconConfig = ReconConfig(),
                      progress: Progress = None) -> ReconResult:
-    """``reconstruct`` for a Plan (checked against the model first); codes in plan order."""
+    """``reconstruct`` for a Plan (checked against the model first); codes in plan order. A plan
+    whose recipe holds calibrated (loss-aware) weight ranges on the same grid as ``cfg.scheme``
+    (per channel or per tensor, same symmetry) learns its rounding on those ranges."""
     plan.check_against(model)
-    result = reconstruct(model, plan.bits, calib, cfg, progress)
+    recipe = plan.recipe
+    ranges = getattr(recipe, "weight_ranges", None)
+    if ranges is not None and base_scheme(recipe.quantizer) != base_scheme(cfg.scheme):
+        ranges = None  # another grid: its ratios do not apply
+    result = reconstruct(model, plan.bits, calib, cfg, progress, ranges)
     result.calib_images = len(calib)
     result.layers = {name: result.layers[name] for name in plan.layers}
     return result
