@@ -177,7 +177,7 @@ def test_adaround_started_from_gptq_reproduces_its_rounding():
     lin = nn.Linear(16, 6)
     x = torch.randn(64, 16) @ torch.randn(16, 16)
     q, start = gptq_layer("fc", lin.weight, _hessian(lin, x), 3, "per-channel-mse")
-    p = AdaRoundWeight(lin.weight.detach(), 3, "per-channel-mse", start)
+    p = AdaRoundWeight(lin.weight.detach(), 3, "per-channel-mse", start=start)
     assert torch.equal(p.codes("hard"), q.codes.float())
     assert torch.equal(p.codes("nearest"), q.codes.float())
     inside = (q.codes > 0) & (q.codes < 7)  # the soft weights start at GPTQ's updated weights on the grid

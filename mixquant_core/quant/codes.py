@@ -62,3 +62,13 @@ def nearest_layers(model: nn.Module, bits: Dict[str, int], quantizer: Quantizer)
         codes, scale, zp = unsigned_grid(w, int(b), scheme, ratios)
         out[name] = QuantizedLayer(codes.to(torch.uint8), scale.float(), zp.float(), int(b), scheme)
     return out
+
+
+def layer_grid(quantizer: Quantizer, name: str, w: torch.Tensor, bits: int):
+    """The grid ``quantize_layer`` rounds layer ``name`` to, as ``unsigned_grid``'s
+    (round-to-nearest codes, scale, zero-point): what a rounding other than the nearest (GPTQ,
+    AdaRound) keeps fixed while it chooses each weight's code."""
+    ratios = None
+    if isinstance(quantizer, Recipe) and quantizer.weight_ranges is not None:
+        ratios = quantizer.weight_ranges.ratios_for(name, bits)
+    return unsigned_grid(w, int(bits), scheme_of(quantizer), ratios)

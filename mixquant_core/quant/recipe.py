@@ -21,7 +21,6 @@ from typing import Dict, Mapping, Optional, Tuple, Union
 import torch
 
 from .activations import ActQuant
-from .codes import unsigned_grid
 from .quantizers import fake_quantize, fake_quantize_with_ratios, get_quantizer
 
 
@@ -123,16 +122,6 @@ def quantize_layer(quantizer: Quantizer, name: str, w: torch.Tensor, bits: int) 
         if ratios is not None:
             return fake_quantize_with_ratios(w, int(bits), quantizer.quantizer, ratios)
     return fake_quantize(w, int(bits), scheme_of(quantizer))
-
-
-def layer_grid(quantizer: Quantizer, name: str, w: torch.Tensor, bits: int):
-    """The grid ``quantize_layer`` rounds layer ``name`` to, as ``codes.unsigned_grid``'s
-    (round-to-nearest codes, scale, zero-point): what a rounding other than the nearest (GPTQ,
-    AdaRound) keeps fixed while it chooses each weight's code."""
-    ratios = None
-    if isinstance(quantizer, Recipe) and quantizer.weight_ranges is not None:
-        ratios = quantizer.weight_ranges.ratios_for(name, bits)
-    return unsigned_grid(w, int(bits), scheme_of(quantizer), ratios)
 
 
 def planned_float_weights(weights: Mapping[str, torch.Tensor], bits: Dict[str, int],

@@ -18,7 +18,7 @@ columns compensate it. As the paper and its reference implementation:
 
 The grid (scale and zero-point per output channel or per tensor) is the base quantizer's, chosen
 from the original weights exactly as round-to-nearest chooses it (min/max, MSE-clipped, or a
-Recipe's clipping ratios: ``quant.recipe.layer_grid``); GPTQ only changes which code each weight
+Recipe's clipping ratios: ``quant.codes.layer_grid``); GPTQ only changes which code each weight
 gets, so its ``QuantizedLayer`` is stored and exported like any other.
 
 Grouped convolutions have one Hessian per group (a depthwise conv: one k*k x k*k Hessian per
@@ -38,7 +38,8 @@ from torch import nn
 from ..errors import MixQuantError
 from ..models.layers import WeightRef
 from ..quant.codes import QuantizedLayer
-from ..quant.recipe import Quantizer, layer_grid
+from ..quant.codes import layer_grid
+from ..quant.recipe import Quantizer
 
 BLOCK = 128  # lazy batch update width (the paper's B)
 DAMP = 0.01  # lambda as a fraction of mean(diag H) (the paper's 1 %)
