@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 from .inputs import workspace_with_table
-from .options import add_calib_args, add_model_args, number
+from .options import add_model_args, number
 from .progress import mode_of
 
 
@@ -35,6 +35,5 @@ def register(subparsers) -> None:
     g.add_argument("--max-mb", type=number("max_mb"), help="largest model size allowed, in MB")
     p.add_argument("--cost", choices=("qe", "fisher"), default="qe",
                    help="summed cost to minimise: plain QE, or Fisher-weighted error (needs calibration images)")
-    add_calib_args(p)
     p.add_argument("--out", help="write the plan JSON here (default: stdout)")
     p.set_defaults(run=cmd_allocate)

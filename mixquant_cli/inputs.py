@@ -9,7 +9,7 @@ from typing import Optional
 from mixquant_core.errors import MixQuantError
 
 from .output import check_out, notice
-from .progress import OFF, progress
+from .progress import OFF, mode_of, progress
 
 NO_DATA = "no evaluation images: pass --data DIR (or set MIXQUANT_DATA)"
 
@@ -57,10 +57,25 @@ def open_evaluations(args):
 
     store = open_store(args.store, not args.no_store) if hasattr(args, "store") else None
     cluster = open_cluster(getattr(args, "cluster", None))
+    act_bits = getattr(args, "act_bits", None)
+    where = calib_dir(args) if act_bits is not None else None
+    if act_bits is not None and where is None:  # before the model load
+        raise MixQuantError("--act-bits needs calibration images for the activation ranges: pass --calib DIR "
+                            "(or set MIXQUANT_DATA)")
     loaded = load_model(args.model, arch=args.arch, trust_code=args.trust_code)
+    mode = mode_of(args)
+    calib = None if where is None else calibration_tensors(where, args.calib_images, loaded.preprocess, mode)
     ws = Workspace(loaded, args.quantizer, args.bits, args.keep_first_last, args.exclude,
                    device=getattr(args, "device", "cpu"), engine=getattr(args, "engine", "auto"), notify=notice,
-                   cluster=cluster)
+                   cluster=cluster, act_bits=act_bits, act_range=getattr(args, "act_range", None), calib=calib,
+                   act_keep_float=getattr(args, "act_keep_float", ()))
+    if act_bits is not None:
+        from mixquant_core.quant.act_calibration import calibration_notes
+
+        with progress(mode, "activation ranges"):
+            acts = ws.recipe.acts  # calibrated once, now: a bad calibration fails before any evaluation
+        for line in calibration_notes(acts):
+            notice(line)
     return Evaluations(ws, store=store, early_stop=getattr(args, "early_stop", False))
 
 
@@ -106,6 +121,8 @@ def calib_dir(args) -> Optional[str]:
 
 def fisher_calibration(args, ws, mode: str):
     """The calibration images of the Fisher cost; a one-line error when there are none."""
+    if ws.calib is not None:  # the same folder and count, decoded for the activation ranges already
+        return ws.calib
     where = calib_dir(args)
     if where is None:
         raise MixQuantError("the Fisher cost needs calibration images: pass --calib DIR (or set MIXQUANT_DATA)")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import List
 
-from .choices import DEFAULT_MODEL, QUANTIZERS
+from .choices import ACT_BITS, ACT_METHODS, DEFAULT_ACT_METHOD, DEFAULT_MODEL, QUANTIZERS
 
 
 def bits_list(text: str) -> List[int]:
@@ -91,8 +91,32 @@ def add_model_args(p: argparse.ArgumentParser, compute: bool = True) -> None:
     p.add_argument("--exclude", action="append", default=[], metavar="PATTERN", help="skip layers whose name matches (fnmatch; repeatable)")
     if compute:
         p.add_argument("--device", default="auto", help="auto | cpu | cuda (auto: CUDA when present)")
+    add_act_args(p)
+    add_calib_args(p)
     add_json_arg(p)
     add_progress_args(p)
+
+
+def add_act_args(p: argparse.ArgumentParser) -> None:
+    """Activation quantization (issue #20): the inputs of the quantized layers, ranges calibrated on ``--calib``."""
+    p.add_argument("--act-bits", type=int_choice("--act-bits", ACT_BITS), default=None, metavar="{8}",
+                   help="also quantize every quantized layer's input to this many bits (per tensor, uint8 grid as "
+                        "ONNX QuantizeLinear), ranges calibrated on --calib (default: float activations)")
+    p.add_argument("--act-range", choices=ACT_METHODS, default=None,
+                   help=f"how --act-bits calibrates each input's range (default {DEFAULT_ACT_METHOD}): min/max, "
+                        "percentile (outliers clipped) or least quantization MSE")
+    p.add_argument("--act-keep-float", nargs="+", default=[], metavar="NAME",
+                   help="layers whose input stays float with --act-bits (pinned in the plan)")
+
+
+def int_choice(option: str, allowed: tuple):
+    """An argparse type: one of ``allowed`` (integers), written as text."""
+    def parse(text: str) -> int:
+        if text.strip() not in {str(a) for a in allowed}:
+            raise argparse.ArgumentTypeError(f"{option} must be one of {', '.join(map(str, allowed))}, got {text!r}")
+        return int(text)
+    parse.__name__ = option
+    return parse
 
 
 def add_store_args(p: argparse.ArgumentParser) -> None:
@@ -129,7 +153,9 @@ def add_cluster_arg(p: argparse.ArgumentParser) -> None:
 
 
 def add_calib_args(p: argparse.ArgumentParser) -> None:
-    """Calibration images of the Fisher cost (allocate, sweep --compare, search --max-drop)."""
-    p.add_argument("--calib", help="calibration images for the Fisher cost (labelled folder, or plain images: "
-                                   "the model's predictions stand in); default $MIXQUANT_DATA/imagenet-calib-1000")
+    """Calibration images of the Fisher cost (allocate, sweep --compare, search --max-drop) and of
+    the activation ranges (--act-bits): every command that builds a Workspace."""
+    p.add_argument("--calib", help="calibration images for the Fisher cost and the activation ranges (labelled folder, "
+                                   "or plain images: the model's predictions stand in); "
+                                   "default $MIXQUANT_DATA/imagenet-calib-1000")
     p.add_argument("--calib-images", type=number("calib_images"), default=64, help="calibration images, spread over the folder (default 64)")

@@ -64,3 +64,6 @@ def test_the_parser_names_equal_the_core_ones():
     assert choices.RECON_SCHEMES == SCHEMES
     assert choices.TARGET_FAMILIES == FAMILIES
     assert choices.COMPARE_METHODS == tuple(METHODS) and choices.COMPARE_TARGETS == DEFAULT_TARGETS
+    from mixquant_core.quant.act_calibration import ACT_METHODS, DEFAULT_ACT_METHOD
+    from mixquant_core.quant.activations import ACT_BITS
+    assert (choices.ACT_BITS, choices.ACT_METHODS, choices.DEFAULT_ACT_METHOD) == (ACT_BITS, ACT_METHODS, DEFAULT_ACT_METHOD)
