@@ -54,11 +54,20 @@ def qdq_graph(model, proto, bits, recipe) -> onnx.ModelProto:
         name = by_key.get(node.input[1]) if node.op_type in ("Conv", "Gemm", "MatMul") and len(node.input) > 1 else None
         if name is not None:
             scale, zp = acts.qparams(name)
-            s, z, q, d = (f"{name}.act_{k}" for k in ("scale", "zp", "q", "dq"))
-            proto.graph.initializer.extend([numpy_helper.from_array(np.array(scale, dtype=np.float32), s),
-                                            numpy_helper.from_array(np.array(zp, dtype=np.uint8), z)])
-            nodes.append(helper.make_node("QuantizeLinear", [node.input[0], s, z], [q]))
-            nodes.append(helper.make_node("DequantizeLinear", [q, s, z], [d]))
+            # x_hat = (clip(round(x / s) + z, 0, 255) - z) * s as plain arithmetic (Round: half to even,
+            # as torch.round and QuantizeLinear): ONNX Runtime keeps its usual graph optimisations,
+            # which rewrite explicit QuantizeLinear/DequantizeLinear pairs of a float-weight graph
+            # (Lite0 W8A8, 8 images: max |logit difference| to the torch hooks 4.4 with them).
+            k = f"{name}.act_"
+            proto.graph.initializer.extend([numpy_helper.from_array(np.array(v, dtype=np.float32), k + n) for n, v in
+                                            (("s", scale), ("z", float(zp)), ("lo", 0.0), ("hi", float(2**acts.bits - 1)))])
+            nodes += [helper.make_node("Div", [node.input[0], k + "s"], [k + "1"]),
+                      helper.make_node("Round", [k + "1"], [k + "2"]),
+                      helper.make_node("Add", [k + "2", k + "z"], [k + "3"]),
+                      helper.make_node("Clip", [k + "3", k + "lo", k + "hi"], [k + "4"]),
+                      helper.make_node("Sub", [k + "4", k + "z"], [k + "5"]),
+                      helper.make_node("Mul", [k + "5", k + "s"], [k + "6"])]
+            d = k + "6"
             node.input[0] = d
             done.add(name)
         nodes.append(node)
@@ -108,6 +117,7 @@ def main() -> None:
     p.add_argument("--only", default="float,w8a8,ort,budget,extra", help="which groups to run")
     p.add_argument("--methods", default=",".join(ACT_METHODS))
     p.add_argument("--default-method", default="percentile", help="the activation method of the budget group")
+    p.add_argument("--avgs", default="8,6,5,4", help="average bits of the Fisher-budgeted plans")
     p.add_argument("--check", type=lambda t: int(t), default=0, help="compare ORT Q/DQ with the torch engine on N images")
     p.add_argument("--out")
     args = p.parse_args()
@@ -177,7 +187,7 @@ def main() -> None:
                loss=m.loss, seconds=sec)
     if "budget" in only:
         ws.fisher(calib)
-        for avg in (8, 6, 5, 4):
+        for avg in [float(a) for a in args.avgs.split(",")]:
             bits = ws.named(ws.budget_bits("fisher", avg_bits=avg, calib=calib))
             size = ws.size(list(bits.values()))
             for label, recipe in (("weights only", "per-channel"),
