@@ -39,6 +39,12 @@ class Settings:
     engine: str = "auto"  # evaluation engine: auto | torch | onnxruntime
     trust_code: bool = False  # the user ticked "Trust code in this file" for an upload
     cluster: str = ""  # address of a running Ray cluster to evaluate on (HOST:PORT, ray://HOST:PORT, auto); "" = none
+    # Activation quantization (issue #20): None = float32 inputs; else every quantized layer's input at
+    # act_bits, its range by act_range calibrated on calib_images images spread over calib_dir.
+    act_bits: Optional[int] = None
+    act_range: str = "percentile"
+    calib_dir: str = ""
+    calib_images: int = 256
 
     @property
     def model_key(self) -> tuple:
@@ -48,7 +54,15 @@ class Settings:
 
     @property
     def workspace_key(self) -> tuple:
-        return (self.model_key, self.quantizer, self.bits, self.keep_first_last, self.device, self.engine, self.cluster)
+        return (self.model_key, self.quantizer, self.bits, self.keep_first_last, self.device, self.engine, self.cluster,
+                self.acts_key)
+
+    @property
+    def acts_key(self) -> tuple:
+        """What the activation quantization depends on (nothing when the inputs stay float32)."""
+        if self.act_bits is None:
+            return ()
+        return (self.act_bits, self.act_range, self.calib_dir, self.calib_images)
 
     @property
     def data_key(self) -> tuple:

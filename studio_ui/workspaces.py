@@ -13,7 +13,8 @@ from typing import List, Optional
 import streamlit as st
 
 from mixquant_core import Workspace, list_models, load_model
-from mixquant_core.errors import UntrustedCodeError, one_line
+from mixquant_core.errors import MixQuantError, UntrustedCodeError, one_line
+from mixquant_core.quant.act_calibration import calibration_notes
 from mixquant_core.models.downloads import download_needed
 
 from .progress import progress
@@ -40,12 +41,23 @@ def missing_weights(s: Settings) -> Optional[str]:
 @st.cache_resource(max_entries=4, show_spinner=False)
 def _workspace(model_key: tuple, model_ref: str, arch: Optional[str], quantizer: str, bits: tuple,
                keep_first_last: bool, device: str, shown_as: Optional[str] = None, trust_code: bool = False, engine: str = "auto",
-               cluster_address: str = "", _cluster=None) -> Workspace:
+               cluster_address: str = "", _cluster=None, acts_key: tuple = ()) -> Workspace:
     if shown_as is None:  # a registry name
         loaded = load_model(model_ref, arch=arch)
     else:  # an upload: read in a limited child process, named by the user's own file name
         loaded = load_model(model_ref, arch=arch, trust_code=trust_code, isolate=True, shown_as=shown_as)
-    return Workspace(loaded, quantizer, bits, keep_first_last, (), device, engine=engine, cluster=_cluster)
+    acts = {}
+    if acts_key:  # 8-bit activations: ranges calibrated on these images (Workspace.recipe, once)
+        from mixquant_core.data.image_sets import open_calibration_folder
+        from mixquant_core.data.load import load_tensors
+
+        act_bits, act_range, calib_dir, calib_images = acts_key
+        if not calib_dir:
+            raise MixQuantError("8-bit activations need calibration images: give a calibration folder "
+                                "(e.g. $MIXQUANT_DATA/imagenet-calib-1000) in the sidebar")
+        calib = load_tensors(open_calibration_folder(calib_dir, calib_images), loaded.preprocess)
+        acts = dict(act_bits=act_bits, act_range=act_range, calib=calib)
+    return Workspace(loaded, quantizer, bits, keep_first_last, (), device, engine=engine, cluster=_cluster, **acts)
 
 
 @st.cache_resource(show_spinner=False)
@@ -90,7 +102,12 @@ def require_workspace() -> Workspace:
     try:
         with st.spinner(f"Loading {s.model_name}..."):
             ws = _workspace(s.model_key, ref, s.arch, s.quantizer, s.bits, s.keep_first_last, s.device,
-                            s.model_name if upload else None, s.trust_code, s.engine, s.cluster, cluster)
+                            s.model_name if upload else None, s.trust_code, s.engine, s.cluster, cluster, s.acts_key)
+        if s.act_bits is not None:
+            with st.spinner("Calibrating the activation ranges..."):
+                acts = ws.recipe.acts  # once per Workspace; a bad calibration set is said here, in one line
+            for note in calibration_notes(acts):
+                st.warning(note)
     except UntrustedCodeError as exc:
         st.error(f"Cannot use this model: {exc}; {TRUST_ADVICE}.")
         st.stop()
