@@ -116,7 +116,7 @@ def main() -> None:
     p.add_argument("--limit", type=lambda t: int(t), default=None)
     p.add_argument("--only", default="float,w8a8,ort,budget,extra", help="which groups to run")
     p.add_argument("--methods", default=",".join(ACT_METHODS))
-    p.add_argument("--default-method", default="percentile", help="the activation method of the budget group")
+    p.add_argument("--default-method", default="minmax", help="the activation method of the budget group")
     p.add_argument("--avgs", default="8,6,5,4", help="average bits of the Fisher-budgeted plans")
     p.add_argument("--check", type=lambda t: int(t), default=0, help="compare ORT Q/DQ with the torch engine on N images")
     p.add_argument("--out")

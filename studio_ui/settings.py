@@ -42,7 +42,7 @@ class Settings:
     # Activation quantization (issue #20): None = float32 inputs; else every quantized layer's input at
     # act_bits, its range by act_range calibrated on calib_images images spread over calib_dir.
     act_bits: Optional[int] = None
-    act_range: str = "percentile"
+    act_range: str = "minmax"  # mixquant_core.quant.act_calibration.DEFAULT_ACT_METHOD
     calib_dir: str = ""
     calib_images: int = 256
 

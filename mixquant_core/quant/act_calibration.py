@@ -30,7 +30,7 @@ Progress = Optional[Callable[[int, int, str], None]]
 
 ACT_METHODS = ("minmax", "percentile", "mse")
 # Chosen by measurement on EfficientNet-Lite0 (docs/RESULTS.md, "Activation quantization (issue #20)").
-DEFAULT_ACT_METHOD = "percentile"
+DEFAULT_ACT_METHOD = "minmax"
 PERCENTILE = 99.99  # upper percentile kept (the lower one is 100 - PERCENTILE)
 SAMPLE_CAP = 1 << 18  # values kept per layer for percentile/MSE (1 MB of float32 each)
 PER_BATCH = 1 << 15  # values drawn from one batch's input of one layer
