@@ -1,8 +1,10 @@
-"""Sensitivity (paper section 6): one layer kind at a time at b bits, and the layer with the highest RQE."""
+"""Sensitivity (paper section 6): one layer kind at a time at b bits, the layer with the highest RQE,
+and (issue #20) each layer's input alone at 8 bits."""
 import pandas as pd
 import streamlit as st
 
 from mixquant_viz import figures
+from mixquant_core.studies.act_sensitivity import act_sensitivity
 from mixquant_core.studies.kind_sensitivity import kind_sensitivity, kinds_present, most_sensitive_by_rqe
 from studio_ui import eval_sets, sidebar, state, workspaces
 from studio_ui.progress import progress
@@ -57,3 +59,25 @@ st.plotly_chart(figures.most_sensitive_figure(top), key="rqe_chart")
 st.dataframe(pd.DataFrame([t.to_dict() for t in top]), hide_index=True,
              column_config={"rqe": st.column_config.NumberColumn(format="%.3e"),
                             "qe": st.column_config.NumberColumn(format="%.3e")})
+
+st.subheader("Activations, one layer at a time")
+st.caption("Only one layer's input is quantized to 8 bits (its calibrated range; weights stay float32): the rise of "
+           "the loss and the top-1 drop against float32 show which activations to keep float.")
+if s.act_bits is None:
+    st.info("Choose **8-bit** activations in the sidebar to calibrate the ranges and measure each layer's input.")
+elif data is not None:
+    act_results = st.session_state.setdefault("act_sensitivity", {})
+    act_key = (s.workspace_key, state.data_key(s, data))
+    if st.button("Evaluate activation sensitivity", key="run_act_sensitivity"):
+        try:
+            with progress("Evaluating layer inputs") as cb:
+                act_results[act_key] = act_sensitivity(ev, data, progress=cb)
+        except state.USER_ERRORS as exc:
+            st.error(f"Evaluation failed: {state.one_line(exc)}")
+    if act_key in act_results:
+        act_rows = act_results[act_key]
+        st.plotly_chart(figures.act_sensitivity_figure(act_rows), key="act_chart")
+        act_frame = pd.DataFrame([r.to_dict() for r in act_rows]).sort_values("loss_increase", ascending=False)
+        st.dataframe(act_frame, hide_index=True)
+    else:
+        st.info(f"Press **Evaluate activation sensitivity** to measure each layer's input on {len(data)} images.")

@@ -5,7 +5,7 @@ import json
 
 from .choices import ALLOCATION_COSTS
 from .inputs import workspace_with_table
-from .options import add_calib_args, add_model_args, number
+from .options import add_model_args, number
 from .progress import mode_of, progress
 
 
@@ -42,6 +42,5 @@ def register(subparsers) -> None:
                    help="summed cost to minimise: plain QE, Fisher-weighted error of round-to-nearest, or "
                         "fisher-gptq: Fisher-weighted error of GPTQ's weights, for plans that `reconstruct --method "
                         "gptq` will round (both need calibration images)")
-    add_calib_args(p)
     p.add_argument("--out", help="write the plan JSON here (default: stdout)")
     p.set_defaults(run=cmd_allocate)

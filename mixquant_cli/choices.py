@@ -32,3 +32,8 @@ COMPARE_TARGETS = (7.0, 6.0, 5.0, 4.5, 4.0, 3.5, 3.0)
 # mixquant_core.evaluation.latency.RUNTIMES and PRECISIONS (mixquant bench)
 LATENCY_RUNTIMES = ("onnxruntime", "openvino")
 LATENCY_PRECISIONS = ("f32", "bf16")
+
+# mixquant_core.quant.activations.ACT_BITS; mixquant_core.quant.act_calibration.ACT_METHODS and DEFAULT_ACT_METHOD
+ACT_BITS = (8,)
+ACT_METHODS = ("minmax", "percentile", "mse")
+DEFAULT_ACT_METHOD = "minmax"

@@ -11,7 +11,7 @@ from mixquant_core.errors import MixQuantError
 from .bench import latency_columns, with_latency
 from .choices import COMPARE_METHODS, COMPARE_TARGETS
 from .inputs import calib_dir, eval_tensors, fisher_calibration, open_evaluations, use_default_data
-from .options import add_calib_args, name_list, number_list
+from .options import name_list, number_list
 from .output import (VERSUS_HEADERS, VERSUS_NOTE, check_out, fmt, print_table, versus_cells, with_ci,
                      write_csv)
 from .progress import mode_of, progress
@@ -96,4 +96,3 @@ def add_compare_args(sweep) -> None:
                        help="--compare: average-bit budgets (default " + ",".join(f"{t:g}" for t in COMPARE_TARGETS) + ")")
     sweep.add_argument("--methods", type=name_list, default=list(COMPARE_METHODS),
                        help="--compare: which of " + ",".join(COMPARE_METHODS))
-    add_calib_args(sweep)

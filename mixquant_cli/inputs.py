@@ -60,16 +60,28 @@ def open_evaluations(args):
         raise MixQuantError("--ranges loss needs calibration images: pass --calib DIR (or set MIXQUANT_DATA)")
     store = open_store(args.store, not args.no_store) if hasattr(args, "store") else None
     cluster = open_cluster(getattr(args, "cluster", None))
+    act_bits = getattr(args, "act_bits", None)
+    where = calib_dir(args) if act_bits is not None or ranges == "loss" else None
+    if act_bits is not None and where is None:  # before the model load
+        raise MixQuantError("--act-bits needs calibration images for the activation ranges: pass --calib DIR "
+                            "(or set MIXQUANT_DATA)")
     loaded = load_model(args.model, arch=args.arch, trust_code=args.trust_code)
-    calib = None
-    if ranges == "loss":
-        calib = calibration_tensors(calib_dir(args), args.calib_images, loaded.preprocess, mode_of(args))
+    mode = mode_of(args)
+    calib = None if where is None else calibration_tensors(where, args.calib_images, loaded.preprocess, mode)
     ws = Workspace(loaded, args.quantizer, args.bits, args.keep_first_last, args.exclude,
                    device=getattr(args, "device", "cpu"), engine=getattr(args, "engine", "auto"), notify=notice,
-                   cluster=cluster, ranges=ranges, calib=calib)
+                   cluster=cluster, ranges=ranges, act_bits=act_bits, act_range=getattr(args, "act_range", None),
+                   calib=calib, act_keep_float=getattr(args, "act_keep_float", ()))
     if ranges == "loss":  # a stage of its own: Fisher gradients on the calibration images, then the range search
-        with progress(mode_of(args), "loss-aware ranges", "layers") as cb:
+        with progress(mode, "loss-aware ranges", "layers") as cb:
             ws.calibrate(cb)
+    if act_bits is not None:
+        from mixquant_core.quant.act_calibration import calibration_notes
+
+        with progress(mode, "activation ranges"):
+            acts = ws.recipe.acts  # calibrated once, now: a bad calibration fails before any evaluation
+        for line in calibration_notes(acts):
+            notice(line)
     return Evaluations(ws, store=store, early_stop=getattr(args, "early_stop", False))
 
 

@@ -8,12 +8,12 @@ from typing import List, Optional
 
 from mixquant_core.errors import MixQuantError, UntrustedCodeError, first_line
 
-from . import allocate, bench, evaluate, models, qe, reconstruct, report, results, search, sweep
+from . import allocate, bench, evaluate, models, qe, reconstruct, report, results, search, sensitivity, sweep
 from .output import MAX_MESSAGE, print_error
 
 # In the order `mixquant --help` lists them; each module's register(subparsers) adds its command(s)
 # (reconstruct: reconstruct, export and load) and sets their ``run`` function.
-COMMAND_MODULES = (models, qe, search, evaluate, sweep, reconstruct, bench, allocate, results, report)
+COMMAND_MODULES = (models, qe, search, evaluate, sweep, sensitivity, reconstruct, bench, allocate, results, report)
 
 
 class OneLineParser(argparse.ArgumentParser):

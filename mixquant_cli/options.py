@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import List
 
-from .choices import DEFAULT_MODEL, QUANTIZERS, RANGES
+from .choices import ACT_BITS, ACT_METHODS, DEFAULT_ACT_METHOD, DEFAULT_MODEL, QUANTIZERS, RANGES
 
 
 def bits_list(text: str) -> List[int]:
@@ -92,6 +92,7 @@ def add_model_args(p: argparse.ArgumentParser, compute: bool = True) -> None:
     if compute:
         p.add_argument("--device", default="auto", help="auto | cpu | cuda (auto: CUDA when present)")
     add_ranges_args(p)
+    add_act_args(p)
     add_json_arg(p)
     add_progress_args(p)
 
@@ -102,6 +103,28 @@ def add_ranges_args(p: argparse.ArgumentParser) -> None:
                    help="weight ranges: from the weights (the quantizer's own, default) or loss-aware: each layer's "
                         "clipping per grid row and bit-width of least Fisher-weighted error on --calib images")
     add_calib_args(p)
+
+
+def add_act_args(p: argparse.ArgumentParser) -> None:
+    """Activation quantization (issue #20): the inputs of the quantized layers, ranges calibrated on ``--calib``."""
+    p.add_argument("--act-bits", type=int_choice("--act-bits", ACT_BITS), default=None, metavar="{8}",
+                   help="also quantize every quantized layer's input to this many bits (per tensor, uint8 grid as "
+                        "ONNX QuantizeLinear), ranges calibrated on --calib (default: float activations)")
+    p.add_argument("--act-range", choices=ACT_METHODS, default=None,
+                   help=f"how --act-bits calibrates each input's range (default {DEFAULT_ACT_METHOD}): min/max, "
+                        "percentile (outliers clipped) or least quantization MSE")
+    p.add_argument("--act-keep-float", nargs="+", default=[], metavar="NAME",
+                   help="layers whose input stays float with --act-bits (pinned in the plan)")
+
+
+def int_choice(option: str, allowed: tuple):
+    """An argparse type: one of ``allowed`` (integers), written as text."""
+    def parse(text: str) -> int:
+        if text.strip() not in {str(a) for a in allowed}:
+            raise argparse.ArgumentTypeError(f"{option} must be one of {', '.join(map(str, allowed))}, got {text!r}")
+        return int(text)
+    parse.__name__ = option
+    return parse
 
 
 def add_store_args(p: argparse.ArgumentParser) -> None:
@@ -139,9 +162,11 @@ def add_cluster_arg(p: argparse.ArgumentParser) -> None:
 
 def add_calib_args(p: argparse.ArgumentParser) -> None:
     """Calibration images of the Fisher cost (allocate, sweep --compare, search --max-drop) and of
-    loss-aware ranges (every command with the model options); added once per parser."""
+    loss-aware ranges and the activation ranges (--act-bits): every command that builds a Workspace);
+    added once per parser."""
     if "--calib" in p._option_string_actions:
         return
-    p.add_argument("--calib", help="calibration images for the Fisher cost and --ranges loss (labelled folder, or plain "
-                                   "images: the model's predictions stand in); default $MIXQUANT_DATA/imagenet-calib-1000")
+    p.add_argument("--calib", help="calibration images for the Fisher cost, --ranges loss and the activation ranges "
+                                   "(labelled folder, or plain images: the model's predictions stand in); "
+                                   "default $MIXQUANT_DATA/imagenet-calib-1000")
     p.add_argument("--calib-images", type=number("calib_images"), default=64, help="calibration images, spread over the folder (default 64)")

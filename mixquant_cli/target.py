@@ -8,7 +8,7 @@ from mixquant_core.errors import MixQuantError
 
 from .choices import TARGET_FAMILIES
 from .inputs import eval_tensors, use_default_data, workspace_with_table
-from .options import add_calib_args, add_data_args
+from .options import add_data_args
 from .output import with_ci
 from .progress import mode_of, progress
 
@@ -62,4 +62,3 @@ def add_target_args(search) -> None:
                              "; ".join(f"{k}: {v}" for k, v in TARGET_FAMILIES.items()) + ")")
     search.add_argument("--confident", action="store_true",
                         help="--max-drop: the upper end of the drop's 95 %% interval must be within the target")
-    add_calib_args(search)

@@ -23,6 +23,7 @@ from .models.devices import resolve_device
 from .models.layers import LayerInfo, find_layers, pinned_mask
 from .models.registry import LoadedModel
 from .plans.plan import Plan, make_plan
+from .quant.act_calibration import DEFAULT_ACT_METHOD, act_layers, calibrate, check_act_settings
 from .quant.recipe import Quantizer, Recipe
 from .quant.qe import BASE_BITS, DEFAULT_BITS, QETable, normalize_bits, qe_table
 from .plans.search import PlanFamily, breakpoints, check_qem, search_many
@@ -39,7 +40,8 @@ class Workspace:
                  keep_first_last: bool = False, exclude: Sequence[str] = (), device: str = "auto",
                  engine: str = "auto", notify: Optional[Callable[[str], None]] = None,
                  cluster: Optional[RayCluster] = None, ranges: str = "weights", act_bits: Optional[int] = None,
-                 act_range: Optional[str] = None, calib: Optional[EvalTensors] = None):
+                 act_range: Optional[str] = None, calib: Optional[EvalTensors] = None,
+                 act_keep_float: Sequence[str] = ()):
         self.loaded = loaded
         self.quantizer = quantizer  # the weight scheme's name
         # What calibration adds to the scheme (quant/recipe.py): "weights" keeps the scheme's own
@@ -50,6 +52,7 @@ class Workspace:
         self.ranges = ranges
         self.act_bits = act_bits
         self.act_range = act_range
+        self.act_keep_float = tuple(act_keep_float)  # layers whose input stays float (pinned in the plan)
         self.calib = calib
         self.bits = normalize_bits(bits)
         self.keep_first_last = bool(keep_first_last)
@@ -58,6 +61,9 @@ class Workspace:
         if not self.layers:
             raise MixQuantError("no quantizable layer left (every Conv/Linear layer was excluded or the model has none)")
         self.pinned = pinned_mask(self.layers, keep_first_last)
+        if act_bits is not None:  # bad activation settings fail now, before any slow work
+            check_act_settings(act_bits, act_range or DEFAULT_ACT_METHOD)
+            act_layers(loaded.model, [layer.name for layer in self.layers], self.act_keep_float)
         self.float_bytes = float32_bytes(loaded.model)
         # Evaluation only (auto: ONNX Runtime on CPU, torch on CUDA); QE, Fisher and reconstruction stay torch.
         self.evaluator = Evaluator(loaded, self.device, engine, cluster, notify)
@@ -116,7 +122,10 @@ class Workspace:
             return fisher_weight_ranges(model, self.layers, diagonal, self.calib, self.bits, self.quantizer, progress)
 
     def _act_quant(self):
-        raise MixQuantError("activation quantization is not available yet")  # issue #20
+        """Every quantized layer's input range, calibrated once on ``calib`` (float model)."""
+        with self.evaluator.private_model() as model:
+            return calibrate(model, [layer.name for layer in self.layers], self.calib, self.act_bits,
+                             self.act_range or DEFAULT_ACT_METHOD, keep_float=self.act_keep_float, device=self.device)
 
     def named(self, bits: Optional[Sequence[int]]) -> Optional[Dict[str, int]]:
         """Per-layer ``bits`` (model order) as layer name -> bits; None (float32) stays None."""

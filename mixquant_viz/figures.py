@@ -272,3 +272,19 @@ def most_sensitive_figure(layers) -> go.Figure:
     fig.update_yaxes(type="log", title="highest RQE")
     fig.update_layout(title="Most sensitive layer by RQE per bit-width", height=380, margin=dict(l=10, r=10, t=60, b=10))
     return fig
+
+
+def act_sensitivity_figure(rows) -> go.Figure:
+    """Per layer (model order), the loss increase when only its input is quantized; the top-1 drop in the hover."""
+    data = [_row(r) for r in rows]
+    fig = go.Figure(go.Bar(
+        x=[r["name"] for r in data], y=[r["loss_increase"] for r in data],
+        marker_color=[KIND_COLORS.get(r["kind"], "#7f7f7f") for r in data],
+        customdata=[[r["kind"], r["top1_drop"], r["lo"], r["hi"]] for r in data],
+        hovertemplate="<b>%{x}</b> (%{customdata[0]})<br>loss increase %{y:+.4f}<br>top-1 drop %{customdata[1]:.2f} "
+                      "points<br>range [%{customdata[2]:.3g}, %{customdata[3]:.3g}]<extra></extra>",
+    ))
+    fig.update_xaxes(title="layer whose input alone is quantized", showticklabels=len(data) <= 40)
+    fig.update_yaxes(title="mean cross-entropy increase vs float32")
+    fig.update_layout(title="Sensitivity of each layer's input at 8 bits", height=400, margin=dict(l=10, r=10, t=60, b=10))
+    return fig

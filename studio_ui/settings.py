@@ -45,7 +45,13 @@ class Settings:
     trust_code: bool = False  # the user ticked "Trust code in this file" for an upload
     cluster: str = ""  # address of a running Ray cluster to evaluate on (HOST:PORT, ray://HOST:PORT, auto); "" = none
     ranges: str = "weights"  # weight ranges: the quantizer's own, or loss-aware on the calibration images (issue #22)
-    calib_dir: str = ""  # the calibration folder of loss-aware ranges ($MIXQUANT_DATA/imagenet-calib-1000)
+    # Activation quantization (issue #20): None = float32 inputs; else every quantized layer's input at
+    # act_bits, its range by act_range.
+    act_bits: Optional[int] = None
+    act_range: str = "minmax"  # mixquant_core.quant.act_calibration.DEFAULT_ACT_METHOD
+    # The calibration images of loss-aware ranges and activation ranges: calib_images spread over calib_dir.
+    calib_dir: str = ""
+    calib_images: int = 256
 
     @property
     def model_key(self) -> tuple:
@@ -56,7 +62,17 @@ class Settings:
     @property
     def workspace_key(self) -> tuple:
         return (self.model_key, self.quantizer, self.bits, self.keep_first_last, self.device, self.engine, self.cluster,
-                self.ranges, self.calib_dir if self.ranges == "loss" else "")
+                self.ranges, self.acts_key, self.calib_key)
+
+    @property
+    def acts_key(self) -> tuple:
+        """What the activation quantization depends on (nothing when the inputs stay float32)."""
+        return () if self.act_bits is None else (self.act_bits, self.act_range)
+
+    @property
+    def calib_key(self) -> tuple:
+        """The calibration images, when loss-aware ranges or activation quantization use them."""
+        return (self.calib_dir, self.calib_images) if self.ranges == "loss" or self.act_bits is not None else ()
 
     @property
     def data_key(self) -> tuple:

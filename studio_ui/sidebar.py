@@ -21,6 +21,7 @@ import torch
 
 from mixquant_core import DEFAULT_MODEL, default_eval_dir
 from mixquant_core.data.image_sets import default_calib_dir
+from mixquant_core.quant.act_calibration import ACT_METHODS, DEFAULT_ACT_METHOD
 from mixquant_core.quant.quantizers import MAX_BITS, MIN_BITS
 
 from . import state, workspaces
@@ -32,6 +33,7 @@ from .settings import (DEFAULT_LIMIT, ENGINE_LABELS, QUANTIZER_LABELS, RANGES_CA
 MODEL_FILE_TYPES = ["pt", "pth", "ts", "safetensors", "bin"]
 UPLOAD_DIR = Path(tempfile.gettempdir()) / "mixquant-studio-uploads"
 NO_ARCH = "(TorchScript: none needed)"
+ACTIVATIONS = ("float32", "8-bit")
 
 
 def _save_upload(uploaded) -> tuple:
@@ -55,6 +57,8 @@ def _defaults(names: List[str]) -> None:
         device="cuda" if torch.cuda.is_available() else "cpu", data_kind="Image folder", data_dir=default_eval_dir() or "",
         imagenette_dir=os.path.join(os.environ.get("MIXQUANT_DATA") or os.path.expanduser("~/.cache/mixquant"), "imagenette"),
         limit=DEFAULT_LIMIT, engine="auto", trust_code=False, cluster="", ranges="weights",
+        activations=ACTIVATIONS[0], act_range=DEFAULT_ACT_METHOD, act_calib_dir=default_calib_dir() or "",
+        act_calib_images=256,
     )
 
 
@@ -106,6 +110,19 @@ def render() -> Settings:
     keep = sb.checkbox("Keep first and last layer at 8 bits", key="keep_first_last")
     bits = sb.multiselect("Candidate bit-widths", list(range(MAX_BITS, MIN_BITS - 1, -1)), key="bits",
                           help="8 bits is always a candidate: equation (1) compares every bit-width with it.")
+    activations = sb.selectbox("Activations", ACTIVATIONS, key="activations",
+                               help="8-bit: the input of every quantized layer is quantized per tensor (uint8 grid, "
+                                    "as ONNX QuantizeLinear), its range calibrated on calibration images.")
+    act_range, calib_dir, calib_images = DEFAULT_ACT_METHOD, "", 256
+    if activations != ACTIVATIONS[0]:
+        with sb.expander("Activation ranges (advanced)"):
+            act_range = st.selectbox("Range method", ACT_METHODS, key="act_range",
+                                     help=f"min/max, percentile (outliers clipped) or least quantization MSE; "
+                                          f"{DEFAULT_ACT_METHOD} measured best on EfficientNet-Lite0 (docs/RESULTS.md)")
+            calib_dir = st.text_input("Calibration folder", key="act_calib_dir",
+                                      help="Images the ranges are calibrated on; default $MIXQUANT_DATA/imagenet-calib-1000.")
+            calib_images = st.number_input("Calibration images", min_value=1, max_value=100_000, step=64,
+                                           key="act_calib_images", help="Spread over the calibration folder.")
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     if st.session_state["device"] not in devices:
         st.session_state["device"] = "cpu"
@@ -137,7 +154,12 @@ def render() -> Settings:
         model_digest=digest, arch=arch, quantizer=quantizer, bits=tuple(sorted({8, *map(int, bits)}, reverse=True)),
         keep_first_last=bool(keep), device=device, data_kind="folder" if data_kind == "Image folder" else "imagenette",
         data_dir=(data_dir or "").strip(), limit=None if limit is None else int(limit), engine=engine, trust_code=bool(trust),
-        cluster=(cluster or "").strip(), ranges=ranges, calib_dir=(default_calib_dir() or "") if ranges == "loss" else "",
+        cluster=(cluster or "").strip(), ranges=ranges,
+        act_bits=None if activations == ACTIVATIONS[0] else 8, act_range=act_range,
+        # one calibration set for both: the activations' folder and count when they are on, else the
+        # loss-aware ranges' (the Fisher cost's: $MIXQUANT_DATA/imagenet-calib-1000, 64 images)
+        calib_dir=(calib_dir or "").strip() if activations != ACTIVATIONS[0] else (default_calib_dir() or ""),
+        calib_images=int(calib_images or 1) if activations != ACTIVATIONS[0] else RANGES_CALIB_IMAGES,
     )
     st.session_state["settings"] = settings
     return settings

@@ -16,10 +16,11 @@ from mixquant_core import Workspace, list_models, load_model
 from mixquant_core.data.image_sets import open_calibration_folder
 from mixquant_core.data.load import load_tensors
 from mixquant_core.errors import MixQuantError, UntrustedCodeError, one_line
+from mixquant_core.quant.act_calibration import calibration_notes
 from mixquant_core.models.downloads import download_needed
 
 from .progress import progress
-from .settings import RANGES_CALIB_IMAGES, Settings
+from .settings import Settings
 from .state import USER_ERRORS, settings
 
 TRUST_ADVICE = ("if you trust this file, tick 'Trust code in this file' in the sidebar "
@@ -42,19 +43,23 @@ def missing_weights(s: Settings) -> Optional[str]:
 @st.cache_resource(max_entries=4, show_spinner=False)
 def _workspace(model_key: tuple, model_ref: str, arch: Optional[str], quantizer: str, bits: tuple,
                keep_first_last: bool, device: str, shown_as: Optional[str] = None, trust_code: bool = False, engine: str = "auto",
-               cluster_address: str = "", _cluster=None, ranges: str = "weights", calib_dir: str = "") -> Workspace:
+               cluster_address: str = "", _cluster=None, ranges: str = "weights", acts_key: tuple = (),
+               calib_key: tuple = ()) -> Workspace:
     if shown_as is None:  # a registry name
         loaded = load_model(model_ref, arch=arch)
     else:  # an upload: read in a limited child process, named by the user's own file name
         loaded = load_model(model_ref, arch=arch, trust_code=trust_code, isolate=True, shown_as=shown_as)
     calib = None
-    if ranges == "loss":  # the calibration images of the Fisher cost (Pareto page default), spread over the folder
+    if calib_key:  # loss-aware ranges and/or 8-bit activations: calibrated on these images (once per Workspace)
+        calib_dir, calib_images = calib_key
         if not calib_dir:
-            raise MixQuantError("loss-aware ranges need calibration images: set MIXQUANT_DATA (its imagenet-calib-1000)")
+            raise MixQuantError("loss-aware ranges and 8-bit activations need calibration images: set MIXQUANT_DATA "
+                                "(its imagenet-calib-1000) or give a calibration folder in the sidebar")
         with progress("Calibration images") as cb:
-            calib = load_tensors(open_calibration_folder(calib_dir, RANGES_CALIB_IMAGES), loaded.preprocess, cb)
+            calib = load_tensors(open_calibration_folder(calib_dir, calib_images), loaded.preprocess, cb)
+    act_bits, act_range = acts_key if acts_key else (None, None)
     return Workspace(loaded, quantizer, bits, keep_first_last, (), device, engine=engine, cluster=_cluster,
-                     ranges=ranges, calib=calib)
+                     ranges=ranges, act_bits=act_bits, act_range=act_range, calib=calib)
 
 
 @st.cache_resource(show_spinner=False)
@@ -100,7 +105,12 @@ def require_workspace() -> Workspace:
         with st.spinner(f"Loading {s.model_name}..."):
             ws = _workspace(s.model_key, ref, s.arch, s.quantizer, s.bits, s.keep_first_last, s.device,
                             s.model_name if upload else None, s.trust_code, s.engine, s.cluster, cluster, s.ranges,
-                            s.calib_dir)
+                            s.acts_key, s.calib_key)
+        if s.act_bits is not None:
+            with st.spinner("Calibrating the activation ranges..."):
+                acts = ws.recipe.acts  # once per Workspace; a bad calibration set is said here, in one line
+            for note in calibration_notes(acts):
+                st.warning(note)
     except UntrustedCodeError as exc:
         st.error(f"Cannot use this model: {exc}; {TRUST_ADVICE}.")
         st.stop()

@@ -72,3 +72,6 @@ def test_the_parser_names_equal_the_core_ones():
     assert choices.COMPARE_METHODS == tuple(METHODS) and choices.COMPARE_TARGETS == DEFAULT_TARGETS
     assert choices.LATENCY_RUNTIMES == RUNTIMES and choices.LATENCY_PRECISIONS == PRECISIONS
     assert choices.RANGES == RANGES
+    from mixquant_core.quant.act_calibration import ACT_METHODS, DEFAULT_ACT_METHOD
+    from mixquant_core.quant.activations import ACT_BITS
+    assert (choices.ACT_BITS, choices.ACT_METHODS, choices.DEFAULT_ACT_METHOD) == (ACT_BITS, ACT_METHODS, DEFAULT_ACT_METHOD)

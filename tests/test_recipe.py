@@ -115,14 +115,18 @@ def test_plan_v2_round_trips_its_recipe_and_v1_still_loads():
     (lambda r: r["acts"]["ranges"].update({"nowhere": [0, 1]}), "not in the plan"),
     (lambda r: r["acts"]["ranges"].update({"0": [2, 1]}), "not a finite, ordered range"),
     (lambda r: r["acts"].update({"bits": 4}), "recipe/acts/bits"),
+    (lambda r: r["acts"]["calibration"].pop("keep_float"), "'2' has no calibrated input range"),
+    (lambda r: r["acts"].update({"ranges": {}}), "'0' has no calibrated input range"),
     (lambda r: r["weight_ranges"]["ratios"][0][2].__setitem__(0, 0), "recipe/weight_ranges"),
     (lambda r: r["weight_ranges"]["ratios"][0].__setitem__(1, 8), "not in the plan"),
 ])
 def test_a_bad_recipe_is_one_line(edit, words):
     from mixquant_core.errors import PlanError
     from mixquant_core.plans.plan import Plan
-    recipe = Recipe("per-channel", WeightRanges("fisher", {("0", 4): (0.5,) * 4}), ActQuant(8, "minmax", {"0": (0.0, 1.0)}))
+    recipe = Recipe("per-channel", WeightRanges("fisher", {("0", 4): (0.5,) * 4}),
+                    ActQuant(8, "minmax", {"0": (0.0, 1.0)}, {"keep_float": ["2"]}))
     data = _tiny_plan(recipe).to_dict()
+    Plan.from_dict(_tiny_plan(recipe).to_dict())  # valid as it is: layer 2's input is pinned float
     edit(data["recipe"])
     with pytest.raises(PlanError, match=words) as err:
         Plan.from_dict(data)

@@ -176,6 +176,14 @@ class Plan:
                 if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
                     raise PlanError(f"invalid plan at recipe/acts/{name[:80]}: the range [{lo}, {hi}] is not a finite, "
                                     "ordered range")
+            # every planned layer's input is quantized (it has a range) or pinned float (calibration/keep_float)
+            kept = recipe.acts.calibration.get("keep_float")
+            kept = set(kept) if isinstance(kept, list) else set()
+            missing = [name for name in self.layers if name not in recipe.acts.ranges and name not in kept]
+            if missing:
+                raise PlanError(f"invalid plan at recipe/acts: layer '{missing[0][:80]}' has no calibrated input range "
+                                f"(nor is it kept float){f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}: "
+                                "calibrate the activations again (--act-bits 8 --calib DIR)")
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "Plan":
