@@ -8,13 +8,13 @@ same grid, so export/ stores and loads both alike.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 from torch import nn
 
 from ..models.layers import layer_weight
-from .quantizers import QuantMeta, check_finite, dequantize, quantize
+from .quantizers import QuantMeta, check_finite, dequantize, quantize, quantize_with_ratios
 
 
 @dataclass
@@ -35,10 +35,14 @@ class QuantizedLayer:
         return dequantize(self.codes.float(), self.meta)
 
 
-def unsigned_grid(w: torch.Tensor, nbits: int, scheme: str):
-    """Round-to-nearest codes of ``quantizers.quantize`` as unsigned 0 .. 2^b - 1, with scale and
-    zero-point: symmetric codes are offset by 2^(b-1) (the zero-point), as the export stores them."""
-    codes, meta = quantize(w.detach().float(), nbits, scheme)
+def unsigned_grid(w: torch.Tensor, nbits: int, scheme: str, ratios: Optional[torch.Tensor] = None):
+    """Round-to-nearest codes of ``quantizers.quantize`` (``quantize_with_ratios`` with clipping
+    ``ratios``) as unsigned 0 .. 2^b - 1, with scale and zero-point: symmetric codes are offset by
+    2^(b-1) (the zero-point), as the export stores them."""
+    if ratios is None:
+        codes, meta = quantize(w.detach().float(), nbits, scheme)
+    else:
+        codes, meta = quantize_with_ratios(w.detach().float(), nbits, scheme, ratios)
     if meta.signed:
         off = 2 ** (nbits - 1)
         return codes + off, meta.scale, torch.full_like(meta.scale, float(off))
@@ -47,10 +51,19 @@ def unsigned_grid(w: torch.Tensor, nbits: int, scheme: str):
 
 def nearest_layers(model: nn.Module, bits: Dict[str, int], scheme: str) -> Dict[str, QuantizedLayer]:
     """Round-to-nearest codes of the project's quantizers (quantizers.quantize), as QuantizedLayers."""
+    return recipe_layers(model, bits, scheme)
+
+
+def recipe_layers(model: nn.Module, bits: Dict[str, int], quantizer) -> Dict[str, QuantizedLayer]:
+    """Round-to-nearest codes under ``quantizer`` (a scheme name or a ``recipe.Recipe``): on the
+    recipe's calibrated clipping ratios where it has them, the codes of ``recipe.quantize_layer``."""
+    ranges = getattr(quantizer, "weight_ranges", None)
+    scheme = getattr(quantizer, "quantizer", quantizer)
     out = {}
     for name, b in bits.items():
         w = layer_weight(model, name).detach().float().cpu()
         check_finite(w, name)
-        codes, scale, zp = unsigned_grid(w, int(b), scheme)
+        ratios = ranges.ratios_for(name, int(b)) if ranges is not None else None
+        codes, scale, zp = unsigned_grid(w, int(b), scheme, ratios)
         out[name] = QuantizedLayer(codes.to(torch.uint8), scale.float(), zp.float(), int(b), scheme)
     return out

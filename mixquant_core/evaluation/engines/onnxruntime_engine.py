@@ -19,8 +19,9 @@ from torch import nn
 
 from ...data.image_sets import EvalTensors, usable_cores
 from ...errors import MixQuantError
-from ...models.layers import weight_ref
+from ...models.layers import state_key, weight_ref
 from ...models.onnx_graph import INPUT_NAME, OnnxExportError, float_graph, set_initializers, state_initializers
+from ...quant.activations import act_qparams_table
 from ...quant.recipe import Quantizer, acts_of, quantize_layer
 from ..evaluate import Metrics, PerImageResults, Progress
 from ..statistics import EarlyStop
@@ -91,14 +92,16 @@ class OnnxRuntimeEngine:
         self._told: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
 
     def session_for(self, model: nn.Module, data: EvalTensors, bits: Optional[Dict[str, int]], quantizer: Quantizer):
-        if acts_of(quantizer) is not None:
-            # TODO(#20): QuantizeLinear/DequantizeLinear pairs on the layers' inputs in the graph
-            raise OnnxExportError("the onnxruntime engine does not quantize activations yet")
         proto = float_graph(model, data.image_shape)
         tensors = state_initializers(model, proto)  # the model's current floats, whatever was traced
         if bits:
             tensors.update(planned_weights(model, bits, quantizer))
         set_initializers(proto, tensors)
+        acts = acts_of(quantizer)
+        if acts is not None:  # Q/DQ pairs on the layers' inputs, the grid of the torch engine's hooks
+            from ...export.onnx_qdq import insert_act_qdq
+
+            insert_act_qdq(proto.graph, {name: state_key(model, name) for name in acts.ranges}, act_qparams_table(acts))
         return new_session(proto.SerializeToString(), self.threads)
 
     def evaluate(self, model: nn.Module, data: EvalTensors, bits: Optional[Dict[str, int]] = None,
