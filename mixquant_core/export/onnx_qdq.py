@@ -29,23 +29,25 @@ WEIGHT_INPUT = {"Conv": 1, "Gemm": 1, "MatMul": 1}
 ACT_SCALE, ACT_ZERO_POINT = ".input_scale", ".input_zero_point"
 
 
-def _weight_consumers(graph, weight: str) -> List[Tuple[object, int]]:
-    """(node, index of its data input) of every node computing with ``weight`` (its name in the graph)."""
-    users: Dict[str, list] = {}
-    for node in graph.node:
+def _weight_consumers(graph, weight: str) -> List[Tuple[int, int]]:
+    """(position in ``graph.node``, index of its data input) of every node computing with
+    ``weight`` (its name in the graph); [] when one of its users is not such a node."""
+    users: Dict[str, List[int]] = {}
+    for k, node in enumerate(graph.node):
         for i in node.input:
-            users.setdefault(i, []).append(node)
+            users.setdefault(i, []).append(k)
     out = []
-    for node in users.get(weight, []):
-        if node.op_type == "Transpose" and len(users.get(node.output[0], [])) >= 1:
-            follow = users[node.output[0]]
-            if all(n.op_type == "MatMul" and n.input[1] == node.output[0] for n in follow):
-                out += [(n, 0) for n in follow]
-                continue
-        if node.op_type in WEIGHT_INPUT and list(node.input).index(weight) == WEIGHT_INPUT[node.op_type]:
-            out.append((node, 0))
-            continue
-        return []
+    for k in users.get(weight, []):
+        node = graph.node[k]
+        if node.op_type == "Transpose":  # a Linear layer on 3-D inputs: x @ W^T
+            follow = users.get(node.output[0], [])
+            if not follow or any(graph.node[j].op_type != "MatMul" or graph.node[j].input[1] != node.output[0] for j in follow):
+                return []
+            out += [(j, 0) for j in follow]
+        elif node.op_type in WEIGHT_INPUT and list(node.input).index(weight) == WEIGHT_INPUT[node.op_type]:
+            out.append((k, 0))
+        else:
+            return []
     return out
 
 
@@ -54,8 +56,7 @@ def insert_act_qdq(graph, weights: Dict[str, str], qparams: Dict[str, Tuple[floa
     name in ``graph``) for every ``name`` in ``qparams`` (name -> (scale, zero_point))."""
     from onnx import helper, numpy_helper
 
-    new_nodes: Dict[int, list] = {}  # index of the consuming node -> its Q/DQ nodes
-    position = {id(n): k for k, n in enumerate(graph.node)}
+    new_nodes: Dict[int, list] = {}  # position of the consuming node -> its Q/DQ nodes
     for name, (scale, zero_point) in qparams.items():
         consumers = _weight_consumers(graph, weights[name])
         if not consumers:
@@ -63,14 +64,15 @@ def insert_act_qdq(graph, weights: Dict[str, str], qparams: Dict[str, Tuple[floa
                                   "(its weight is not used by one Conv/Gemm/MatMul)")
         graph.initializer.extend([numpy_helper.from_array(np.array(scale, dtype=np.float32), name + ACT_SCALE),
                                   numpy_helper.from_array(np.array(zero_point, dtype=np.uint8), name + ACT_ZERO_POINT)])
-        for k, (node, index) in enumerate(consumers):
-            tag = name + ".input" + (f"_{k}" if k else "")
+        for n, (k, index) in enumerate(consumers):
+            node = graph.node[k]
+            tag = name + ".input" + (f"_{n}" if n else "")
             q = helper.make_node("QuantizeLinear", [node.input[index], name + ACT_SCALE, name + ACT_ZERO_POINT],
                                  [tag + "_q"], name=tag + "_quantize")
             dq = helper.make_node("DequantizeLinear", [tag + "_q", name + ACT_SCALE, name + ACT_ZERO_POINT],
                                   [tag + "_dq"], name=tag + "_dequantize")
             node.input[index] = tag + "_dq"
-            new_nodes.setdefault(position[id(node)], []).extend([q, dq])
+            new_nodes.setdefault(k, []).extend([q, dq])
     ordered = []
     for k, node in enumerate(graph.node):
         ordered += new_nodes.get(k, []) + [node]

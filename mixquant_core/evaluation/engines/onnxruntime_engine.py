@@ -33,8 +33,13 @@ from .torch_engine import TorchEngine
 DEFAULT_BATCH = 8
 
 
-def new_session(model_bytes: bytes, threads: Optional[int] = None):
-    """An ORT CPU session with every graph optimisation, ``threads`` intra-op threads (default: cores)."""
+def new_session(model_bytes: bytes, threads: Optional[int] = None, float_weights: bool = False):
+    """An ORT CPU session with every graph optimisation, ``threads`` intra-op threads (default: cores).
+
+    ``float_weights``: the graph's float weights are the fake-quantized ones and must stay exactly
+    those. ONNX Runtime's WeightBiasQuantization otherwise quantizes the float weight (int8) and
+    bias (int32) of every Conv/Gemm whose input comes out of a DequantizeLinear, for its QDQ
+    fusions: other numbers than the torch engine's (a 4-bit grid is not on an int8 one)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -50,8 +55,8 @@ def new_session(model_bytes: bytes, threads: Optional[int] = None):
     # transformer's Linear layer, K >= 32) with its TransposeOptimizer on: it moves the Transpose
     # onto the uint2/int2 codes, and constant folding fails on them ("Element type mismatch").
     # Off, it costs nothing measurable (Lite0 and ViT-S/16 float graphs: same speed within noise).
-    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"],
-                                disabled_optimizers=["TransposeOptimizer"])
+    disabled = ["TransposeOptimizer"] + (["WeightBiasQuantization"] if float_weights else [])
+    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
 
 
 def planned_weights(model: nn.Module, bits: Dict[str, int], quantizer: Quantizer) -> Dict[str, torch.Tensor]:
@@ -102,7 +107,7 @@ class OnnxRuntimeEngine:
             from ...export.onnx_qdq import insert_act_qdq
 
             insert_act_qdq(proto.graph, {name: state_key(model, name) for name in acts.ranges}, act_qparams_table(acts))
-        return new_session(proto.SerializeToString(), self.threads)
+        return new_session(proto.SerializeToString(), self.threads, float_weights=acts is not None)
 
     def evaluate(self, model: nn.Module, data: EvalTensors, bits: Optional[Dict[str, int]] = None,
                  quantizer: Quantizer = "asymmetric", progress: Progress = None,
