@@ -94,7 +94,7 @@ class Evaluations:
     def evaluate_plan(self, plan: Plan, data: EvalTensors, progress: Progress = None) -> Metrics:
         """Metrics of a loaded plan (its own quantizer and layers), after checking it fits the model."""
         plan.check_against(self.ws.loaded.model)
-        return self.ws.evaluator.evaluate(plan.bits, plan.quantizer, data, self.store, self.early_stop, progress,
+        return self.ws.evaluator.evaluate(plan.bits, plan.recipe, data, self.store, self.early_stop, progress,
                                           self.tally)
 
     def evaluate_plans(self, plans: Sequence[Optional[Sequence[int]]], data: EvalTensors,

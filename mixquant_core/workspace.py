@@ -85,7 +85,16 @@ class Workspace:
             return self._recipe
 
     def _calibrated_recipe(self) -> Recipe:
-        raise MixQuantError("calibrated ranges are not available yet")  # filled in by issues #20/#22
+        if self.calib is None:
+            raise MixQuantError("loss-aware ranges and activation quantization need calibration images (--calib)")
+        return Recipe(self.quantizer, self._weight_ranges() if self.ranges == "loss" else None,
+                      self._act_quant() if self.act_bits is not None else None)
+
+    def _weight_ranges(self):
+        raise MixQuantError("loss-aware weight ranges are not available yet")  # issue #22
+
+    def _act_quant(self):
+        raise MixQuantError("activation quantization is not available yet")  # issue #20
 
     def named(self, bits: Optional[Sequence[int]]) -> Optional[Dict[str, int]]:
         """Per-layer ``bits`` (model order) as layer name -> bits; None (float32) stays None."""
@@ -115,10 +124,10 @@ class Workspace:
 
     def plan(self, qem: float) -> Plan:
         qem = check_qem(qem)
-        return make_plan(self.loaded.identity, self.table(), self.bits_for([qem])[0], qem, self.float_bytes)
+        return make_plan(self.loaded.identity, self.table(), self.bits_for([qem])[0], qem, self.float_bytes, recipe=self.recipe)
 
     def plan_from_bits(self, bits: Sequence[int], qem: Optional[float] = None, extra: Optional[dict] = None) -> Plan:
-        return make_plan(self.loaded.identity, self.table(), bits, qem, self.float_bytes, extra)
+        return make_plan(self.loaded.identity, self.table(), bits, qem, self.float_bytes, extra, self.recipe)
 
     def quant_mse(self, bits: Sequence[int]) -> float:
         table = self.table()

@@ -85,3 +85,45 @@ def test_applied_quantizes_inputs_and_removes_its_hooks():
     with pytest.raises(MixQuantError, match="not a module"):
         with quantized_inputs(model, ActQuant(8, "minmax", {"missing": (0.0, 1.0)})):
             pass
+
+
+def _tiny_plan(recipe=None):
+    from mixquant_core.plans.plan import Plan, recipe_for_plan
+    layers = {"0": {"bits": 4, "params": 16}, "2": {"bits": 8, "params": 8}}
+    return Plan(model={"source": "t", "name": "tiny", "fingerprint": "x"}, quantizer="per-channel", qem=None,
+                candidate_bits=[8, 4], layers=layers, size={},
+                recipe_data=recipe_for_plan(recipe, {"0": 4, "2": 8}) if recipe else None)
+
+
+def test_plan_v2_round_trips_its_recipe_and_v1_still_loads():
+    from mixquant_core.plans.plan import Plan
+    recipe = Recipe("per-channel", WeightRanges("fisher", {("0", 4): (0.5, 1.0, 0.9, 1.0), ("0", 3): (0.4,) * 4},
+                                                {"images": 8}),
+                    ActQuant(8, "percentile", {"0": (-1.0, 2.0), "2": (0.0, 3.5), "gone": (0.0, 1.0)}))
+    plan = _tiny_plan(recipe)
+    back = Plan.from_json(plan.to_json())
+    assert back.version == 2
+    assert back.recipe.weight_ranges.ratios == {("0", 4): (0.5, 1.0, 0.9, 1.0)}  # only the planned bits kept
+    assert dict(back.recipe.acts.ranges) == {"0": (-1.0, 2.0), "2": (0.0, 3.5)}
+    v1 = plan.to_dict()
+    v1["version"] = 1
+    del v1["recipe"]
+    assert Plan.from_dict(v1).recipe == "per-channel"  # weights only
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda r: r["acts"]["ranges"].update({"nowhere": [0, 1]}), "not in the plan"),
+    (lambda r: r["acts"]["ranges"].update({"0": [2, 1]}), "not a finite, ordered range"),
+    (lambda r: r["acts"].update({"bits": 4}), "recipe/acts/bits"),
+    (lambda r: r["weight_ranges"]["ratios"][0][2].__setitem__(0, 0), "recipe/weight_ranges"),
+    (lambda r: r["weight_ranges"]["ratios"][0].__setitem__(1, 8), "not in the plan"),
+])
+def test_a_bad_recipe_is_one_line(edit, words):
+    from mixquant_core.errors import PlanError
+    from mixquant_core.plans.plan import Plan
+    recipe = Recipe("per-channel", WeightRanges("fisher", {("0", 4): (0.5,) * 4}), ActQuant(8, "minmax", {"0": (0.0, 1.0)}))
+    data = _tiny_plan(recipe).to_dict()
+    edit(data["recipe"])
+    with pytest.raises(PlanError, match=words) as err:
+        Plan.from_dict(data)
+    assert "\n" not in str(err.value)

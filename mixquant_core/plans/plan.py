@@ -15,13 +15,46 @@ from ..errors import PlanError
 from ..files import atomic_write
 from ..models.layers import LayerInfo, find_layers, layer_weight
 from ..quant.qe import QETable
-from ..quant.activations import quantized_inputs
-from ..quant.quantizers import MAX_BITS, MIN_BITS, QUANTIZERS, fake_quantize
-from ..quant.recipe import Quantizer, acts_of, quantize_layer
+from ..quant.activations import ACT_BITS, ActQuant, quantized_inputs
+from ..quant.quantizers import MAX_BITS, MIN_BITS, QUANTIZERS
+from ..quant.recipe import Quantizer, Recipe, WeightRanges, acts_of, quantize_layer
 from .size import float32_bytes, plan_size
 
 PLAN_FORMAT = "mixquant-plan"
-PLAN_VERSION = 1
+# Version 2 adds the optional "recipe": calibrated weight ranges and activation quantization
+# (quant/recipe.py). A version-1 plan (no recipe) still loads and means weights only.
+PLAN_VERSION = 2
+_NAME = {"type": "string", "maxLength": 1000}
+_RANGE = {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2}
+RECIPE_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "weight_ranges": {
+            "type": ["object", "null"],
+            "required": ["method", "ratios"],
+            "properties": {
+                "method": _NAME,
+                "calibration": {"type": "object"},
+                # one entry per planned layer: [name, bits, [clipping ratio per grid row]]
+                "ratios": {"type": "array", "items": {
+                    "type": "array", "minItems": 3, "maxItems": 3,
+                    "prefixItems": [_NAME, {"type": "integer", "minimum": MIN_BITS, "maximum": MAX_BITS},
+                                    {"type": "array", "minItems": 1,
+                                     "items": {"type": "number", "exclusiveMinimum": 0, "maximum": 1}}]}},
+            },
+        },
+        "acts": {
+            "type": ["object", "null"],
+            "required": ["bits", "method", "ranges"],
+            "properties": {
+                "bits": {"enum": list(ACT_BITS)},
+                "method": _NAME,
+                "calibration": {"type": "object"},
+                "ranges": {"type": "object", "additionalProperties": _RANGE},  # layer -> [lo, hi] of its input
+            },
+        },
+    },
+}
 
 PLAN_SCHEMA = {
     "type": "object",
@@ -52,6 +85,7 @@ PLAN_SCHEMA = {
             },
         },
         "size": {"type": "object"},
+        "recipe": RECIPE_SCHEMA,
     },
 }
 
@@ -78,10 +112,17 @@ class Plan:
     size: Dict[str, float]
     version: int = PLAN_VERSION
     extra: Dict[str, object] = field(default_factory=dict)
+    recipe_data: Optional[dict] = None  # the JSON "recipe": what calibration added to the scheme
 
     @property
     def bits(self) -> Dict[str, int]:
         return {name: int(v["bits"]) for name, v in self.layers.items()}
+
+    @property
+    def recipe(self) -> Quantizer:
+        """What the plan quantizes with: its scheme name, or a Recipe with calibrated weight ranges
+        and/or activation quantization (evaluation and export both use this)."""
+        return recipe_from_dict(self.quantizer, self.recipe_data)
 
     def to_dict(self) -> dict:
         out = {"format": PLAN_FORMAT, "version": self.version, "model": dict(self.model),
@@ -89,6 +130,8 @@ class Plan:
                "size": dict(self.size), "layers": self.layers}
         if self.extra:
             out["extra"] = self.extra
+        if self.recipe_data:
+            out["recipe"] = self.recipe_data
         return out
 
     def to_json(self, indent: int = 2) -> str:
@@ -111,9 +154,28 @@ class Plan:
             raise PlanError("plan nests too deeply to be a plan") from None
         if data["qem"] is not None and not math.isfinite(data["qem"]):
             raise PlanError(f"invalid plan at qem: must be a finite number >= 1, got {data['qem']}")
-        return cls(model=data["model"], quantizer=data["quantizer"], qem=data["qem"],
+        plan = cls(model=data["model"], quantizer=data["quantizer"], qem=data["qem"],
                    candidate_bits=list(data["candidate_bits"]), layers=data["layers"], size=data["size"],
-                   version=data["version"], extra=data.get("extra", {}))
+                   version=data["version"], extra=data.get("extra", {}), recipe_data=data.get("recipe") or None)
+        plan.check_recipe()
+        return plan
+
+    def check_recipe(self) -> None:
+        """The recipe's numbers are usable and name only planned layers at their planned bits."""
+        recipe = self.recipe
+        if not isinstance(recipe, Recipe):
+            return
+        if recipe.weight_ranges is not None:
+            for (name, b) in recipe.weight_ranges.ratios:
+                if self.layers.get(name, {}).get("bits") != b:
+                    raise PlanError(f"invalid plan at recipe/weight_ranges: layer '{name[:80]}' at {b} bits is not in the plan")
+        if recipe.acts is not None:
+            for name, (lo, hi) in recipe.acts.ranges.items():
+                if name not in self.layers:
+                    raise PlanError(f"invalid plan at recipe/acts: layer '{name[:80]}' is not in the plan")
+                if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+                    raise PlanError(f"invalid plan at recipe/acts/{name[:80]}: the range [{lo}, {hi}] is not a finite, "
+                                    "ordered range")
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "Plan":
@@ -147,6 +209,7 @@ class Plan:
     def check_against(self, model: nn.Module) -> List[LayerInfo]:
         """The plan's layers in the model, or a PlanError naming the first mismatch."""
         found = {layer.name: layer for layer in find_layers(model)}
+        self.check_recipe()
         missing = [name for name in self.layers if name not in found]
         if missing:
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
@@ -158,17 +221,47 @@ class Plan:
         return [found[name] for name in self.layers]
 
 
+def recipe_from_dict(quantizer: str, data: Optional[dict]) -> Quantizer:
+    """A plan's scheme and "recipe" JSON as the Quantizer evaluation and export take."""
+    if not data or (data.get("weight_ranges") is None and data.get("acts") is None):
+        return quantizer
+    wr, acts = data.get("weight_ranges"), data.get("acts")
+    return Recipe(
+        quantizer,
+        None if wr is None else WeightRanges(wr["method"], {(n, int(b)): tuple(map(float, r)) for n, b, r in wr["ratios"]},
+                                             wr.get("calibration", {})),
+        None if acts is None else ActQuant(int(acts["bits"]), acts["method"],
+                                           {n: (float(lo), float(hi)) for n, (lo, hi) in acts["ranges"].items()},
+                                           acts.get("calibration", {})))
+
+
+def recipe_for_plan(recipe: Quantizer, bits: Dict[str, int]) -> Optional[dict]:
+    """The "recipe" JSON of a plan with per-layer ``bits``: only its layers at their bits."""
+    if not isinstance(recipe, Recipe) or recipe.plain:
+        return None
+    out = recipe.to_dict()
+    del out["quantizer"]
+    if recipe.weight_ranges is not None:
+        out["weight_ranges"]["ratios"] = [e for e in out["weight_ranges"]["ratios"] if bits.get(e[0]) == e[1]]
+    if recipe.acts is not None:
+        out["acts"]["ranges"] = {n: r for n, r in out["acts"]["ranges"].items() if n in bits}
+    return out
+
+
 def make_plan(identity: Dict[str, str], table: QETable, bits: Sequence[int], qem: Optional[float],
-              float_bytes: int, extra: Optional[dict] = None) -> Plan:
-    """The Plan for per-layer ``bits`` (model order of ``table``)."""
+              float_bytes: int, extra: Optional[dict] = None, recipe: Quantizer = None) -> Plan:
+    """The Plan for per-layer ``bits`` (model order of ``table``); ``recipe`` (a Recipe) is recorded
+    for its planned layers."""
     col = {b: j for j, b in enumerate(table.bits)}
     layers = {}
     for i, (layer, b) in enumerate(zip(table.layers, bits)):
         qe = float(table.qe[i, col[int(b)]]) if int(b) in col else None
         layers[layer.name] = {"bits": int(b), "qe": qe, "kind": layer.kind, "params": layer.params}
     size = plan_size(float_bytes, table.layers, bits, table.quantizer)
+    named = {name: v["bits"] for name, v in layers.items()}
     return Plan(model=dict(identity), quantizer=table.quantizer, qem=None if qem is None else float(qem),
-                candidate_bits=list(table.bits), layers=layers, size=size.to_dict(), extra=extra or {})
+                candidate_bits=list(table.bits), layers=layers, size=size.to_dict(), extra=extra or {},
+                recipe_data=recipe_for_plan(recipe, named))
 
 
 @contextmanager
@@ -200,10 +293,12 @@ def applied(model: nn.Module, bits: Dict[str, int], quantizer: Quantizer) -> Ite
 
 
 def quantize_model_(model: nn.Module, plan: Plan) -> nn.Module:
-    """Apply a plan permanently, in place (for export or the user's own pipeline)."""
+    """Apply a plan's weights permanently, in place (for export or the user's own pipeline); its
+    activation quantization, if any, is not a weight change (``applied`` or an ONNX export has it)."""
     plan.check_against(model)
+    recipe = plan.recipe
     with torch.no_grad():
         for name, b in plan.bits.items():
             w = layer_weight(model, name)
-            w.copy_(fake_quantize(w.detach().float(), b, plan.quantizer).to(w.dtype))
+            w.copy_(quantize_layer(recipe, name, w.detach().float(), b).to(w.dtype))
     return model
