@@ -172,17 +172,49 @@ def test_activation_quantizers_that_do_not_fit_are_refused_in_one_line(wa_file, 
 
 
 @pytest.mark.parametrize("ranges, words", [
-    ({"1.2": [float("nan"), 1.0]}, "do not fit"), ({"1.2": [2.0, 1.0]}, "do not fit"),
-    ({"9.9": [0.0, 1.0]}, "which its plan does not list"), ({}, "in its graph only"),
+    ({"1.2": [float("nan"), 1.0]}, "invalid plan"), ({"1.2": [2.0, 1.0]}, "invalid plan"),
+    ({"9.9": [0.0, 1.0]}, "invalid plan"), ({}, "in its graph only"), ({"1.2": [0.0, 1e6]}, "its range gives"),
 ])
-def test_activation_metadata_that_does_not_fit_is_refused_in_one_line(wa_file, ranges, words, tmp_path, capsys):
+def test_activation_ranges_that_do_not_fit_the_graph_are_refused_in_one_line(wa_file, ranges, words, tmp_path, capsys):
     proto = onnx.load_model_from_string(wa_file)
     meta = {p.key: p.value for p in proto.metadata_props}
-    acts = json.loads(meta["mixquant_acts"])
+    plan = json.loads(meta["mixquant_plan"])
+    acts = plan["recipe"]["acts"]
     acts["ranges"] = {**{k: v for k, v in acts["ranges"].items() if ranges}, **ranges}
-    helper.set_model_props(proto, {**meta, "mixquant_acts": json.dumps(acts)})
+    helper.set_model_props(proto, {**meta, "mixquant_plan": json.dumps(plan)})
     path = tmp_path / "edited.onnx"
     path.write_bytes(proto.SerializeToString())
     assert main(["load", str(path), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("mixquant: error:") and "\n" not in err and words in err, err
+
+
+# --- Lite0 on real images ----------------------------------------------------------------------------
+@pytest.mark.data
+@pytest.mark.slow
+def test_lite0_w8a8_and_mixed_plans_same_counts_with_both_engines(lite0, val_dir, data_root):
+    from mixquant_core.data.image_sets import open_image_folder
+    from mixquant_core.data.load import load_tensors
+    from mixquant_core.evaluation.engines.torch_engine import TorchEngine
+    from mixquant_core.workspace import Workspace
+    from test_engines import FLIP_MARGIN, _deciding_gaps
+
+    data = load_tensors(open_image_folder(val_dir).subset(300), lite0.preprocess)
+    calib = load_tensors(open_image_folder(data_root / "imagenet-calib-1000").subset(16), lite0.preprocess)
+    ws = Workspace(lite0, device="cpu", engine="torch")
+    acts = minmax_acts(lite0.model, [l.name for l in ws.layers], calib.to_inputs(calib.images))
+    recipe = Recipe(ws.quantizer, acts=acts)
+    mixed = [ws.budget_bits("qe", avg_bits=a) for a in (7, 6)]  # least summed QE at 7 and 6 average bits
+    for bits in [ws.uniform(8)] + mixed:
+        named = {l.name: int(b) for l, b in zip(ws.layers, bits)}
+        t = TorchEngine("cpu").evaluate(lite0.model, data, named, recipe)
+        o = OnnxRuntimeEngine().evaluate(lite0.model, data, named, recipe)
+        assert abs(t.loss - o.loss) <= 1e-4
+        flipped1, flipped5 = np.flatnonzero(t.hit1 != o.hit1), np.flatnonzero(t.hit5 != o.hit5)
+        if len(flipped1) or len(flipped5):  # the flip rule of test_engines.py
+            idx = np.union1d(flipped1, flipped5)
+            gap1, gap5 = _deciding_gaps(lite0.model, data.to_inputs(data.images[idx]), named, recipe)
+            assert all(gap1[np.searchsorted(idx, i)] <= FLIP_MARGIN for i in flipped1)
+            assert all(gap5[np.searchsorted(idx, i)] <= FLIP_MARGIN for i in flipped5)
+        else:
+            assert (t.top1, t.top5) == (o.top1, o.top5)

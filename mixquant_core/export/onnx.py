@@ -19,6 +19,7 @@ Runtime then runs it on the CPU in a child process with a time and memory limit 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -30,12 +31,12 @@ from torch import nn
 
 from ..errors import MixQuantError, first_line
 from ..models.layers import state_key
-from ..models.onnx_graph import OnnxExportError, float_graph, set_initializers, state_initializers
+from ..models.onnx_graph import float_graph, set_initializers, state_initializers
 from ..models.preprocess import Preprocess
-from ..plans.plan import Plan
+from ..plans.plan import PLAN_VERSION, Plan, recipe_for_plan
 from ..quant.activations import ActQuant, act_qparams_table
-from ..quant.codes import QuantizedLayer, recipe_layers
-from ..quant.recipe import Recipe
+from ..quant.codes import QuantizedLayer
+from ..quant.recipe import Recipe, acts_of
 from ..quant.quantizers import is_symmetric
 from .onnx_checks import check_input, check_ops, check_output, check_self_contained, check_shapes, read_preprocess
 from .onnx_claims import (GraphFacts, check_against_model, check_plan_layers, check_size_claims, checked_scheme,
@@ -94,13 +95,14 @@ def _check_layers(model: nn.Module, plan: Plan, layers: Dict[str, QuantizedLayer
 
 
 def build_onnx(model: nn.Module, plan: Plan, layers: Dict[str, QuantizedLayer], preprocess: Preprocess,
-               progress: Progress = None, acts: Optional[ActQuant] = None):
+               progress: Progress = None):
     """The ONNX ModelProto of ``model`` with ``layers`` as integer codes (``plan`` in its metadata):
-    bit-packed and unpacked at session build (onnx_pack.py), or, for the layers whose inputs
-    ``acts`` quantizes, int8/uint8 codes behind DequantizeLinear with Q/DQ on the input (onnx_qdq.py)."""
+    bit-packed and unpacked at session build (onnx_pack.py), or, for the layers whose inputs the
+    plan's recipe quantizes, int8/uint8 codes behind DequantizeLinear with Q/DQ on the input (onnx_qdq.py)."""
     import onnx
     from onnx import helper
 
+    acts = acts_of(plan.recipe)
     _check_layers(model, plan, layers, acts)
     total = len(layers) + 2
     if progress:
@@ -138,8 +140,6 @@ def build_onnx(model: nn.Module, plan: Plan, layers: Dict[str, QuantizedLayer], 
     meta = {"mixquant_format": ONNX_FORMAT, "mixquant_plan": plan.to_json(indent=None),
             "mixquant_scheme": next(iter(layers.values())).scheme if layers else plan.quantizer,
             "mixquant_preprocess": json.dumps(preprocess.to_dict())}
-    if acts is not None:
-        meta["mixquant_acts"] = json.dumps(acts.to_dict(), allow_nan=False)
     helper.set_model_props(proto, meta)
     if progress:
         progress(total - 1, total, "checking")
@@ -151,22 +151,18 @@ def build_onnx(model: nn.Module, plan: Plan, layers: Dict[str, QuantizedLayer], 
 
 def onnx_bytes(model: nn.Module, plan: Plan, preprocess: Preprocess, reconstructed=None, progress: Progress = None,
                recipe: Optional[Recipe] = None) -> bytes:
-    """The ONNX file for ``plan``: round-to-nearest codes (on ``recipe``'s calibrated weight ranges
-    when it has them, so the file computes what the evaluation measured; its activation
-    quantization as Q/DQ), or a ReconResult's learned codes."""
+    """The ONNX file for ``plan``: round-to-nearest codes on the plan's recipe (its calibrated
+    weight ranges, so the file computes what the evaluation measured; its activation quantization
+    as Q/DQ), or a ReconResult's learned codes. ``recipe`` replaces the plan's own."""
     from .packed import rtn_layers
 
-    if recipe is not None and recipe.quantizer != plan.quantizer:
-        raise MixQuantError(f"the recipe quantizes with '{recipe.quantizer}', the plan with '{plan.quantizer}'")
-    if reconstructed is not None:
-        layers = reconstructed.layers
-    elif recipe is not None and recipe.weight_ranges is not None:
-        plan.check_against(model)
-        layers = recipe_layers(model, plan.bits, recipe)
-    else:
-        layers = rtn_layers(model, plan)
-    acts = recipe.acts if recipe is not None else None
-    return build_onnx(model, plan, layers, preprocess, progress, acts).SerializeToString()
+    if recipe is not None:
+        if recipe.quantizer != plan.quantizer:
+            raise MixQuantError(f"the recipe quantizes with '{recipe.quantizer}', the plan with '{plan.quantizer}'")
+        plan = dataclasses.replace(plan, version=PLAN_VERSION, recipe_data=recipe_for_plan(recipe, plan.bits))
+        plan.check_recipe()
+    layers = rtn_layers(model, plan) if reconstructed is None else reconstructed.layers
+    return build_onnx(model, plan, layers, preprocess, progress).SerializeToString()
 
 
 # --- reading (untrusted) ---------------------------------------------------------------------
@@ -279,7 +275,7 @@ def read_onnx(path_or_bytes, model: Optional[nn.Module] = None) -> OnnxFile:
     check_plan_layers(plan, scheme, layers, proto.graph, name)
     facts = graph_facts(plan, layers, proto.graph)
     check_size_claims(plan, facts, name)
-    acts = checked_acts(meta.get("mixquant_acts", ""), proto.graph, plan.layers, name)
+    acts = checked_acts(acts_of(plan.recipe), proto.graph, name)
     out = OnnxFile(proto, plan, scheme, preprocess, data, facts, acts, shown_as=name)
     if model is not None:
         check_onnx_against(out, model)

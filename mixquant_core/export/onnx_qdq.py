@@ -16,7 +16,6 @@ nodes ``NAME.input_quantize``/``NAME.input_dequantize`` (one pair per consuming 
 """
 from __future__ import annotations
 
-import json
 import math
 from typing import Dict, List, Tuple
 
@@ -122,33 +121,24 @@ def read_act_qdq(graph, name: str) -> Dict[str, Tuple[float, int]]:
     return out
 
 
-def checked_acts(text: str, graph, planned, name: str):
-    """The file's activation quantization (an ``ActQuant``, or None): its metadata ranges and the
-    graph's Q/DQ pairs must name the same planned layers with the same (scale, zero-point)."""
+def checked_acts(acts, graph, name: str):
+    """``acts`` (the plan's ActQuant, or None: its ranges were checked with the plan) against the
+    graph's Q/DQ pairs: the same layers with the same (scale, zero-point); returns ``acts``."""
     from ..errors import MixQuantError
-    from ..quant.activations import ACT_BITS, ActQuant, act_qparams
+    from ..quant.activations import ACT_BITS
 
     in_graph = read_act_qdq(graph, name)
-    if not text:
-        if in_graph:
-            raise OnnxFileError(f"{name} quantizes activations but its metadata has no activation ranges (corrupt or edited)")
-        return None
     try:
-        fields = json.loads(text)
-        ranges = {str(k): (float(v[0]), float(v[1])) for k, v in fields["ranges"].items()}
-        acts = ActQuant(int(fields["bits"]), str(fields["method"]), ranges, dict(fields.get("calibration") or {}))
-        if acts.bits not in ACT_BITS:
+        if acts is not None and acts.bits not in ACT_BITS:
             raise MixQuantError(f"{acts.bits}-bit activations")
-        claimed = {layer: act_qparams(lo, hi, acts.bits) for layer, (lo, hi) in ranges.items()}
-    except (MixQuantError, ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+        claimed = {layer: acts.qparams(layer) for layer in acts.ranges} if acts is not None else {}
+    except MixQuantError as exc:
         raise OnnxFileError(f"{name} has activation ranges that do not fit: {untrusted_text(exc, 160)} (corrupt or edited)") from None
     for layer in sorted(set(claimed) | set(in_graph)):
         shown = untrusted_text(layer)
-        if layer not in planned:
-            raise OnnxFileError(f"{name} quantizes the input of layer '{shown}', which its plan does not list")
         if layer not in in_graph or layer not in claimed:
             raise OnnxFileError(f"{name}: layer '{shown}' has activation quantization in its "
-                                f"{'metadata' if layer in claimed else 'graph'} only (corrupt or edited)")
+                                f"{'plan' if layer in claimed else 'graph'} only (corrupt or edited)")
         scale, zp = in_graph[layer]
         want_scale, want_zp = claimed[layer]
         if zp != want_zp or np.float32(scale) != np.float32(want_scale):

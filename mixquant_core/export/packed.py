@@ -47,7 +47,7 @@ from ..errors import MixQuantError, first_line
 from ..files import atomic_save
 from ..models.layers import state_key
 from ..plans.plan import Plan
-from ..quant.codes import QuantizedLayer, nearest_layers
+from ..quant.codes import QuantizedLayer, recipe_layers
 from ..quant.quantizers import QUANTIZERS, is_per_channel, is_symmetric
 from ..recon.reconstruct import apply_quantized_
 
@@ -357,9 +357,10 @@ def accounted_bytes(model: nn.Module, plan: Plan, scheme: str) -> int:
 
 
 def rtn_layers(model: nn.Module, plan: Plan) -> Dict[str, QuantizedLayer]:
-    """Round-to-nearest codes with the plan's own quantizer (what ``plan.quantize_model_`` computes)."""
+    """Round-to-nearest codes with the plan's own recipe: its scheme, on its calibrated weight
+    ranges where it has them (what ``plan.quantize_model_`` computes)."""
     plan.check_against(model)
-    return nearest_layers(model, plan.bits, plan.quantizer)
+    return recipe_layers(model, plan.bits, plan.recipe)
 
 
 def file_layers(path_or_bytes, model: nn.Module, plan: Optional[Plan] = None) -> Tuple[QuantizedFile, List[str]]:

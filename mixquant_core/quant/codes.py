@@ -49,11 +49,6 @@ def unsigned_grid(w: torch.Tensor, nbits: int, scheme: str, ratios: Optional[tor
     return codes, meta.scale, meta.zero_point
 
 
-def nearest_layers(model: nn.Module, bits: Dict[str, int], scheme: str) -> Dict[str, QuantizedLayer]:
-    """Round-to-nearest codes of the project's quantizers (quantizers.quantize), as QuantizedLayers."""
-    return recipe_layers(model, bits, scheme)
-
-
 def recipe_layers(model: nn.Module, bits: Dict[str, int], quantizer) -> Dict[str, QuantizedLayer]:
     """Round-to-nearest codes under ``quantizer`` (a scheme name or a ``recipe.Recipe``): on the
     recipe's calibrated clipping ratios where it has them, the codes of ``recipe.quantize_layer``."""
