@@ -41,6 +41,7 @@ from ..quant.quantizers import is_symmetric
 from .onnx_checks import check_input, check_ops, check_output, check_self_contained, check_shapes, read_preprocess
 from .onnx_claims import (GraphFacts, check_against_model, check_plan_layers, check_size_claims, checked_scheme,
                           container_bits, graph_facts, quantized_layers, verify_registry_claim)
+from .onnx_fuse import fold_batchnorm, integer_layers
 from .onnx_pack import packed_layer, shared_constants
 from .onnx_qdq import checked_acts, insert_act_qdq
 from .untrusted import OnnxFileError, untrusted_text
@@ -94,6 +95,18 @@ def _check_layers(model: nn.Module, plan: Plan, layers: Dict[str, QuantizedLayer
             raise MixQuantError(f"ONNX export quantizes activations to 8 bits (uint8), not {acts.bits}")
 
 
+def _integer_layers(graph, keys: Dict[str, str], layers: Dict[str, QuantizedLayer]) -> Dict[str, QuantizedLayer]:
+    """The layers ONNX Runtime can run as integer kernels (onnx_fuse.py), their BatchNorms folded
+    into their scales (``graph`` changed): name -> the codes to store behind a DequantizeLinear."""
+    out = {}
+    found = integer_layers(graph, keys, set(keys.values()))
+    for name, bn in sorted(found.items(), key=lambda item: -1 if item[1] is None else -item[1]):
+        q = layers[name] if bn is None else fold_batchnorm(graph, keys[name], bn, layers[name], is_symmetric(layers[name].scheme))
+        if q is not None:
+            out[name] = q
+    return out
+
+
 def build_onnx(model: nn.Module, plan: Plan, layers: Dict[str, QuantizedLayer], preprocess: Preprocess,
                progress: Progress = None):
     """The ONNX ModelProto of ``model`` with ``layers`` as integer codes (``plan`` in its metadata):
@@ -112,13 +125,15 @@ def build_onnx(model: nn.Module, plan: Plan, layers: Dict[str, QuantizedLayer], 
     graph = proto.graph
     keys = {name: state_key(model, name) for name in layers}
     planned = set(keys.values())
+    with_acts = set(acts.ranges) if acts is not None else set()
+    integer = _integer_layers(graph, {n: keys[n] for n in with_acts}, layers)
+    layers = {**layers, **integer}
     kept = [init for init in graph.initializer if init.name not in planned]
     new_inits, nodes = [], []
-    with_acts = set(acts.ranges) if acts is not None else set()
-    if len(with_acts) < len(layers):
+    if len(integer) < len(layers):
         new_inits += shared_constants()
     for k, (name, q) in enumerate(layers.items()):
-        if name in with_acts:
+        if name in integer:
             inits, layer_nodes = _dequantized_layer(keys[name], q)
         else:
             inits, layer_nodes = packed_layer(keys[name], q, is_symmetric(q.scheme))
@@ -133,6 +148,10 @@ def build_onnx(model: nn.Module, plan: Plan, layers: Dict[str, QuantizedLayer], 
     graph.node.extend(nodes + old_nodes)  # weights first: the graph stays topologically sorted
     if acts is not None:
         insert_act_qdq(graph, {name: keys[name] for name in acts.ranges}, act_qparams_table(acts))
+    used = {i for node in graph.node for i in node.input}
+    unused = [init.name for init in graph.initializer if init.name not in used]  # folded BatchNorms
+    for name in unused:
+        graph.initializer.remove(next(i for i in graph.initializer if i.name == name))
     del proto.opset_import[:]
     proto.opset_import.extend([helper.make_opsetid("", EXPORT_OPSET)])
     proto.ir_version = helper.find_min_ir_version_for(list(proto.opset_import))

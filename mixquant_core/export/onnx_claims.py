@@ -24,6 +24,7 @@ from ..models.preprocess import Preprocess
 from ..plans.plan import Plan
 from ..plans.size import FLOAT_BYTES, MB, float32_bytes, quantized_layer_bytes
 from ..quant.quantizers import QUANTIZERS, is_per_channel, is_symmetric
+from .onnx_fuse import FOLDED_BIAS
 from .onnx_pack import SHARED, read_packed_layers
 from .onnx_qdq import ACT_SCALE, ACT_ZERO_POINT, is_act_dequantize
 from .untrusted import OnnxFileError, shown_dims, untrusted_text
@@ -101,6 +102,7 @@ def stored_tensors(layers: Dict[str, GraphLayer], graph) -> set:
     names = {t for g in layers.values() for t in g.tensors}
     names |= set(SHARED)
     names |= {i.name for i in graph.initializer if i.name.endswith((ACT_SCALE, ACT_ZERO_POINT))}
+    names |= {key_for_name(n) + FOLDED_BIAS for n, g in layers.items() if not g.packed}
     return names
 
 
@@ -152,7 +154,8 @@ def check_plan_layers(plan: Plan, scheme: str, layers: Dict[str, GraphLayer], gr
                                 f"'{scheme}' scheme stores {'signed' if is_symmetric(scheme) else 'unsigned'} ones")
         groups = g.shape[0] if is_per_channel(scheme) and g.shape and g.shape[0] > 1 else None
         want = ((groups,) + (1,) * (len(g.shape) - 1) if g.packed else (groups,)) if groups else ()
-        if g.scale_shape != want:
+        folded = not g.packed and g.scale_shape == (g.shape[0],)  # a BatchNorm folded into per-channel scales
+        if g.scale_shape != want and not folded:
             raise OnnxFileError(f"{name}: layer '{shown}' has scales of shape {shown_dims(g.scale_shape)}, which the "
                                 f"'{scheme}' scheme does not make for a weight of shape {shown_dims(g.shape)}")
         if entry.get("params") is not None and entry["params"] != g.params:
