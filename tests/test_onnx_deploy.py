@@ -192,6 +192,12 @@ def test_activation_ranges_that_do_not_fit_the_graph_are_refused_in_one_line(wa_
 
 
 # --- Lite0 on real images ----------------------------------------------------------------------------
+# With quantized inputs, torch's and ORT's float32 convolutions (~1e-6 apart) put a value that lies
+# on a rounding boundary of the next layer's input grid on either side: one activation step, and
+# through Lite0's 50 quantized inputs logits 0.17 apart at most on 16 images (median 0.019; the
+# same with every ORT graph optimisation off). A flipped image is allowed where its deciding
+# logits are within ACT_FLIP_MARGIN; weight-only plans keep test_engines.py's 1e-4.
+ACT_FLIP_MARGIN = 0.5
 @pytest.mark.data
 @pytest.mark.slow
 def test_lite0_w8a8_and_mixed_plans_same_counts_with_both_engines(lite0, val_dir, data_root):
@@ -199,7 +205,7 @@ def test_lite0_w8a8_and_mixed_plans_same_counts_with_both_engines(lite0, val_dir
     from mixquant_core.data.load import load_tensors
     from mixquant_core.evaluation.engines.torch_engine import TorchEngine
     from mixquant_core.workspace import Workspace
-    from test_engines import FLIP_MARGIN, _deciding_gaps
+    from test_engines import _deciding_gaps
 
     data = load_tensors(open_image_folder(val_dir).subset(300), lite0.preprocess)
     calib = load_tensors(open_image_folder(data_root / "imagenet-calib-1000").subset(16), lite0.preprocess)
@@ -211,12 +217,13 @@ def test_lite0_w8a8_and_mixed_plans_same_counts_with_both_engines(lite0, val_dir
         named = {l.name: int(b) for l, b in zip(ws.layers, bits)}
         t = TorchEngine("cpu").evaluate(lite0.model, data, named, recipe)
         o = OnnxRuntimeEngine().evaluate(lite0.model, data, named, recipe)
-        assert abs(t.loss - o.loss) <= 1e-4
+        assert abs(t.loss - o.loss) <= 2e-3
         flipped1, flipped5 = np.flatnonzero(t.hit1 != o.hit1), np.flatnonzero(t.hit5 != o.hit5)
-        if len(flipped1) or len(flipped5):  # the flip rule of test_engines.py
+        assert len(flipped1) + len(flipped5) <= 3  # 1 % of the images at most
+        if len(flipped1) or len(flipped5):  # the flip rule of test_engines.py, at ACT_FLIP_MARGIN
             idx = np.union1d(flipped1, flipped5)
             gap1, gap5 = _deciding_gaps(lite0.model, data.to_inputs(data.images[idx]), named, recipe)
-            assert all(gap1[np.searchsorted(idx, i)] <= FLIP_MARGIN for i in flipped1)
-            assert all(gap5[np.searchsorted(idx, i)] <= FLIP_MARGIN for i in flipped5)
+            assert all(gap1[np.searchsorted(idx, i)] <= ACT_FLIP_MARGIN for i in flipped1)
+            assert all(gap5[np.searchsorted(idx, i)] <= ACT_FLIP_MARGIN for i in flipped5)
         else:
             assert (t.top1, t.top5) == (o.top1, o.top5)
