@@ -25,7 +25,7 @@ from ..plans.plan import Plan
 from ..plans.size import FLOAT_BYTES, MB, float32_bytes, quantized_layer_bytes
 from ..quant.quantizers import QUANTIZERS, is_per_channel, is_symmetric
 from .onnx_fuse import FOLDED_BIAS
-from .onnx_pack import SHARED, read_packed_layers
+from .onnx_pack import SHARED, read_packed_layers, unpack_tag
 from .onnx_qdq import ACT_SCALE, ACT_ZERO_POINT, is_act_dequantize
 from .untrusted import OnnxFileError, shown_dims, untrusted_text
 
@@ -79,7 +79,7 @@ def quantized_layers(graph, name: str) -> Dict[str, GraphLayer]:
     layers: Dict[str, GraphLayer] = {}
     for key, p in read_packed_layers(graph, name).items():
         layer = name_for_key(key) or ""
-        if not layer or key in inits or key in producers and producers[key].name != key + "_unpack_10":
+        if not layer or key in inits or key in producers and producers[key].name != unpack_tag(key) + "_10":
             raise OnnxFileError(f"{name}: the packed weight '{untrusted_text(key)}' is not a layer's weight (corrupt or edited)")
         layers[layer] = GraphLayer(layer, p.shape, p.nbits, False, p.scale_shape, tuple(p.tensors()), True)
     for node in graph.node:

@@ -12,7 +12,7 @@ Layout of a layer whose weight initializer is ``K`` (``b`` bits, ``n`` weights o
 * ``K_bit_values``  float32 [b, 1] = 1, 2, 4, ..: a code's value from its bits; ``K_bit_count``
                     int64 [1] = n*b; ``K_code_shape`` int64 [2] = (n, b); ``K_shape`` int64 = S.
 
-and the nodes ``K_unpack_*``: BitShift(RIGHT, 0..7) and BitwiseAnd(1) make the bits, Reshape/Slice
+and the nodes ``unpack_tag(K)_*``: BitShift(RIGHT, 0..7) and BitwiseAnd(1) make the bits, Reshape/Slice
 drop the last byte's padding, Reshape to [n, b], Cast and a MatMul with ``K_bit_values`` give the
 codes as float32, Reshape to S, then (codes - zero_point) * scale: the arithmetic of
 ``quantizers.dequantize``, so the weights equal the fake-quantized ones bit for bit. No
@@ -25,6 +25,7 @@ graph's to be exactly those (``read_packed_layers``): a packed layer cannot hide
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from typing import Dict, List, Tuple
@@ -62,11 +63,17 @@ def _small_constants(key: str, nbits: int, shape: Tuple[int, ...]):
             numpy_helper.from_array(np.array(shape, dtype=np.int64), key + SMALL[3])]
 
 
+def unpack_tag(key: str) -> str:
+    """The short prefix of ``key``'s unpacking nodes and tensors (a hash of it: the names are
+    written a dozen times a layer, and a key's length 8 bytes at a time would be 0.1 MB on Lite0)."""
+    return "u" + hashlib.sha1(key.encode()).hexdigest()[:10]
+
+
 def unpack_nodes(key: str):
     """The nodes that compute initializer-free ``key`` (the float weight) from its packed codes."""
     from onnx import TensorProto, helper
 
-    u = key + "_unpack"
+    u = unpack_tag(key)
     steps = [("BitShift", [key + PACKED, SHARED_SHIFTS], {"direction": "RIGHT"}),
              ("BitwiseAnd", [u + "_0", SHARED_ONE], {}),
              ("Reshape", [u + "_1", SHARED_FLAT], {}),
