@@ -1,21 +1,24 @@
-"""A plan as a runnable ONNX model: integer weight codes feeding DequantizeLinear, read by ONNX
-Runtime, TensorRT and OpenVINO.
+"""A plan as a runnable ONNX model, read by ONNX Runtime and OpenVINO.
 
-Each planned layer's weight initializer ``NAME.weight`` is replaced by ``NAME.weight_codes`` in the
-narrowest integer type ONNX Runtime 1.32 runs for its bit-width (2 bits: int2/uint2, opset 25;
-3-4 bits: int4/uint4; 5-8 bits: int8/uint8), its scale (float32) and zero-point (the codes' type),
-per tensor or per output channel (axis 0) as the quantizer made them, and a DequantizeLinear node
-that computes ``NAME.weight`` = (codes - zero_point) * scale: the same arithmetic as
-``quantizers.dequantize``, so the weights equal the fake-quantized ones bit for bit. Affine schemes
-store unsigned codes with their zero-point; symmetric schemes (symmetric, symmetric-mse) store signed codes with zero-point 0.
-Everything else stays float32. metadata_props holds the plan JSON, the scheme, the preprocessing
-and the model's identity, so ``mixquant load`` can evaluate the file on its own.
+Each planned layer's weight initializer ``NAME.weight`` is replaced by its codes:
 
-3-, 5-, 6- and 7-bit codes cost their container's width (4 or 8 bits): see ``container_bits``.
+* bit-packed at the layer's bit-width and unpacked by standard ops that both runtimes evaluate
+  once when they build the session (onnx_pack.py): the weights equal the fake-quantized ones bit
+  for bit, the file is the size accounting plus the graph, and it runs at float32 speed;
+* for a layer whose inputs the plan's recipe quantizes and whose output ONNX Runtime can requantize
+  (onnx_fuse.py): int8/uint8 codes (the integer kernels' container), per-output-channel scales with
+  the following BatchNorm folded in, and a DequantizeLinear, so ORT fuses it into QLinearConv.
+
+Activation quantization is a Q/DQ pair on each such layer's input (models/onnx_qdq.py). Everything
+else stays float32. metadata_props holds the plan JSON (with its recipe), the scheme, the
+preprocessing and the model's identity, so ``mixquant load`` can evaluate the file on its own.
+Files of earlier versions (codes in 2/4/8-bit types behind DequantizeLinear) still load.
+
 The file is untrusted input when read back: ``read_onnx`` parses it with onnx only, bounds the graph
 (onnx_checks.py: an allow-list of operators, shapes known and bounded, the input the preprocessing
-makes) and checks its metadata against the graph and the model it claims (onnx_claims.py); ONNX
-Runtime then runs it on the CPU in a child process with a time and memory limit (onnx_isolated.py).
+makes) and checks its metadata against the graph and the model it claims (onnx_claims.py; packed
+layers against their own template, activation quantizers against the plan's ranges, onnx_qdq.py);
+ONNX Runtime then runs it on the CPU in a child process with a time and memory limit (onnx_isolated.py).
 """
 from __future__ import annotations
 
@@ -32,28 +35,25 @@ from torch import nn
 from ..errors import MixQuantError, first_line
 from ..models.layers import state_key
 from ..models.onnx_graph import float_graph, set_initializers, state_initializers
+from ..models.onnx_qdq import insert_act_qdq
 from ..models.preprocess import Preprocess
 from ..plans.plan import PLAN_VERSION, Plan, recipe_for_plan
 from ..quant.activations import ActQuant, act_qparams_table
 from ..quant.codes import QuantizedLayer
-from ..quant.recipe import Recipe, acts_of
 from ..quant.quantizers import is_symmetric
+from ..quant.recipe import Recipe, acts_of
 from .onnx_checks import check_input, check_ops, check_output, check_self_contained, check_shapes, read_preprocess
 from .onnx_claims import (GraphFacts, check_against_model, check_plan_layers, check_size_claims, checked_scheme,
                           container_bits, graph_facts, quantized_layers, verify_registry_claim)
 from .onnx_fuse import fold_batchnorm, integer_layers
 from .onnx_pack import packed_layer, shared_constants
-from .onnx_qdq import checked_acts, insert_act_qdq
+from .onnx_qdq import checked_acts
 from .untrusted import OnnxFileError, untrusted_text
 
 ONNX_FORMAT = "mixquant-onnx"
 EXPORT_OPSET = 25  # int2/uint2 DequantizeLinear inputs need opset 25
 _MAX_BYTES = 2 * 1024**3  # protobuf's limit; a bigger "ONNX file" is not one we wrote
 Progress = Optional[Callable[[int, int, str], None]]
-
-
-def _code_dtype(nbits: int, signed: bool):
-    return np.int8 if signed else np.uint8
 
 
 def _dequantized_layer(key: str, q: QuantizedLayer):
@@ -70,7 +70,7 @@ def _dequantized_layer(key: str, q: QuantizedLayer):
     per_channel = q.scale.numel() > 1
     scale = q.scale.float().reshape(-1) if per_channel else q.scale.float().reshape(())
     zero_point = zero_point.reshape(-1) if per_channel else zero_point.reshape(())
-    dtype = _code_dtype(q.nbits, signed)
+    dtype = np.int8 if signed else np.uint8
     base = key
     inits = [numpy_helper.from_array(codes.numpy().astype(dtype), base + "_codes"),
              numpy_helper.from_array(scale.numpy(), base + "_scale"),

@@ -26,7 +26,8 @@ from ..plans.size import FLOAT_BYTES, MB, float32_bytes, quantized_layer_bytes
 from ..quant.quantizers import QUANTIZERS, is_per_channel, is_symmetric
 from .onnx_fuse import FOLDED_BIAS
 from .onnx_pack import SHARED, read_packed_layers, unpack_tag
-from .onnx_qdq import ACT_SCALE, ACT_ZERO_POINT, is_act_dequantize
+from ..models.onnx_qdq import ACT_SCALE, ACT_ZERO_POINT
+from .onnx_qdq import is_act_dequantize
 from .untrusted import OnnxFileError, shown_dims, untrusted_text
 
 SUFFIXES = ("_codes", "_scale", "_zero_point")  # of NAME.weight: what build_onnx stores per layer

@@ -104,7 +104,7 @@ class OnnxRuntimeEngine:
         set_initializers(proto, tensors)
         acts = acts_of(quantizer)
         if acts is not None:  # Q/DQ pairs on the layers' inputs, the grid of the torch engine's hooks
-            from ...export.onnx_qdq import insert_act_qdq
+            from ...models.onnx_qdq import insert_act_qdq
 
             insert_act_qdq(proto.graph, {name: state_key(model, name) for name in acts.ranges}, act_qparams_table(acts))
         return new_session(proto.SerializeToString(), self.threads, float_weights=acts is not None)
