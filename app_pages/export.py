@@ -84,8 +84,8 @@ if file_key in onnx_files:
                        file_name=f"{ws.loaded.name}-qem{qem:.4g}.onnx", mime="application/octet-stream")
     st.caption(f"Checked: ONNX Runtime opens it. {report['bytes'] / 1e6:.3f} MB on disk; the size accounting says "
                f"{report['accounted_bytes'] / 1e6:.3f} MB ({report['difference_pct']:+.2f} %: "
-               f"{report['container_padding_bytes'] / 1e6:.3f} MB of it are 3/5/6/7-bit codes stored in 4/8-bit "
-               "containers, the rest the graph and metadata).")
+               f"codes bit-packed at their bit-widths; {report['container_padding_bytes'] / 1e6:.3f} MB are codes of layers "
+               "with quantized inputs in the 8-bit container of the integer kernels; the rest the graph and metadata).")
     state.persist(latency_runs=20, latency_batch=32)
     lc = st.columns(3)
     runs = lc[0].number_input("Timed images (batch 1)", min_value=1, max_value=1000, key="latency_runs")

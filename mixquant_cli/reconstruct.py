@@ -174,8 +174,9 @@ def _export_onnx(args, loaded, plan, layers) -> None:
         print(json.dumps({"out": args.out, "format": "onnx", "scheme": f.scheme, **report}, indent=2))
     else:
         print(f"wrote {args.out}: {report['bytes']} bytes, size accounting {report['accounted_bytes']} bytes "
-              f"({report['difference_pct']:+.2f} %; {report['container_padding_bytes']} bytes of it are 3/5/6/7-bit codes "
-              f"in 4/8-bit containers), {f.scheme} codes, {plan.size['avg_bits']:.2f} average bits")
+              f"({report['difference_pct']:+.2f} %; {report['container_padding_bytes']} bytes of it are codes of "
+              f"{report['integer_kernel_layers']} layers with quantized inputs in the 8-bit container of the integer "
+              f"kernels), {f.scheme} codes, {plan.size['avg_bits']:.2f} average bits")
 
 
 def _load_onnx(args) -> None:

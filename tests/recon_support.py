@@ -47,3 +47,28 @@ def chain_output(stages, x: torch.Tensor) -> torch.Tensor:
         for stage in stages:
             x = stage.run(x)
     return x
+
+
+def minmax_acts(model: nn.Module, layers, x: torch.Tensor, bits: int = 8):
+    """An ActQuant of 8-bit inputs for ``layers`` (names) from a plain min/max pass over ``x`` (tests
+    and benchmarks only: the real calibration is quant/act_calibration.py)."""
+    from mixquant_core.quant.activations import ActQuant
+
+    modules, seen, handles = dict(model.named_modules()), {}, []
+
+    def hook_for(name):
+        def hook(_module, args):
+            lo, hi = float(args[0].min()), float(args[0].max())
+            old = seen.get(name, (lo, hi))
+            seen[name] = (min(old[0], lo), max(old[1], hi))
+        return hook
+
+    try:
+        for name in layers:
+            handles.append(modules[name].register_forward_pre_hook(hook_for(name)))
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return ActQuant(bits, "minmax", {name: seen[name] for name in layers})

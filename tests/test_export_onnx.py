@@ -17,6 +17,7 @@ from mixquant_core.errors import MixQuantError
 from mixquant_core.evaluations import Evaluations
 from mixquant_core.export.onnx import (OnnxFileError, build_onnx, container_bits, evaluate_onnx, onnx_bytes,
                                        onnx_size_report, read_onnx)
+from mixquant_core.export.onnx_pack import read_packed_layers
 from mixquant_core.export.packed import rtn_layers
 from mixquant_core.models.onnx_graph import OnnxExportError
 from mixquant_core.models.preprocess import Preprocess
@@ -38,29 +39,28 @@ def _export(quantizer="asymmetric", bits=MIXED_BITS, model=None):
 
 
 @pytest.mark.parametrize("quantizer", QUANTIZERS)
-def test_codes_types_and_dequantized_weights_are_exact(quantizer, one_thread):
+def test_packed_codes_and_dequantized_weights_are_exact(quantizer, one_thread):
     model, plan, data = _export(quantizer)
     proto = onnx.load_model_from_string(data)
     inits = {i.name: i for i in proto.graph.initializer}
     modules = dict(model.named_modules())
-    signed = is_symmetric(quantizer)
+    packed = read_packed_layers(proto.graph, "test")
     for name, b in plan.bits.items():
         base = f"{name}.weight"
-        assert base not in inits  # the float weight is gone: only codes, scale, zero-point
-        codes = inits[base + "_codes"]
-        assert codes.data_type == WANT_TYPE[(container_bits(b), signed)]
-        q = numpy_helper.to_array(codes).astype(np.float32)  # astype copies: writable arrays for torch
+        assert base not in inits  # the float weight is gone: only packed codes, scale, zero-point
+        n = modules[name].weight.numel()
+        assert list(inits[base + "_packed"].dims) == [-(-n * b // 8), 1]  # exactly b bits a weight
+        q = packed[base].codes(inits).astype(np.float32)
         scale = numpy_helper.to_array(inits[base + "_scale"]).copy()
         zp = numpy_helper.to_array(inits[base + "_zero_point"]).astype(np.float32)
-        assert scale.shape == ((modules[name].weight.shape[0],) if is_per_channel(quantizer) else ())
-        if signed:
-            assert not zp.any() and q.min() >= -(2 ** (b - 1)) and q.max() <= 2 ** (b - 1) - 1
-        else:
-            assert q.min() >= 0 and q.max() <= 2**b - 1
-        shape = (-1,) + (1,) * (q.ndim - 1) if scale.ndim else ()
-        weight = (torch.from_numpy(q) - torch.from_numpy(zp).reshape(shape)) * torch.from_numpy(scale).reshape(shape)
+        assert scale.size == (modules[name].weight.shape[0] if is_per_channel(quantizer) else 1)
+        assert q.min() >= 0 and q.max() <= 2**b - 1
+        if is_symmetric(quantizer):
+            assert zp.shape == () and zp == 2 ** (b - 1)
+        weight = (torch.from_numpy(q) - torch.from_numpy(zp)) * torch.from_numpy(scale)
         assert torch.equal(weight, fake_quantize(modules[name].weight.detach(), b, quantizer))
-    assert {n.op_type for n in proto.graph.node} >= {"DequantizeLinear", "Conv", "BatchNormalization", "Gemm"}
+    ops = {n.op_type for n in proto.graph.node}
+    assert ops >= {"BitShift", "BitwiseAnd", "Conv", "BatchNormalization", "Gemm"} and "DequantizeLinear" not in ops
     assert proto.opset_import[0].version == 25
     f = read_onnx(data, model)
     assert f.plan.bits == plan.bits and f.scheme == quantizer and f.preprocess == PRE
@@ -83,18 +83,18 @@ def test_reconstructed_codes_export_the_same_way(one_thread):
     result = reconstruct_plan(model, plan, images(8), ReconConfig(iters=5, batch_size=4, eval_samples=8))
     proto = onnx.load_model_from_string(onnx_bytes(model, plan, PRE, reconstructed=result))
     inits = {i.name: i for i in proto.graph.initializer}
+    packed = read_packed_layers(proto.graph, "test")
     for name, q in result.layers.items():
-        codes = numpy_helper.to_array(inits[f"{name}.weight_codes"]).astype(np.int64)
+        codes = packed[f"{name}.weight"].codes(inits).astype(np.int64)
         np.testing.assert_array_equal(codes, q.codes.numpy().astype(np.int64))
     assert json.loads({p.key: p.value for p in proto.metadata_props}["mixquant_plan"])["layers"].keys() == plan.bits.keys()
 
 
-def test_size_report_counts_container_padding():
+def test_size_report_weight_only_file_has_no_container_padding():
     model, plan, data = _export()
     report = onnx_size_report(data, model, plan, "asymmetric")
-    params = {l.name: l.params for l in workspace(model).layers}
-    want = sum((container_bits(b) - b) * params[n] for n, b in plan.bits.items()) // 8  # 5->8, 3->4, 6->8
-    assert report["container_padding_bytes"] == want > 0 and report["bytes"] == len(data)
+    assert report["container_padding_bytes"] == 0 and report["bytes"] == len(data)
+    assert report["accounted_bytes"] < len(data) < report["accounted_bytes"] + 12_000  # graph and metadata only
 
 
 # --- bad input --------------------------------------------------------------------------------
@@ -154,7 +154,7 @@ def test_lite0_onnx_file_has_the_fake_quantized_top1_top5(lite0, val_dir, tmp_pa
     plan.save(plan_path)
     assert main(["export", "--format", "onnx", "--plan", str(plan_path), "--out", str(out), "--no-progress", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["bytes"] == out.stat().st_size and report["container_padding_bytes"] > 0
+    assert report["bytes"] == out.stat().st_size and report["container_padding_bytes"] == 0  # bit-packed: no padding
     assert main(["load", str(out), "--data", str(val_dir), "--limit", "100", "--no-progress", "--json"]) == 0
     loaded = json.loads(capsys.readouterr().out)
     data = load_tensors(open_image_folder(val_dir).subset(100), lite0.preprocess)

@@ -244,9 +244,9 @@ def test_a_scheme_holding_html_is_refused_without_echoing_it(genuine, tmp_path, 
     rc, out, err = _load(capsys, tmp_path, _with_meta(genuine[2], mixquant_scheme=html))
     _refused(rc, err, "unknown quantization scheme", "\\x3cimg src=x onerror=alert(1)\\x3e")
     assert "<" not in err and out == ""
-    # A known scheme that the codes were not stored with: signed codes, zero zero-points.
+    # A known scheme that the codes were not stored with: affine zero-points, not 2^(b-1).
     rc, out, err = _load(capsys, tmp_path, _with_meta(genuine[2], mixquant_scheme="symmetric"))
-    _refused(rc, err, "stores unsigned codes", "'symmetric' scheme stores signed")
+    _refused(rc, err, "zero-point off its", "symmetric grid")
 
 
 @pytest.mark.parametrize("key, value, shown", [("avg_bits", 1.0, "plan says avg_bits 1"),
@@ -269,12 +269,12 @@ def test_the_printed_sizes_come_from_the_graph(genuine, tmp_path, capsys):
 
 
 def test_an_edited_bit_width_is_refused(genuine, tmp_path, capsys):
-    # '0.0' is 5 bits, stored in bytes: 2 bits would be stored in 2-bit integers.
+    # '0.0' is 5 bits, packed at 5 bits a code: 2 bits is another packing
     rc, out, err = _load(capsys, tmp_path, _with_plan(genuine[2], lambda p: p["layers"]["0.0"].update(bits=2)))
-    _refused(rc, err, "layer '0.0' is 2 bits in the plan, its codes are 8-bit integers")
-    # '3' is 6 bits: 5 bits fits the same container, but not the codes.
+    _refused(rc, err, "layer '0.0' is 2 bits in the plan, its codes are 5-bit integers")
+    # '3' is 6 bits: the unpacking's constants say so too, and the graph is what is believed
     rc, out, err = _load(capsys, tmp_path, _with_plan(genuine[2], lambda p: p["layers"]["3"].update(bits=5)))
-    _refused(rc, err, "layer '3' is 5 bits in the plan, but its codes span 0..")
+    _refused(rc, err, "layer '3' is 5 bits in the plan, its codes are 6-bit integers")
 
 
 def test_the_model_name_is_shown_escaped_and_unverified(genuine, tmp_path, capsys):

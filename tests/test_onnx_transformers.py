@@ -190,6 +190,7 @@ def test_onnx_round_trip_is_bit_exact_for_attention_weights(quantizer, one_threa
     weight: nn.MultiheadAttention's packed in_proj_weight (stored under its parameter's name) too."""
     from onnx import numpy_helper
 
+    from mixquant_core.export.onnx_pack import read_packed_layers
     from mixquant_core.models.layers import find_layers, layer_weight, state_key
     from mixquant_core.quant.quantizers import fake_quantize
 
@@ -198,12 +199,13 @@ def test_onnx_round_trip_is_bit_exact_for_attention_weights(quantizer, one_threa
     assert any(layer.name.endswith("in_proj_weight") for layer in layers)
     loaded = LoadedModel(model, "tv-vit", "file", Preprocess(resize=SIZE, crop=SIZE), fingerprint="test")
     plan = Workspace(loaded, quantizer, device="cpu").plan_from_bits([(4, 8, 2, 6)[k % 4] for k in range(len(layers))])
-    inits = {i.name: i for i in onnx.load_from_string(onnx_bytes(model, plan, loaded.preprocess)).graph.initializer}
+    graph = onnx.load_from_string(onnx_bytes(model, plan, loaded.preprocess)).graph
+    inits = {i.name: i for i in graph.initializer}
+    packed = read_packed_layers(graph, "test")
     for name, b in plan.bits.items():
         key = state_key(model, name)
-        q = numpy_helper.to_array(inits[key + "_codes"]).astype(np.float32)
+        q = packed[key].codes(inits).astype(np.float32)  # bit-packed codes (export/onnx_pack.py)
         scale = numpy_helper.to_array(inits[key + "_scale"]).copy()
         zp = numpy_helper.to_array(inits[key + "_zero_point"]).astype(np.float32)
-        shape = (-1,) + (1,) * (q.ndim - 1) if scale.ndim else ()
-        weight = (torch.from_numpy(q) - torch.from_numpy(zp).reshape(shape)) * torch.from_numpy(scale).reshape(shape)
+        weight = (torch.from_numpy(q) - torch.from_numpy(zp)) * torch.from_numpy(scale)
         assert torch.equal(weight, fake_quantize(layer_weight(model, name).detach(), b, quantizer)), name

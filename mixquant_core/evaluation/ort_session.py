@@ -3,9 +3,12 @@
 so the latency child (latency_runner.py) starts in a fraction of a second."""
 from __future__ import annotations
 
+from typing import Sequence
 
-def ort_session(model_bytes: bytes, threads: int):
-    """An ORT CPU session with every graph optimisation and ``threads`` intra-op threads."""
+
+def ort_session(model_bytes: bytes, threads: int, also_disabled: Sequence[str] = ()):
+    """An ORT CPU session with every graph optimisation (but ``also_disabled``) and ``threads``
+    intra-op threads."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -22,4 +25,4 @@ def ort_session(model_bytes: bytes, threads: int):
     # onto the uint2/int2 codes, and constant folding fails on them ("Element type mismatch").
     # Off, it costs nothing measurable (Lite0 and ViT-S/16 float graphs: same speed within noise).
     return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"],
-                                disabled_optimizers=["TransposeOptimizer"])
+                                disabled_optimizers=["TransposeOptimizer", *also_disabled])

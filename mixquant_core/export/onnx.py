@@ -1,24 +1,28 @@
-"""A plan as a runnable ONNX model: integer weight codes feeding DequantizeLinear, read by ONNX
-Runtime, TensorRT and OpenVINO.
+"""A plan as a runnable ONNX model, read by ONNX Runtime and OpenVINO.
 
-Each planned layer's weight initializer ``NAME.weight`` is replaced by ``NAME.weight_codes`` in the
-narrowest integer type ONNX Runtime 1.32 runs for its bit-width (2 bits: int2/uint2, opset 25;
-3-4 bits: int4/uint4; 5-8 bits: int8/uint8), its scale (float32) and zero-point (the codes' type),
-per tensor or per output channel (axis 0) as the quantizer made them, and a DequantizeLinear node
-that computes ``NAME.weight`` = (codes - zero_point) * scale: the same arithmetic as
-``quantizers.dequantize``, so the weights equal the fake-quantized ones bit for bit. Affine schemes
-store unsigned codes with their zero-point; symmetric schemes (symmetric, symmetric-mse) store signed codes with zero-point 0.
-Everything else stays float32. metadata_props holds the plan JSON, the scheme, the preprocessing
-and the model's identity, so ``mixquant load`` can evaluate the file on its own.
+Each planned layer's weight initializer ``NAME.weight`` is replaced by its codes:
 
-3-, 5-, 6- and 7-bit codes cost their container's width (4 or 8 bits): see ``container_bits``.
+* bit-packed at the layer's bit-width and unpacked by standard ops that both runtimes evaluate
+  once when they build the session (onnx_pack.py): the weights equal the fake-quantized ones bit
+  for bit, the file is the size accounting plus the graph, and it runs at float32 speed;
+* for a layer whose inputs the plan's recipe quantizes and whose output ONNX Runtime can requantize
+  (onnx_fuse.py): int8/uint8 codes (the integer kernels' container), per-output-channel scales with
+  the following BatchNorm folded in, and a DequantizeLinear, so ORT fuses it into QLinearConv.
+
+Activation quantization is a Q/DQ pair on each such layer's input (models/onnx_qdq.py). Everything
+else stays float32. metadata_props holds the plan JSON (with its recipe), the scheme, the
+preprocessing and the model's identity, so ``mixquant load`` can evaluate the file on its own.
+Files of earlier versions (codes in 2/4/8-bit types behind DequantizeLinear) still load.
+
 The file is untrusted input when read back: ``read_onnx`` parses it with onnx only, bounds the graph
 (onnx_checks.py: an allow-list of operators, shapes known and bounded, the input the preprocessing
-makes) and checks its metadata against the graph and the model it claims (onnx_claims.py); ONNX
-Runtime then runs it on the CPU in a child process with a time and memory limit (onnx_isolated.py).
+makes) and checks its metadata against the graph and the model it claims (onnx_claims.py; packed
+layers against their own template, activation quantizers against the plan's ranges, onnx_qdq.py);
+ONNX Runtime then runs it on the CPU in a child process with a time and memory limit (onnx_isolated.py).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -31,13 +35,19 @@ from torch import nn
 from ..errors import MixQuantError, first_line
 from ..models.layers import state_key
 from ..models.onnx_graph import float_graph, set_initializers, state_initializers
+from ..models.onnx_qdq import insert_act_qdq
 from ..models.preprocess import Preprocess
-from ..plans.plan import Plan
+from ..plans.plan import PLAN_VERSION, Plan, recipe_for_plan
+from ..quant.activations import ActQuant, act_qparams_table
 from ..quant.codes import QuantizedLayer
 from ..quant.quantizers import is_symmetric
+from ..quant.recipe import Recipe, acts_of
 from .onnx_checks import check_input, check_ops, check_output, check_self_contained, check_shapes, read_preprocess
 from .onnx_claims import (GraphFacts, check_against_model, check_plan_layers, check_size_claims, checked_scheme,
                           container_bits, graph_facts, quantized_layers, verify_registry_claim)
+from .onnx_fuse import fold_batchnorm, integer_layers
+from .onnx_pack import packed_layer, shared_constants
+from .onnx_qdq import checked_acts
 from .untrusted import OnnxFileError, untrusted_text
 
 ONNX_FORMAT = "mixquant-onnx"
@@ -46,19 +56,10 @@ _MAX_BYTES = 2 * 1024**3  # protobuf's limit; a bigger "ONNX file" is not one we
 Progress = Optional[Callable[[int, int, str], None]]
 
 
-def _code_dtype(nbits: int, signed: bool):
-    import ml_dtypes
-
-    width = container_bits(nbits)
-    if width == 8:
-        return np.int8 if signed else np.uint8
-    return {(2, True): ml_dtypes.int2, (2, False): ml_dtypes.uint2,
-            (4, True): ml_dtypes.int4, (4, False): ml_dtypes.uint4}[(width, signed)]
-
-
-def _layer_tensors(key: str, q: QuantizedLayer):
-    """(codes, scale, zero_point) TensorProtos and the DequantizeLinear node of one layer, whose
-    weight is the initializer ``key`` (its state_dict key)."""
+def _dequantized_layer(key: str, q: QuantizedLayer):
+    """(codes, scale, zero_point) TensorProtos and the DequantizeLinear node of one layer whose
+    inputs are quantized too: codes in int8/uint8 (the container ONNX Runtime's integer kernels
+    take), per tensor or per output channel, feeding ``key`` (its state_dict key)."""
     from onnx import helper, numpy_helper
 
     signed = is_symmetric(q.scheme)
@@ -69,52 +70,92 @@ def _layer_tensors(key: str, q: QuantizedLayer):
     per_channel = q.scale.numel() > 1
     scale = q.scale.float().reshape(-1) if per_channel else q.scale.float().reshape(())
     zero_point = zero_point.reshape(-1) if per_channel else zero_point.reshape(())
-    dtype = _code_dtype(q.nbits, signed)
+    dtype = np.int8 if signed else np.uint8
     base = key
     inits = [numpy_helper.from_array(codes.numpy().astype(dtype), base + "_codes"),
              numpy_helper.from_array(scale.numpy(), base + "_scale"),
              numpy_helper.from_array(zero_point.numpy().astype(dtype), base + "_zero_point")]
     node = helper.make_node("DequantizeLinear", [i.name for i in inits], [base], name=base + "_dequantize",
                             **({"axis": 0} if per_channel else {}))
-    return inits, node
+    return inits, [node]
 
 
-def build_onnx(model: nn.Module, plan: Plan, layers: Dict[str, QuantizedLayer], preprocess: Preprocess,
-               progress: Progress = None):
-    """The ONNX ModelProto of ``model`` with ``layers`` as integer codes (``plan`` in its metadata)."""
-    import onnx
-    from onnx import helper
-
+def _check_layers(model: nn.Module, plan: Plan, layers: Dict[str, QuantizedLayer], acts: Optional[ActQuant]) -> None:
     plan.check_against(model)
     if list(layers) != list(plan.layers):
         raise MixQuantError("the quantized layers do not match the plan's layers")
     for name, q in layers.items():
         if q.nbits != plan.bits[name]:
             raise MixQuantError(f"layer '{name}' is quantized to {q.nbits} bits, the plan says {plan.bits[name]}")
+    if acts is not None:
+        outside = [name for name in acts.ranges if name not in layers]
+        if outside:
+            raise MixQuantError(f"activation ranges name layer '{outside[0]}', which the plan does not quantize")
+        if acts.bits != 8:
+            raise MixQuantError(f"ONNX export quantizes activations to 8 bits (uint8), not {acts.bits}")
+
+
+def _integer_layers(graph, keys: Dict[str, str], layers: Dict[str, QuantizedLayer]) -> Dict[str, QuantizedLayer]:
+    """The layers ONNX Runtime can run as integer kernels (onnx_fuse.py), their BatchNorms folded
+    into their scales (``graph`` changed): name -> the codes to store behind a DequantizeLinear."""
+    out = {}
+    found = integer_layers(graph, keys, set(keys.values()))
+    for name, bn in sorted(found.items(), key=lambda item: -1 if item[1] is None else -item[1]):
+        q = layers[name] if bn is None else fold_batchnorm(graph, keys[name], bn, layers[name], is_symmetric(layers[name].scheme))
+        if q is not None:
+            out[name] = q
+    return out
+
+
+def build_onnx(model: nn.Module, plan: Plan, layers: Dict[str, QuantizedLayer], preprocess: Preprocess,
+               progress: Progress = None):
+    """The ONNX ModelProto of ``model`` with ``layers`` as integer codes (``plan`` in its metadata):
+    bit-packed and unpacked at session build (onnx_pack.py), or, for the layers whose inputs the
+    plan's recipe quantizes, int8/uint8 codes behind DequantizeLinear with Q/DQ on the input (onnx_qdq.py)."""
+    import onnx
+    from onnx import helper
+
+    acts = acts_of(plan.recipe)
+    _check_layers(model, plan, layers, acts)
     total = len(layers) + 2
     if progress:
         progress(0, total, "tracing the model")
     proto = float_graph(model, (3, preprocess.crop, preprocess.crop))
     set_initializers(proto, state_initializers(model, proto))  # the model's current floats
     graph = proto.graph
-    planned = {state_key(model, name) for name in layers}
+    keys = {name: state_key(model, name) for name in layers}
+    planned = set(keys.values())
+    with_acts = set(acts.ranges) if acts is not None else set()
+    integer = _integer_layers(graph, {n: keys[n] for n in with_acts}, layers)
+    layers = {**layers, **integer}
     kept = [init for init in graph.initializer if init.name not in planned]
     new_inits, nodes = [], []
+    if len(integer) < len(layers):
+        new_inits += shared_constants()
     for k, (name, q) in enumerate(layers.items()):
-        inits, node = _layer_tensors(state_key(model, name), q)
+        if name in integer:
+            inits, layer_nodes = _dequantized_layer(keys[name], q)
+        else:
+            inits, layer_nodes = packed_layer(keys[name], q, is_symmetric(q.scheme))
         new_inits += inits
-        nodes.append(node)
+        nodes += layer_nodes
         if progress:
             progress(k + 1, total, name)
     del graph.initializer[:]
     graph.initializer.extend(kept + new_inits)
     old_nodes = list(graph.node)
     del graph.node[:]
-    graph.node.extend(nodes + old_nodes)  # dequantize first: the graph stays topologically sorted
+    graph.node.extend(nodes + old_nodes)  # weights first: the graph stays topologically sorted
+    if acts is not None:
+        insert_act_qdq(graph, {name: keys[name] for name in acts.ranges}, act_qparams_table(acts))
+    used = {i for node in graph.node for i in node.input}
+    unused = [init.name for init in graph.initializer if init.name not in used]  # folded BatchNorms
+    for name in unused:
+        graph.initializer.remove(next(i for i in graph.initializer if i.name == name))
     del proto.opset_import[:]
     proto.opset_import.extend([helper.make_opsetid("", EXPORT_OPSET)])
     proto.ir_version = helper.find_min_ir_version_for(list(proto.opset_import))
-    proto.producer_name, proto.producer_version = "mixquant-studio", "1"
+    proto.producer_name, proto.producer_version = "mixquant-studio", "2"
     meta = {"mixquant_format": ONNX_FORMAT, "mixquant_plan": plan.to_json(indent=None),
             "mixquant_scheme": next(iter(layers.values())).scheme if layers else plan.quantizer,
             "mixquant_preprocess": json.dumps(preprocess.to_dict())}
@@ -127,10 +168,18 @@ def build_onnx(model: nn.Module, plan: Plan, layers: Dict[str, QuantizedLayer], 
     return proto
 
 
-def onnx_bytes(model: nn.Module, plan: Plan, preprocess: Preprocess, reconstructed=None, progress: Progress = None) -> bytes:
-    """The ONNX file for ``plan``: round-to-nearest codes, or a ReconResult's learned codes."""
+def onnx_bytes(model: nn.Module, plan: Plan, preprocess: Preprocess, reconstructed=None, progress: Progress = None,
+               recipe: Optional[Recipe] = None) -> bytes:
+    """The ONNX file for ``plan``: round-to-nearest codes on the plan's recipe (its calibrated
+    weight ranges, so the file computes what the evaluation measured; its activation quantization
+    as Q/DQ), or a ReconResult's learned codes. ``recipe`` replaces the plan's own."""
     from .packed import rtn_layers
 
+    if recipe is not None:
+        if recipe.quantizer != plan.quantizer:
+            raise MixQuantError(f"the recipe quantizes with '{recipe.quantizer}', the plan with '{plan.quantizer}'")
+        plan = dataclasses.replace(plan, version=PLAN_VERSION, recipe_data=recipe_for_plan(recipe, plan.bits))
+        plan.check_recipe()
     layers = rtn_layers(model, plan) if reconstructed is None else reconstructed.layers
     return build_onnx(model, plan, layers, preprocess, progress).SerializeToString()
 
@@ -145,6 +194,7 @@ class OnnxFile:
     preprocess: Preprocess  # bounded, and the graph's input size
     data: bytes
     facts: GraphFacts  # layers, average bits, quantized weights: from the graph, never the metadata
+    acts: Optional[ActQuant] = None  # activation quantization, checked against the graph's Q/DQ pairs
     model_name: Optional[str] = None  # the registry model it was checked against (None: unverified)
     shown_as: str = "ONNX data"  # the file, as error messages name it
 
@@ -244,7 +294,8 @@ def read_onnx(path_or_bytes, model: Optional[nn.Module] = None) -> OnnxFile:
     check_plan_layers(plan, scheme, layers, proto.graph, name)
     facts = graph_facts(plan, layers, proto.graph)
     check_size_claims(plan, facts, name)
-    out = OnnxFile(proto, plan, scheme, preprocess, data, facts, shown_as=name)
+    acts = checked_acts(acts_of(plan.recipe), proto.graph, name)
+    out = OnnxFile(proto, plan, scheme, preprocess, data, facts, acts, shown_as=name)
     if model is not None:
         check_onnx_against(out, model)
     else:
@@ -261,13 +312,20 @@ def check_onnx_against(f: OnnxFile, model: nn.Module) -> None:
 
 
 def onnx_size_report(data: bytes, model: nn.Module, plan: Plan, scheme: str) -> Dict[str, object]:
-    """File size against the size accounting (plans/size.py), and what code containers add."""
+    """File size against the size accounting (plans/size.py), and what code containers add: none
+    for bit-packed layers; the layers whose inputs are quantized store their codes in bytes, the
+    container ONNX Runtime's integer kernels (QLinearConv, MatMulInteger) take."""
+    import onnx
+
     from .packed import accounted_bytes
 
-    layers = plan.check_against(model)
-    padding = sum((container_bits(plan.bits[l.name]) - plan.bits[l.name]) * l.params for l in layers) // 8
+    plan.check_against(model)
+    graph = onnx.load_model_from_string(data).graph
+    stored = quantized_layers(graph, "ONNX data")
+    padding = sum((g.container - plan.bits[n]) * g.params for n, g in stored.items()) // 8
     accounted = accounted_bytes(model, plan, scheme)
     return {"bytes": len(data), "accounted_bytes": accounted, "container_padding_bytes": int(padding),
+            "integer_kernel_layers": sum(not g.packed for g in stored.values()),
             "difference_pct": 100.0 * (len(data) - accounted) / accounted}
 
 

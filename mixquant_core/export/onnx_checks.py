@@ -29,15 +29,17 @@ from .untrusted import OnnxFileError, shown_dims, untrusted_text
 
 # Operators of MixQuant's exports: what torch's exporter writes for the registry's image
 # classifiers (EfficientNet-Lite, ResNet, MobileNet, ShuffleNet, RegNet, DenseNet, ConvNeXt...;
-# transformers add Equal/Where (shape asserts, masks) and Mod (Swin's window shifts)) and
-# DequantizeLinear. Element-wise, normalisation, pooling, reduction and reshaping ops only.
+# transformers add Equal/Where (shape asserts, masks) and Mod (Swin's window shifts)),
+# DequantizeLinear, QuantizeLinear (activations) and BitShift/BitwiseAnd (bit-packed weights'
+# unpacking, onnx_pack.py). Element-wise, normalisation, pooling, reduction and reshaping ops only.
 ALLOWED_OPS = frozenset({
-    "Abs", "Add", "AveragePool", "BatchNormalization", "Cast", "Ceil", "Clip", "Concat", "Constant",
+    "Abs", "Add", "AveragePool", "BatchNormalization", "BitShift", "BitwiseAnd", "Cast", "Ceil", "Clip", "Concat",
+    "Constant",
     "ConstantOfShape", "Conv", "DequantizeLinear", "Div", "Elu", "Equal", "Erf", "Exp", "Expand",
     "Flatten", "Floor", "Gather", "Gelu", "Gemm", "GlobalAveragePool", "GlobalMaxPool",
     "GroupNormalization", "HardSigmoid", "HardSwish", "Identity", "InstanceNormalization",
     "LayerNormalization", "LeakyRelu", "Log", "LogSoftmax", "MatMul", "Max", "MaxPool", "Mean", "Min",
-    "Mish", "Mod", "Mul", "Neg", "Pad", "Pow", "PRelu", "Reciprocal", "ReduceMax", "ReduceMean", "ReduceMin",
+    "Mish", "Mod", "Mul", "Neg", "Pad", "Pow", "PRelu", "QuantizeLinear", "Reciprocal", "ReduceMax", "ReduceMean", "ReduceMin",
     "ReduceSum", "Relu", "Reshape", "Selu", "Shape", "Sigmoid", "Slice", "Softmax", "Softplus", "Split",
     "Sqrt", "Squeeze", "Sub", "Sum", "Tanh", "Transpose", "Unsqueeze", "Where",
 })

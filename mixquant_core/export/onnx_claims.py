@@ -24,6 +24,10 @@ from ..models.preprocess import Preprocess
 from ..plans.plan import Plan
 from ..plans.size import FLOAT_BYTES, MB, float32_bytes, quantized_layer_bytes
 from ..quant.quantizers import QUANTIZERS, is_per_channel, is_symmetric
+from .onnx_fuse import FOLDED_BIAS
+from .onnx_pack import SHARED, read_packed_layers, unpack_tag
+from ..models.onnx_qdq import ACT_SCALE, ACT_ZERO_POINT
+from .onnx_qdq import is_act_dequantize
 from .untrusted import OnnxFileError, shown_dims, untrusted_text
 
 SUFFIXES = ("_codes", "_scale", "_zero_point")  # of NAME.weight: what build_onnx stores per layer
@@ -43,12 +47,15 @@ def _code_types() -> Dict[int, Tuple[int, bool]]:
 
 @dataclass(frozen=True)
 class GraphLayer:
-    """One quantized layer as the graph stores it."""
+    """One quantized layer as the graph stores it: bit-packed codes (onnx_pack.py), or codes in a
+    2/4/8-bit integer type behind a DequantizeLinear."""
     name: str
     shape: Tuple[int, ...]  # the weight's, i.e. its codes'
     container: int  # bits one code occupies
     signed: bool
     scale_shape: Tuple[int, ...]
+    tensors: Tuple[str, ...] = ()  # the initializers that hold it
+    packed: bool = False
 
     @property
     def params(self) -> int:
@@ -66,11 +73,18 @@ class GraphFacts:
 
 # --- the graph's quantized layers --------------------------------------------------------------
 def quantized_layers(graph, name: str) -> Dict[str, GraphLayer]:
-    """Every DequantizeLinear node, which must be a layer's stored codes as build_onnx writes them."""
+    """Every packed weight (onnx_pack.py) and every DequantizeLinear of weight codes, which must be
+    a layer's stored codes as build_onnx writes them (activation Q/DQ pairs: onnx_qdq.py)."""
     inits = {i.name: i for i in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
     layers: Dict[str, GraphLayer] = {}
+    for key, p in read_packed_layers(graph, name).items():
+        layer = name_for_key(key) or ""
+        if not layer or key in inits or key in producers and producers[key].name != unpack_tag(key) + "_10":
+            raise OnnxFileError(f"{name}: the packed weight '{untrusted_text(key)}' is not a layer's weight (corrupt or edited)")
+        layers[layer] = GraphLayer(layer, p.shape, p.nbits, False, p.scale_shape, tuple(p.tensors()), True)
     for node in graph.node:
-        if node.op_type != "DequantizeLinear":
+        if node.op_type != "DequantizeLinear" or is_act_dequantize(node, producers):
             continue
         out = node.output[0] if len(node.output) == 1 else ""
         layer = name_for_key(out) or ""
@@ -81,6 +95,16 @@ def quantized_layers(graph, name: str) -> Dict[str, GraphLayer]:
             raise OnnxFileError(f"{name}: layer '{untrusted_text(layer)}' is stored twice (corrupt or edited)")
         layers[layer] = _graph_layer(layer, node, *(inits[i] for i in node.input), name=name)
     return layers
+
+
+def stored_tensors(layers: Dict[str, GraphLayer], graph) -> set:
+    """Initializers that are a quantized layer's storage, unpacking constants or activation
+    quantization parameters (not state tensors of the model)."""
+    names = {t for g in layers.values() for t in g.tensors}
+    names |= set(SHARED)
+    names |= {i.name for i in graph.initializer if i.name.endswith((ACT_SCALE, ACT_ZERO_POINT))}
+    names |= {key_for_name(n) + FOLDED_BIAS for n, g in layers.items() if not g.packed}
+    return names
 
 
 def _graph_layer(layer: str, node, codes, scale, zero_point, name: str) -> GraphLayer:
@@ -97,7 +121,8 @@ def _graph_layer(layer: str, node, codes, scale, zero_point, name: str) -> Graph
     if axis not in ([], [0]) or tuple(zero_point.dims) != tuple(scale.dims):
         raise OnnxFileError(f"{name}: layer '{shown}' has a scale, zero-point or axis MixQuant does not write")
     container, signed = kinds[codes.data_type]
-    return GraphLayer(layer, tuple(int(d) for d in codes.dims), container, signed, tuple(int(d) for d in scale.dims))
+    return GraphLayer(layer, tuple(int(d) for d in codes.dims), container, signed, tuple(int(d) for d in scale.dims),
+                      tuple(node.input))
 
 
 # --- the plan and the scheme against the graph -------------------------------------------------
@@ -122,14 +147,16 @@ def check_plan_layers(plan: Plan, scheme: str, layers: Dict[str, GraphLayer], gr
             raise OnnxFileError(f"{name}: its plan lists layer '{shown}', which has no codes in the graph "
                                 f"({len(plan.layers)} layers in the plan, {len(layers)} in the graph)")
         bits = int(entry["bits"])
-        if g.container != container_bits(bits):
+        if g.container != bits if g.packed else g.container not in (container_bits(bits), 8):
             raise OnnxFileError(f"{name}: layer '{shown}' is {bits} bits in the plan, its codes are {g.container}-bit "
                                 "integers in the graph")
-        if g.signed != is_symmetric(scheme):
+        if not g.packed and g.signed != is_symmetric(scheme):
             raise OnnxFileError(f"{name}: layer '{shown}' stores {'signed' if g.signed else 'unsigned'} codes, the "
                                 f"'{scheme}' scheme stores {'signed' if is_symmetric(scheme) else 'unsigned'} ones")
         groups = g.shape[0] if is_per_channel(scheme) and g.shape and g.shape[0] > 1 else None
-        if g.scale_shape != ((groups,) if groups else ()):
+        want = ((groups,) + (1,) * (len(g.shape) - 1) if g.packed else (groups,)) if groups else ()
+        folded = not g.packed and g.scale_shape == (g.shape[0],)  # a BatchNorm folded into per-channel scales
+        if g.scale_shape != want and not folded:
             raise OnnxFileError(f"{name}: layer '{shown}' has scales of shape {shown_dims(g.scale_shape)}, which the "
                                 f"'{scheme}' scheme does not make for a weight of shape {shown_dims(g.shape)}")
         if entry.get("params") is not None and entry["params"] != g.params:
@@ -139,7 +166,25 @@ def check_plan_layers(plan: Plan, scheme: str, layers: Dict[str, GraphLayer], gr
             raise OnnxFileError(f"{name}: layer '{shown}' is '{untrusted_text(entry['kind'], 20)}' in the plan, its "
                                 f"weight has shape {shown_dims(g.shape)} in the graph")
         key = key_for_name(layer)
-        _check_codes_fit(inits[key + "_codes"], inits[key + "_zero_point"], bits, g.signed, shown, name)
+        if g.packed:
+            _check_packed_zero_point(inits[key + "_zero_point"], g, bits, is_symmetric(scheme), shown, name)
+        else:
+            _check_codes_fit(inits[key + "_codes"], inits[key + "_zero_point"], bits, g.signed, shown, name)
+
+
+def _check_packed_zero_point(zero_point, g: GraphLayer, bits: int, symmetric: bool, shown: str, name: str) -> None:
+    """Packed codes hold ``bits`` bits by construction; their zero-point must be on the grid too:
+    2^(b-1) (one) for symmetric schemes, 0 .. 2^b - 1 (one per scale) for affine ones."""
+    from onnx import numpy_helper
+
+    zp = numpy_helper.to_array(zero_point).astype(np.int16)
+    if symmetric:
+        ok = zp.shape == () and int(zp) == 2 ** (bits - 1)
+    else:
+        ok = tuple(zp.shape) == g.scale_shape and (zp.size == 0 or int(zp.max()) <= 2**bits - 1)
+    if not ok:
+        raise OnnxFileError(f"{name}: layer '{shown}' has a zero-point off its {bits}-bit "
+                            f"{'symmetric' if symmetric else 'affine'} grid (corrupt or edited)")
 
 
 def _check_codes_fit(codes, zero_point, bits: int, signed: bool, shown: str, name: str) -> None:
@@ -165,7 +210,7 @@ def graph_facts(plan: Plan, layers: Dict[str, GraphLayer], graph) -> GraphFacts:
     ordered = {layer: layers[layer] for layer in plan.layers}
     params = sum(g.params for g in ordered.values())
     avg = sum(g.params * int(plan.layers[n]["bits"]) for n, g in ordered.items()) / params if params else 0.0
-    stored = {key_for_name(n) + s for n in ordered for s in SUFFIXES}
+    stored = stored_tensors(layers, graph)
     floats = sum(math.prod(i.dims) for i in graph.initializer
                  if i.data_type == TensorProto.FLOAT and i.name not in stored)
     return GraphFacts(ordered, float(avg), int(params), FLOAT_BYTES * (floats + params))
@@ -223,7 +268,7 @@ def check_against_model(plan: Plan, layers: Dict[str, GraphLayer], graph, model:
         if g.shape != here:
             raise OnnxFileError(f"ONNX file is for another model, not {label}: '{untrusted_text(key_for_name(layer))}' "
                                 f"has shape {shown_dims(g.shape)} there, {shown_dims(here)} in {label}")
-    stored = {key_for_name(n) + s for n in layers for s in SUFFIXES}
+    stored = stored_tensors(layers, graph)
     for init in graph.initializer:
         if init.name in stored:
             continue

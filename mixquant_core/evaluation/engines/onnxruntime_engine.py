@@ -19,8 +19,9 @@ from torch import nn
 
 from ...data.image_sets import EvalTensors, usable_cores
 from ...errors import MixQuantError
-from ...models.layers import weight_ref
+from ...models.layers import state_key, weight_ref
 from ...models.onnx_graph import INPUT_NAME, OnnxExportError, float_graph, set_initializers, state_initializers
+from ...quant.activations import act_qparams_table
 from ...quant.recipe import Quantizer, acts_of, quantize_layer
 from ..evaluate import Metrics, PerImageResults, Progress
 from ..ort_session import ort_session
@@ -33,9 +34,14 @@ from .torch_engine import TorchEngine
 DEFAULT_BATCH = 8
 
 
-def new_session(model_bytes: bytes, threads: Optional[int] = None):
-    """An ORT CPU session with every graph optimisation, ``threads`` intra-op threads (default: cores)."""
-    return ort_session(model_bytes, threads or usable_cores())
+def new_session(model_bytes: bytes, threads: Optional[int] = None, float_weights: bool = False):
+    """An ORT CPU session with every graph optimisation, ``threads`` intra-op threads (default: cores).
+
+    ``float_weights``: the graph's float weights are the fake-quantized ones and must stay exactly
+    those. ONNX Runtime's WeightBiasQuantization otherwise quantizes the float weight (int8) and
+    bias (int32) of every Conv/Gemm whose input comes out of a DequantizeLinear, for its QDQ
+    fusions: other numbers than the torch engine's (a 4-bit grid is not on an int8 one)."""
+    return ort_session(model_bytes, threads or usable_cores(), ["WeightBiasQuantization"] if float_weights else [])
 
 
 def planned_weights(model: nn.Module, bits: Dict[str, int], quantizer: Quantizer) -> Dict[str, torch.Tensor]:
@@ -76,15 +82,17 @@ class OnnxRuntimeEngine:
         self._told: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
 
     def session_for(self, model: nn.Module, data: EvalTensors, bits: Optional[Dict[str, int]], quantizer: Quantizer):
-        if acts_of(quantizer) is not None:
-            # TODO(#20): QuantizeLinear/DequantizeLinear pairs on the layers' inputs in the graph
-            raise OnnxExportError("the onnxruntime engine does not quantize activations yet")
         proto = float_graph(model, data.image_shape)
         tensors = state_initializers(model, proto)  # the model's current floats, whatever was traced
         if bits:
             tensors.update(planned_weights(model, bits, quantizer))
         set_initializers(proto, tensors)
-        return new_session(proto.SerializeToString(), self.threads)
+        acts = acts_of(quantizer)
+        if acts is not None:  # Q/DQ pairs on the layers' inputs, the grid of the torch engine's hooks
+            from ...models.onnx_qdq import insert_act_qdq
+
+            insert_act_qdq(proto.graph, {name: state_key(model, name) for name in acts.ranges}, act_qparams_table(acts))
+        return new_session(proto.SerializeToString(), self.threads, float_weights=acts is not None)
 
     def evaluate(self, model: nn.Module, data: EvalTensors, bits: Optional[Dict[str, int]] = None,
                  quantizer: Quantizer = "asymmetric", progress: Progress = None,

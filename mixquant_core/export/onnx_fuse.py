@@ -1,0 +1,99 @@
+"""Which layers of a W+A export ONNX Runtime can run as integer kernels, and the BatchNorm folding
+that lets it.
+
+ONNX Runtime turns DQ(input) -> Conv(DQ(int8 weight)) -> Q into QLinearConv only when the Conv's
+output goes straight (through a ReLU/ReLU6 it can drop) into a QuantizeLinear: here, the next
+quantized layer's input. The traced graph has a BatchNormalization after each Conv, which ORT
+cannot fold into a weight that comes out of a DequantizeLinear, so the export folds it into the
+layer's per-output-channel scales (w = (q - z) * s * k with k = gamma / sqrt(var + eps): the codes
+stay those of the plan; a negative k negates symmetric codes) and its bias. A layer whose output
+is not quantized next (a residual Add, the classifier) keeps bit-packed float weights, which ORT
+folds when it builds the session, behind its input's Q/DQ: a float Conv on quantized inputs,
+the evaluation's own arithmetic, at float speed (a DequantizeLinear weight there would be
+dequantized on every run).
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+
+from ..quant.codes import QuantizedLayer
+
+PASS_THROUGH = ("Relu", "Clip")  # ORT drops them before a QuantizeLinear whose range they hold
+FUSED_OPS = ("Conv",)
+FOLDED_BIAS = "_folded_bias"  # of NAME.weight: the Conv's bias with its BatchNorm folded in
+
+
+def _users(graph) -> Dict[str, list]:
+    users: Dict[str, list] = {}
+    for k, node in enumerate(graph.node):
+        for i in node.input:
+            users.setdefault(i, []).append(k)
+    return users
+
+
+def _sole(users, name: str) -> Optional[int]:
+    got = users.get(name, [])
+    return got[0] if len(got) == 1 else None
+
+
+def integer_layers(graph, keys: Dict[str, str], quantized_inputs) -> Dict[str, Optional[int]]:
+    """Layer -> position of its BatchNormalization (None: none) for every layer in ``keys`` (name ->
+    weight initializer) whose single Conv's output reaches, through an optional BatchNorm and
+    ReLU/Clip, only the data input of a Conv/Gemm of a layer in ``quantized_inputs`` (weights)."""
+    users = _users(graph)
+    targets = {(k, 0) for w in quantized_inputs for k in users.get(w, []) if graph.node[k].op_type in ("Conv", "Gemm")}
+    out = {}
+    for name, key in keys.items():
+        k = _sole(users, key)
+        if k is None or graph.node[k].op_type not in FUSED_OPS:
+            continue
+        tensor, bn = graph.node[k].output[0], None
+        nxt = _sole(users, tensor)
+        if nxt is not None and graph.node[nxt].op_type == "BatchNormalization":
+            bn, tensor = nxt, graph.node[nxt].output[0]
+            nxt = _sole(users, tensor)
+        while nxt is not None and graph.node[nxt].op_type in PASS_THROUGH:
+            tensor = graph.node[nxt].output[0]
+            nxt = _sole(users, tensor)
+        if nxt is not None and (nxt, 0) in targets and graph.node[nxt].input[0] == tensor:
+            out[name] = bn
+    return out
+
+
+def fold_batchnorm(graph, key: str, bn_position: int, q: QuantizedLayer, symmetric: bool) -> Optional[QuantizedLayer]:
+    """Fold the BatchNormalization at ``bn_position`` (after the Conv of weight ``key``) into
+    ``q``'s per-channel scales and the Conv's bias, and drop it; None (graph unchanged) where
+    the codes cannot carry a negative factor (affine codes, or a symmetric code -2^(b-1))."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in graph.initializer}
+    bn = graph.node[bn_position]
+    gamma, beta, mean, var = (numpy_helper.to_array(inits[n]).astype(np.float64) for n in bn.input[1:5])
+    eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
+    k = gamma / np.sqrt(var + eps)
+    codes = q.codes.to(torch.int16) - q.zero_point.round().to(torch.int16) if symmetric else q.codes.to(torch.int16)
+    negative = torch.from_numpy(k < 0)
+    if negative.any():
+        if not symmetric or (codes[negative] == -(2 ** (q.nbits - 1))).any():
+            return None
+        codes[negative] = -codes[negative]
+    conv = next(n for n in graph.node if key in list(n.input)[1:2])
+    bias = numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64) if len(conv.input) > 2 and conv.input[2] else 0.0
+    new_bias = (k * (bias - mean) + beta).astype(np.float32)
+    bias_name = key + FOLDED_BIAS
+    graph.initializer.append(numpy_helper.from_array(new_bias, bias_name))
+    if len(conv.input) > 2:
+        conv.input[2] = bias_name
+    else:
+        conv.input.append(bias_name)
+    conv.output[0] = bn.output[0]
+    del graph.node[bn_position]
+    shape = (-1,) + (1,) * (q.codes.dim() - 1)
+    scale = (q.scale.double().expand(len(k), *([1] * (q.codes.dim() - 1))).reshape(-1) * torch.from_numpy(np.abs(k)))
+    zero_point = q.zero_point.expand(len(k), *([1] * (q.codes.dim() - 1))).reshape(shape).clone()
+    if symmetric:  # back to the stored unsigned form (quant.codes.unsigned_grid)
+        codes = codes + zero_point.to(torch.int16)
+    return QuantizedLayer(codes.to(torch.uint8), scale.float().reshape(shape), zero_point.float(), q.nbits, q.scheme)

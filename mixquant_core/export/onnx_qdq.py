@@ -1,0 +1,80 @@
+"""Reading an export's activation quantization back (its pairs are written by models/onnx_qdq.py):
+every QuantizeLinear must feed exactly its DequantizeLinear, read one layer's uint8 scalar
+zero-point and finite positive float32 scale, and agree with the plan's activation ranges."""
+from __future__ import annotations
+
+import math
+from typing import Dict, Tuple
+
+import numpy as np
+
+from ..models.onnx_qdq import ACT_SCALE, ACT_ZERO_POINT
+from .untrusted import OnnxFileError, untrusted_text
+
+
+def is_act_dequantize(node, producers: Dict[str, object]) -> bool:
+    """A DequantizeLinear of activation codes (its input made by a QuantizeLinear)."""
+    src = producers.get(node.input[0]) if node.input else None
+    return src is not None and src.op_type == "QuantizeLinear"
+
+
+def read_act_qdq(graph, name: str) -> Dict[str, Tuple[float, int]]:
+    """Layer -> (scale, zero_point) of every activation Q/DQ pair, each checked: the pair reads one
+    layer's uint8 scalar zero-point and finite positive float32 scale, Q feeds only its DQ."""
+    from onnx import TensorProto, numpy_helper
+
+    inits = {i.name: i for i in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
+    users: Dict[str, list] = {}
+    for node in graph.node:
+        for i in node.input:
+            users.setdefault(i, []).append(node)
+    out: Dict[str, Tuple[float, int]] = {}
+    for node in graph.node:
+        if node.op_type != "QuantizeLinear":
+            continue
+        shown = f"{name}: activation quantizer '{untrusted_text(node.name, 60)}'"
+        scale_name = node.input[1] if len(node.input) > 1 else ""
+        layer = scale_name[: -len(ACT_SCALE)] if scale_name.endswith(ACT_SCALE) else ""
+        if (not layer or list(node.input[1:]) != [layer + ACT_SCALE, layer + ACT_ZERO_POINT] or node.attribute
+                or any(i in inits for i in node.input[:1]) or scale_name not in inits or layer + ACT_ZERO_POINT not in inits):
+            raise OnnxFileError(f"{shown} is not one MixQuant writes (corrupt or edited)")
+        nexts = users.get(node.output[0], [])
+        if len(nexts) != 1 or nexts[0].op_type != "DequantizeLinear" or list(nexts[0].input) != [node.output[0]] + list(node.input[1:]) \
+                or nexts[0].attribute:
+            raise OnnxFileError(f"{shown} does not feed exactly its DequantizeLinear (corrupt or edited)")
+        scale_init, zp_init = inits[scale_name], inits[layer + ACT_ZERO_POINT]
+        if scale_init.data_type != TensorProto.FLOAT or list(scale_init.dims) or zp_init.data_type != TensorProto.UINT8 \
+                or list(zp_init.dims):
+            raise OnnxFileError(f"{shown} has a scale or zero-point that is not a float32 / uint8 scalar")
+        scale, zp = float(numpy_helper.to_array(scale_init)), int(numpy_helper.to_array(zp_init))
+        if not math.isfinite(scale) or scale <= 0:
+            raise OnnxFileError(f"{shown} has scale {scale!r}; an activation scale must be finite and positive (corrupt or edited)")
+        out[layer] = (scale, zp)
+    return out
+
+
+def checked_acts(acts, graph, name: str):
+    """``acts`` (the plan's ActQuant, or None: its ranges were checked with the plan) against the
+    graph's Q/DQ pairs: the same layers with the same (scale, zero-point); returns ``acts``."""
+    from ..errors import MixQuantError
+    from ..quant.activations import ACT_BITS
+
+    in_graph = read_act_qdq(graph, name)
+    try:
+        if acts is not None and acts.bits not in ACT_BITS:
+            raise MixQuantError(f"{acts.bits}-bit activations")
+        claimed = {layer: acts.qparams(layer) for layer in acts.ranges} if acts is not None else {}
+    except MixQuantError as exc:
+        raise OnnxFileError(f"{name} has activation ranges that do not fit: {untrusted_text(exc, 160)} (corrupt or edited)") from None
+    for layer in sorted(set(claimed) | set(in_graph)):
+        shown = untrusted_text(layer)
+        if layer not in in_graph or layer not in claimed:
+            raise OnnxFileError(f"{name}: layer '{shown}' has activation quantization in its "
+                                f"{'plan' if layer in claimed else 'graph'} only (corrupt or edited)")
+        scale, zp = in_graph[layer]
+        want_scale, want_zp = claimed[layer]
+        if zp != want_zp or np.float32(scale) != np.float32(want_scale):
+            raise OnnxFileError(f"{name}: layer '{shown}' quantizes its input with scale {scale:.6g} and zero-point {zp}, "
+                                f"its range gives {want_scale:.6g} and {want_zp} (corrupt or edited)")
+    return acts
