@@ -173,7 +173,9 @@ def test_gptq_is_offered_and_runs_as_a_job(val_dir, data_root):
     at = new_app(data=str(val_dir), limit=EVAL, recon_calib_dir=str(data_root / "imagenet-calib-1000"),
                  **{**TINY, "recon_method": "gptq"})
     open_page(at, "tradeoff")
-    assert "gptq" in at.selectbox(key="recon_method").options
+    from studio_ui.recon_panel import METHOD_LABELS
+
+    assert METHOD_LABELS["gptq"] in at.selectbox(key="recon_method").options
     at.button(key="recon_start").click().run()
     try:
         run_until_ended(at)

@@ -258,7 +258,7 @@ def test_app_sidebar_chooses_loss_aware_ranges(monkeypatch, tmp_path):
     at = new_app(ranges="loss")
     at.run()
     assert at.sidebar.radio(key="ranges").options == ["from the weights", "loss-aware (calibrated)"]
-    assert any("loss-aware ranges need calibration images" in e for e in errors(at))  # one line, page stopped
+    assert any("loss-aware ranges and 8-bit activations need calibration images" in e for e in errors(at))  # one line, page stopped
     at.sidebar.radio(key="ranges").set_value("weights").run()
     assert not errors(at) and at.session_state["settings"].ranges == "weights"
     base = dict(model_source="registry", model_name="m", model_path=None, model_digest=None, arch=None,
