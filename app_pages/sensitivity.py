@@ -7,7 +7,7 @@ from mixquant_viz import figures
 from mixquant_core.studies.act_sensitivity import act_sensitivity
 from mixquant_core.studies.kind_sensitivity import kind_sensitivity, kinds_present, most_sensitive_by_rqe
 from studio_ui import eval_sets, sidebar, state, workspaces
-from studio_ui.progress import progress
+from studio_ui.progress import attempt, progress
 
 sidebar.render()
 st.title("Sensitivity")
@@ -69,11 +69,8 @@ elif data is not None:
     act_results = st.session_state.setdefault("act_sensitivity", {})
     act_key = (s.workspace_key, state.data_key(s, data))
     if st.button("Evaluate activation sensitivity", key="run_act_sensitivity"):
-        try:
-            with progress("Evaluating layer inputs") as cb:
-                act_results[act_key] = act_sensitivity(ev, data, progress=cb)
-        except state.USER_ERRORS as exc:
-            st.error(f"Evaluation failed: {state.one_line(exc)}")
+        attempt("Evaluating layer inputs", "Evaluation", lambda cb: act_sensitivity(ev, data, progress=cb),
+                act_results, act_key)
     if act_key in act_results:
         act_rows = act_results[act_key]
         st.plotly_chart(figures.act_sensitivity_figure(act_rows), key="act_chart")

@@ -14,7 +14,7 @@ from mixquant_viz import figures
 from mixquant_core.studies.latency import with_latency
 from mixquant_core.studies.tradeoff import baseline, rows_to_csv
 from studio_ui import eval_sets, pareto, recon_panel, report_button, sidebar, state, target_panel, workspaces
-from studio_ui.progress import progress
+from studio_ui.progress import attempt, progress
 from studio_ui.settings import TRADEOFF_STEPS
 
 sidebar.render()
@@ -107,11 +107,7 @@ if st.checkbox("Measure latency", key="measure_latency",
                     "server: median ms per image at batch 1 after warm-up. A few seconds per plan, measured once."):
     timed = st.session_state.setdefault("latency_rows", {})
     if key not in timed:
-        try:
-            with progress("Measuring latency") as cb:
-                timed[key] = with_latency(ws, rows, progress=cb)
-        except state.USER_ERRORS as exc:
-            st.error(f"Latency measurement failed: {state.one_line(exc)}")
+        attempt("Measuring latency", "Latency measurement", lambda cb: with_latency(ws, rows, progress=cb), timed, key)
     if key in timed:
         rows = timed[key]
         st.plotly_chart(figures.accuracy_vs_latency(rows), key="acc_latency_chart")

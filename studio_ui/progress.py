@@ -24,3 +24,16 @@ def progress(label: str):
         yield update
     finally:
         slot.empty()
+
+
+def attempt(label: str, failure: str, work, results: dict, key) -> None:
+    """``results[key] = work(callback)`` under a progress bar labelled ``label``; a user error (bad
+    input, a failed measurement) is one ``st.error`` line naming ``failure`` and leaves ``results``
+    as it was."""
+    from .state import USER_ERRORS, one_line
+
+    try:
+        with progress(label) as cb:
+            results[key] = work(cb)
+    except USER_ERRORS as exc:
+        st.error(f"{failure} failed: {one_line(exc)}")
