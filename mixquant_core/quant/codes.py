@@ -15,7 +15,7 @@ from torch import nn
 
 from ..models.layers import layer_weight
 from .quantizers import QuantMeta, check_finite, dequantize, quantize, quantize_with_ratios
-from .recipe import Quantizer, Recipe, scheme_of
+from .recipe import Quantizer, ratios_of, scheme_of
 
 
 @dataclass
@@ -53,14 +53,11 @@ def nearest_layers(model: nn.Module, bits: Dict[str, int], quantizer: Quantizer)
     ``quantizer`` a scheme name or a plan's Recipe, whose calibrated clipping ratios (loss-aware
     ranges) then set each layer's grid, as ``recipe.quantize_layer`` does for evaluation."""
     out = {}
-    scheme = scheme_of(quantizer)
-    ranges = quantizer.weight_ranges if isinstance(quantizer, Recipe) else None
     for name, b in bits.items():
         w = layer_weight(model, name).detach().float().cpu()
         check_finite(w, name)
-        ratios = None if ranges is None else ranges.ratios_for(name, int(b))
-        codes, scale, zp = unsigned_grid(w, int(b), scheme, ratios)
-        out[name] = QuantizedLayer(codes.to(torch.uint8), scale.float(), zp.float(), int(b), scheme)
+        codes, scale, zp = layer_grid(quantizer, name, w, int(b))
+        out[name] = QuantizedLayer(codes.to(torch.uint8), scale.float(), zp.float(), int(b), scheme_of(quantizer))
     return out
 
 
@@ -68,7 +65,4 @@ def layer_grid(quantizer: Quantizer, name: str, w: torch.Tensor, bits: int):
     """The grid ``quantize_layer`` rounds layer ``name`` to, as ``unsigned_grid``'s
     (round-to-nearest codes, scale, zero-point): what a rounding other than the nearest (GPTQ,
     AdaRound) keeps fixed while it chooses each weight's code."""
-    ratios = None
-    if isinstance(quantizer, Recipe) and quantizer.weight_ranges is not None:
-        ratios = quantizer.weight_ranges.ratios_for(name, bits)
-    return unsigned_grid(w, int(bits), scheme_of(quantizer), ratios)
+    return unsigned_grid(w, int(bits), scheme_of(quantizer), ratios_of(quantizer, name, bits))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Dict, Mapping, Optional, Tuple, Union
+from typing import Mapping, Optional, Tuple, Union
 
 import torch
 
@@ -97,10 +97,6 @@ def scheme_of(quantizer: Quantizer) -> str:
     return quantizer.quantizer if isinstance(quantizer, Recipe) else quantizer
 
 
-def recipe_of(quantizer: Quantizer) -> Recipe:
-    return quantizer if isinstance(quantizer, Recipe) else Recipe(quantizer)
-
-
 def acts_of(quantizer: Quantizer) -> Optional[ActQuant]:
     return quantizer.acts if isinstance(quantizer, Recipe) else None
 
@@ -115,16 +111,16 @@ def canonical(quantizer: Quantizer) -> Quantizer:
     return quantizer.quantizer if isinstance(quantizer, Recipe) and quantizer.plain else quantizer
 
 
+def ratios_of(quantizer: Quantizer, name: str, bits: int) -> Optional[torch.Tensor]:
+    """The calibrated clipping ratios of layer ``name`` at ``bits``, or None: the scheme's own range."""
+    if isinstance(quantizer, Recipe) and quantizer.weight_ranges is not None:
+        return quantizer.weight_ranges.ratios_for(name, int(bits))
+    return None
+
+
 def quantize_layer(quantizer: Quantizer, name: str, w: torch.Tensor, bits: int) -> torch.Tensor:
     """Layer ``name``'s weights ``w`` (float32) fake-quantized to ``bits`` under ``quantizer``."""
-    if isinstance(quantizer, Recipe) and quantizer.weight_ranges is not None:
-        ratios = quantizer.weight_ranges.ratios_for(name, bits)
-        if ratios is not None:
-            return fake_quantize_with_ratios(w, int(bits), quantizer.quantizer, ratios)
+    ratios = ratios_of(quantizer, name, bits)
+    if ratios is not None:
+        return fake_quantize_with_ratios(w, int(bits), scheme_of(quantizer), ratios)
     return fake_quantize(w, int(bits), scheme_of(quantizer))
-
-
-def planned_float_weights(weights: Mapping[str, torch.Tensor], bits: Dict[str, int],
-                          quantizer: Quantizer) -> Dict[str, torch.Tensor]:
-    """name -> fake-quantized float32 weights for every planned layer."""
-    return {name: quantize_layer(quantizer, name, weights[name].detach().float(), int(b)) for name, b in bits.items()}
