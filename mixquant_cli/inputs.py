@@ -72,7 +72,7 @@ def open_evaluations(args):
                    device=getattr(args, "device", "cpu"), engine=getattr(args, "engine", "auto"), notify=notice,
                    cluster=cluster, ranges=ranges, act_bits=act_bits, act_range=getattr(args, "act_range", None),
                    calib=calib, act_keep_float=getattr(args, "act_keep_float", ()))
-    if ranges == "loss":  # a stage of its own: Fisher gradients on the calibration images, then the range search
+    if ranges == "loss":  # a stage of its own: the layers' input Gram matrices on the calibration images, then the range search
         with progress(mode, "loss-aware ranges", "layers") as cb:
             ws.calibrate(cb)
     if act_bits is not None:
@@ -126,8 +126,7 @@ def calib_dir(args) -> Optional[str]:
 
 
 def fisher_calibration(args, ws, mode: str):
-    """The calibration images of the Fisher cost (the Workspace's own when it has them: the Fisher
-    diagonal of loss-aware ranges is then reused); a one-line error when there are none."""
+    """The calibration images of the Fisher cost (the Workspace's own when it has them); a one-line error when there are none."""
     if ws.calib is not None:
         return ws.calib
     where = calib_dir(args)

@@ -101,7 +101,7 @@ def add_ranges_args(p: argparse.ArgumentParser) -> None:
     """``--ranges`` and the calibration images that loss-aware ranges are chosen on."""
     p.add_argument("--ranges", choices=RANGES, default=RANGES[0],
                    help="weight ranges: from the weights (the quantizer's own, default) or loss-aware: each layer's "
-                        "clipping per grid row and bit-width of least Fisher-weighted error on --calib images")
+                        "clipping per grid row and bit-width of least output error on --calib images")
     add_calib_args(p)
 
 

@@ -113,13 +113,12 @@ class Workspace:
 
     def _weight_ranges(self):
         """Loss-aware ranges (issue #22): for every layer and candidate bit-width, the clipping ratio
-        per grid row of least Fisher-weighted error on ``calib`` (plans/ranges.py)."""
-        from .plans.ranges import fisher_weight_ranges
+        per grid row of least output error on ``calib`` (plans/ranges.py)."""
+        from .plans.ranges import output_weight_ranges
 
         progress = getattr(self, "_calib_progress", None)
-        diagonal = self.fisher_diagonal(self.calib, progress)
         with self.evaluator.private_model() as model:
-            return fisher_weight_ranges(model, self.layers, diagonal, self.calib, self.bits, self.quantizer, progress)
+            return output_weight_ranges(model, self.layers, self.calib, self.bits, self.quantizer, progress)
 
     def _act_quant(self):
         """Every quantized layer's input range, calibrated once on ``calib`` (float model)."""

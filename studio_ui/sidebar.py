@@ -104,9 +104,9 @@ def render() -> Settings:
     sb.header("Quantization")
     quantizer = sb.selectbox("Quantizer", list(QUANTIZER_LABELS), key="quantizer", format_func=QUANTIZER_LABELS.get)
     ranges = sb.radio("Weight ranges", list(RANGES_LABELS), key="ranges", format_func=RANGES_LABELS.get,
-                      help="Loss-aware: each layer's clipping (per grid row and bit-width) of least Fisher-weighted "
-                           f"error on {RANGES_CALIB_IMAGES} calibration images from $MIXQUANT_DATA/imagenet-calib-1000 "
-                           "(the Fisher cost's); tables, plans, evaluation and export then use those ranges.")
+                      help="Loss-aware: each layer's clipping (per grid row and bit-width) of least output "
+                           f"error (the layer's, on {RANGES_CALIB_IMAGES} calibration images from $MIXQUANT_DATA/imagenet-calib-1000 "
+                           "(the Fisher cost's)); tables, plans, evaluation and export then use those ranges.")
     keep = sb.checkbox("Keep first and last layer at 8 bits", key="keep_first_last")
     bits = sb.multiselect("Candidate bit-widths", list(range(MAX_BITS, MIN_BITS - 1, -1)), key="bits",
                           help="8 bits is always a candidate: equation (1) compares every bit-width with it.")

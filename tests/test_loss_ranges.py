@@ -23,7 +23,7 @@ from mixquant_core.models.preprocess import Preprocess
 from mixquant_core.models.registry import LoadedModel, fingerprint
 from mixquant_core.plans.fisher import fisher_diagonal
 from mixquant_core.plans.plan import Plan
-from mixquant_core.plans.ranges import layer_grams, output_weight_ranges
+from mixquant_core.plans.ranges import layer_hessians, output_weight_ranges
 from mixquant_core.quant import clip_search
 from mixquant_core.quant.loss_ranges import fisher_ratios, output_ratios, output_scores
 from mixquant_core.quant.quantizers import CLIP_RATIOS, as_rows, fake_quantize, fake_quantize_with_ratios
@@ -138,7 +138,7 @@ def test_output_error_score_equals_the_layer_output_error():
     model = TinyNet().eval()
     data = tiny_set(1, 5)
     ws = tiny_ws(data, "weights")
-    grams = layer_grams(model, ws.layers, data, batch_size=2)
+    grams = layer_hessians(model, ws.layers, data, batch_size=2)
     inputs = {}
     hooks = [getattr(model, n).register_forward_pre_hook(lambda m, a, n=n: inputs.setdefault(n, []).append(a[0]))
              for n in ("dw", "pw", "fc", "stem")]
@@ -161,7 +161,7 @@ def test_output_error_score_equals_the_layer_output_error():
                 y = F.conv2d(x.double(), e.double(), None, module.stride, module.padding, module.dilation, module.groups)
                 direct = (y ** 2).sum((0, 2, 3))
             torch.testing.assert_close(scores[:, k], direct, rtol=1e-5, atol=1e-12)  # Gram summed in float32 per batch
-    ranges = output_weight_ranges(model, ws.layers, data, (8, 2), "per-channel", [None] * len(ws.layers))
+    ranges = output_weight_ranges(model, ws.layers, data, (8, 2), "per-channel")
     assert set(ranges.ratios) == {(l.name, b) for l in ws.layers for b in (8, 2)}
     ratios, _ = output_ratios(torch.randn(4, 9), torch.zeros(1, 9, 9, dtype=torch.float64), 2, "per-channel")
     assert torch.equal(ratios, fisher_ratios(torch.randn(4, 9), torch.zeros(4, 9), 2, "per-channel")[0].new_tensor(
@@ -172,21 +172,22 @@ def test_workspace_tables_use_the_loss_aware_grid():
     calib = tiny_set(1, 6)
     ws = tiny_ws(calib)
     recipe = ws.recipe
-    assert isinstance(recipe, Recipe) and recipe.weight_ranges.method == "fisher"
+    assert isinstance(recipe, Recipe) and recipe.weight_ranges.method == "output"
     assert recipe.weight_ranges.calibration["images"] == 6
     assert set(recipe.weight_ranges.ratios) == {(l.name, b) for l in ws.layers for b in ws.bits}
     model = ws.loaded.model
     diag = fisher_diagonal(copy.deepcopy(model), ws.layers, calib)
     table, fisher = ws.table(), ws.fisher(calib)
-    plain = tiny_ws(calib, "weights")
-    plain_fisher = plain.fisher(calib)
+    hessians = layer_hessians(copy.deepcopy(model), ws.layers, calib)
     for i, layer in enumerate(ws.layers):
         w = layer_weight(model, layer.name).detach()
         for j, b in enumerate(ws.bits):
             q = fake_quantize_with_ratios(w, b, "per-channel", recipe.weight_ranges.ratios_for(layer.name, b))
             assert table.qe[i, j] == pytest.approx(float(((w - q) ** 2).mean()), rel=1e-6)
             assert fisher.cost[i, j] == pytest.approx(float((diag[i] * (w - q).double() ** 2).sum()), rel=1e-6)
-            assert fisher.cost[i, j] <= plain_fisher.cost[i, j] * (1 + 1e-9)  # never worse than min/max
+            ours = output_scores(w, hessians[i], b, "per-channel", recipe.weight_ranges.ratios_for(layer.name, b)).diagonal()
+            min_max = output_scores(w, hessians[i], b, "per-channel", torch.ones(1))[:, 0]
+            assert (ours <= min_max * (1 + 1e-9)).all()  # per channel, never more output error than min/max
     assert np.isfinite(table.qe).all() and np.isfinite(fisher.cost).all()
 
 

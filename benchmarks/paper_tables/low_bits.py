@@ -57,18 +57,24 @@ def eval_tensors(loaded, cache: Path):
     return data
 
 
-def points(loaded, fisher_images: int):
-    """(label, Workspace, plan) for every point of the table."""
+def points(loaded, fisher_images: int, ranges: str = "weights", cost: str = "fisher", only=None):
+    """(label, Workspace, plan) for every point of the table (``only``: whose label contains it);
+    ``ranges="loss"``: loss-aware ranges on the Fisher images, recorded in the plans (the
+    reconstruction then starts from them); ``cost``: the allocation's (fisher or fisher-gptq)."""
     fisher_calib = load_tensors(open_calibration_folder(str(data_dir("imagenet-calib-1000")), fisher_images),
                                 loaded.preprocess)
-    out = []
+    out, workspaces = [], {}
     for label, cands, avg in POINTS:
-        ws = Workspace(loaded, QUANTIZER, bits=cands, device="cpu")
+        if only and only not in label:
+            continue
+        if cands not in workspaces:
+            workspaces[cands] = Workspace(loaded, QUANTIZER, bits=cands, device="cpu", ranges=ranges, calib=fisher_calib)
+        ws = workspaces[cands]
         if avg is None:
             plan = ws.plan_from_bits(ws.uniform(4))
         else:
-            plan = ws.plan_from_bits(ws.budget_bits("fisher", avg_bits=avg, calib=fisher_calib),
-                                     extra={"allocation": "fisher", "fisher_images": fisher_images})
+            plan = ws.plan_from_bits(ws.budget_bits(cost, avg_bits=avg, calib=fisher_calib),
+                                     extra={"allocation": cost, "fisher_images": fisher_images})
         out.append((label, ws, plan))
     return out
 
@@ -85,6 +91,11 @@ def main() -> None:
     ap.add_argument("--fisher-images", type=int, default=64)
     ap.add_argument("--cache", default="/tmp/mixquant_val1300.pt")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--ranges", choices=("weights", "loss"), default="weights",
+                    help="loss: plans on loss-aware ranges, and the rounding on their grid (--scheme per-channel)")
+    ap.add_argument("--cost", choices=("fisher", "fisher-gptq"), default="fisher")
+    ap.add_argument("--scheme", default="per-channel-mse", help="the grid the rounding method works on")
+    ap.add_argument("--act-order", action="store_true", help="GPTQ: columns in descending diag(H) order")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     loaded = load_model("efficientnet_lite0")
@@ -92,19 +103,19 @@ def main() -> None:
     calib_list = open_calibration_folder(str(data_dir("imagenet-calib-1000")), args.calib_images)
     calib = load_tensors(calib_list, loaded.preprocess).inputs()
     with open(args.out, "a") as out:
-        for label, ws, plan in points(loaded, args.fisher_images):
-            if args.only and args.only not in label:
-                continue
+        for label, ws, plan in points(loaded, args.fisher_images, args.ranges, args.cost, args.only):
             t0 = time.perf_counter()
             cfg = ReconConfig(iters=args.iters, batch_size=args.batch_size, lr=args.lr, device="cpu", seed=0,
-                              method=args.method)
+                              method=args.method, scheme=args.scheme, act_order=args.act_order)
             result = reconstruct_plan(loaded.model, plan, calib, cfg)
             seconds = time.perf_counter() - t0
             metrics = evaluate_quantized(loaded.model, result.layers, data)
             rec = {"point": label, "method": args.method, "avg_bits": plan.size["avg_bits"],
                    "bit_set": sorted(set(plan.bits.values())), **metrics.to_dict(),
                    "method_seconds": round(seconds, 1), "calib_images": len(calib),
-                   "config": {"iters": args.iters, "batch_size": args.batch_size, "lr": args.lr, "threads": args.threads}}
+                   "config": {"iters": args.iters, "batch_size": args.batch_size, "lr": args.lr, "threads": args.threads,
+                              "ranges": args.ranges, "cost": args.cost, "scheme": args.scheme,
+                              "act_order": args.act_order}}
             out.write(json.dumps(rec) + "\n")
             out.flush()
             print(json.dumps(rec), flush=True)

@@ -1,19 +1,18 @@
 """Loss-aware weight ranges for a model's layers (issue #22): a ``WeightRanges`` holding, for every
 layer and candidate bit-width, the clipping ratio per grid row chosen by a loss-aware score on
-calibration images (quant/loss_ranges.py). The Fisher score reuses the Fisher diagonal of the
-allocation (plans/fisher.py); the output-error score collects each layer's input Gram matrix here.
+calibration images (quant/loss_ranges.py). The output-error score (the Workspace's) collects each
+layer's input Gram matrix here; the Fisher score reuses the allocation's Fisher diagonal (plans/fisher.py).
 """
 from __future__ import annotations
 
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..data.image_sets import EvalTensors
 from ..errors import DatasetError, MixQuantError
-from ..models.layers import LayerInfo, layer_weights, weight_ref
+from ..models.layers import LayerInfo, layer_weights
 from ..quant.loss_ranges import METHODS, fisher_ratios, output_ratios
 from ..quant.quantizers import get_quantizer
 from ..quant.recipe import WeightRanges
@@ -55,45 +54,24 @@ def fisher_weight_ranges(model: nn.Module, layers: Sequence[LayerInfo], fisher: 
     return WeightRanges("fisher", ratios, calibration_record(data, "fisher"))
 
 
-def _inputs_as_columns(module: nn.Module, x: torch.Tensor) -> Optional[torch.Tensor]:
-    """The layer's input as [G, M, N] columns (im2col for a Conv2d), None for an unsupported layer."""
-    if isinstance(module, nn.Linear):
-        return x.reshape(-1, x.shape[-1]).t()[None]
-    if isinstance(module, nn.Conv2d) and isinstance(module.padding, tuple):
-        if module.padding_mode != "zeros":
-            return None
-        cols = F.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)  # [N, Cin*k*k, L]
-        g = module.groups
-        n, m, length = cols.shape
-        return cols.reshape(n, g, m // g, length).permute(1, 2, 0, 3).reshape(g, m // g, n * length)
-    return None
+def layer_hessians(model: nn.Module, layers: Sequence[LayerInfo], data: EvalTensors, batch_size: int = 8,
+                   progress: Progress = None) -> List[Optional[torch.Tensor]]:
+    """Per layer, sum over the calibration inputs of x x^T [G, M, M] (float64): the columns GPTQ
+    sees (recon/gptq.py: im2col after the conv's own SAME padding, one matrix per group, an
+    attention's q/k/v row blocks), None for a layer that saw no input."""
+    from contextlib import ExitStack
 
+    from ..recon.gptq import layer_inputs
 
-def layer_grams(model: nn.Module, layers: Sequence[LayerInfo], data: EvalTensors, batch_size: int = 8,
-                progress: Progress = None) -> List[Optional[torch.Tensor]]:
-    """Per layer, sum over the calibration inputs of x x^T [G, M, M] (float64; im2col columns for
-    convs, one matrix per group), or None where the layer is neither Linear nor a zero-padded Conv2d."""
     if len(data) == 0:
         raise DatasetError("the calibration set is empty: loss-aware ranges need at least one image")
-    grams: List[Optional[torch.Tensor]] = [None] * len(layers)
-    handles = []
-
-    def hook(i):
-        def run(module, args):
-            cols = _inputs_as_columns(module, args[0].detach().float())
-            if cols is not None:
-                g = torch.einsum("gmn,gkn->gmk", cols, cols).double()
-                grams[i] = g if grams[i] is None else grams[i] + g
-        return run
-
-    for i, layer in enumerate(layers):
-        ref = weight_ref(model, layer.name)
-        if ref.attr == "weight" and isinstance(ref.owner, (nn.Linear, nn.Conv2d)):
-            handles.append(ref.owner.register_forward_pre_hook(hook(i)))
+    inputs = [layer_inputs(model, layer.name) for layer in layers]
     was_training = model.training
     try:
         model.eval()
-        with torch.no_grad():
+        with ExitStack() as stack, torch.no_grad():
+            for coll in inputs:
+                stack.enter_context(coll)
             done = 0
             for x, _ in data.batches(batch_size):
                 model(x)
@@ -101,23 +79,29 @@ def layer_grams(model: nn.Module, layers: Sequence[LayerInfo], data: EvalTensors
                 if progress:
                     progress(done, len(data), "ranges: layer inputs")
     finally:
-        for h in handles:
-            h.remove()
         model.train(was_training)
-    return grams
+    out: List[Optional[torch.Tensor]] = []
+    for layer, coll in zip(layers, inputs):
+        sums = [h.sum for h in coll.hessians]
+        h = None if not sums else torch.cat(sums) if len(sums) > 1 else sums[0]
+        if h is not None and not torch.isfinite(h).all():
+            raise MixQuantError(f"layer '{layer.name}': its inputs on the calibration images are NaN/Inf; "
+                                "loss-aware ranges need finite activations")
+        out.append(h)
+    return out
 
 
 def output_weight_ranges(model: nn.Module, layers: Sequence[LayerInfo], data: EvalTensors, bits: Sequence[int],
-                         scheme: str, fallback: Sequence[torch.Tensor], progress: Progress = None) -> WeightRanges:
-    """Loss-aware ranges by each layer's output error on ``data``; a layer whose inputs could not be
-    collected is scored by ``fallback`` (its Fisher diagonal) instead."""
-    grams = layer_grams(model, layers, data)
+                         scheme: str, progress: Progress = None) -> WeightRanges:
+    """Loss-aware ranges by each layer's output error on ``data`` (the default: on Lite0 it beat
+    the Fisher-weighted score, docs/RESULTS.md); a layer that saw no input keeps the MSE choice."""
+    hessians = layer_hessians(model, layers, data, progress=progress)
     weights = layer_weights(model, layers)
-    names = [l.name for l in layers]
     ratios = {}
-    for i, (name, w, g) in enumerate(zip(names, weights, grams)):
-        method, score = ("output", g) if g is not None else ("fisher", fallback[i])
-        ratios.update(search_ranges([w], [name], [score], bits, scheme, method))
+    for i, (layer, w, h) in enumerate(zip(layers, weights, hessians)):
+        if h is None:  # all-zero Gram: output_ratios falls back to the MSE choice
+            h = torch.zeros(1, w[0].numel(), w[0].numel(), dtype=torch.float64)
+        ratios.update(search_ranges([w], [layer.name], [h], bits, scheme, "output"))
         if progress:
-            progress(i + 1, len(names), f"ranges: {name}")
+            progress(i + 1, len(layers), f"ranges: {layer.name}")
     return WeightRanges("output", ratios, calibration_record(data, "output"))
