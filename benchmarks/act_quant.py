@@ -119,6 +119,8 @@ def main() -> None:
     p.add_argument("--default-method", default="minmax", help="the activation method of the budget group")
     p.add_argument("--avgs", default="8,6,5,4", help="average bits of the Fisher-budgeted plans")
     p.add_argument("--check", type=lambda t: int(t), default=0, help="compare ORT Q/DQ with the torch engine on N images")
+    p.add_argument("--ranges", choices=("weights", "loss"), default="weights",
+                   help="weight ranges of the budget group's plans: the weights' own, or loss-aware on the calibration images")
     p.add_argument("--out")
     args = p.parse_args()
     only = set(args.only.split(","))
@@ -186,12 +188,16 @@ def main() -> None:
         record(config=f"W8A8 mixquant {args.default_method}, first conv input float", top1=m.top1, top5=m.top5,
                loss=m.loss, seconds=sec)
     if "budget" in only:
+        if args.ranges == "loss":
+            ws = Workspace(loaded, "per-channel", device="cpu", engine="onnxruntime", ranges="loss", calib=calib)
+        weights = ws.recipe  # "per-channel", or a Recipe with the loss-aware ranges
+        ranges = getattr(weights, "weight_ranges", None)
         ws.fisher(calib)
         for avg in [float(a) for a in args.avgs.split(",")]:
             bits = ws.named(ws.budget_bits("fisher", avg_bits=avg, calib=calib))
             size = ws.size(list(bits.values()))
-            for label, recipe in (("weights only", "per-channel"),
-                                  ("W+A8", Recipe("per-channel", acts=acts_for(args.default_method)))):
+            for label, recipe in ((f"weights only ({args.ranges} ranges)", weights),
+                                  (f"W+A8 ({args.ranges} ranges)", Recipe("per-channel", ranges, acts_for(args.default_method)))):
                 m, sec = timed(evaluate_ort, model, data, bits, recipe, shape)
                 record(config=f"fisher {avg} avg bits, {label}", avg_bits=size.avg_bits, top1=m.top1, top5=m.top5,
                        loss=m.loss, seconds=sec)

@@ -248,8 +248,9 @@ class Workspace:
         held = self._gptq_costs
         if held is None or held[0] is not table:
             with self.evaluator.private_model() as model:
+                grid = self.calibrate(progress) if self.ranges == "loss" else self.quantizer  # the grid GPTQ gets
                 costs = gptq_cost_table(model, [l.name for l in self.layers], calib.inputs(), table.diagonal,
-                                        self.bits, self.quantizer, progress=progress)
+                                        self.bits, grid, progress=progress)
             self._gptq_costs = held = (table, costs)
             self._allocations.pop(("fisher-gptq", "bytes"), None)
             self._allocations.pop(("fisher-gptq", "bits"), None)

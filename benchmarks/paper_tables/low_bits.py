@@ -95,7 +95,8 @@ def main() -> None:
                     help="loss: plans on loss-aware ranges, and the rounding on their grid (--scheme per-channel)")
     ap.add_argument("--cost", choices=("fisher", "fisher-gptq"), default="fisher")
     ap.add_argument("--scheme", default="per-channel-mse", help="the grid the rounding method works on")
-    ap.add_argument("--act-order", action="store_true", help="GPTQ: columns in descending diag(H) order")
+    ap.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=True,
+                    help="GPTQ: columns in descending diag(H) order (default) or natural order")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     loaded = load_model("efficientnet_lite0")

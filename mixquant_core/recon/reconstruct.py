@@ -70,7 +70,7 @@ class ReconConfig:
     eval_samples: int = 256  # calibration samples used to report each block's error before/after
     method: str = "brecq"  # one of METHODS
     damp: float = 0.01  # GPTQ: dampening, a fraction of mean(diag H) (the paper's 1 %)
-    act_order: bool = False  # GPTQ: columns in descending diag(H) order instead of natural
+    act_order: bool = True  # GPTQ: columns in descending diag(H) order (Lite0: better than natural, docs/RESULTS.md)
 
 
 # brecq: AdaRound fitted block by block; gptq: GPTQ (recon/gptq.py), no fitting; gptq+brecq:
