@@ -5,6 +5,7 @@ evaluate alike and that ONNX Runtime fuses into integer kernels in an export, an
 ranges refused in one line."""
 from __future__ import annotations
 
+import collections
 import copy
 import json
 
@@ -15,6 +16,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import helper, numpy_helper
+from torch import nn
 
 from mixquant_cli.main import main
 from mixquant_core.evaluation.engines.onnxruntime_engine import OnnxRuntimeEngine, new_session
@@ -30,7 +32,7 @@ from recon_support import MIXED_BITS, images, minmax_acts, tiny_chain, workspace
 PRE = Preprocess(resize=32, crop=24)
 
 
-def _optimized_ops(data: bytes, tmp_path) -> set:
+def _optimized_op_counts(data: bytes, tmp_path) -> collections.Counter:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -38,7 +40,11 @@ def _optimized_ops(data: bytes, tmp_path) -> set:
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     options.log_severity_level = 3
     ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-    return {n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node}
+    return collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node)
+
+
+def _optimized_ops(data: bytes, tmp_path) -> set:
+    return set(_optimized_op_counts(data, tmp_path))
 
 
 # --- bit packing ---------------------------------------------------------------------------------
@@ -140,6 +146,117 @@ def test_w_a_export_of_a_layer_subset_keeps_the_rest_packed():
     data = onnx_bytes(model, plan, PRE, recipe=recipe)
     report = onnx_size_report(data, model, plan, "asymmetric")
     assert report["integer_kernel_layers"] == 1 and read_onnx(data, model).acts.ranges.keys() == {"1.2", "2.0"}
+
+
+def padded_chain(seed: int = 0, width: int = 8) -> nn.Sequential:
+    """Lite0's block shape: a 1x1 conv whose ReLU6 output is zero-padded (its "same" padding traces
+    as a Pad) before a strided depthwise conv, then a 1x1 conv that is pooled next."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        nn.Sequential(nn.Conv2d(3, width, 1), nn.BatchNorm2d(width), nn.ReLU6()),
+        nn.ZeroPad2d((0, 1, 0, 1)),
+        nn.Sequential(nn.Conv2d(width, width, 3, stride=2, groups=width), nn.BatchNorm2d(width), nn.ReLU6()),
+        nn.Sequential(nn.Conv2d(width, 2 * width, 1), nn.BatchNorm2d(2 * width), nn.ReLU6()),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, 10))
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def _pair_after_pads(data: bytes) -> bytes:
+    """The file with every activation pair moved back behind the Pad it stands before (Pad -> Q ->
+    DQ -> Conv: the placement of files written before the pairs moved)."""
+    proto = onnx.load_model_from_string(data)
+    graph = proto.graph
+    producers = {o: n for n in graph.node for o in n.output}
+    moved = {}  # Pad -> its pair, which now follows it
+    for pad in [n for n in graph.node if n.op_type == "Pad" and producers[n.input[0]].op_type == "DequantizeLinear"]:
+        dq = producers[pad.input[0]]
+        q = producers[dq.input[0]]
+        conv = next(n for n in graph.node if pad.output[0] in list(n.input))
+        pad.input[0], q.input[0], conv.input[0] = q.input[0], pad.output[0], dq.output[0]
+        moved[pad.name] = [q, dq]
+    pairs = {n.name for nodes in moved.values() for n in nodes}
+    order = [m for n in graph.node if n.name not in pairs for m in [n] + moved.get(n.name, [])]
+    del graph.node[:]
+    graph.node.extend(order)
+    return proto.SerializeToString()
+
+
+def _reference_run(data: bytes, x: torch.Tensor) -> np.ndarray:
+    """What the file's graph computes, op by op (no ORT fusion: integer kernels requantize)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+
+
+@pytest.mark.parametrize("quantizer", ["asymmetric", "symmetric"])
+def test_a_pad_between_layers_keeps_the_conv_before_it_an_integer_kernel(quantizer, tmp_path, one_thread):
+    model = padded_chain()
+    plan, recipe = _wa(model, (8, 8, 8, 8), quantizer)
+    data = onnx_bytes(model, plan, PRE, recipe=recipe)
+    graph = onnx.load_model_from_string(data).graph
+    producers = {o: n for n in graph.node for o in n.output}
+    pad = next(n for n in graph.node if n.op_type == "Pad")
+    assert producers[pad.input[0]].name == "2.0.input_dequantize"  # the depthwise conv's pair, before its Pad
+    # 0.0 (through ReLU6 and the Pad) and 2.0 feed a quantized input: integer kernels, the Pad folded
+    # into the depthwise QLinearConv; 3.0 (pooled next) and 6 (the logits) stay float behind their Q/DQ
+    assert onnx_size_report(data, model, plan, quantizer)["integer_kernel_layers"] == 2
+    ops = _optimized_op_counts(data, tmp_path)
+    assert ops["QLinearConv"] == 2 and "Pad" not in ops, ops
+    x = images(8, seed=9)
+    with torch.no_grad(), applied(model, plan.bits, recipe):
+        expected = model(x).numpy()
+    got = read_onnx(data, model).session().run(None, {"input": x.numpy()})[0]
+    assert np.abs(got - expected).max() < 0.05 * np.abs(expected).max()  # a few activation steps, as above
+    # the same numbers as the pair behind the Pad, which such a file still reads back with
+    old = _pair_after_pads(data)
+    assert read_onnx(old, model).acts.to_dict() == recipe.acts.to_dict()
+    np.testing.assert_array_equal(_reference_run(data, x), _reference_run(old, x))
+
+
+def test_both_engines_quantize_alike_across_a_pad(one_thread):
+    from mixquant_core.data.image_sets import EvalTensors
+
+    model = padded_chain()
+    plan, recipe = _wa(model, (8, 4, 6, 8))
+    data = EvalTensors(images(40, seed=3), torch.arange(40) % 10)
+    session = OnnxRuntimeEngine(threads=1).session_for(model, data, plan.bits, recipe)
+    with torch.no_grad(), applied(model, plan.bits, recipe):
+        expected = model(data.images).numpy()
+    np.testing.assert_allclose(session.run(None, {"input": data.images.numpy()})[0], expected, atol=1e-5, rtol=1e-5)
+
+
+def _bypass_pair(proto) -> None:  # the depthwise conv reads float inputs; its pair feeds nothing
+    pad = next(n for n in proto.graph.node if n.op_type == "Pad")
+    pad.input[0] = next(n for n in proto.graph.node if n.name == "2.0.input_quantize").input[0]
+
+
+def _pad_with_ones(proto) -> None:  # a pad of 1.0 does not commute with the quantizer
+    pad = next(n for n in proto.graph.node if n.op_type == "Pad")
+    value = next(n for n in proto.graph.node if pad.input[2] in list(n.output))
+    value.attribute[0].t.CopyFrom(numpy_helper.from_array(np.array(1.0, np.float32)))
+
+
+@pytest.mark.parametrize("edit", [_bypass_pair, _pad_with_ones])
+def test_an_activation_pair_off_its_layers_input_is_refused_in_one_line(edit, tmp_path, capsys):
+    model = padded_chain()
+    plan, recipe = _wa(model, (8, 8, 8, 8))
+    proto = onnx.load_model_from_string(onnx_bytes(model, plan, PRE, recipe=recipe))
+    edit(proto)
+    path = tmp_path / "edited.onnx"
+    path.write_bytes(proto.SerializeToString())
+    with pytest.raises(OnnxFileError, match="layer '2.0' is not on the input"):
+        read_onnx(path)
+    assert main(["load", str(path), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mixquant: error:") and "\n" not in err, err
 
 
 # --- bad activation ranges -------------------------------------------------------------------------

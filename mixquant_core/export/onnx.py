@@ -9,7 +9,8 @@ Each planned layer's weight initializer ``NAME.weight`` is replaced by its codes
   (onnx_fuse.py): int8/uint8 codes (the integer kernels' container), per-output-channel scales with
   the following BatchNorm folded in, and a DequantizeLinear, so ORT fuses it into QLinearConv.
 
-Activation quantization is a Q/DQ pair on each such layer's input (models/onnx_qdq.py). Everything
+Activation quantization is a Q/DQ pair on each such layer's input, before the zero Pads leading to
+it (models/onnx_qdq.py). Everything
 else stays float32. metadata_props holds the plan JSON (with its recipe), the scheme, the
 preprocessing and the model's identity, so ``mixquant load`` can evaluate the file on its own.
 Files of earlier versions (codes in 2/4/8-bit types behind DequantizeLinear) still load.

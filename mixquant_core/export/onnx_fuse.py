@@ -3,14 +3,15 @@ that lets it.
 
 ONNX Runtime turns DQ(input) -> Conv(DQ(int8 weight)) -> Q into QLinearConv only when the Conv's
 output goes straight (through a ReLU/ReLU6 it can drop) into a QuantizeLinear: here, the next
-quantized layer's input. The traced graph has a BatchNormalization after each Conv, which ORT
-cannot fold into a weight that comes out of a DequantizeLinear, so the export folds it into the
-layer's per-output-channel scales (w = (q - z) * s * k with k = gamma / sqrt(var + eps): the codes
-stay those of the plan; a negative k negates symmetric codes) and its bias. A layer whose output
-is not quantized next (a residual Add, the classifier) keeps bit-packed float weights, which ORT
-folds when it builds the session, behind its input's Q/DQ: a float Conv on quantized inputs,
-the evaluation's own arithmetic, at float speed (a DequantizeLinear weight there would be
-dequantized on every run).
+quantized layer's input, whose pair stands before the zero Pads leading to that layer
+(models/onnx_qdq.py), so a Conv before a "same" padding fuses too. The traced graph has a
+BatchNormalization after each Conv, which ORT cannot fold into a weight that comes out of a
+DequantizeLinear, so the export folds it into the layer's per-output-channel scales
+(w = (q - z) * s * k with k = gamma / sqrt(var + eps): the codes stay those of the plan; a
+negative k negates symmetric codes) and its bias. A layer whose output is not quantized next (a
+residual Add, the classifier) keeps bit-packed float weights, which ORT folds when it builds the
+session, behind its input's Q/DQ: a float Conv on quantized inputs, the evaluation's own
+arithmetic, at float speed (a DequantizeLinear weight there would be dequantized on every run).
 """
 from __future__ import annotations
 
@@ -19,19 +20,12 @@ from typing import Dict, Optional
 import numpy as np
 import torch
 
+from ..models.onnx_qdq import node_users, zero_pads
 from ..quant.codes import QuantizedLayer
 
 PASS_THROUGH = ("Relu", "Clip")  # ORT drops them before a QuantizeLinear whose range they hold
 FUSED_OPS = ("Conv",)
 FOLDED_BIAS = "_folded_bias"  # of NAME.weight: the Conv's bias with its BatchNorm folded in
-
-
-def _users(graph) -> Dict[str, list]:
-    users: Dict[str, list] = {}
-    for k, node in enumerate(graph.node):
-        for i in node.input:
-            users.setdefault(i, []).append(k)
-    return users
 
 
 def _sole(users, name: str) -> Optional[int]:
@@ -41,9 +35,9 @@ def _sole(users, name: str) -> Optional[int]:
 
 def integer_layers(graph, keys: Dict[str, str], quantized_inputs) -> Dict[str, Optional[int]]:
     """Layer -> position of its BatchNormalization (None: none) for every layer in ``keys`` (name ->
-    weight initializer) whose single Conv's output reaches, through an optional BatchNorm and
-    ReLU/Clip, only the data input of a Conv/Gemm of a layer in ``quantized_inputs`` (weights)."""
-    users = _users(graph)
+    weight initializer) whose single Conv's output reaches, through an optional BatchNorm, ReLU/Clip
+    then zero Pads, only the data input of a Conv/Gemm of a layer in ``quantized_inputs`` (weights)."""
+    users, pads = node_users(graph), set(zero_pads(graph).values())
     targets = {(k, 0) for w in quantized_inputs for k in users.get(w, []) if graph.node[k].op_type in ("Conv", "Gemm")}
     out = {}
     for name, key in keys.items():
@@ -56,6 +50,9 @@ def integer_layers(graph, keys: Dict[str, str], quantized_inputs) -> Dict[str, O
             bn, tensor = nxt, graph.node[nxt].output[0]
             nxt = _sole(users, tensor)
         while nxt is not None and graph.node[nxt].op_type in PASS_THROUGH:
+            tensor = graph.node[nxt].output[0]
+            nxt = _sole(users, tensor)
+        while nxt in pads and graph.node[nxt].input[0] == tensor:
             tensor = graph.node[nxt].output[0]
             nxt = _sole(users, tensor)
         if nxt is not None and (nxt, 0) in targets and graph.node[nxt].input[0] == tensor:

@@ -1,6 +1,7 @@
 """Reading an export's activation quantization back (its pairs are written by models/onnx_qdq.py):
 every QuantizeLinear must feed exactly its DequantizeLinear, read one layer's uint8 scalar
-zero-point and finite positive float32 scale, and agree with the plan's activation ranges."""
+zero-point and finite positive float32 scale, stand on that layer's input (directly, or before the
+zero Pads leading to it) once per node using its weight, and agree with the plan's activation ranges."""
 from __future__ import annotations
 
 import math
@@ -8,7 +9,8 @@ from typing import Dict, Tuple
 
 import numpy as np
 
-from ..models.onnx_qdq import ACT_SCALE, ACT_ZERO_POINT
+from ..models.layers import key_for_name
+from ..models.onnx_qdq import ACT_SCALE, ACT_ZERO_POINT, node_users, quantization_point, weight_consumers, zero_pads
 from .untrusted import OnnxFileError, untrusted_text
 
 
@@ -51,7 +53,33 @@ def read_act_qdq(graph, name: str) -> Dict[str, Tuple[float, int]]:
         if not math.isfinite(scale) or scale <= 0:
             raise OnnxFileError(f"{shown} has scale {scale!r}; an activation scale must be finite and positive (corrupt or edited)")
         out[layer] = (scale, zp)
+    _check_placement(graph, out, name)
     return out
+
+
+def _own_pair_output(tensor: str, layer: str, users, producers) -> bool:
+    """``tensor`` comes out of one of ``layer``'s activation DequantizeLinear and feeds one node."""
+    dq = producers.get(tensor)
+    return dq is not None and len(users[tensor]) == 1 and is_act_dequantize(dq, producers) \
+        and list(dq.input[1:]) == [layer + ACT_SCALE, layer + ACT_ZERO_POINT]
+
+
+def _check_placement(graph, layers, name: str) -> None:
+    """Each layer's pairs are exactly one per node computing with its weight, on that node's data
+    input or before the zero Pads leading to it: what the plan's ranges say is quantized is."""
+    users, pads = node_users(graph), zero_pads(graph)
+    producers = {o: n for n in graph.node for o in n.output}
+    pairs: Dict[str, int] = {}
+    for node in graph.node:
+        if node.op_type == "QuantizeLinear":
+            pairs[node.input[1]] = pairs.get(node.input[1], 0) + 1
+    for layer in layers:
+        points = [quantization_point(graph, users, pads, k) for k in weight_consumers(graph, users, key_for_name(layer))]
+        read = [graph.node[k].input[0] for k in points]
+        if not read or len(set(read)) != len(read) or len(read) != pairs[layer + ACT_SCALE] \
+                or not all(_own_pair_output(t, layer, users, producers) for t in read):
+            raise OnnxFileError(f"{name}: the activation quantizer of layer '{untrusted_text(layer)}' is not on "
+                                "the input of the nodes using its weight (corrupt or edited)")
 
 
 def checked_acts(acts, graph, name: str):

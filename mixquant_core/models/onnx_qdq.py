@@ -9,6 +9,11 @@ MatMul (through a Transpose: the other input). A weight consumed otherwise (an a
 in_proj_weight is sliced) has no single data input: ``OnnxExportError`` names it (the engine then
 evaluates with torch).
 
+A pair goes before the zero Pads that lead into its node (a "same"-padded Conv traces as Pad ->
+Conv): a zero pad commutes with the quantizer, whose grid holds 0 exactly (the zero-point), so the
+codes are the same, and the runtimes then see Pad -> Conv (ONNX Runtime folds the Pad into the
+Conv) and a QuantizeLinear right after the producing layer (its QLinearConv fusion).
+
 Names, per layer NAME: ``NAME.input_scale`` (float32 []), ``NAME.input_zero_point`` (uint8 []),
 nodes ``NAME.input_quantize``/``NAME.input_dequantize`` (one pair per consuming node, suffixed
 ``_1``, ``_2``.. past the first).
@@ -25,13 +30,62 @@ WEIGHT_INPUT = {"Conv": 1, "Gemm": 1, "MatMul": 1}
 ACT_SCALE, ACT_ZERO_POINT = ".input_scale", ".input_zero_point"
 
 
-def _weight_consumers(graph, weight: str) -> List[Tuple[int, int]]:
-    """(position in ``graph.node``, index of its data input) of every node computing with
-    ``weight`` (its name in the graph); [] when one of its users is not such a node."""
+def node_users(graph) -> Dict[str, List[int]]:
+    """Tensor name -> positions in ``graph.node`` of the nodes reading it."""
     users: Dict[str, List[int]] = {}
     for k, node in enumerate(graph.node):
         for i in node.input:
             users.setdefault(i, []).append(k)
+    return users
+
+
+def _constant_values(graph) -> Dict[str, object]:
+    """Tensor name -> TensorProto of every initializer and Constant node's value."""
+    out = {i.name: i for i in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+            out[node.output[0]] = node.attribute[0].t
+    return out
+
+
+def _is_zero(tensor) -> bool:
+    """A float32 scalar 0 (a Pad's value as torch traces it); anything else, even another zero, is
+    not looked into (the graph may be an untrusted file's)."""
+    from onnx import TensorProto
+
+    if tensor.data_type != TensorProto.FLOAT or any(d != 1 for d in tensor.dims):
+        return False
+    raw = tensor.raw_data
+    values = np.frombuffer(raw, "<f4") if len(raw) == 4 else np.array(tensor.float_data, np.float32)
+    return values.size == 1 and values[0] == 0.0
+
+
+def zero_pads(graph) -> Dict[str, int]:
+    """Output -> position of every Pad that only adds zeros (constant mode, value absent or a
+    constant 0; opset >= 11, whose only attribute is the mode): such a pad commutes with a
+    quantizer whose grid holds 0 exactly."""
+    constants = _constant_values(graph)
+    out = {}
+    for k, node in enumerate(graph.node):
+        if node.op_type != "Pad" or any(a.name != "mode" or a.s != b"constant" for a in node.attribute):
+            continue
+        value = node.input[2] if len(node.input) > 2 else ""
+        if value == "" or value in constants and _is_zero(constants[value]):
+            out[node.output[0]] = k
+    return out
+
+
+def quantization_point(graph, users: Dict[str, List[int]], pads: Dict[str, int], k: int) -> int:
+    """Position of the node whose data input (0) gets the pair for node ``k``'s: the first of the
+    zero Pads (each read by the next only) that lead into ``k``, else ``k``."""
+    while graph.node[k].input[0] in pads and len(users[graph.node[k].input[0]]) == 1:
+        k = pads[graph.node[k].input[0]]
+    return k
+
+
+def weight_consumers(graph, users: Dict[str, List[int]], weight: str) -> List[int]:
+    """Positions in ``graph.node`` of every node computing with ``weight`` (its name in the graph)
+    on its data input 0; [] when one of its users is not such a node."""
     out = []
     for k in users.get(weight, []):
         node = graph.node[k]
@@ -39,9 +93,9 @@ def _weight_consumers(graph, weight: str) -> List[Tuple[int, int]]:
             follow = users.get(node.output[0], [])
             if not follow or any(graph.node[j].op_type != "MatMul" or graph.node[j].input[1] != node.output[0] for j in follow):
                 return []
-            out += [(j, 0) for j in follow]
+            out += follow
         elif node.op_type in WEIGHT_INPUT and list(node.input).index(weight) == WEIGHT_INPUT[node.op_type]:
-            out.append((k, 0))
+            out.append(k)
         else:
             return []
     return out
@@ -49,28 +103,31 @@ def _weight_consumers(graph, weight: str) -> List[Tuple[int, int]]:
 
 def insert_act_qdq(graph, weights: Dict[str, str], qparams: Dict[str, Tuple[float, int]]) -> None:
     """Q/DQ on the data input of each consumer of ``weights[name]`` (name -> the weight's tensor
-    name in ``graph``) for every ``name`` in ``qparams`` (name -> (scale, zero_point))."""
+    name in ``graph``), before the zero Pads leading into it, for every ``name`` in ``qparams``
+    (name -> (scale, zero_point))."""
     from onnx import helper, numpy_helper
 
-    new_nodes: Dict[int, list] = {}  # position of the consuming node -> its Q/DQ nodes
+    users, pads = node_users(graph), zero_pads(graph)
+    new_nodes: Dict[int, list] = {}  # position of the node reading the pair -> its Q/DQ nodes
     for name, (scale, zero_point) in qparams.items():
-        consumers = _weight_consumers(graph, weights[name])
+        consumers = weight_consumers(graph, users, weights[name])
         if not consumers:
             raise OnnxExportError(f"layer '{name}' has no single input in the ONNX graph to quantize "
                                   "(its weight is not used by one Conv/Gemm/MatMul)")
         graph.initializer.extend([numpy_helper.from_array(np.array(scale, dtype=np.float32), name + ACT_SCALE),
                                   numpy_helper.from_array(np.array(zero_point, dtype=np.uint8), name + ACT_ZERO_POINT)])
-        for n, (k, index) in enumerate(consumers):
+        for n, consumer in enumerate(consumers):
+            k = quantization_point(graph, users, pads, consumer)
             node = graph.node[k]
             tag = name + ".input" + (f"_{n}" if n else "")
-            q = helper.make_node("QuantizeLinear", [node.input[index], name + ACT_SCALE, name + ACT_ZERO_POINT],
+            q = helper.make_node("QuantizeLinear", [node.input[0], name + ACT_SCALE, name + ACT_ZERO_POINT],
                                  [tag + "_q"], name=tag + "_quantize")
             dq = helper.make_node("DequantizeLinear", [tag + "_q", name + ACT_SCALE, name + ACT_ZERO_POINT],
                                   [tag + "_dq"], name=tag + "_dequantize")
-            node.input[index] = tag + "_dq"
+            node.input[0] = tag + "_dq"
             new_nodes.setdefault(k, []).extend([q, dq])
     ordered = []
     for k, node in enumerate(graph.node):
         ordered += new_nodes.get(k, []) + [node]
     del graph.node[:]
-    graph.node.extend(ordered)  # each pair just before its consumer: still topologically sorted
+    graph.node.extend(ordered)  # each pair just before the node reading it: still topologically sorted
