@@ -15,7 +15,7 @@ from mixquant_core.workspace import Workspace
 
 EVAL = 8  # evaluation images: the numbers only have to match the core's, not be meaningful
 JOB_WAIT = 300  # seconds: a 1-iteration job on 4 images takes ~5 s quiet, ~20 s on a loaded 2-core machine
-TINY = dict(recon_iters=1, recon_calib_images=4, recon_batch=4, recon_seed=0)
+TINY = dict(recon_iters=1, recon_calib_images=4, recon_batch=4, recon_seed=0, recon_method="brecq")
 
 
 def job_of(at):
@@ -176,6 +176,9 @@ def test_gptq_is_offered_and_runs_as_a_job(val_dir, data_root):
     from studio_ui.recon_panel import METHOD_LABELS
 
     assert METHOD_LABELS["gptq"] in at.selectbox(key="recon_method").options
+    fresh = new_app(data=str(val_dir), limit=EVAL)
+    open_page(fresh, "tradeoff")
+    assert fresh.selectbox(key="recon_method").value == "gptq"  # the panel's default: it won the trade
     at.button(key="recon_start").click().run()
     try:
         run_until_ended(at)
