@@ -16,7 +16,8 @@ from mixquant_core.errors import MixQuantError
 from mixquant_core.models.layers import layer_names, weight_ref
 from mixquant_core.quant.codes import unsigned_grid
 from mixquant_core.recon.adaround import AdaRoundWeight
-from mixquant_core.recon.gptq import Hessian, LayerInputs, conv_columns, gptq_layer
+from mixquant_core.models.layer_inputs import Hessian, LayerInputs, conv_columns
+from mixquant_core.recon.gptq import gptq_layer
 from mixquant_core.recon.reconstruct import ReconConfig, reconstruct
 from recon_support import MIXED_BITS, images, tiny_chain
 

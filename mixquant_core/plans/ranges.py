@@ -61,7 +61,7 @@ def layer_hessians(model: nn.Module, layers: Sequence[LayerInfo], data: EvalTens
     attention's q/k/v row blocks), None for a layer that saw no input."""
     from contextlib import ExitStack
 
-    from ..recon.gptq import layer_inputs
+    from ..models.layer_inputs import layer_inputs
 
     if len(data) == 0:
         raise DatasetError("the calibration set is empty: loss-aware ranges need at least one image")
