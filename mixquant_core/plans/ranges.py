@@ -57,7 +57,7 @@ def fisher_weight_ranges(model: nn.Module, layers: Sequence[LayerInfo], fisher: 
 def layer_hessians(model: nn.Module, layers: Sequence[LayerInfo], data: EvalTensors, batch_size: int = 8,
                    progress: Progress = None) -> List[Optional[torch.Tensor]]:
     """Per layer, sum over the calibration inputs of x x^T [G, M, M] (float64): the columns GPTQ
-    sees (recon/gptq.py: im2col after the conv's own SAME padding, one matrix per group, an
+    sees (models/layer_inputs.py: im2col after the conv's own SAME padding, one matrix per group, an
     attention's q/k/v row blocks), None for a layer that saw no input."""
     from contextlib import ExitStack
 
