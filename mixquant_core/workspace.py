@@ -120,6 +120,11 @@ class Workspace:
         with self.evaluator.private_model() as model:
             return output_weight_ranges(model, self.layers, self.calib, self.bits, self.quantizer, progress)
 
+    def _weight_grid(self, progress: Progress = None) -> Quantizer:
+        """What the weights are rounded on: with loss-aware ranges the recipe (calibrated once), else
+        the scheme (activation ranges do not change a weight's grid)."""
+        return self.calibrate(progress) if self.ranges == "loss" else self.quantizer
+
     def _act_quant(self):
         """Every quantized layer's input range, calibrated once on ``calib`` (float model)."""
         with self.evaluator.private_model() as model:
@@ -133,7 +138,7 @@ class Workspace:
     # --- QE table and search ---------------------------------------------------------------
     def table(self, progress: Progress = None) -> QETable:
         """The QE table, on the grids the layers really get: with loss-aware ranges, the recipe's."""
-        grid = self.calibrate(progress) if self.ranges == "loss" else self.quantizer
+        grid = self._weight_grid(progress)
         with self._table_lock:
             if self._table is None:
                 self._table = qe_table(self.loaded.model, grid, self.bits, self.layers,
@@ -206,7 +211,7 @@ class Workspace:
 
         held = self._fisher
         if held is None or held[0] is not calib:
-            grid = self.calibrate(progress) if self.ranges == "loss" else self.quantizer
+            grid = self._weight_grid(progress)
             diagonal = self.fisher_diagonal(calib, progress)
             with self.evaluator.private_model() as model:
                 table = fisher_table(model, self.layers, calib, grid, self.bits, self.device, progress, diagonal)
@@ -247,8 +252,8 @@ class Workspace:
         table = self.fisher(calib, progress)
         held = self._gptq_costs
         if held is None or held[0] is not table:
+            grid = self._weight_grid(progress)  # the grid GPTQ gets
             with self.evaluator.private_model() as model:
-                grid = self.calibrate(progress) if self.ranges == "loss" else self.quantizer  # the grid GPTQ gets
                 costs = gptq_cost_table(model, [l.name for l in self.layers], calib.inputs(), table.diagonal,
                                         self.bits, grid, progress=progress)
             self._gptq_costs = held = (table, costs)

@@ -7,7 +7,8 @@ holds more than ``UNFOLD_ELEMENTS`` numbers.
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from contextlib import ExitStack
+from typing import Callable, Iterable, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -181,3 +182,16 @@ def _submodule(model: nn.Module, dotted: str) -> Optional[nn.Module]:
         return model.get_submodule(dotted) if dotted else model
     except AttributeError:
         return None
+
+
+def collected(model: nn.Module, names: Sequence[str], run: Callable[[torch.Tensor], object],
+              batches: Iterable[torch.Tensor]) -> List[LayerInputs]:
+    """The collectors of layers ``names``, filled while ``run`` (the model, or a stage of it) sees
+    each of ``batches`` without gradients; every hook is removed afterwards, even on error."""
+    inputs = [layer_inputs(model, name) for name in names]
+    with ExitStack() as stack, torch.no_grad():
+        for coll in inputs:
+            stack.enter_context(coll)
+        for x in batches:
+            run(x)
+    return inputs

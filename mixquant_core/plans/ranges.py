@@ -59,25 +59,23 @@ def layer_hessians(model: nn.Module, layers: Sequence[LayerInfo], data: EvalTens
     """Per layer, sum over the calibration inputs of x x^T [G, M, M] (float64): the columns GPTQ
     sees (models/layer_inputs.py: im2col after the conv's own SAME padding, one matrix per group, an
     attention's q/k/v row blocks), None for a layer that saw no input."""
-    from contextlib import ExitStack
-
-    from ..models.layer_inputs import layer_inputs
+    from ..models.layer_inputs import collected
 
     if len(data) == 0:
         raise DatasetError("the calibration set is empty: loss-aware ranges need at least one image")
-    inputs = [layer_inputs(model, layer.name) for layer in layers]
+
+    def batches():
+        done = 0
+        for x, _ in data.batches(batch_size):
+            yield x
+            done += len(x)
+            if progress:
+                progress(done, len(data), "ranges: layer inputs")
+
     was_training = model.training
     try:
         model.eval()
-        with ExitStack() as stack, torch.no_grad():
-            for coll in inputs:
-                stack.enter_context(coll)
-            done = 0
-            for x, _ in data.batches(batch_size):
-                model(x)
-                done += len(x)
-                if progress:
-                    progress(done, len(data), "ranges: layer inputs")
+        inputs = collected(model, [layer.name for layer in layers], model, batches())
     finally:
         model.train(was_training)
     out: List[Optional[torch.Tensor]] = []

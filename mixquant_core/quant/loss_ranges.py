@@ -117,11 +117,11 @@ def output_ratios(w: torch.Tensor, gram: torch.Tensor, nbits: int, scheme: str) 
     reach = COARSE_STEP - 1
     fine = (best[:, None] + torch.arange(-reach, reach + 1)[None, :]).clamp(0, n - 1)  # [R, 2 * reach + 1], ascending
     scores = _row_scores(w, gram, nbits, scheme, CLIP_RATIOS[fine])
-    rows = as_rows(w.detach().float(), per_channel)
     blind = ~torch.isfinite(scores).all(dim=1) | (scores.max(dim=1).values <= 0)
     k = torch.nan_to_num(scores, nan=float("inf")).min(dim=1).indices  # the first (largest ratio) of equals
     chosen = fine.gather(1, k[:, None])[:, 0]
     if blind.any():
+        rows = as_rows(w.detach().float(), per_channel)
         scale, zp = candidate_grids(rows, nbits, symmetric)
         plain = row_sq_errors(rows, scale, zp, *code_bounds(nbits, symmetric))
         chosen = torch.where(blind, plain.min(dim=1).indices, chosen)

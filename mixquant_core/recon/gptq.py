@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from ..errors import MixQuantError
-from ..models.layer_inputs import LayerInputs, layer_inputs
+from ..models.layer_inputs import LayerInputs, collected
 from ..models.layers import WeightRef
 from ..quant.codes import QuantizedLayer
 from ..quant.codes import layer_grid
@@ -188,8 +188,6 @@ def run_gptq(work: nn.Module, bits: Dict[str, int], calib: torch.Tensor, cfg, qu
     float32 model, on the first ``REPORT_IMAGES`` images) under round-to-nearest and under GPTQ.
     """
     import time
-    from contextlib import ExitStack
-
     from .blocks import model_stages
     from .results import BlockReport, ReconResult, block_loss, forward_all as _forward_all
     from ..models.layers import weight_ref
@@ -205,12 +203,7 @@ def run_gptq(work: nn.Module, bits: Dict[str, int], calib: torch.Tensor, cfg, qu
     def collect(names: List[str], run, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         for n in names:  # each layer's grid once (an MSE range search is not free)
             grids[n] = layer_grid(quantizer, n, refs[n].tensor.detach().float().cpu(), int(bits[n]))
-        inputs = {n: layer_inputs(work, n) for n in names}
-        with ExitStack() as stack, torch.no_grad():
-            for coll in inputs.values():
-                stack.enter_context(coll)
-            for i in range(0, len(x), chunk):
-                run(x[i:i + chunk])
+        inputs = dict(zip(names, collected(work, names, run, (x[i:i + chunk] for i in range(0, len(x), chunk)))))
         return quantize_with_inputs(refs, bits, inputs, quantizer, cfg.damp, cfg.act_order, grids, starts)
 
     def write(layers: Dict[str, torch.Tensor]) -> None:
@@ -277,15 +270,9 @@ def gptq_cost_table(model: nn.Module, names: List[str], calib: torch.Tensor, fis
     if not torch.isfinite(calib).all():
         raise MixQuantError("the calibration images contain NaN/Inf values")
     refs = {n: weight_ref(model, n) for n in names}
-    inputs = {n: layer_inputs(model, n) for n in names}
+    batches = (calib[i:i + batch_size] for i in range(0, len(calib), batch_size))
+    inputs = dict(zip(names, collected(model, names, model, batches)))
     total = len(names) + 1
-    from contextlib import ExitStack
-
-    with ExitStack() as stack, torch.no_grad():
-        for coll in inputs.values():
-            stack.enter_context(coll)
-        for i in range(0, len(calib), batch_size):
-            model(calib[i:i + batch_size])
     if progress:
         progress(1, total, "GPTQ cost: Hessians")
     cost = np.zeros((len(names), len(bits)), dtype=np.float64)
