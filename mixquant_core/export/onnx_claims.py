@@ -26,7 +26,7 @@ from ..plans.size import FLOAT_BYTES, MB, float32_bytes, quantized_layer_bytes
 from ..quant.quantizers import QUANTIZERS, is_per_channel, is_symmetric
 from .onnx_fuse import FOLDED_BIAS
 from .onnx_pack import SHARED, read_packed_layers, unpack_tag
-from ..models.onnx_qdq import ACT_SCALE, ACT_ZERO_POINT
+from ..models.onnx_qdq import ACT_SCALE, ACT_ZERO_POINT, node_producers
 from .onnx_qdq import is_act_dequantize
 from .untrusted import OnnxFileError, shown_dims, untrusted_text
 
@@ -76,7 +76,7 @@ def quantized_layers(graph, name: str) -> Dict[str, GraphLayer]:
     """Every packed weight (onnx_pack.py) and every DequantizeLinear of weight codes, which must be
     a layer's stored codes as build_onnx writes them (activation Q/DQ pairs: onnx_qdq.py)."""
     inits = {i.name: i for i in graph.initializer}
-    producers = {o: n for n in graph.node for o in n.output}
+    producers = node_producers(graph)
     layers: Dict[str, GraphLayer] = {}
     for key, p in read_packed_layers(graph, name).items():
         layer = name_for_key(key) or ""

@@ -10,7 +10,8 @@ from typing import Dict, Tuple
 import numpy as np
 
 from ..models.layers import key_for_name
-from ..models.onnx_qdq import ACT_SCALE, ACT_ZERO_POINT, node_users, quantization_point, weight_consumers, zero_pads
+from ..models.onnx_qdq import (ACT_SCALE, ACT_ZERO_POINT, node_producers, node_users, quantization_point, weight_consumers,
+                               zero_pads)
 from .untrusted import OnnxFileError, untrusted_text
 
 
@@ -26,11 +27,7 @@ def read_act_qdq(graph, name: str) -> Dict[str, Tuple[float, int]]:
     from onnx import TensorProto, numpy_helper
 
     inits = {i.name: i for i in graph.initializer}
-    producers = {o: n for n in graph.node for o in n.output}
-    users: Dict[str, list] = {}
-    for node in graph.node:
-        for i in node.input:
-            users.setdefault(i, []).append(node)
+    producers, users = node_producers(graph), node_users(graph)
     out: Dict[str, Tuple[float, int]] = {}
     for node in graph.node:
         if node.op_type != "QuantizeLinear":
@@ -41,7 +38,7 @@ def read_act_qdq(graph, name: str) -> Dict[str, Tuple[float, int]]:
         if (not layer or list(node.input[1:]) != [layer + ACT_SCALE, layer + ACT_ZERO_POINT] or node.attribute
                 or any(i in inits for i in node.input[:1]) or scale_name not in inits or layer + ACT_ZERO_POINT not in inits):
             raise OnnxFileError(f"{shown} is not one MixQuant writes (corrupt or edited)")
-        nexts = users.get(node.output[0], [])
+        nexts = [graph.node[k] for k in users.get(node.output[0], [])]
         if len(nexts) != 1 or nexts[0].op_type != "DequantizeLinear" or list(nexts[0].input) != [node.output[0]] + list(node.input[1:]) \
                 or nexts[0].attribute:
             raise OnnxFileError(f"{shown} does not feed exactly its DequantizeLinear (corrupt or edited)")
@@ -53,7 +50,7 @@ def read_act_qdq(graph, name: str) -> Dict[str, Tuple[float, int]]:
         if not math.isfinite(scale) or scale <= 0:
             raise OnnxFileError(f"{shown} has scale {scale!r}; an activation scale must be finite and positive (corrupt or edited)")
         out[layer] = (scale, zp)
-    _check_placement(graph, out, name)
+    _check_placement(graph, out, name, users, producers)
     return out
 
 
@@ -64,11 +61,10 @@ def _own_pair_output(tensor: str, layer: str, users, producers) -> bool:
         and list(dq.input[1:]) == [layer + ACT_SCALE, layer + ACT_ZERO_POINT]
 
 
-def _check_placement(graph, layers, name: str) -> None:
+def _check_placement(graph, layers, name: str, users, producers) -> None:
     """Each layer's pairs are exactly one per node computing with its weight, on that node's data
     input or before the zero Pads leading to it: what the plan's ranges say is quantized is."""
-    users, pads = node_users(graph), zero_pads(graph)
-    producers = {o: n for n in graph.node for o in n.output}
+    pads = zero_pads(graph)
     pairs: Dict[str, int] = {}
     for node in graph.node:
         if node.op_type == "QuantizeLinear":

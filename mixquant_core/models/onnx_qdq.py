@@ -39,6 +39,11 @@ def node_users(graph) -> Dict[str, List[int]]:
     return users
 
 
+def node_producers(graph) -> Dict[str, object]:
+    """Tensor name -> the node that outputs it."""
+    return {o: n for n in graph.node for o in n.output}
+
+
 def _constant_values(graph) -> Dict[str, object]:
     """Tensor name -> TensorProto of every initializer and Constant node's value."""
     out = {i.name: i for i in graph.initializer}
