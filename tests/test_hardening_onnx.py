@@ -121,15 +121,16 @@ def _constant_of_shape(data: bytes, size_from_input: bool) -> bytes:
 
 def _slow(data: bytes, side: int, chain: int) -> bytes:
     """logits + 0 * mean(x @ W @ W ...): [batch, 3, side, side] activations multiplied ``chain``
-    times by a side x side matrix; few bytes in the file, side^3 * 6 * chain FLOP per image."""
-    nodes = [helper.make_node("ConstantOfShape", ["w_shape"], ["w"], value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1e-3])),
+    times by a side x side matrix; few bytes in the file, side^3 * 6 * chain FLOP per image. Its
+    names are longer than the export's own short ones ("0".."zz", export/onnx_compact.py)."""
+    nodes = [helper.make_node("ConstantOfShape", ["w_shape"], ["slow_w"], value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1e-3])),
              helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
-             helper.make_node("Mul", ["pooled", "w"], ["x0"])]
+             helper.make_node("Mul", ["pooled", "slow_w"], ["slow_x0"])]
     for k in range(chain):
-        nodes.append(helper.make_node("MatMul", [f"x{k}", "w"], [f"x{k + 1}"]))
-    nodes += [helper.make_node("ReduceMean", [f"x{chain}"], ["m"], keepdims=0),
-              helper.make_node("Mul", ["m", "zero"], ["m0"]),
-              helper.make_node("Add", ["logits", "m0"], ["out"])]
+        nodes.append(helper.make_node("MatMul", [f"slow_x{k}", "slow_w"], [f"slow_x{k + 1}"]))
+    nodes += [helper.make_node("ReduceMean", [f"slow_x{chain}"], ["slow_m"], keepdims=0),
+              helper.make_node("Mul", ["slow_m", "zero"], ["slow_m0"]),
+              helper.make_node("Add", ["logits", "slow_m0"], ["out"])]
     return _logits_through(data, nodes, [numpy_helper.from_array(np.array([side, side], np.int64), "w_shape"),
                                          _scalar("zero", 0.0)])
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import itertools
 import json
 
 import numpy as np
@@ -76,7 +77,7 @@ def test_weight_only_file_is_the_accounting_plus_graph_and_folds_to_float(bits, 
     data = onnx_bytes(model, plan, PRE)
     report = onnx_size_report(data, model, plan, "asymmetric")
     assert report["container_padding_bytes"] == 0 and report["integer_kernel_layers"] == 0
-    assert 0 < report["bytes"] - report["accounted_bytes"] < 12_000  # nodes, shapes, metadata: no padding
+    assert 0 < report["bytes"] - report["accounted_bytes"] < 7_000  # nodes, shapes, metadata: no padding (6.2 kB)
     ops = _optimized_ops(data, tmp_path)
     assert not ops & {"DequantizeLinear", "BitShift", "BitwiseAnd", "MatMul", "Cast"}  # all folded at build
     x = images(4)
@@ -178,9 +179,9 @@ def _pair_after_pads(data: bytes) -> bytes:
         q = producers[dq.input[0]]
         conv = next(n for n in graph.node if pad.output[0] in list(n.input))
         pad.input[0], q.input[0], conv.input[0] = q.input[0], pad.output[0], dq.output[0]
-        moved[pad.name] = [q, dq]
-    pairs = {n.name for nodes in moved.values() for n in nodes}
-    order = [m for n in graph.node if n.name not in pairs for m in [n] + moved.get(n.name, [])]
+        moved[pad.output[0]] = [q, dq]  # nodes by their output: exports name no nodes
+    pairs = {n.output[0] for nodes in moved.values() for n in nodes}
+    order = [m for n in graph.node if n.output[0] not in pairs for m in [n] + moved.get(n.output[0], [])]
     del graph.node[:]
     graph.node.extend(order)
     return proto.SerializeToString()
@@ -204,7 +205,8 @@ def test_a_pad_between_layers_keeps_the_conv_before_it_an_integer_kernel(quantiz
     graph = onnx.load_model_from_string(data).graph
     producers = {o: n for n in graph.node for o in n.output}
     pad = next(n for n in graph.node if n.op_type == "Pad")
-    assert producers[pad.input[0]].name == "2.0.input_dequantize"  # the depthwise conv's pair, before its Pad
+    dq = producers[pad.input[0]]
+    assert dq.op_type == "DequantizeLinear" and dq.input[1] == "2.0.input_scale"  # the depthwise conv's pair, before its Pad
     # 0.0 (through ReLU6 and the Pad) and 2.0 feed a quantized input: integer kernels, the Pad folded
     # into the depthwise QLinearConv; 3.0 (pooled next) and 6 (the logits) stay float behind their Q/DQ
     assert onnx_size_report(data, model, plan, quantizer)["integer_kernel_layers"] == 2
@@ -235,7 +237,7 @@ def test_both_engines_quantize_alike_across_a_pad(one_thread):
 
 def _bypass_pair(proto) -> None:  # the depthwise conv reads float inputs; its pair feeds nothing
     pad = next(n for n in proto.graph.node if n.op_type == "Pad")
-    pad.input[0] = next(n for n in proto.graph.node if n.name == "2.0.input_quantize").input[0]
+    pad.input[0] = next(n for n in proto.graph.node if n.op_type == "QuantizeLinear" and n.input[1] == "2.0.input_scale").input[0]
 
 
 def _pad_with_ones(proto) -> None:  # a pad of 1.0 does not commute with the quantizer
@@ -259,6 +261,122 @@ def test_an_activation_pair_off_its_layers_input_is_refused_in_one_line(edit, tm
     assert err.startswith("mixquant: error:") and "\n" not in err, err
 
 
+# --- compact graphs (export/onnx_compact.py) -----------------------------------------------------------
+def _torch_named(monkeypatch, model, plan, recipe=None) -> bytes:
+    """The file as exports before the compaction pass wrote it: torch's node and value names, the
+    unpacking's hashed names, one Constant node per use."""
+    import mixquant_core.export.onnx as export_onnx
+
+    with monkeypatch.context() as patch:
+        patch.setattr(export_onnx, "compact_graph", lambda graph, keep=(): None)
+        return onnx_bytes(model, plan, PRE, recipe=recipe)
+
+
+def test_short_names_are_distinct_and_shortest_first():
+    from mixquant_core.export.onnx_compact import counter_name, short_names
+
+    names = [counter_name(k) for k in range(36 + 36**2 + 1)]
+    assert len(set(names)) == len(names) and names[35:37] == ["z", "00"] and [len(n) for n in names[-2:]] == [2, 3]
+    assert list(itertools.islice(short_names({"1", "3"}), 3)) == ["0", "2", "4"]
+
+
+def _constants(graph) -> list:
+    return [n.attribute[0].t.SerializeToString() for n in graph.node if n.op_type == "Constant"]
+
+
+@pytest.mark.parametrize("w_a", [False, True])
+def test_exports_name_no_node_and_give_intermediate_values_short_names(w_a, monkeypatch):
+    model = padded_chain()
+    plan, recipe = _wa(model, (8, 4, 8, 6))
+    graph = onnx.load_model_from_string(onnx_bytes(model, plan, PRE, recipe=recipe if w_a else None)).graph
+    kept = {i.name for i in graph.initializer} | {f"{n}.weight" for n in plan.bits} | {graph.output[0].name}
+    values = {o for n in graph.node for o in n.output}
+    assert kept & values >= {f"{n}.weight" for n in plan.bits}  # readers find each layer's weight by its name
+    assert not any(n.HasField("name") for n in graph.node)
+    assert max(len(v) for v in values - kept) <= 2  # fewer than 36 + 36**2 intermediate values
+    old = onnx.load_model_from_string(_torch_named(monkeypatch, model, plan, recipe if w_a else None)).graph
+    assert len(set(_constants(old))) < len(_constants(old))  # torch repeats Constant values ..
+    assert sorted(_constants(graph)) == sorted(set(_constants(old)))  # .. each is one node now
+
+
+@pytest.mark.parametrize("w_a", [False, True])
+def test_files_with_torch_names_still_load_and_compute_the_same(w_a, monkeypatch, one_thread):
+    model = padded_chain()
+    plan, recipe = _wa(model, (8, 4, 8, 6))
+    recipe = recipe if w_a else None
+    old, new = _torch_named(monkeypatch, model, plan, recipe), onnx_bytes(model, plan, PRE, recipe=recipe)
+    assert any(n.name.startswith("/") for n in onnx.load_model_from_string(old).graph.node)  # torch's names
+    f_old, f_new = read_onnx(old, model), read_onnx(new, model)
+    assert f_old.facts == f_new.facts and f_old.plan == f_new.plan
+    assert (f_old.acts and f_old.acts.to_dict()) == (f_new.acts and f_new.acts.to_dict()) and bool(f_new.acts) == w_a
+    x = images(4, seed=2)
+    np.testing.assert_array_equal(_reference_run(old, x), _reference_run(new, x))
+    assert len(new) < len(old) - 2_000
+
+
+def _unpacking(graph) -> list:
+    """Positions of the first packed layer's 11 unpacking nodes (the export writes them in order)."""
+    k = next(k for k, n in enumerate(graph.node) if n.op_type == "BitShift")
+    return list(range(k, k + 11))
+
+
+def _with_node(graph, at: int, node) -> None:
+    nodes = list(graph.node)
+    nodes.insert(at, node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def _op_spliced_in(graph) -> None:  # a Neg between the codes and their bit values: other weights
+    matmul = graph.node[_unpacking(graph)[6]]
+    _with_node(graph, _unpacking(graph)[6], helper.make_node("Neg", [matmul.input[0]], ["negated"]))
+    matmul.input[0] = "negated"
+
+
+def _partial_result_read(graph) -> None:  # the unpacking's bits read by another node too
+    bits = graph.node[_unpacking(graph)[1]].output[0]
+    _with_node(graph, _unpacking(graph)[2], helper.make_node("Identity", [bits], ["seen"]))
+
+
+def _attribute_edited(graph) -> None:
+    graph.node[_unpacking(graph)[0]].attribute[0].s = b"LEFT"
+
+
+def _zero_point_swapped(graph) -> None:  # the Cast reads the scale's initializer instead
+    cast, mul = (graph.node[k] for k in _unpacking(graph)[8::2])
+    cast.input[0] = mul.input[1]
+
+
+@pytest.mark.parametrize("edit", [_op_spliced_in, _partial_result_read, _attribute_edited, _zero_point_swapped])
+@pytest.mark.parametrize("torch_named", [False, True])
+def test_an_edited_unpacking_is_refused_whatever_its_names(edit, torch_named, monkeypatch):
+    model = tiny_chain()
+    plan = workspace(model).plan_from_bits(MIXED_BITS)
+    data = _torch_named(monkeypatch, model, plan) if torch_named else onnx_bytes(model, plan, PRE)
+    read_onnx(data, model)
+    proto = onnx.load_model_from_string(data)
+    edit(proto.graph)
+    onnx.checker.check_model(proto)  # a valid graph: only the unpacking check can refuse it
+    with pytest.raises(OnnxFileError, match="'0.0.weight' is not unpacked as MixQuant writes it"):
+        read_onnx(proto.SerializeToString(), model)
+
+
+@pytest.mark.slow
+def test_lite0_weight_only_file_is_the_accounting_plus_95_kb_and_w8a8_fuses_34_convs(lite0, tmp_path):
+    from mixquant_core.workspace import Workspace
+
+    ws = Workspace(lite0, "symmetric", device="cpu", engine="torch")
+    plan = ws.plan_from_bits(ws.uniform(4))
+    report = onnx_size_report(onnx_bytes(lite0.model, plan, lite0.preprocess), lite0.model, plan, "symmetric")
+    assert report["container_padding_bytes"] == 0 and 0 < report["bytes"] - report["accounted_bytes"] < 95_000
+    plan = ws.plan_from_bits(ws.uniform(8))
+    recipe = Recipe("symmetric", acts=minmax_acts(lite0.model, list(plan.bits), images(8, 224, seed=0)))
+    data = onnx_bytes(lite0.model, plan, lite0.preprocess, recipe=recipe)
+    assert read_onnx(data, lite0.model).acts.ranges.keys() == plan.bits.keys()
+    ops = _optimized_op_counts(data, tmp_path)
+    assert ops["QLinearConv"] == 34 and ops["Conv"] == 15, ops  # README: 34 of Lite0's 49 convs
+
+
 # --- bad activation ranges -------------------------------------------------------------------------
 def _edited_init(data: bytes, name: str, value, dtype) -> bytes:
     proto = onnx.load_model_from_string(data)
@@ -280,13 +398,13 @@ def wa_file():
     (("1.2.input_scale", 0.0, np.float32), "scale 0.0"),
     (("1.2.input_scale", -0.5, np.float32), "scale -0.5"),
     (("1.2.input_scale", 0.5, np.float32), "its range gives"),
-    (("1.2.input_zero_point", 300, np.int32), "input_quantize"),  # refused by ONNX shape inference already
+    (("1.2.input_zero_point", 300, np.int32), "(op_type:QuantizeLinear)"),  # refused by ONNX shape inference already
     (("1.2.input_zero_point", 77, np.uint8), "its range gives"),
 ])
 def test_activation_quantizers_that_do_not_fit_are_refused_in_one_line(wa_file, edit, words, tmp_path, capsys):
     path = tmp_path / "edited.onnx"
     path.write_bytes(_edited_init(wa_file, *edit))
-    with pytest.raises(OnnxFileError, match="activation|input_quantize"):
+    with pytest.raises(OnnxFileError, match="activation|QuantizeLinear"):
         read_onnx(path)
     assert main(["load", str(path), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()

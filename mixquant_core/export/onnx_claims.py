@@ -25,7 +25,7 @@ from ..plans.plan import Plan
 from ..plans.size import FLOAT_BYTES, MB, float32_bytes, quantized_layer_bytes
 from ..quant.quantizers import QUANTIZERS, is_per_channel, is_symmetric
 from .onnx_fuse import FOLDED_BIAS
-from .onnx_pack import SHARED, read_packed_layers, unpack_tag
+from .onnx_pack import SHARED, read_packed_layers
 from ..models.onnx_qdq import ACT_SCALE, ACT_ZERO_POINT, node_producers
 from .onnx_qdq import is_act_dequantize
 from .untrusted import OnnxFileError, shown_dims, untrusted_text
@@ -80,7 +80,7 @@ def quantized_layers(graph, name: str) -> Dict[str, GraphLayer]:
     layers: Dict[str, GraphLayer] = {}
     for key, p in read_packed_layers(graph, name).items():
         layer = name_for_key(key) or ""
-        if not layer or key in inits or key in producers and producers[key].name != unpack_tag(key) + "_10":
+        if not layer or key in inits:  # made by its unpacking's last node: read_packed_layers matched it
             raise OnnxFileError(f"{name}: the packed weight '{untrusted_text(key)}' is not a layer's weight (corrupt or edited)")
         layers[layer] = GraphLayer(layer, p.shape, p.nbits, False, p.scale_shape, tuple(p.tensors()), True)
     for node in graph.node:
@@ -89,7 +89,7 @@ def quantized_layers(graph, name: str) -> Dict[str, GraphLayer]:
         out = node.output[0] if len(node.output) == 1 else ""
         layer = name_for_key(out) or ""
         if not layer or list(node.input) != [out + s for s in SUFFIXES] or not all(i in inits for i in node.input):
-            raise OnnxFileError(f"{name}: DequantizeLinear node '{untrusted_text(node.name, 60)}' does not dequantize "
+            raise OnnxFileError(f"{name}: DequantizeLinear node '{untrusted_text(node.name or out, 60)}' does not dequantize "
                                 "a layer's stored codes, scale and zero-point (corrupt or edited)")
         if layer in layers or out in inits:
             raise OnnxFileError(f"{name}: layer '{untrusted_text(layer)}' is stored twice (corrupt or edited)")

@@ -22,13 +22,16 @@ ops it folds. The unpacking needs 4*n*b bytes once, while the session is built.
 
 A reader rebuilds the nodes and small constants from (K, b, S, scale shape) and requires the
 graph's to be exactly those (``read_packed_layers``): a packed layer cannot hide other operators.
+The nodes are matched by structure, from the one that makes ``K`` back to the initializers, not by
+name: the export's last pass (onnx_compact.py) renames their intermediate values and drops their
+names, and files written before it (the ``unpack_tag`` names below) read the same way.
 """
 from __future__ import annotations
 
 import hashlib
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -139,13 +142,53 @@ def _array(init, name: str, key: str) -> np.ndarray:
         raise OnnxFileError(f"{name}: the packed weight '{untrusted_text(key)}' has unreadable constants (corrupt)") from None
 
 
+def _same_op(node, want) -> bool:
+    """``node`` is ``want``'s operator with its attributes and as many inputs and outputs; names
+    (the node's, its values') are not compared."""
+    def bare(n):
+        copy = type(n)()
+        copy.CopyFrom(n)
+        copy.name = ""
+        del copy.input[:], copy.output[:]
+        return copy.SerializeToString(deterministic=True)
+
+    return len(node.input) == len(want.input) and len(node.output) == len(want.output) and bare(node) == bare(want)
+
+
+def matched_nodes(graph, template, producers: Dict[str, int], users: Dict[str, List[int]]):
+    """Positions in ``graph.node`` of the nodes that compute ``template``'s last output as
+    ``template`` does, or None: walking back from that output's producer, each node is the
+    template's operator, reads the same initializers, and reads each intermediate value from the
+    node matched to its template producer, as that value's only reader (no other operator sees the
+    unpacking's partial results)."""
+    made = {out: k for k, node in enumerate(template) for out in node.output}
+    got: List[Optional[int]] = [None] * len(template)
+    got[-1] = producers.get(template[-1].output[0])
+    for k in reversed(range(len(template))):  # every intermediate is read by a later template node
+        if got[k] is None or not _same_op(graph.node[got[k]], template[k]):
+            return None
+        for have, need in zip(graph.node[got[k]].input, template[k].input):
+            if need not in made:  # an initializer: the very one
+                if have != need:
+                    return None
+            elif users.get(have) != [got[k]] or got[made[need]] is not None or producers.get(have) is None:
+                return None
+            else:
+                got[made[need]] = producers[have]
+    return got if len(set(got)) == len(got) else None
+
+
 def read_packed_layers(graph, name: str) -> Dict[str, PackedLayer]:
     """Weight key -> PackedLayer for every ``*_packed`` initializer; its unpacking nodes and small
     constants must be exactly those ``packed_layer`` writes, else a one-line OnnxFileError."""
     from onnx import TensorProto
 
     inits = {i.name: i for i in graph.initializer}
-    nodes = {n.name: n for n in graph.node}
+    producers = {out: k for k, node in enumerate(graph.node) for out in node.output}
+    users: Dict[str, List[int]] = {}
+    for k, node in enumerate(graph.node):
+        for i in node.input:
+            users.setdefault(i, []).append(k)
     out: Dict[str, PackedLayer] = {}
     for init_name in inits:
         if not init_name.endswith(PACKED):
@@ -163,11 +206,9 @@ def read_packed_layers(graph, name: str) -> Dict[str, PackedLayer]:
         for want in _small_constants(key, nbits, shape):
             if inits[want.name].SerializeToString() != want.SerializeToString():
                 raise OnnxFileError(f"{name}: the packed weight '{shown}' has an edited constant '{untrusted_text(want.name)}'")
-        for want in unpack_nodes(key):
-            got = nodes.get(want.name)
-            if got is None or got.SerializeToString() != want.SerializeToString():
-                raise OnnxFileError(f"{name}: the packed weight '{shown}' is not unpacked as MixQuant writes it "
-                                    f"(node '{untrusted_text(want.name)}' missing or edited)")
+        if matched_nodes(graph, unpack_nodes(key), producers, users) is None:
+            raise OnnxFileError(f"{name}: the packed weight '{shown}' is not unpacked as MixQuant writes it "
+                                "(its unpacking nodes missing, edited or read by other nodes)")
         n = math.prod(shape)
         if list(inits[init_name].dims) != [math.ceil(n * nbits / 8), 1]:
             raise OnnxFileError(f"{name}: the packed weight '{shown}' holds {list(inits[init_name].dims)} bytes, "

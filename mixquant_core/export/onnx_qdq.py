@@ -32,8 +32,8 @@ def read_act_qdq(graph, name: str) -> Dict[str, Tuple[float, int]]:
     for node in graph.node:
         if node.op_type != "QuantizeLinear":
             continue
-        shown = f"{name}: activation quantizer '{untrusted_text(node.name, 60)}'"
         scale_name = node.input[1] if len(node.input) > 1 else ""
+        shown = f"{name}: activation quantizer '{untrusted_text(node.name or scale_name, 60)}'"  # exports name no nodes
         layer = scale_name[: -len(ACT_SCALE)] if scale_name.endswith(ACT_SCALE) else ""
         if (not layer or list(node.input[1:]) != [layer + ACT_SCALE, layer + ACT_ZERO_POINT] or node.attribute
                 or any(i in inits for i in node.input[:1]) or scale_name not in inits or layer + ACT_ZERO_POINT not in inits):

@@ -16,7 +16,8 @@ Conv) and a QuantizeLinear right after the producing layer (its QLinearConv fusi
 
 Names, per layer NAME: ``NAME.input_scale`` (float32 []), ``NAME.input_zero_point`` (uint8 []),
 nodes ``NAME.input_quantize``/``NAME.input_dequantize`` (one pair per consuming node, suffixed
-``_1``, ``_2``.. past the first).
+``_1``, ``_2``.. past the first). An export then drops node names and renames the pairs' outputs
+(export/onnx_compact.py): readers find a pair by its scale and zero-point initializers.
 """
 from __future__ import annotations
 
