@@ -84,9 +84,45 @@ def evaluate_ort(model, data, bits, recipe, image_shape):
     return run_session(new_session(proto.SerializeToString()), data, 8)
 
 
+CALIB_CHUNK = 16  # images whose every intermediate tensor ORT's histogram calibrators hold at once
+
+
+def _histograms_in_chunks():
+    """ORT's Entropy / Percentile calibrators keep every intermediate tensor of every calibration
+    image before building their histograms (Lite0: ~6 GB for 256 images, more than this machine
+    could give them in an earlier run). Their collector keeps its histograms across calls and merges
+    each new batch into them (ORT's own ``merge_histogram``, which widens the range as needed), so
+    feed them CALIB_CHUNK images per call: all the images are seen, memory stays bounded."""
+    from onnxruntime.quantization.calibrate import HistogramCalibrater
+
+    if getattr(HistogramCalibrater.collect_data, "chunked", False):
+        return
+    whole = HistogramCalibrater.collect_data
+
+    def collect_data(self, data_reader):
+        while True:
+            chunk = [x for x in (data_reader.get_next() for _ in range(CALIB_CHUNK)) if x]
+            if not chunk:
+                return
+            whole(self, _ListReader(chunk))
+
+    collect_data.chunked = True
+    HistogramCalibrater.collect_data = collect_data
+
+
+class _ListReader:
+    def __init__(self, items):
+        self.items = iter(items)
+
+    def get_next(self):
+        return next(self.items, None)
+
+
 def quantize_static_model(model, image_shape, calib, method: str) -> bytes:
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    _histograms_in_chunks()
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -121,6 +157,7 @@ def main() -> None:
     p.add_argument("--check", type=lambda t: int(t), default=0, help="compare ORT Q/DQ with the torch engine on N images")
     p.add_argument("--ranges", choices=("weights", "loss"), default="weights",
                    help="weight ranges of the budget group's plans: the weights' own, or loss-aware on the calibration images")
+    p.add_argument("--ort-methods", default="MinMax,Entropy,Percentile", help="quantize_static's calibration methods")
     p.add_argument("--out")
     args = p.parse_args()
     only = set(args.only.split(","))
@@ -174,7 +211,7 @@ def main() -> None:
             m, sec = timed(evaluate_ort, model, data, int8, Recipe("per-channel", acts=acts_for(method)), shape)
             record(config=f"W8A8 mixquant {method}", top1=m.top1, top5=m.top5, loss=m.loss, seconds=sec)
     if "ort" in only:
-        for method in ("MinMax", "Entropy", "Percentile"):
+        for method in args.ort_methods.split(","):
             try:
                 blob, qsec = timed(quantize_static_model, model, shape, calib, method)
                 m, sec = timed(run_session, new_session(blob), data, 8)

@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -70,13 +71,18 @@ def runner(data: bytes, engine: str):
     return lambda x: session.run(None, {name: x})
 
 
-def throughput(cells: dict, x: np.ndarray, rounds: int = 3) -> dict:
-    """label -> median images/s over ``rounds`` interleaved rounds of SECONDS each."""
+ROUNDS = 3
+
+
+def throughput(cells: dict, x: np.ndarray, rounds: Optional[int] = None) -> dict:
+    """label -> median images/s over ``rounds`` (default ROUNDS) interleaved rounds of SECONDS each;
+    each round starts one cell later than the one before, so no cell always runs first."""
     runs = {label: [] for label in cells}
     for fn in cells.values():
         fn(x)  # warm-up
-    for _ in range(rounds):
-        for label, fn in cells.items():
+    order = list(cells.items())
+    for r in range(rounds or ROUNDS):
+        for label, fn in order[r % len(order):] + order[:r % len(order)]:
             n, start = 0, time.perf_counter()
             while time.perf_counter() - start < SECONDS:
                 fn(x)
@@ -200,13 +206,16 @@ def w8a8(name: str, scheme: str) -> None:
 
 
 def main(argv=None) -> None:
+    global ROUNDS  # the cell tables' rounds: --rounds
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", action="store_true")
     p.add_argument("--weight-only", action="store_true")
     p.add_argument("--w8a8", action="store_true")
     p.add_argument("--models", default="efficientnet_lite0,resnet50")
     p.add_argument("--schemes", default="symmetric")
+    p.add_argument("--rounds", type=int, default=ROUNDS, help=f"interleaved rounds per cell, median kept (default {ROUNDS})")
     args = p.parse_args(argv)
+    ROUNDS = args.rounds
     every = not (args.sizes or args.weight_only or args.w8a8)
     if args.sizes or every:
         sizes("efficientnet_lite0")

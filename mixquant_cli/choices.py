@@ -17,6 +17,9 @@ RECON_SCHEMES = ("per-channel-mse",) + tuple(q for q in QUANTIZERS if q != "per-
 ALLOCATION_COSTS = ("qe", "fisher", "fisher-gptq")
 # mixquant_core.recon.reconstruct.METHODS
 RECON_METHODS = ("brecq", "gptq", "gptq+brecq")
+# mixquant_core.recon.gptq.GPTQ_INPUTS, and ReconConfig.gptq_inputs's default
+GPTQ_INPUTS = ("stage", "layer", "float-target")
+DEFAULT_GPTQ_INPUTS = "stage"
 
 # mixquant_core.studies.target.FAMILIES
 TARGET_FAMILIES = {

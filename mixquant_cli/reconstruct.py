@@ -8,7 +8,7 @@ import sys
 
 from mixquant_core.errors import MixQuantError
 
-from .choices import DEFAULT_MODEL, QUANTIZERS, RECON_METHODS, RECON_SCHEMES
+from .choices import DEFAULT_GPTQ_INPUTS, DEFAULT_MODEL, GPTQ_INPUTS, QUANTIZERS, RECON_METHODS, RECON_SCHEMES
 from .inputs import calibration_tensors, plan_notice
 from .options import add_engine_arg, add_json_arg, add_progress_args, add_store_args, add_trust_code, number
 from .output import accuracy_text, check_out, notice
@@ -45,6 +45,11 @@ def register(subparsers) -> None:
     p.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=True,
                    help="GPTQ: quantize columns in descending Hessian-diagonal order (default; measured better on "
                         "Lite0) or, with --no-act-order, in natural order")
+    p.add_argument("--gptq-inputs", default=DEFAULT_GPTQ_INPUTS, choices=GPTQ_INPUTS,
+                   help="GPTQ: the inputs each layer is solved on. stage: a block's layers from one run of it; "
+                        "layer: one layer at a time, after the layers before it; float-target: as layer, and "
+                        "fitted to the float32 model's output, so it also corrects the error of the layers "
+                        f"before it (default {DEFAULT_GPTQ_INPUTS})")
     p.add_argument("--calib", required=True, help="calibration image folder (e.g. imagenet-calib-1000)")
     p.add_argument("--calib-images", type=number("calib_images"), default=DEFAULT_CALIB_IMAGES,
                    help=f"calibration images, spread over the folder (default {DEFAULT_CALIB_IMAGES})")
@@ -110,7 +115,7 @@ def cmd_reconstruct(args) -> None:
     mode = mode_of(args)
     calib = calibration_tensors(args.calib, args.calib_images, loaded.preprocess, mode)
     cfg = ReconConfig(iters=args.iters, batch_size=args.batch_size, scheme=args.scheme, seed=args.seed, device=args.device,
-                      method=args.method, act_order=args.act_order)
+                      method=args.method, act_order=args.act_order, gptq_inputs=args.gptq_inputs)
     if args.lr is not None:
         cfg.lr = args.lr
     if args.damp is not None:

@@ -202,10 +202,15 @@ def test_cli_gptq_writes_an_export_load_reads(data_root, tmp_path, capsys):
     out = tmp_path / "gptq.safetensors"
     argv = ["reconstruct", "--method", "gptq", "--uniform", "4", "--quantizer", "per-channel", "--calib",
             str(data_root / "imagenet-calib-1000"), "--calib-images", "2", "--batch-size", "2", "--device", "cpu",
-            "--out", str(out), "--no-progress", "--json"]
+            "--gptq-inputs", "layer", "--out", str(out), "--no-progress", "--json"]
     assert main(argv) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["method"] == "gptq" and report["calib_images"] == 2
+    from safetensors import safe_open
+
+    with safe_open(str(out), "pt") as f:
+        recorded = json.loads(f.metadata()["reconstruction"])["config"]
+    assert recorded["gptq_inputs"] == "layer" and recorded["act_order"] is True
     assert main(["load", str(out), "--json"]) == 0
     loaded = json.loads(capsys.readouterr().out)
     assert loaded["model"] == "efficientnet_lite0" and loaded["layers"] == 50
@@ -215,6 +220,7 @@ def test_cli_gptq_writes_an_export_load_reads(data_root, tmp_path, capsys):
     (["--method", "gptq2"], "invalid choice: 'gptq2'"),
     (["--method", "gptq", "--damp", "0"], "--damp: must be above 0 and at most 1, got 0"),
     (["--method", "gptq", "--damp", "nan"], "--damp: must be a finite number"),
+    (["--method", "gptq", "--gptq-inputs", "floats"], "invalid choice: 'floats'"),
 ])
 def test_cli_bad_gptq_options_are_one_usage_line(argv, message, capsys, tmp_path):
     from mixquant_cli.main import main
@@ -277,3 +283,89 @@ def test_brecq_started_from_gptq_runs_and_records_its_method():
     assert same >= 0.9 * sum(q.codes.numel() for q in gptq.layers.values())
     meta = json.loads(recon_metadata(both, len(calib))["reconstruction"])
     assert meta["method"] == "gptq+adaround+brecq-blocks" and meta["config"]["method"] == "gptq+brecq"
+
+
+# --- which inputs each layer is solved on (GPTQ_INPUTS) -----------------------------------------
+def test_float_target_is_the_least_squares_fit_to_the_float_output():
+    from mixquant_core.recon.gptq import float_target
+
+    g = torch.Generator().manual_seed(0)
+    w, a = torch.randn(3, 5, 7, generator=g), torch.randn(3, 7, 400, generator=g)
+    b = a + 0.3 * torch.randn(a.shape, generator=g)  # the inputs the quantized model gives the layer
+    fit = float_target(w, b @ b.transpose(1, 2), a @ b.transpose(1, 2), damp=1e-9)
+    best = torch.linalg.lstsq(b.transpose(1, 2).double(), (w @ a).transpose(1, 2).double()).solution.transpose(1, 2)
+    assert torch.allclose(fit.double(), best, atol=1e-4)
+    same = float_target(w, a @ a.transpose(1, 2), a @ a.transpose(1, 2), damp=1e-9)
+    assert torch.allclose(same, w, atol=1e-4)  # unchanged inputs: nothing to correct
+    dead = torch.zeros(3, 7, 7, dtype=torch.float64)  # a layer whose inputs are all zero keeps its weights
+    assert torch.equal(float_target(w, dead, dead), w)
+
+
+def test_paired_grams_of_the_same_run_are_the_hessian():
+    from mixquant_core.models.layer_inputs import paired_grams
+
+    model = tiny_chain()
+    x = images(6)
+    for name in ("1.0", "1.2", "3"):  # depthwise, pointwise, Linear
+        coll = LayerInputs(weight_ref(model, name))
+        with coll, torch.no_grad():
+            model(x)
+        gram, cross, samples = paired_grams(model, name, model, model, [(x[:4], x[:4]), (x[4:], x[4:])])
+        assert torch.allclose(gram, coll.matrices(name)) and torch.allclose(cross, gram)
+        assert samples == coll.hessians[0].count
+
+
+@pytest.mark.parametrize("inputs", ["stage", "layer", "float-target"])
+def test_every_gptq_input_mode_keeps_plan_bits_and_leaves_the_model(inputs):
+    model = tiny_chain()
+    bits = dict(zip(layer_names(model), MIXED_BITS))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = reconstruct(model, bits, images(16), ReconConfig(method="gptq", batch_size=4, gptq_inputs=inputs))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(result.layers[n].nbits == b for n, b in bits.items())
+    assert all(torch.isfinite(q.weight()).all() for q in result.layers.values())
+
+
+def _logits_error(model: nn.Module, layers, x: torch.Tensor) -> float:
+    import copy
+
+    q = copy.deepcopy(model)
+    with torch.no_grad():
+        for n, layer in layers.items():
+            weight_ref(q, n).tensor.copy_(layer.weight())
+        return float((q(x) - model(x)).pow(2).mean())
+
+
+def test_fitting_the_float_output_corrects_earlier_layers_error():
+    """float-target's codes also undo the error the quantized layers before left in their inputs:
+    the chain's logits move less from float32 (on held-out images) than with the other modes."""
+    model = tiny_chain(width=16)
+    bits = {n: 3 for n in layer_names(model)}
+    calib, held_out = images(64, seed=1), images(32, seed=2)
+    errors = {mode: _logits_error(model, reconstruct(model, bits, calib, ReconConfig(
+        method="gptq", batch_size=16, gptq_inputs=mode, scheme="per-channel")).layers, held_out)
+        for mode in ("stage", "float-target")}
+    assert errors["float-target"] < 0.8 * errors["stage"], errors
+
+
+def test_float_target_on_a_vision_transformer_with_packed_attention():
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    from mixquant_core.models.layers import find_layers
+
+    torch.manual_seed(0)
+    model = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64,
+                              num_classes=10).eval()
+    nn.init.normal_(model.heads.head.weight)  # torchvision starts it at zero: logits would not move
+    bits = {layer.name: 3 for layer in find_layers(model)}
+    x = torch.randn(12, 3, 32, 32)
+    result = reconstruct(model, bits, x, ReconConfig(method="gptq", scheme="per-channel", gptq_inputs="float-target"))
+    assert set(result.layers) == set(bits)
+    assert all(torch.isfinite(q.weight()).all() for q in result.layers.values())
+    stage = reconstruct(model, bits, x, ReconConfig(method="gptq", scheme="per-channel", gptq_inputs="stage"))
+    assert _logits_error(model, result.layers, x) < _logits_error(model, stage.layers, x)
+
+
+def test_unknown_gptq_inputs_is_one_line():
+    with pytest.raises(MixQuantError, match="GPTQ inputs must be one of stage, layer, float-target"):
+        reconstruct(tiny_chain(), {"3": 4}, images(2), ReconConfig(method="gptq", gptq_inputs="floats"))

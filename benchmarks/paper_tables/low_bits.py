@@ -97,6 +97,8 @@ def main() -> None:
     ap.add_argument("--scheme", default="per-channel-mse", help="the grid the rounding method works on")
     ap.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=True,
                     help="GPTQ: columns in descending diag(H) order (default) or natural order")
+    ap.add_argument("--gptq-inputs", default="stage", help="GPTQ: stage, layer or float-target (recon/gptq.py)")
+    ap.add_argument("--damp", type=float, default=0.01, help="GPTQ dampening (fraction of mean diag H)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     loaded = load_model("efficientnet_lite0")
@@ -107,7 +109,8 @@ def main() -> None:
         for label, ws, plan in points(loaded, args.fisher_images, args.ranges, args.cost, args.only):
             t0 = time.perf_counter()
             cfg = ReconConfig(iters=args.iters, batch_size=args.batch_size, lr=args.lr, device="cpu", seed=0,
-                              method=args.method, scheme=args.scheme, act_order=args.act_order)
+                              method=args.method, scheme=args.scheme, act_order=args.act_order,
+                              gptq_inputs=args.gptq_inputs, damp=args.damp)
             result = reconstruct_plan(loaded.model, plan, calib, cfg)
             seconds = time.perf_counter() - t0
             metrics = evaluate_quantized(loaded.model, result.layers, data)
@@ -116,7 +119,7 @@ def main() -> None:
                    "method_seconds": round(seconds, 1), "calib_images": len(calib),
                    "config": {"iters": args.iters, "batch_size": args.batch_size, "lr": args.lr, "threads": args.threads,
                               "ranges": args.ranges, "cost": args.cost, "scheme": args.scheme,
-                              "act_order": args.act_order}}
+                              "act_order": args.act_order, "gptq_inputs": args.gptq_inputs, "damp": args.damp}}
             out.write(json.dumps(rec) + "\n")
             out.flush()
             print(json.dumps(rec), flush=True)

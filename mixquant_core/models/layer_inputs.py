@@ -167,14 +167,25 @@ class LayerInputs:
         return h
 
 
-def layer_inputs(model: nn.Module, name: str) -> LayerInputs:
-    """The Hessian collector of layer ``name`` (an attention module's ``out_proj`` handled)."""
+class CapturedInputs(LayerInputs):
+    """The input columns themselves of one run (not their Gram sums), to pair with another run's."""
+
+    def __init__(self, ref: WeightRef, attention: Optional[nn.Module] = None):
+        super().__init__(ref, attention)
+        self.parts: List[List[torch.Tensor]] = []
+
+    def _add(self, parts: List[torch.Tensor]) -> None:
+        self.parts.append([p.detach().float() for p in parts])
+
+
+def layer_inputs(model: nn.Module, name: str, kind=LayerInputs) -> LayerInputs:
+    """The Hessian collector (or ``kind``) of layer ``name`` (an attention's ``out_proj`` handled)."""
     from .layers import weight_ref
 
     ref = weight_ref(model, name)
     parent_name, _, child = name.rpartition(".")
     parent = _submodule(model, parent_name) if child == "out_proj" else None
-    return LayerInputs(ref, parent if isinstance(parent, nn.MultiheadAttention) else None)
+    return kind(ref, parent if isinstance(parent, nn.MultiheadAttention) else None)
 
 
 def _submodule(model: nn.Module, dotted: str) -> Optional[nn.Module]:
@@ -195,3 +206,33 @@ def collected(model: nn.Module, names: Sequence[str], run: Callable[[torch.Tenso
         for x in batches:
             run(x)
     return inputs
+
+
+def paired_grams(model: nn.Module, name: str, run_target: Callable[[torch.Tensor], object],
+                 run_actual: Callable[[torch.Tensor], object], pairs: Iterable[tuple]):
+    """Layer ``name``'s inputs in two runs over the same images, ``run_target`` (the float32 model)
+    and ``run_actual`` (the model as quantized so far), each of ``pairs`` a (target batch, actual
+    batch): ([G, C, C] H = 2 B B^T / n of the actual inputs B, [G, C, C] 2 A B^T / n with A the
+    target's), float64. With them a layer can be fitted to its float32 output from the inputs it
+    will really get (recon/gptq.py ``float_target``)."""
+    gram = cross = None
+    count = 0
+    with torch.no_grad():
+        for x_target, x_actual in pairs:
+            runs = []
+            for run, x in ((run_target, x_target), (run_actual, x_actual)):
+                with layer_inputs(model, name, CapturedInputs) as coll:
+                    run(x)
+                runs.append([torch.cat(blocks, dim=-1) for blocks in zip(*coll.parts)])
+            a, b = (torch.cat(parts) if len(parts) > 1 else parts[0] for parts in runs)
+            if a.shape != b.shape:
+                raise MixQuantError(f"layer '{name}': its inputs differ in shape between two runs")
+            g, c = torch.bmm(b, b.transpose(1, 2)).double(), torch.bmm(a, b.transpose(1, 2)).double()
+            gram, cross = (g, c) if gram is None else (gram + g, cross + c)
+            count += b.shape[-1]
+    if gram is None:
+        raise MixQuantError(f"layer '{name}' saw no input on the calibration images (is it used by the model?)")
+    if not (torch.isfinite(gram).all() and torch.isfinite(cross).all()):
+        raise MixQuantError(f"layer '{name}': its inputs on the calibration images are NaN/Inf; "
+                            "GPTQ needs finite activations")
+    return 2.0 * gram / count, 2.0 * cross / count, count

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from ..errors import MixQuantError
-from ..models.layer_inputs import LayerInputs, collected
+from ..models.layer_inputs import LayerInputs, collected, paired_grams
 from ..models.layers import WeightRef
 from ..quant.codes import QuantizedLayer
 from ..quant.codes import layer_grid
@@ -123,23 +123,52 @@ def _row_error(codes: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, zp: to
     return (torch.bmm(d, h.double()) * d).sum(-1)
 
 
+def float_target(w: torch.Tensor, gram: torch.Tensor, cross: torch.Tensor, damp: float = DAMP) -> torch.Tensor:
+    """[G, R, C]: the weights that, on the inputs B the layer really gets, best reproduce its float32
+    output on the float32 model's inputs A: argmin_V ||W A - V B||^2 + lambda ||V - W||^2
+    = W (A B^T + lambda I) (B B^T + lambda I)^-1 (``cross`` = A B^T, ``gram`` = B B^T, both
+    [G, C, C]; lambda as GPTQ's dampening, pulling towards W where B says little). GPTQ on
+    these weights with H = B B^T minimises ||W A - Q B||^2: the codes also correct the error the
+    quantized layers before this one left in its inputs (as GPTAQ, Li et al. 2025)."""
+    gram, cross = gram.double(), cross.double()
+    eye = torch.eye(gram.shape[-1], dtype=torch.float64)
+    diag = torch.diagonal(gram, dim1=-2, dim2=-1)
+    lam = damp * diag.mean(-1)[:, None, None]
+    live = (lam > 0).flatten()
+    out = w.detach().double().clone()
+    if bool(live.any()):
+        chol, info = torch.linalg.cholesky_ex(gram[live] + lam[live] * eye)
+        ok = info == 0
+        # ridge towards W itself, not towards 0: argmin ||W A - V B||^2 + lambda ||V - W||^2
+        rhs = (w.double()[live] @ (cross[live] + lam[live] * eye)).transpose(1, 2)  # [G', C, R]
+        fitted = torch.cholesky_solve(rhs, chol).transpose(1, 2)
+        idx = torch.nonzero(live).flatten()[ok]
+        out[idx] = fitted[ok]
+    if not torch.isfinite(out).all():
+        return w.detach().float()
+    return out.float()
+
+
 def gptq_layer(name: str, w: torch.Tensor, hessians: torch.Tensor, bits: int, quantizer: Quantizer,
-               damp: float = DAMP, act_order: bool = True, grid=None) -> Tuple[QuantizedLayer, torch.Tensor]:
+               damp: float = DAMP, act_order: bool = True, grid=None,
+               target: Optional[torch.Tensor] = None) -> Tuple[QuantizedLayer, torch.Tensor]:
     """Layer ``name``'s GPTQ codes on ``quantizer``'s grid for ``bits``, and the updated weights
     (``w``'s shape) those codes are the nearest rounding of (AdaRound's start in gptq+brecq).
-    ``grid``: ``layer_grid``'s answer for this layer when the caller has it already."""
+    ``grid``: ``layer_grid``'s answer for this layer when the caller has it already (the grid is
+    always the one of ``w``); ``target``: the weights GPTQ fits instead of ``w`` ([G, R, C],
+    ``float_target``), ``hessians`` then being the Gram matrices of the inputs they are fitted on."""
     w = w.detach().float()
     nearest, scale, zp = grid if grid is not None else layer_grid(quantizer, name, w, bits)
     groups = int(hessians.shape[0])
     full = lambda t: grouped(t.float().expand_as(w), groups)  # noqa: E731
-    wg, sg, zg = grouped(w, groups), full(scale), full(zp)
+    wg, sg, zg = grouped(w, groups) if target is None else target.float(), full(scale), full(zp)
     codes, start = gptq_codes(wg, hessians, sg, zg, 2 ** int(bits) - 1, damp, act_order)
     # GPTQ is greedy: with heavy clipping (2 bits) a row can end worse than plain rounding. Rows are
     # independent in the objective sum_rows d H d^T, so each keeps the better of the two roundings.
     nearest = grouped(nearest.float(), groups)
     worse = _row_error(codes, wg, sg, zg, hessians) > _row_error(nearest, wg, sg, zg, hessians)
     codes = torch.where(worse[:, :, None], nearest, codes).reshape(w.shape)
-    start = torch.where(worse[:, :, None], wg, start)
+    start = torch.where(worse[:, :, None], grouped(w, groups), start)
     if not torch.isfinite(start).all():  # never: H is damped and finite; a last guard before the codes ship
         raise MixQuantError(f"layer '{name}': GPTQ produced non-finite weights")
     from ..quant.recipe import scheme_of
@@ -168,6 +197,15 @@ def quantize_with_inputs(refs: Dict[str, WeightRef], bits: Dict[str, int], input
 
 # --- the whole model: stage by stage ----------------------------------------------------------
 REPORT_IMAGES = 64  # calibration images each stage's error report (GPTQ vs nearest) is measured on
+PAIRED_CHUNK = 8  # images per paired float32 / quantized run ("float-target": two im2cols held at once)
+# Which inputs each layer's GPTQ sees, and what it fits (run_gptq):
+# stage: a stage's layers from one run of it, the stages before it quantized;
+# layer: one layer at a time, the layers before it in its stage quantized too;
+# float-target: as "layer", and fitted to the float32 model's output of the layer (float_target).
+GPTQ_INPUTS = ("stage", "layer", "float-target")
+# float-target fits C weights per row by least squares: only where the calibration inputs hold this
+# many columns per weight column (Lite0's classifier, 1280 inputs on 256 images, gets plain GPTQ)
+FIT_SAMPLES_PER_COLUMN = 8
 
 
 def _dequantized(grid) -> torch.Tensor:
@@ -180,7 +218,9 @@ def run_gptq(work: nn.Module, bits: Dict[str, int], calib: torch.Tensor, cfg, qu
     """GPTQ codes for every layer of ``bits``, sequentially: stage by stage over recon/blocks.py's
     chain, each stage's inputs coming from the already-quantized stages before it; the Hessians of
     a stage's layers are collected in one run of the stage (its own layers still float32), then
-    its layers are quantized and the stage is run again with the quantized weights. ``work`` (a
+    its layers are quantized and the stage is run again with the quantized weights (with
+    ``cfg.gptq_inputs`` "layer" or "float-target", a stage's layers one at a time instead: GPTQ_INPUTS;
+    Lite0 measured no better with either, docs/RESULTS.md). ``work`` (a
     private copy) ends with the quantized weights. A model blocks.py does not chain gets a single
     float32 pass over the calibration images (every layer's inputs from the float model).
 
@@ -197,6 +237,7 @@ def run_gptq(work: nn.Module, bits: Dict[str, int], calib: torch.Tensor, cfg, qu
     t_start = time.perf_counter()
     refs = {n: weight_ref(work, n) for n in bits}
     chunk = max(1, cfg.batch_size)
+    mode = cfg.gptq_inputs  # checked by reconstruct
     result = ReconResult({}, config=cfg)
     grids: Dict[str, tuple] = {}
 
@@ -210,6 +251,45 @@ def run_gptq(work: nn.Module, bits: Dict[str, int], calib: torch.Tensor, cfg, qu
         with torch.no_grad():
             for n, w in layers.items():
                 refs[n].tensor.copy_(w.to(refs[n].tensor.device, refs[n].tensor.dtype))
+
+    def batches(x: torch.Tensor, size: int):
+        return (x[i:i + size] for i in range(0, len(x), size))
+
+    def in_order(names: List[str], run, x_q: torch.Tensor, x_fp: torch.Tensor) -> Dict[str, QuantizedLayer]:
+        """The stage's layers one at a time, in order, each on its inputs with the layers before it
+        in the stage already quantized ("layer"), and fitted to its float32 output ("float-target")."""
+        float_w = {n: refs[n].tensor.detach().clone() for n in names}
+        done: Dict[str, QuantizedLayer] = {}
+        for n in names:
+            w = float_w[n].float().cpu()
+            grids[n] = layer_grid(quantizer, n, w, int(bits[n]))
+            fit = None
+            if mode == "layer":
+                h = collected(work, [n], run, batches(x_q, chunk))[0].matrices(n).cpu()
+            else:
+                quant_w = {m: q.weight() for m, q in done.items()}
+
+                def run_float(x, quant_w=quant_w):
+                    write({m: float_w[m] for m in quant_w})
+                    return run(x)
+
+                def run_quantized(x, quant_w=quant_w):
+                    write(quant_w)
+                    return run(x)
+
+                size = max(1, min(chunk, PAIRED_CHUNK))
+                h, cross, samples = paired_grams(work, n, run_float, run_quantized,
+                                                 zip(batches(x_fp, size), batches(x_q, size)))
+                h, cross = h.cpu(), cross.cpu()
+                write(quant_w)
+                if samples >= FIT_SAMPLES_PER_COLUMN * h.shape[-1]:  # else the fit would learn the calibration set
+                    fit = float_target(grouped(w, int(h.shape[0])), h, cross, cfg.damp)
+            layer, start = gptq_layer(n, w, h, int(bits[n]), quantizer, cfg.damp, cfg.act_order, grids[n], fit)
+            done[n] = layer
+            if starts is not None:
+                starts[n] = start
+            write({n: layer.weight()})
+        return done
 
     try:
         stages = model_stages(work)
@@ -225,25 +305,25 @@ def run_gptq(work: nn.Module, bits: Dict[str, int], calib: torch.Tensor, cfg, qu
         missing = [n for n in bits if n not in covered]
         if missing:
             raise MixQuantError(f"layer '{missing[0]}' is outside the blocks reconstruction knows for this model")
+        n_report = min(REPORT_IMAGES, cfg.eval_samples, len(calib))
         x_q = calib
-        x_fp = calib[:min(REPORT_IMAGES, cfg.eval_samples, len(calib))]
+        x_fp = calib if mode == "float-target" else calib[:n_report]  # the float32 model's stage inputs
         for k, stage in enumerate(stages):
             names = [n for n in stage.layers if n in bits]
             if progress:
                 progress(k, len(stages), f"GPTQ {stage.name}")
-            target = _forward_all(stage.run, x_fp, chunk)
+            target = _forward_all(stage.run, x_fp, chunk)  # the stage's own layers are still float32
             if names:
                 t0 = time.perf_counter()
-                layers = collect(names, stage.run, x_q)
-                n_eval = len(x_fp)
+                layers = collect(names, stage.run, x_q) if mode == "stage" else in_order(names, stage.run, x_q, x_fp)
                 write({n: _dequantized(grids[n]) for n in names})
-                nearest = _forward_all(stage.run, x_q[:n_eval], chunk)
+                nearest = _forward_all(stage.run, x_q[:n_report], chunk)
                 write({n: q.weight() for n, q in layers.items()})
                 x_q = _forward_all(stage.run, x_q, chunk)
                 result.layers.update(layers)
                 result.blocks.append(BlockReport(
-                    stage.name, names, float(block_loss(nearest, target, stage.channel_dim)),
-                    float(block_loss(x_q[:n_eval], target, stage.channel_dim)), time.perf_counter() - t0))
+                    stage.name, names, float(block_loss(nearest, target[:n_report], stage.channel_dim)),
+                    float(block_loss(x_q[:n_report], target[:n_report], stage.channel_dim)), time.perf_counter() - t0))
             else:
                 x_q = _forward_all(stage.run, x_q, chunk)
             x_fp = target

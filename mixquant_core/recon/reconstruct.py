@@ -71,6 +71,7 @@ class ReconConfig:
     method: str = "brecq"  # one of METHODS
     damp: float = 0.01  # GPTQ: dampening, a fraction of mean(diag H) (the paper's 1 %)
     act_order: bool = True  # GPTQ: columns in descending diag(H) order (Lite0: better than natural, docs/RESULTS.md)
+    gptq_inputs: str = "stage"  # GPTQ: which inputs each layer is solved on (recon/gptq.py GPTQ_INPUTS)
 
 
 # brecq: AdaRound fitted block by block; gptq: GPTQ (recon/gptq.py), no fitting; gptq+brecq:
@@ -96,6 +97,10 @@ def _set_mode(params: List[AdaRoundWeight], mode: str) -> None:
 def _check_inputs(model: nn.Module, bits: Dict[str, int], calib: torch.Tensor, cfg: ReconConfig) -> None:
     if cfg.method not in METHODS:
         raise MixQuantError(f"reconstruction method must be one of {', '.join(METHODS)}, got '{cfg.method}'")
+    from .gptq import GPTQ_INPUTS
+
+    if cfg.gptq_inputs not in GPTQ_INPUTS:
+        raise MixQuantError(f"GPTQ inputs must be one of {', '.join(GPTQ_INPUTS)}, got '{cfg.gptq_inputs}'")
     if not 0 < cfg.damp <= 1:
         raise MixQuantError(f"GPTQ dampening must be above 0 and at most 1, got {cfg.damp}")
     if cfg.scheme not in SCHEMES:
