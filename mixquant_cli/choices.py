@@ -20,6 +20,8 @@ RECON_METHODS = ("brecq", "gptq", "gptq+brecq")
 # mixquant_core.recon.gptq.GPTQ_INPUTS, and ReconConfig.gptq_inputs's default
 GPTQ_INPUTS = ("stage", "layer", "float-target")
 DEFAULT_GPTQ_INPUTS = "stage"
+# mixquant_core.recon.gptq.GPTQ_GRIDS (the first is ReconConfig.gptq_grid's default)
+GPTQ_GRIDS = ("best", "plan")
 
 # mixquant_core.studies.target.FAMILIES
 TARGET_FAMILIES = {

@@ -8,7 +8,8 @@ import sys
 
 from mixquant_core.errors import MixQuantError
 
-from .choices import DEFAULT_GPTQ_INPUTS, DEFAULT_MODEL, GPTQ_INPUTS, QUANTIZERS, RECON_METHODS, RECON_SCHEMES
+from .choices import (DEFAULT_GPTQ_INPUTS, DEFAULT_MODEL, GPTQ_GRIDS, GPTQ_INPUTS, QUANTIZERS, RECON_METHODS,
+                      RECON_SCHEMES)
 from .inputs import calibration_tensors, plan_notice
 from .options import add_engine_arg, add_json_arg, add_progress_args, add_store_args, add_trust_code, number
 from .output import accuracy_text, check_out, notice
@@ -50,6 +51,10 @@ def register(subparsers) -> None:
                         "layer: one layer at a time, after the layers before it; float-target: as layer, and "
                         "fitted to the float32 model's output, so it also corrects the error of the layers "
                         f"before it (default {DEFAULT_GPTQ_INPUTS})")
+    p.add_argument("--gptq-grid", default=GPTQ_GRIDS[0], choices=GPTQ_GRIDS,
+                   help="GPTQ: the grid of each output channel. best (default): GPTQ on the plan's grid and on the "
+                        "scheme's min/max and MSE-clipped grids, each channel keeping the one with the least output "
+                        "error on the calibration images; plan: the plan's grid only")
     p.add_argument("--calib", required=True, help="calibration image folder (e.g. imagenet-calib-1000)")
     p.add_argument("--calib-images", type=number("calib_images"), default=DEFAULT_CALIB_IMAGES,
                    help=f"calibration images, spread over the folder (default {DEFAULT_CALIB_IMAGES})")
@@ -115,7 +120,8 @@ def cmd_reconstruct(args) -> None:
     mode = mode_of(args)
     calib = calibration_tensors(args.calib, args.calib_images, loaded.preprocess, mode)
     cfg = ReconConfig(iters=args.iters, batch_size=args.batch_size, scheme=args.scheme, seed=args.seed, device=args.device,
-                      method=args.method, act_order=args.act_order, gptq_inputs=args.gptq_inputs)
+                      method=args.method, act_order=args.act_order, gptq_inputs=args.gptq_inputs,
+                      gptq_grid=args.gptq_grid)
     if args.lr is not None:
         cfg.lr = args.lr
     if args.damp is not None:

@@ -65,10 +65,11 @@ def test_the_parser_names_equal_the_core_ones():
     assert choices.DEFAULT_MODEL == DEFAULT_MODEL
     assert choices.RECON_SCHEMES == SCHEMES
     assert choices.RECON_METHODS == RECON_METHODS
-    from mixquant_core.recon.gptq import GPTQ_INPUTS
+    from mixquant_core.recon.gptq import GPTQ_GRIDS, GPTQ_INPUTS
     from mixquant_core.recon.reconstruct import ReconConfig
 
     assert choices.GPTQ_INPUTS == GPTQ_INPUTS and choices.DEFAULT_GPTQ_INPUTS == ReconConfig.gptq_inputs
+    assert choices.GPTQ_GRIDS == GPTQ_GRIDS and GPTQ_GRIDS[0] == ReconConfig.gptq_grid
     from mixquant_core.workspace import COSTS
 
     assert choices.ALLOCATION_COSTS == COSTS

@@ -75,18 +75,33 @@ def test_onnx_runtime_output_equals_the_fake_quantized_model(quantizer, one_thre
     np.testing.assert_allclose(out, expected, atol=1e-5, rtol=1e-5)
 
 
-def test_reconstructed_codes_export_the_same_way(one_thread):
+@pytest.mark.parametrize("method, quantizer", [("brecq", "asymmetric"), ("gptq", "per-channel")])
+def test_reconstructed_codes_export_the_same_way(one_thread, method, quantizer):
+    """BRECQ's codes, and GPTQ's on each channel's best grid (scales that are no longer the plan's)."""
+    import onnxruntime as ort
+
     from mixquant_core.recon.reconstruct import ReconConfig, reconstruct_plan
 
     model = tiny_chain()
-    plan = workspace(model).plan_from_bits(MIXED_BITS)
-    result = reconstruct_plan(model, plan, images(8), ReconConfig(iters=5, batch_size=4, eval_samples=8))
-    proto = onnx.load_model_from_string(onnx_bytes(model, plan, PRE, reconstructed=result))
+    plan = workspace(model, quantizer).plan_from_bits(MIXED_BITS)
+    result = reconstruct_plan(model, plan, images(8), ReconConfig(iters=5, batch_size=4, eval_samples=8, method=method,
+                                                                  scheme=quantizer))
+    data = onnx_bytes(model, plan, PRE, reconstructed=result)
+    proto = onnx.load_model_from_string(data)
     inits = {i.name: i for i in proto.graph.initializer}
     packed = read_packed_layers(proto.graph, "test")
     for name, q in result.layers.items():
         codes = packed[f"{name}.weight"].codes(inits).astype(np.int64)
         np.testing.assert_array_equal(codes, q.codes.numpy().astype(np.int64))
+    ref = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, q in result.layers.items():
+            dict(ref.named_modules())[name].weight.copy_(q.weight())
+        x = images(4)
+        want = ref(x).numpy()
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
     assert json.loads({p.key: p.value for p in proto.metadata_props}["mixquant_plan"])["layers"].keys() == plan.bits.keys()
 
 

@@ -210,7 +210,7 @@ def test_cli_gptq_writes_an_export_load_reads(data_root, tmp_path, capsys):
 
     with safe_open(str(out), "pt") as f:
         recorded = json.loads(f.metadata()["reconstruction"])["config"]
-    assert recorded["gptq_inputs"] == "layer" and recorded["act_order"] is True
+    assert recorded["gptq_inputs"] == "layer" and recorded["act_order"] is True and recorded["gptq_grid"] == "best"
     assert main(["load", str(out), "--json"]) == 0
     loaded = json.loads(capsys.readouterr().out)
     assert loaded["model"] == "efficientnet_lite0" and loaded["layers"] == 50
@@ -221,6 +221,7 @@ def test_cli_gptq_writes_an_export_load_reads(data_root, tmp_path, capsys):
     (["--method", "gptq", "--damp", "0"], "--damp: must be above 0 and at most 1, got 0"),
     (["--method", "gptq", "--damp", "nan"], "--damp: must be a finite number"),
     (["--method", "gptq", "--gptq-inputs", "floats"], "invalid choice: 'floats'"),
+    (["--method", "gptq", "--gptq-grid", "widest"], "invalid choice: 'widest'"),
 ])
 def test_cli_bad_gptq_options_are_one_usage_line(argv, message, capsys, tmp_path):
     from mixquant_cli.main import main
@@ -369,3 +370,60 @@ def test_float_target_on_a_vision_transformer_with_packed_attention():
 def test_unknown_gptq_inputs_is_one_line():
     with pytest.raises(MixQuantError, match="GPTQ inputs must be one of stage, layer, float-target"):
         reconstruct(tiny_chain(), {"3": 4}, images(2), ReconConfig(method="gptq", gptq_inputs="floats"))
+
+
+# --- the grid of each output channel (GPTQ_GRIDS) ------------------------------------------------
+def _channel_errors(q, w: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    d = (w.detach() - q.weight()).double().reshape(h.shape[0], -1, h.shape[-1])
+    return (torch.bmm(d, h.double()) * d).sum(-1).reshape(-1)
+
+
+@settings(max_examples=10, deadline=None, derandomize=True)
+@given(seed=st.integers(0, 10_000), bits=st.integers(2, 4), scheme=st.sampled_from(["per-channel", "per-channel-mse"]))
+def test_best_grid_keeps_each_channels_least_error(seed, bits, scheme):
+    from mixquant_core.recon.gptq import best_grid_layer, candidate_grids
+
+    g = torch.Generator().manual_seed(seed)
+    lin = nn.Linear(24, 12)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(12, 24, generator=g) * torch.rand(12, 1, generator=g))
+        lin.weight[:, 0] *= 6  # outliers, so that clipped and unclipped grids differ
+    x = torch.randn(96, 24, generator=g) @ torch.randn(24, 24, generator=g)
+    h = _hessian(lin, x)
+    grids = candidate_grids(scheme, "fc", lin.weight.detach(), bits)
+    assert len(grids) == 2  # the scheme's own grid, then the other of min/max and MSE (the duplicate dropped)
+    best, start = best_grid_layer("fc", lin.weight, h, bits, scheme, 0.01, True, grids)
+    each = torch.stack([_channel_errors(gptq_layer("fc", lin.weight, h, bits, scheme, grid=gr)[0], lin.weight, h)
+                        for gr in grids])
+    assert torch.allclose(_channel_errors(best, lin.weight, h), each.min(0).values, rtol=1e-5, atol=1e-9)
+    assert int(best.codes.max()) <= 2 ** bits - 1 and best.scale.shape == (12, 1)
+    inside = (best.codes > 0) & (best.codes < 2 ** bits - 1)  # gptq+brecq's start rounds to the codes
+    assert torch.allclose(((start / best.scale).round() + best.zero_point)[inside], best.codes.float()[inside])
+
+
+def test_best_grid_of_a_per_tensor_scheme_is_one_grid_for_the_layer():
+    from mixquant_core.recon.gptq import best_grid_layer, candidate_grids
+
+    torch.manual_seed(3)
+    lin = nn.Linear(16, 8)
+    h = _hessian(lin, torch.randn(64, 16))
+    grids = candidate_grids("asymmetric", "fc", lin.weight.detach(), 2)
+    best, _ = best_grid_layer("fc", lin.weight, h, 2, "asymmetric", 0.01, True, grids)
+    assert best.scale.numel() == 1 and any(torch.equal(best.scale, gr[1]) for gr in grids)
+    totals = [float(_channel_errors(gptq_layer("fc", lin.weight, h, 2, "asymmetric", grid=gr)[0], lin.weight, h).sum())
+              for gr in grids]
+    assert float(_channel_errors(best, lin.weight, h).sum()) == pytest.approx(min(totals), rel=1e-6)
+
+
+def test_best_grid_lowers_the_chain_error_and_gptq_brecq_keeps_the_plan_grid():
+    model = tiny_chain(width=16)
+    bits = {n: 2 for n in layer_names(model)}
+    calib, held_out = images(64, seed=1), images(32, seed=2)
+    errors = {grid: _logits_error(model, reconstruct(model, bits, calib, ReconConfig(
+        method="gptq", batch_size=16, scheme="per-channel", gptq_grid=grid)).layers, held_out)
+        for grid in ("plan", "best")}
+    assert errors["best"] < errors["plan"], errors
+    both = reconstruct(model, bits, images(8), ReconConfig(method="gptq+brecq", iters=1, batch_size=4))
+    assert both.config.gptq_grid == "plan"  # AdaRound's grid is the plan's: its start must be on it
+    with pytest.raises(MixQuantError, match="GPTQ grid must be one of best, plan"):
+        reconstruct(model, bits, images(2), ReconConfig(method="gptq", gptq_grid="widest"))

@@ -99,6 +99,7 @@ def main() -> None:
                     help="GPTQ: columns in descending diag(H) order (default) or natural order")
     ap.add_argument("--gptq-inputs", default="stage", help="GPTQ: stage, layer or float-target (recon/gptq.py)")
     ap.add_argument("--damp", type=float, default=0.01, help="GPTQ dampening (fraction of mean diag H)")
+    ap.add_argument("--gptq-grid", default="best", help="GPTQ: best (each channel's best grid) or plan (recon/gptq.py)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     loaded = load_model("efficientnet_lite0")
@@ -110,7 +111,7 @@ def main() -> None:
             t0 = time.perf_counter()
             cfg = ReconConfig(iters=args.iters, batch_size=args.batch_size, lr=args.lr, device="cpu", seed=0,
                               method=args.method, scheme=args.scheme, act_order=args.act_order,
-                              gptq_inputs=args.gptq_inputs, damp=args.damp)
+                              gptq_inputs=args.gptq_inputs, damp=args.damp, gptq_grid=args.gptq_grid)
             result = reconstruct_plan(loaded.model, plan, calib, cfg)
             seconds = time.perf_counter() - t0
             metrics = evaluate_quantized(loaded.model, result.layers, data)
@@ -119,7 +120,8 @@ def main() -> None:
                    "method_seconds": round(seconds, 1), "calib_images": len(calib),
                    "config": {"iters": args.iters, "batch_size": args.batch_size, "lr": args.lr, "threads": args.threads,
                               "ranges": args.ranges, "cost": args.cost, "scheme": args.scheme,
-                              "act_order": args.act_order, "gptq_inputs": args.gptq_inputs, "damp": args.damp}}
+                              "act_order": args.act_order, "gptq_inputs": args.gptq_inputs, "damp": args.damp,
+                              "gptq_grid": args.gptq_grid}}
             out.write(json.dumps(rec) + "\n")
             out.flush()
             print(json.dumps(rec), flush=True)

@@ -31,6 +31,7 @@ scales, zero-points per layer) is applied with ``apply_quantized``.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -72,6 +73,7 @@ class ReconConfig:
     damp: float = 0.01  # GPTQ: dampening, a fraction of mean(diag H) (the paper's 1 %)
     act_order: bool = True  # GPTQ: columns in descending diag(H) order (Lite0: better than natural, docs/RESULTS.md)
     gptq_inputs: str = "stage"  # GPTQ: which inputs each layer is solved on (recon/gptq.py GPTQ_INPUTS)
+    gptq_grid: str = "best"  # GPTQ: "plan": the plan's grid; "best": per channel, the best of it and min/max, MSE
 
 
 # brecq: AdaRound fitted block by block; gptq: GPTQ (recon/gptq.py), no fitting; gptq+brecq:
@@ -97,10 +99,12 @@ def _set_mode(params: List[AdaRoundWeight], mode: str) -> None:
 def _check_inputs(model: nn.Module, bits: Dict[str, int], calib: torch.Tensor, cfg: ReconConfig) -> None:
     if cfg.method not in METHODS:
         raise MixQuantError(f"reconstruction method must be one of {', '.join(METHODS)}, got '{cfg.method}'")
-    from .gptq import GPTQ_INPUTS
+    from .gptq import GPTQ_GRIDS, GPTQ_INPUTS
 
     if cfg.gptq_inputs not in GPTQ_INPUTS:
         raise MixQuantError(f"GPTQ inputs must be one of {', '.join(GPTQ_INPUTS)}, got '{cfg.gptq_inputs}'")
+    if cfg.gptq_grid not in GPTQ_GRIDS:
+        raise MixQuantError(f"GPTQ grid must be one of {', '.join(GPTQ_GRIDS)}, got '{cfg.gptq_grid}'")
     if not 0 < cfg.damp <= 1:
         raise MixQuantError(f"GPTQ dampening must be above 0 and at most 1, got {cfg.damp}")
     if cfg.scheme not in SCHEMES:
@@ -144,6 +148,8 @@ def reconstruct(model: nn.Module, bits: Dict[str, int], calib: torch.Tensor, cfg
         share = 1.0 if starts is None else 0.1  # of the progress bar (BRECQ's fitting takes the rest)
         tick = (lambda d, t, w: progress(int(1000 * share * d / max(t, 1)), 1000, w)) if progress else None
         grid = cfg.scheme if weight_ranges is None else Recipe(cfg.scheme, weight_ranges)  # the same grid as BRECQ's
+        if starts is not None:  # AdaRound learns on the plan's grid, so GPTQ's start must be on that grid too
+            cfg = dataclasses.replace(cfg, gptq_grid="plan")
         first = run_gptq(gptq_model, bits, calib.to(device), cfg, grid, tick, starts)
         if starts is None:
             first.seconds = time.perf_counter() - t_start
