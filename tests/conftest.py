@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -17,8 +18,13 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 # The results store lives under MIXQUANT_HOME: tests (and the CLI/app processes they start) get a
-# fresh one, never the user's ~/.cache/mixquant.
-os.environ["MIXQUANT_HOME"] = tempfile.mkdtemp(prefix="mixquant-home-")
+# fresh one, never the user's ~/.cache/mixquant; removed when the session ends.
+TEST_HOME = tempfile.mkdtemp(prefix="mixquant-home-")
+os.environ["MIXQUANT_HOME"] = TEST_HOME
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(TEST_HOME, ignore_errors=True)
 
 DATA_ENV = "MIXQUANT_DATA"
 if os.environ.get(DATA_ENV):
