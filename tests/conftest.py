@@ -18,9 +18,10 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 # The results store lives under MIXQUANT_HOME: tests (and the CLI/app processes they start) get a
-# fresh one, never the user's ~/.cache/mixquant; removed when the session ends.
-TEST_HOME = tempfile.mkdtemp(prefix="mixquant-home-")
-os.environ["MIXQUANT_HOME"] = TEST_HOME
+# fresh one, never the user's ~/.cache/mixquant; removed when the session ends. A process the tests
+# spawn imports this module again (to unpickle TinyNet): it inherits the session's folder.
+TEST_HOME = os.environ.get("MIXQUANT_TEST_HOME") or tempfile.mkdtemp(prefix="mixquant-home-")
+os.environ["MIXQUANT_TEST_HOME"] = os.environ["MIXQUANT_HOME"] = TEST_HOME
 
 
 def pytest_sessionfinish(session, exitstatus):
