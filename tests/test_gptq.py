@@ -381,7 +381,7 @@ def _channel_errors(q, w: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
 @settings(max_examples=10, deadline=None, derandomize=True)
 @given(seed=st.integers(0, 10_000), bits=st.integers(2, 4), scheme=st.sampled_from(["per-channel", "per-channel-mse"]))
 def test_best_grid_keeps_each_channels_least_error(seed, bits, scheme):
-    from mixquant_core.recon.gptq import best_grid_layer, candidate_grids
+    from mixquant_core.recon.gptq import best_grid_layer, best_grid_candidates
 
     g = torch.Generator().manual_seed(seed)
     lin = nn.Linear(24, 12)
@@ -390,7 +390,7 @@ def test_best_grid_keeps_each_channels_least_error(seed, bits, scheme):
         lin.weight[:, 0] *= 6  # outliers, so that clipped and unclipped grids differ
     x = torch.randn(96, 24, generator=g) @ torch.randn(24, 24, generator=g)
     h = _hessian(lin, x)
-    grids = candidate_grids(scheme, "fc", lin.weight.detach(), bits)
+    grids = best_grid_candidates(scheme, "fc", lin.weight.detach(), bits)
     assert len(grids) == 2  # the scheme's own grid, then the other of min/max and MSE (the duplicate dropped)
     best, start = best_grid_layer("fc", lin.weight, h, bits, scheme, 0.01, True, grids)
     each = torch.stack([_channel_errors(gptq_layer("fc", lin.weight, h, bits, scheme, grid=gr)[0], lin.weight, h)
@@ -402,12 +402,12 @@ def test_best_grid_keeps_each_channels_least_error(seed, bits, scheme):
 
 
 def test_best_grid_of_a_per_tensor_scheme_is_one_grid_for_the_layer():
-    from mixquant_core.recon.gptq import best_grid_layer, candidate_grids
+    from mixquant_core.recon.gptq import best_grid_layer, best_grid_candidates
 
     torch.manual_seed(3)
     lin = nn.Linear(16, 8)
     h = _hessian(lin, torch.randn(64, 16))
-    grids = candidate_grids("asymmetric", "fc", lin.weight.detach(), 2)
+    grids = best_grid_candidates("asymmetric", "fc", lin.weight.detach(), 2)
     best, _ = best_grid_layer("fc", lin.weight, h, 2, "asymmetric", 0.01, True, grids)
     assert best.scale.numel() == 1 and any(torch.equal(best.scale, gr[1]) for gr in grids)
     totals = [float(_channel_errors(gptq_layer("fc", lin.weight, h, 2, "asymmetric", grid=gr)[0], lin.weight, h).sum())

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from ..quant.codes import QuantizedLayer
+from ..models.onnx_qdq import node_users
 from .untrusted import OnnxFileError, untrusted_text
 
 PACKED = "_packed"
@@ -184,11 +185,8 @@ def read_packed_layers(graph, name: str) -> Dict[str, PackedLayer]:
     from onnx import TensorProto
 
     inits = {i.name: i for i in graph.initializer}
-    producers = {out: k for k, node in enumerate(graph.node) for out in node.output}
-    users: Dict[str, List[int]] = {}
-    for k, node in enumerate(graph.node):
-        for i in node.input:
-            users.setdefault(i, []).append(k)
+    producers = {out: k for k, node in enumerate(graph.node) for out in node.output}  # positions, as users'
+    users = node_users(graph)
     out: Dict[str, PackedLayer] = {}
     for init_name in inits:
         if not init_name.endswith(PACKED):

@@ -181,16 +181,21 @@ def gptq_layer(name: str, w: torch.Tensor, hessians: torch.Tensor, bits: int, qu
     return layer, start.reshape(w.shape)
 
 
-def candidate_grids(quantizer: Quantizer, name: str, w: torch.Tensor, bits: int) -> List[tuple]:
-    """``layer_grid``'s grid first, then the same scheme's min/max and MSE-clipped grids (each once)."""
+def best_grid_candidates(quantizer: Quantizer, name: str, w: torch.Tensor, bits: int, plan_grid=None) -> List[tuple]:
+    """The grids ``best_grid_layer`` chooses from: the plan's (``layer_grid``'s, or ``plan_grid``
+    when the caller has it already) first, then the same scheme's min/max and MSE-clipped grids,
+    each once (a grid equal to the plan's is neither searched again nor listed twice)."""
     from ..quant.codes import unsigned_grid
     from ..quant.quantizers import MSE_SUFFIX, base_scheme
-    from ..quant.recipe import scheme_of
+    from ..quant.recipe import ratios_of, scheme_of
 
-    base = base_scheme(scheme_of(quantizer))
-    grids = [layer_grid(quantizer, name, w, bits)]
-    for scheme in (base, base + MSE_SUFFIX):
-        g = unsigned_grid(w, int(bits), scheme, None)
+    scheme = scheme_of(quantizer)
+    plain = ratios_of(quantizer, name, bits) is None  # then the plan's grid is its scheme's own
+    grids = [plan_grid if plan_grid is not None else layer_grid(quantizer, name, w, bits)]
+    for other in (base_scheme(scheme), base_scheme(scheme) + MSE_SUFFIX):
+        if plain and other == scheme:
+            continue
+        g = unsigned_grid(w, int(bits), other, None)
         if not any(torch.equal(g[1], h[1]) and torch.equal(g[2], h[2]) for h in grids):
             grids.append(g)
     return grids
@@ -228,14 +233,14 @@ def quantize_with_inputs(refs: Dict[str, WeightRef], bits: Dict[str, int], input
                          starts: Optional[Dict[str, torch.Tensor]] = None,
                          best_grid: bool = False) -> Dict[str, QuantizedLayer]:
     """GPTQ codes of each layer of ``inputs`` from its collected Hessians, on ``grids`` (name ->
-    ``layer_grid``), or with ``best_grid`` the best of ``candidate_grids`` per output channel; the
+    ``layer_grid``), or with ``best_grid`` the best of ``best_grid_candidates`` per output channel; the
     model's weights are left as they were (the caller writes them)."""
     out = {}
     for name, coll in inputs.items():
         w, h = refs[name].tensor.detach().cpu(), coll.matrices(name).cpu()
         if best_grid:
             layer, start = best_grid_layer(name, w, h, int(bits[name]), quantizer, damp, act_order,
-                                           candidate_grids(quantizer, name, w.float(), int(bits[name])))
+                                           best_grid_candidates(quantizer, name, w.float(), int(bits[name]), grids[name]))
         else:
             layer, start = gptq_layer(name, w, h, int(bits[name]), quantizer, damp, act_order, grids[name])
         out[name] = layer
@@ -341,7 +346,7 @@ def run_gptq(work: nn.Module, bits: Dict[str, int], calib: torch.Tensor, cfg, qu
                     fit = float_target(grouped(w, int(h.shape[0])), h, cross, cfg.damp)
             if cfg.gptq_grid == "best":
                 layer, start = best_grid_layer(n, w, h, int(bits[n]), quantizer, cfg.damp, cfg.act_order,
-                                               candidate_grids(quantizer, n, w, int(bits[n])), fit)
+                                               best_grid_candidates(quantizer, n, w, int(bits[n]), grids[n]), fit)
             else:
                 layer, start = gptq_layer(n, w, h, int(bits[n]), quantizer, cfg.damp, cfg.act_order, grids[n], fit)
             done[n] = layer
