@@ -150,7 +150,7 @@ def main() -> None:
     p.add_argument("--calib", default=default_calib_dir())
     p.add_argument("--calib-images", type=lambda t: int(t), default=256)
     p.add_argument("--limit", type=lambda t: int(t), default=None)
-    p.add_argument("--only", default="float,w8a8,ort,budget,extra", help="which groups to run")
+    p.add_argument("--only", default="float,w8a8,points,ort,budget,extra", help="which groups to run")
     p.add_argument("--methods", default=",".join(ACT_METHODS))
     p.add_argument("--default-method", default="minmax", help="the activation method of the budget group")
     p.add_argument("--avgs", default="8,6,5,4", help="average bits of the Fisher-budgeted plans")
@@ -158,6 +158,9 @@ def main() -> None:
     p.add_argument("--ranges", choices=("weights", "loss"), default="weights",
                    help="weight ranges of the budget group's plans: the weights' own, or loss-aware on the calibration images")
     p.add_argument("--ort-methods", default="MinMax,Entropy,Percentile", help="quantize_static's calibration methods")
+    p.add_argument("--points-scheme", default="per-channel",
+                   help="weight scheme of the 'points' group (ONNX Runtime runs affine per-channel integer convs "
+                        "on its reference kernel: symmetric for a fast file)")
     p.add_argument("--out")
     args = p.parse_args()
     only = set(args.only.split(","))
@@ -186,11 +189,12 @@ def main() -> None:
 
     acts = {}
 
-    def acts_for(method, keep=()):
-        key = (method, tuple(keep))
+    def acts_for(method, keep=(), outputs=False):
+        # outputs=False for the groups evaluated by qdq_graph, which quantizes layer inputs only
+        key = (method, tuple(keep), outputs)
         if key not in acts:
-            acts[key], sec = timed(calibrate, model, names, calib, 8, method, None, keep)
-            print(f"calibrated {method} (keep {list(keep)}) in {sec:.0f} s", file=sys.stderr)
+            acts[key], sec = timed(calibrate, model, names, calib, 8, method, None, keep, "cpu", 32, outputs)
+            print(f"calibrated {method} (keep {list(keep)}, outputs {outputs}) in {sec:.0f} s", file=sys.stderr)
         return acts[key]
 
     int8 = {n: 8 for n in names}
@@ -210,6 +214,23 @@ def main() -> None:
         for method in args.methods.split(","):
             m, sec = timed(evaluate_ort, model, data, int8, Recipe("per-channel", acts=acts_for(method)), shape)
             record(config=f"W8A8 mixquant {method}", top1=m.top1, top5=m.top5, loss=m.loss, seconds=sec)
+    if "points" in only:  # output points (models/act_points.py): the project's engines, and the exported file
+        from mixquant_core.evaluation.engines.onnxruntime_engine import OnnxRuntimeEngine
+        from mixquant_core.export.onnx import onnx_bytes
+
+        scheme = args.points_scheme
+        pws = Workspace(loaded, scheme, device="cpu", engine="onnxruntime")
+        for outputs in (False, True):
+            recipe = Recipe(scheme, acts=acts_for(args.default_method, outputs=outputs))
+            label = f"W8A8 ({scheme}) mixquant {args.default_method}, {'with output points' if outputs else 'layer inputs only'}"
+            m, sec = timed(OnnxRuntimeEngine().evaluate, model, data, int8, recipe)
+            record(config=label, engine="onnxruntime (fake-quant)", points=len(recipe.acts.outputs), top1=m.top1, top5=m.top5,
+                   loss=m.loss, seconds=sec)
+            plan = pws.plan_from_bits(pws.uniform(8))
+            blob = onnx_bytes(model, plan, loaded.preprocess, recipe=recipe)
+            m, sec = timed(run_session, new_session(blob), data, 8)
+            record(config=label, engine="exported file, ORT integer kernels", top1=m.top1, top5=m.top5, loss=m.loss,
+                   seconds=sec, megabytes=len(blob) / 1e6)
     if "ort" in only:
         for method in args.ort_methods.split(","):
             try:

@@ -180,17 +180,24 @@ def weight_only(name: str) -> None:
 
 
 def w8a8(name: str, scheme: str) -> None:
-    from recon_support import minmax_acts
+    import torch
+
+    from mixquant_core.data.image_sets import EvalTensors
+    from mixquant_core.quant.act_calibration import calibrate
 
     loaded = build_model(name, pretrained=name != "resnet50")
     ws = Workspace(loaded, scheme, device="cpu", engine="torch")
     crop = loaded.preprocess.crop
     calib = calibration(loaded.preprocess)
     plan = ws.plan_from_bits(ws.uniform(8))
-    recipe = Recipe(scheme, acts=minmax_acts(loaded.model, list(plan.bits), calib))
+    calib_set = EvalTensors(calib, torch.zeros(len(calib), dtype=torch.long))
     float_bytes = float_graph(loaded.model, (3, crop, crop)).SerializeToString()
-    files = {"float32": float_bytes, f"MixQuant W8A8 ({scheme})": onnx_bytes(loaded.model, plan, loaded.preprocess, recipe=recipe),
-             "quantize_static QDQ (per-channel)": quantize_static_file(float_bytes, calib)}
+    files = {"float32": float_bytes}
+    for label, outputs in (("layer inputs only", False), ("with output points", True)):
+        acts = calibrate(loaded.model, list(plan.bits), calib_set, outputs=outputs)  # min/max, the default
+        recipe = Recipe(scheme, acts=acts)
+        files[f"MixQuant W8A8 ({scheme}), {label}"] = onnx_bytes(loaded.model, plan, loaded.preprocess, recipe=recipe)
+    files["quantize_static QDQ (per-channel)"] = quantize_static_file(float_bytes, calib)
     cells = {(f, e): runner(data, e) for f, data in files.items() for e in ("ort-mixquant", "openvino")}
     x = calib[:BATCH].numpy() if len(calib) >= BATCH else np.zeros((BATCH, 3, crop, crop), np.float32)
     speed = throughput(cells, x)

@@ -71,7 +71,8 @@ def open_evaluations(args):
     ws = Workspace(loaded, args.quantizer, args.bits, args.keep_first_last, args.exclude,
                    device=getattr(args, "device", "cpu"), engine=getattr(args, "engine", "auto"), notify=notice,
                    cluster=cluster, ranges=ranges, act_bits=act_bits, act_range=getattr(args, "act_range", None),
-                   calib=calib, act_keep_float=getattr(args, "act_keep_float", ()))
+                   calib=calib, act_keep_float=getattr(args, "act_keep_float", ()),
+                   act_outputs=getattr(args, "act_outputs", True))
     if ranges == "loss":  # a stage of its own: the layers' input Gram matrices on the calibration images, then the range search
         with progress(mode, "loss-aware ranges", "layers") as cb:
             ws.calibrate(cb)

@@ -115,6 +115,10 @@ def add_act_args(p: argparse.ArgumentParser) -> None:
                         "percentile (outliers clipped) or least quantization MSE")
     p.add_argument("--act-keep-float", nargs="+", default=[], metavar="NAME",
                    help="layers whose input stays float with --act-bits (pinned in the plan)")
+    p.add_argument("--act-outputs", action=argparse.BooleanOptionalAction, default=True,
+                   help="with --act-bits, also quantize the tensors that let a runtime run the whole model as integer "
+                        "kernels: block inputs read by a residual Add, the outputs of the convs into an Add or a pool "
+                        "(default: on; --no-act-outputs quantizes the layers' inputs only)")
 
 
 def int_choice(option: str, allowed: tuple):

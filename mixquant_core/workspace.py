@@ -41,7 +41,7 @@ class Workspace:
                  engine: str = "auto", notify: Optional[Callable[[str], None]] = None,
                  cluster: Optional[RayCluster] = None, ranges: str = "weights", act_bits: Optional[int] = None,
                  act_range: Optional[str] = None, calib: Optional[EvalTensors] = None,
-                 act_keep_float: Sequence[str] = ()):
+                 act_keep_float: Sequence[str] = (), act_outputs: bool = True):
         self.loaded = loaded
         self.quantizer = quantizer  # the weight scheme's name
         # What calibration adds to the scheme (quant/recipe.py): "weights" keeps the scheme's own
@@ -53,6 +53,7 @@ class Workspace:
         self.act_bits = act_bits
         self.act_range = act_range
         self.act_keep_float = tuple(act_keep_float)  # layers whose input stays float (pinned in the plan)
+        self.act_outputs = bool(act_outputs)  # also the output points of models/act_points.py
         self.calib = calib
         self.bits = normalize_bits(bits)
         self.keep_first_last = bool(keep_first_last)
@@ -129,7 +130,8 @@ class Workspace:
         """Every quantized layer's input range, calibrated once on ``calib`` (float model)."""
         with self.evaluator.private_model() as model:
             return calibrate(model, [layer.name for layer in self.layers], self.calib, self.act_bits,
-                             self.act_range or DEFAULT_ACT_METHOD, keep_float=self.act_keep_float, device=self.device)
+                             self.act_range or DEFAULT_ACT_METHOD, keep_float=self.act_keep_float, device=self.device,
+                             outputs=self.act_outputs)
 
     def named(self, bits: Optional[Sequence[int]]) -> Optional[Dict[str, int]]:
         """Per-layer ``bits`` (model order) as layer name -> bits; None (float32) stays None."""

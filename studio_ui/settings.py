@@ -49,6 +49,7 @@ class Settings:
     # act_bits, its range by act_range.
     act_bits: Optional[int] = None
     act_range: str = "minmax"  # mixquant_core.quant.act_calibration.DEFAULT_ACT_METHOD
+    act_outputs: bool = True  # also the output points that let runtimes fuse Adds (models/act_points.py)
     # The calibration images of loss-aware ranges and activation ranges: calib_images spread over calib_dir.
     calib_dir: str = ""
     calib_images: int = 256
@@ -67,7 +68,7 @@ class Settings:
     @property
     def acts_key(self) -> tuple:
         """What the activation quantization depends on (nothing when the inputs stay float32)."""
-        return () if self.act_bits is None else (self.act_bits, self.act_range)
+        return () if self.act_bits is None else (self.act_bits, self.act_range, self.act_outputs)
 
     @property
     def calib_key(self) -> tuple:

@@ -57,7 +57,7 @@ def _defaults(names: List[str]) -> None:
         device="cuda" if torch.cuda.is_available() else "cpu", data_kind="Image folder", data_dir=default_eval_dir() or "",
         imagenette_dir=os.path.join(os.environ.get("MIXQUANT_DATA") or os.path.expanduser("~/.cache/mixquant"), "imagenette"),
         limit=DEFAULT_LIMIT, engine="auto", trust_code=False, cluster="", ranges="weights",
-        activations=ACTIVATIONS[0], act_range=DEFAULT_ACT_METHOD, act_calib_dir=default_calib_dir() or "",
+        activations=ACTIVATIONS[0], act_range=DEFAULT_ACT_METHOD, act_outputs=True, act_calib_dir=default_calib_dir() or "",
         act_calib_images=256,
     )
 
@@ -113,7 +113,7 @@ def render() -> Settings:
     activations = sb.selectbox("Activations", ACTIVATIONS, key="activations",
                                help="8-bit: the input of every quantized layer is quantized per tensor (uint8 grid, "
                                     "as ONNX QuantizeLinear), its range calibrated on calibration images.")
-    act_range, calib_dir, calib_images = DEFAULT_ACT_METHOD, "", 256
+    act_range, calib_dir, calib_images, act_outputs = DEFAULT_ACT_METHOD, "", 256, True
     if activations != ACTIVATIONS[0]:
         with sb.expander("Activation ranges (advanced)"):
             act_range = st.selectbox("Range method", ACT_METHODS, key="act_range",
@@ -123,6 +123,11 @@ def render() -> Settings:
                                       help="Images the ranges are calibrated on; default $MIXQUANT_DATA/imagenet-calib-1000.")
             calib_images = st.number_input("Calibration images", min_value=1, max_value=100_000, step=64,
                                            key="act_calib_images", help="Spread over the calibration folder.")
+            act_outputs = st.checkbox("Quantize residual Adds and pooled outputs too", key="act_outputs",
+                                      help="Also the tensors a runtime needs quantized to run the whole model as "
+                                           "integer kernels (block inputs read by a residual Add, the convs into an "
+                                           "Add or a pool): the exported file then runs faster; off: the layers' "
+                                           "inputs only.")
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     if st.session_state["device"] not in devices:
         st.session_state["device"] = "cpu"
@@ -155,7 +160,7 @@ def render() -> Settings:
         keep_first_last=bool(keep), device=device, data_kind="folder" if data_kind == "Image folder" else "imagenette",
         data_dir=(data_dir or "").strip(), limit=None if limit is None else int(limit), engine=engine, trust_code=bool(trust),
         cluster=(cluster or "").strip(), ranges=ranges,
-        act_bits=None if activations == ACTIVATIONS[0] else 8, act_range=act_range,
+        act_bits=None if activations == ACTIVATIONS[0] else 8, act_range=act_range, act_outputs=bool(act_outputs),
         # one calibration set for both: the activations' folder and count when they are on, else the
         # loss-aware ranges' (the Fisher cost's: $MIXQUANT_DATA/imagenet-calib-1000, 64 images)
         calib_dir=(calib_dir or "").strip() if activations != ACTIVATIONS[0] else (default_calib_dir() or ""),

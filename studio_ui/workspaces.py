@@ -57,9 +57,9 @@ def _workspace(model_key: tuple, model_ref: str, arch: Optional[str], quantizer:
                                 "(its imagenet-calib-1000) or give a calibration folder in the sidebar")
         with progress("Calibration images") as cb:
             calib = load_tensors(open_calibration_folder(calib_dir, calib_images), loaded.preprocess, cb)
-    act_bits, act_range = acts_key if acts_key else (None, None)
+    act_bits, act_range, act_outputs = acts_key if acts_key else (None, None, True)
     return Workspace(loaded, quantizer, bits, keep_first_last, (), device, engine=engine, cluster=_cluster,
-                     ranges=ranges, act_bits=act_bits, act_range=act_range, calib=calib)
+                     ranges=ranges, act_bits=act_bits, act_range=act_range, calib=calib, act_outputs=act_outputs)
 
 
 @st.cache_resource(show_spinner=False)

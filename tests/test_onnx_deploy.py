@@ -362,7 +362,9 @@ def test_an_edited_unpacking_is_refused_whatever_its_names(edit, torch_named, mo
 
 
 @pytest.mark.slow
-def test_lite0_weight_only_file_is_the_accounting_plus_95_kb_and_w8a8_fuses_34_convs(lite0, tmp_path):
+def test_lite0_weight_only_file_is_the_accounting_plus_95_kb_and_w8a8_fuses_every_conv_and_add(lite0, tmp_path):
+    from mixquant_core.data.image_sets import EvalTensors
+    from mixquant_core.quant.act_calibration import calibrate
     from mixquant_core.workspace import Workspace
 
     ws = Workspace(lite0, "symmetric", device="cpu", engine="torch")
@@ -370,11 +372,17 @@ def test_lite0_weight_only_file_is_the_accounting_plus_95_kb_and_w8a8_fuses_34_c
     report = onnx_size_report(onnx_bytes(lite0.model, plan, lite0.preprocess), lite0.model, plan, "symmetric")
     assert report["container_padding_bytes"] == 0 and 0 < report["bytes"] - report["accounted_bytes"] < 95_000
     plan = ws.plan_from_bits(ws.uniform(8))
-    recipe = Recipe("symmetric", acts=minmax_acts(lite0.model, list(plan.bits), images(8, 224, seed=0)))
+    inputs_only = Recipe("symmetric", acts=minmax_acts(lite0.model, list(plan.bits), images(8, 224, seed=0)))
+    ops = _optimized_op_counts(onnx_bytes(lite0.model, plan, lite0.preprocess, recipe=inputs_only), tmp_path)
+    assert ops["QLinearConv"] == 34 and ops["Conv"] == 15 and ops["QLinearAdd"] == 0, ops  # the layers' inputs alone
+    calib = EvalTensors(images(8, 224, seed=0), torch.zeros(8, dtype=torch.long))
+    recipe = Recipe("symmetric", acts=calibrate(lite0.model, list(plan.bits), calib))  # with output points (default)
+    assert len(recipe.acts.outputs) == 19  # 9 residual block inputs, 9 project convs into their Add, the head
     data = onnx_bytes(lite0.model, plan, lite0.preprocess, recipe=recipe)
-    assert read_onnx(data, lite0.model).acts.ranges.keys() == plan.bits.keys()
+    f = read_onnx(data, lite0.model)
+    assert f.acts.ranges.keys() == plan.bits.keys() and f.acts.outputs == recipe.acts.outputs
     ops = _optimized_op_counts(data, tmp_path)
-    assert ops["QLinearConv"] == 34 and ops["Conv"] == 15, ops  # README: 34 of Lite0's 49 convs
+    assert ops["QLinearConv"] == 49 and ops["Conv"] == 0 and ops["QLinearAdd"] == 9, ops  # README: all 49 convs, 9 Adds
 
 
 # --- bad activation ranges -------------------------------------------------------------------------
@@ -433,29 +441,35 @@ def test_activation_ranges_that_do_not_fit_the_graph_are_refused_in_one_line(wa_
 # With quantized inputs, torch's and ORT's float32 convolutions (~1e-6 apart) put a value that lies
 # on a rounding boundary of the next layer's input grid on either side: one activation step, and
 # through Lite0's 50 quantized inputs logits 0.17 apart at most on 16 images (median 0.019; the
-# same with every ORT graph optimisation off). A flipped image is allowed where its deciding
-# logits are within ACT_FLIP_MARGIN; weight-only plans keep test_engines.py's 1e-4.
+# same with every ORT graph optimisation off). The 19 output points (models/act_points.py) add
+# boundaries: W8A8 on 24 images, 0.20 -> 0.22 at most, median 0.019 -> 0.023, the same with ORT's
+# QDQ fusions off (session.disable_quant_qdq), so float rounding, not an integer kernel; on 300
+# images the losses of a mixed plan then differed by 2.04e-3. A flipped image is allowed where its
+# deciding logits are within ACT_FLIP_MARGIN; weight-only plans keep test_engines.py's 1e-4.
 ACT_FLIP_MARGIN = 0.5
+ACT_LOSS_TOLERANCE = 3e-3
 @pytest.mark.data
 @pytest.mark.slow
 def test_lite0_w8a8_and_mixed_plans_same_counts_with_both_engines(lite0, val_dir, data_root):
     from mixquant_core.data.image_sets import open_image_folder
     from mixquant_core.data.load import load_tensors
     from mixquant_core.evaluation.engines.torch_engine import TorchEngine
+    from mixquant_core.quant.act_calibration import calibrate
     from mixquant_core.workspace import Workspace
     from test_engines import _deciding_gaps
 
     data = load_tensors(open_image_folder(val_dir).subset(300), lite0.preprocess)
     calib = load_tensors(open_image_folder(data_root / "imagenet-calib-1000").subset(16), lite0.preprocess)
     ws = Workspace(lite0, device="cpu", engine="torch")
-    acts = minmax_acts(lite0.model, [l.name for l in ws.layers], calib.to_inputs(calib.images))
+    acts = calibrate(lite0.model, [l.name for l in ws.layers], calib)  # min/max, with output points (the default)
+    assert len(acts.outputs) == 19
     recipe = Recipe(ws.quantizer, acts=acts)
     mixed = [ws.budget_bits("qe", avg_bits=a) for a in (7, 6)]  # least summed QE at 7 and 6 average bits
     for bits in [ws.uniform(8)] + mixed:
         named = {l.name: int(b) for l, b in zip(ws.layers, bits)}
         t = TorchEngine("cpu").evaluate(lite0.model, data, named, recipe)
         o = OnnxRuntimeEngine().evaluate(lite0.model, data, named, recipe)
-        assert abs(t.loss - o.loss) <= 2e-3
+        assert abs(t.loss - o.loss) <= ACT_LOSS_TOLERANCE
         flipped1, flipped5 = np.flatnonzero(t.hit1 != o.hit1), np.flatnonzero(t.hit5 != o.hit5)
         assert len(flipped1) + len(flipped5) <= 3  # 1 % of the images at most
         if len(flipped1) or len(flipped5):  # the flip rule of test_engines.py, at ACT_FLIP_MARGIN

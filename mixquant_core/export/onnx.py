@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from ..errors import MixQuantError, first_line
+from ..models.act_points import point_tensors
 from ..models.layers import state_key
 from ..models.onnx_graph import float_graph, set_initializers, state_initializers
 from ..models.onnx_qdq import insert_act_qdq
@@ -99,11 +100,11 @@ def _check_layers(model: nn.Module, plan: Plan, layers: Dict[str, QuantizedLayer
             raise MixQuantError(f"ONNX export quantizes activations to 8 bits (uint8), not {acts.bits}")
 
 
-def _integer_layers(graph, keys: Dict[str, str], layers: Dict[str, QuantizedLayer]) -> Dict[str, QuantizedLayer]:
+def _integer_layers(graph, keys: Dict[str, str], layers: Dict[str, QuantizedLayer], points=()) -> Dict[str, QuantizedLayer]:
     """The layers ONNX Runtime can run as integer kernels (onnx_fuse.py), their BatchNorms folded
     into their scales (``graph`` changed): name -> the codes to store behind a DequantizeLinear."""
     out = {}
-    found = integer_layers(graph, keys, set(keys.values()))
+    found = integer_layers(graph, keys, set(keys.values()), set(points))
     for name, bn in sorted(found.items(), key=lambda item: -1 if item[1] is None else -item[1]):
         q = layers[name] if bn is None else fold_batchnorm(graph, keys[name], bn, layers[name], is_symmetric(layers[name].scheme))
         if q is not None:
@@ -130,7 +131,9 @@ def build_onnx(model: nn.Module, plan: Plan, layers: Dict[str, QuantizedLayer], 
     keys = {name: state_key(model, name) for name in layers}
     planned = set(keys.values())
     with_acts = set(acts.ranges) if acts is not None else set()
-    integer = _integer_layers(graph, {n: keys[n] for n in with_acts}, layers)
+    # output points found on the traced graph's module scopes, before the edits below drop nodes
+    points = point_tensors(graph, {n for n, _ in model.named_modules() if n}, acts) if acts is not None else {}
+    integer = _integer_layers(graph, {n: keys[n] for n in with_acts}, layers, points)
     layers = {**layers, **integer}
     kept = [init for init in graph.initializer if init.name not in planned]
     new_inits, nodes = [], []
@@ -151,7 +154,7 @@ def build_onnx(model: nn.Module, plan: Plan, layers: Dict[str, QuantizedLayer], 
     del graph.node[:]
     graph.node.extend(nodes + old_nodes)  # weights first: the graph stays topologically sorted
     if acts is not None:
-        insert_act_qdq(graph, {name: keys[name] for name in acts.ranges}, act_qparams_table(acts))
+        insert_act_qdq(graph, {name: keys[name] for name in acts.ranges}, act_qparams_table(acts), points)
     used = {i for node in graph.node for i in node.input}
     unused = [init.name for init in graph.initializer if init.name not in used]  # folded BatchNorms
     for name in unused:

@@ -26,7 +26,7 @@ from ..plans.size import FLOAT_BYTES, MB, float32_bytes, quantized_layer_bytes
 from ..quant.quantizers import QUANTIZERS, is_per_channel, is_symmetric
 from .onnx_fuse import FOLDED_BIAS
 from .onnx_pack import SHARED, read_packed_layers
-from ..models.onnx_qdq import ACT_SCALE, ACT_ZERO_POINT, node_producers
+from ..models.onnx_qdq import ACT_SCALE, ACT_ZERO_POINT, OUT_SCALE, OUT_ZERO_POINT, node_producers
 from .onnx_qdq import is_act_dequantize
 from .untrusted import OnnxFileError, shown_dims, untrusted_text
 
@@ -102,7 +102,7 @@ def stored_tensors(layers: Dict[str, GraphLayer], graph) -> set:
     quantization parameters (not state tensors of the model)."""
     names = {t for g in layers.values() for t in g.tensors}
     names |= set(SHARED)
-    names |= {i.name for i in graph.initializer if i.name.endswith((ACT_SCALE, ACT_ZERO_POINT))}
+    names |= {i.name for i in graph.initializer if i.name.endswith((ACT_SCALE, ACT_ZERO_POINT, OUT_SCALE, OUT_ZERO_POINT))}
     names |= {key_for_name(n) + FOLDED_BIAS for n, g in layers.items() if not g.packed}
     return names
 

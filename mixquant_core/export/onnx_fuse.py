@@ -33,10 +33,11 @@ def _sole(users, name: str) -> Optional[int]:
     return got[0] if len(got) == 1 else None
 
 
-def integer_layers(graph, keys: Dict[str, str], quantized_inputs) -> Dict[str, Optional[int]]:
+def integer_layers(graph, keys: Dict[str, str], quantized_inputs, points=frozenset()) -> Dict[str, Optional[int]]:
     """Layer -> position of its BatchNormalization (None: none) for every layer in ``keys`` (name ->
     weight initializer) whose single Conv's output reaches, through an optional BatchNorm, ReLU/Clip
-    then zero Pads, only the data input of a Conv/Gemm of a layer in ``quantized_inputs`` (weights)."""
+    then zero Pads, only the data input of a Conv/Gemm of a layer in ``quantized_inputs`` (weights),
+    or, through the BatchNorm and ReLU/Clip, a tensor in ``points`` (output points: quantized there)."""
     users, pads = node_users(graph), set(zero_pads(graph).values())
     targets = {(k, 0) for w in quantized_inputs for k in users.get(w, []) if graph.node[k].op_type in ("Conv", "Gemm")}
     out = {}
@@ -49,9 +50,12 @@ def integer_layers(graph, keys: Dict[str, str], quantized_inputs) -> Dict[str, O
         if nxt is not None and graph.node[nxt].op_type == "BatchNormalization":
             bn, tensor = nxt, graph.node[nxt].output[0]
             nxt = _sole(users, tensor)
-        while nxt is not None and graph.node[nxt].op_type in PASS_THROUGH:
+        while nxt is not None and graph.node[nxt].op_type in PASS_THROUGH and tensor not in points:
             tensor = graph.node[nxt].output[0]
             nxt = _sole(users, tensor)
+        if tensor in points:
+            out[name] = bn
+            continue
         while nxt in pads and graph.node[nxt].input[0] == tensor:
             tensor = graph.node[nxt].output[0]
             nxt = _sole(users, tensor)

@@ -14,14 +14,20 @@ Conv): a zero pad commutes with the quantizer, whose grid holds 0 exactly (the z
 codes are the same, and the runtimes then see Pad -> Conv (ONNX Runtime folds the Pad into the
 Conv) and a QuantizeLinear right after the producing layer (its QLinearConv fusion).
 
+Output points (models/act_points.py) get one pair on their tensor, right after the node making
+it, and every reader of the tensor reads its DequantizeLinear; a layer reading such a tensor on
+its own grid takes those codes and gets no pair of its own (quantizing them again would give the
+same codes).
+
 Names, per layer NAME: ``NAME.input_scale`` (float32 []), ``NAME.input_zero_point`` (uint8 []),
 nodes ``NAME.input_quantize``/``NAME.input_dequantize`` (one pair per consuming node, suffixed
-``_1``, ``_2``.. past the first). An export then drops node names and renames the pairs' outputs
+``_1``, ``_2``.. past the first); per output point MODULE: ``MODULE.output_scale`` and
+``MODULE.output_zero_point``. An export then drops node names and renames the pairs' outputs
 (export/onnx_compact.py): readers find a pair by its scale and zero-point initializers.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -29,6 +35,7 @@ from .onnx_graph import OnnxExportError
 
 WEIGHT_INPUT = {"Conv": 1, "Gemm": 1, "MatMul": 1}
 ACT_SCALE, ACT_ZERO_POINT = ".input_scale", ".input_zero_point"
+OUT_SCALE, OUT_ZERO_POINT = ".output_scale", ".output_zero_point"
 
 
 def node_users(graph) -> Dict[str, List[int]]:
@@ -107,31 +114,62 @@ def weight_consumers(graph, users: Dict[str, List[int]], weight: str) -> List[in
     return out
 
 
-def insert_act_qdq(graph, weights: Dict[str, str], qparams: Dict[str, Tuple[float, int]]) -> None:
+def _pair(helper, numpy_helper, graph, tensor: str, prefix: str, suffixes, scale: float, zero_point: int, tag: str):
+    """The initializers (added to ``graph``) and Q, DQ nodes of a pair on ``tensor``."""
+    graph.initializer.extend([numpy_helper.from_array(np.array(scale, dtype=np.float32), prefix + suffixes[0]),
+                              numpy_helper.from_array(np.array(zero_point, dtype=np.uint8), prefix + suffixes[1])])
+    q = helper.make_node("QuantizeLinear", [tensor, prefix + suffixes[0], prefix + suffixes[1]], [tag + "_q"], name=tag + "_quantize")
+    dq = helper.make_node("DequantizeLinear", [tag + "_q", prefix + suffixes[0], prefix + suffixes[1]], [tag + "_dq"],
+                          name=tag + "_dequantize")
+    return q, dq
+
+
+def insert_act_qdq(graph, weights: Dict[str, str], qparams: Dict[str, Tuple[float, int]],
+                   outputs: Optional[Dict[str, Tuple[str, float, int]]] = None) -> None:
     """Q/DQ on the data input of each consumer of ``weights[name]`` (name -> the weight's tensor
     name in ``graph``), before the zero Pads leading into it, for every ``name`` in ``qparams``
-    (name -> (scale, zero_point))."""
+    (name -> (scale, zero_point)); and one on each tensor of ``outputs`` (tensor -> (module,
+    scale, zero_point)) that all its readers read."""
     from onnx import helper, numpy_helper
 
-    users, pads = node_users(graph), zero_pads(graph)
+    users = node_users(graph)
     new_nodes: Dict[int, list] = {}  # position of the node reading the pair -> its Q/DQ nodes
+    shared: Dict[str, Tuple[float, int]] = {}  # an output pair's DQ output -> its (scale, zero_point)
+    producers = {o: k for k, node in enumerate(graph.node) for o in node.output}
+    for tensor, (module, scale, zero_point) in (outputs or {}).items():
+        readers = users.get(tensor, [])
+        if tensor not in producers or not readers:
+            raise OnnxExportError(f"the output of module '{module}' is not a tensor of the ONNX graph that a node reads")
+        q, dq = _pair(helper, numpy_helper, graph, tensor, module, (OUT_SCALE, OUT_ZERO_POINT), scale, zero_point,
+                      module + ".output")
+        for k in readers:
+            node = graph.node[k]
+            node.input[:] = [dq.output[0] if i == tensor else i for i in node.input]
+        new_nodes.setdefault(min(readers), []).extend([q, dq])  # before its first reader
+        shared[dq.output[0]] = (float(np.float32(scale)), int(zero_point))
+    users, pads = node_users(graph), zero_pads(graph)
     for name, (scale, zero_point) in qparams.items():
         consumers = weight_consumers(graph, users, weights[name])
         if not consumers:
             raise OnnxExportError(f"layer '{name}' has no single input in the ONNX graph to quantize "
                                   "(its weight is not used by one Conv/Gemm/MatMul)")
-        graph.initializer.extend([numpy_helper.from_array(np.array(scale, dtype=np.float32), name + ACT_SCALE),
-                                  numpy_helper.from_array(np.array(zero_point, dtype=np.uint8), name + ACT_ZERO_POINT)])
-        for n, consumer in enumerate(consumers):
+        own = 0
+        for consumer in consumers:
             k = quantization_point(graph, users, pads, consumer)
             node = graph.node[k]
-            tag = name + ".input" + (f"_{n}" if n else "")
+            if shared.get(node.input[0]) == (float(np.float32(scale)), int(zero_point)):
+                continue  # an output pair on the same grid already quantizes this input
+            tag = name + ".input" + (f"_{own}" if own else "")
+            if own == 0:
+                graph.initializer.extend([numpy_helper.from_array(np.array(scale, dtype=np.float32), name + ACT_SCALE),
+                                          numpy_helper.from_array(np.array(zero_point, dtype=np.uint8), name + ACT_ZERO_POINT)])
             q = helper.make_node("QuantizeLinear", [node.input[0], name + ACT_SCALE, name + ACT_ZERO_POINT],
                                  [tag + "_q"], name=tag + "_quantize")
             dq = helper.make_node("DequantizeLinear", [tag + "_q", name + ACT_SCALE, name + ACT_ZERO_POINT],
                                   [tag + "_dq"], name=tag + "_dequantize")
             node.input[0] = tag + "_dq"
             new_nodes.setdefault(k, []).extend([q, dq])
+            own += 1
     ordered = []
     for k, node in enumerate(graph.node):
         ordered += new_nodes.get(k, []) + [node]

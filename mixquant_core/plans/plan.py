@@ -51,6 +51,10 @@ RECIPE_SCHEMA = {
                 "method": _NAME,
                 "calibration": {"type": "object"},
                 "ranges": {"type": "object", "additionalProperties": _RANGE},  # layer -> [lo, hi] of its input
+                # output points (models/act_points.py): module -> [its layer, lo, hi] of its output
+                "outputs": {"type": "object", "additionalProperties": {
+                    "type": "array", "minItems": 3, "maxItems": 3,
+                    "prefixItems": [_NAME, {"type": "number"}, {"type": "number"}]}},
             },
         },
     },
@@ -177,6 +181,13 @@ class Plan:
                     raise PlanError(f"invalid plan at recipe/acts/{name[:80]}: the range [{lo}, {hi}] is not a finite, "
                                     "ordered range")
             # every planned layer's input is quantized (it has a range) or pinned float (calibration/keep_float)
+            for module, (layer, lo, hi) in recipe.acts.outputs.items():
+                if layer not in recipe.acts.ranges:
+                    raise PlanError(f"invalid plan at recipe/acts/outputs/{module[:80]}: its layer '{layer[:80]}' has no "
+                                    "quantized input in the plan")
+                if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+                    raise PlanError(f"invalid plan at recipe/acts/outputs/{module[:80]}: the range [{lo}, {hi}] is not a "
+                                    "finite, ordered range")
             kept = recipe.acts.calibration.get("keep_float")
             kept = set(kept) if isinstance(kept, list) else set()
             missing = [name for name in self.layers if name not in recipe.acts.ranges and name not in kept]
@@ -222,6 +233,13 @@ class Plan:
         if missing:
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
             raise PlanError(f"plan is for another model ({self.model.get('name')}): layer '{missing[0]}' is not in this model{more}")
+        acts = acts_of(self.recipe)
+        if acts is not None and acts.outputs:
+            modules = {name for name, _ in model.named_modules()}
+            stray = [m for m in acts.outputs if m not in modules]
+            if stray:
+                raise PlanError(f"plan is for another model: its activation output point '{stray[0][:80]}' is not a "
+                                "module of this model")
         for name, entry in self.layers.items():
             params = entry.get("params")
             if params is not None and params != found[name].params:
@@ -240,7 +258,9 @@ def recipe_from_dict(quantizer: str, data: Optional[dict]) -> Quantizer:
                                              wr.get("calibration", {})),
         None if acts is None else ActQuant(int(acts["bits"]), acts["method"],
                                            {n: (float(lo), float(hi)) for n, (lo, hi) in acts["ranges"].items()},
-                                           acts.get("calibration", {})))
+                                           acts.get("calibration", {}),
+                                           {m: (str(layer), float(lo), float(hi))
+                                            for m, (layer, lo, hi) in acts.get("outputs", {}).items()}))
 
 
 def recipe_for_plan(recipe: Quantizer, bits: Dict[str, int]) -> Optional[dict]:
@@ -253,6 +273,8 @@ def recipe_for_plan(recipe: Quantizer, bits: Dict[str, int]) -> Optional[dict]:
         out["weight_ranges"]["ratios"] = [e for e in out["weight_ranges"]["ratios"] if bits.get(e[0]) == e[1]]
     if recipe.acts is not None:
         out["acts"]["ranges"] = {n: r for n, r in out["acts"]["ranges"].items() if n in bits}
+        if "outputs" in out["acts"]:
+            out["acts"]["outputs"] = {m: e for m, e in out["acts"]["outputs"].items() if e[0] in bits}
     return out
 
 

@@ -13,6 +13,11 @@ number of images: a running min/max per layer, and a bounded random sample of it
 Calibration uses the float model (weights not quantized): one recipe serves every plan. A
 layer's input that is NaN/Inf is a one-line MixQuantError naming it; a constant input (zero
 range) is fine (the grid's scale is clamped, activations.act_qparams).
+
+With ``outputs`` (the default), the output points of models/act_points.py are added: found on the
+traced float graph, the shared ones on their layer's input range, the others calibrated as the
+inputs are (forward hooks); a point whose module does not run exactly once per forward is dropped
+(its tensor stays float, as without points), and so are all of them for a model that cannot be traced.
 """
 from __future__ import annotations
 
@@ -120,18 +125,39 @@ def act_layers(model: nn.Module, names: Sequence[str], keep_float: Sequence[str]
     return quantized, [n for n in names if n not in quantized]
 
 
+def output_points(model: nn.Module, names: Sequence[str], image_shape,
+                  floats: Sequence[str] = ()) -> Dict[str, Tuple[str, bool, Optional[tuple]]]:
+    """models/act_points.fusion_points for the layers ``names`` (quantized inputs; ``floats``: kept
+    float); {} for a model that cannot be traced to ONNX (its activations are then quantized at the
+    layers' inputs only)."""
+    from ..models.act_points import fusion_points
+    from ..models.layers import state_key
+    from ..models.onnx_graph import OnnxExportError, float_graph
+
+    try:
+        graph = float_graph(model, tuple(image_shape)).graph
+    except OnnxExportError:
+        return {}
+    modules = {n for n, _ in model.named_modules() if n}
+    floats = [n for n in floats if n in modules]  # an attention parameter has no module of its own
+    return fusion_points(graph, modules, {n: state_key(model, n) for n in names}, {n: state_key(model, n) for n in floats})
+
+
 def calibrate(model: nn.Module, layer_names: Sequence[str], calib: EvalTensors, bits: int = 8,
               method: str = DEFAULT_ACT_METHOD, progress: Progress = None, keep_float: Sequence[str] = (),
-              device: str | torch.device = "cpu", batch_size: int = BATCH) -> ActQuant:
+              device: str | torch.device = "cpu", batch_size: int = BATCH, outputs: bool = True) -> ActQuant:
     """Each listed layer's input range by ``method`` over the calibration images (float model;
     hooks removed afterwards, even on error). ``keep_float`` layers (and attention parameters)
-    get no range: their inputs stay float."""
+    get no range: their inputs stay float. ``outputs``: add the output points (see the docstring)."""
     check_act_settings(bits, method)
     if len(calib) == 0:
         raise DatasetError("the calibration set is empty: activation ranges need at least one image")
     names, floats = act_layers(model, layer_names, keep_float)
     modules = dict(model.named_modules())
     stats: Dict[str, _Stats] = {n: _Stats() for n in names}
+    points = output_points(model, names, calib.image_shape, floats) if outputs else {}
+    out_stats: Dict[str, _Stats] = {m: _Stats() for m, (_, shared, _b) in points.items() if not shared}
+    calls: Dict[str, int] = {m: 0 for m in points}
     gen = torch.Generator().manual_seed(0)
     device = torch.device(device)
     was_training = model.training
@@ -141,7 +167,17 @@ def calibrate(model: nn.Module, layer_names: Sequence[str], calib: EvalTensors, 
             stats[name].add(args[0], name, gen)
         return hook
 
+    def output_hook_for(module: str):
+        def hook(_module, _args, out):
+            calls[module] += 1
+            if module in out_stats and isinstance(out, torch.Tensor):
+                bounds = points[module][2]  # the values the activation after it leaves
+                out_stats[module].add(out if bounds is None else out.clamp(*bounds), module, gen)
+        return hook
+
     handles = [modules[n].register_forward_pre_hook(hook_for(n)) for n in names]
+    handles += [modules[m].register_forward_hook(output_hook_for(m)) for m in points]
+    forwards = 0
     try:
         model.eval()
         n = len(calib)
@@ -152,6 +188,7 @@ def calibrate(model: nn.Module, layer_names: Sequence[str], calib: EvalTensors, 
                 if not torch.isfinite(x).all():
                     raise MixQuantError("a calibration image holds NaN/Inf values: its activation ranges cannot be calibrated")
                 model(x)
+                forwards += 1
                 done += len(x)
                 if progress:
                     progress(done, n, "activation ranges")
@@ -167,12 +204,21 @@ def calibrate(model: nn.Module, layer_names: Sequence[str], calib: EvalTensors, 
             continue
         lo, hi = choose_range(s.lo, s.hi, s.sample(gen), bits, method)
         ranges[name] = (float(lo), float(hi))
+    out_ranges = {}
+    for module, (layer, shared, _bounds) in points.items():
+        if calls[module] != forwards or layer not in ranges:  # runs twice per forward, or not at all
+            continue
+        if shared:
+            out_ranges[module] = (layer,) + tuple(ranges[layer])
+        elif out_stats[module].seen:
+            s = out_stats[module]
+            out_ranges[module] = (layer,) + tuple(float(v) for v in choose_range(s.lo, s.hi, s.sample(gen), bits, method))
     degenerate = sorted(name for name, (lo, hi) in ranges.items() if lo == hi)
     info = {"images": n, "percentile": PERCENTILE if method == "percentile" else None,
             "keep_float": [n_ for n_ in layer_names if n_ in set(floats)]}
     if degenerate:
         info["constant_inputs"] = degenerate
-    return ActQuant(int(bits), method, ranges, info)
+    return ActQuant(int(bits), method, ranges, info, out_ranges)
 
 
 def calibration_notes(acts: ActQuant) -> List[str]:

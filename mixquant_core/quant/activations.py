@@ -8,7 +8,10 @@ gives a finite grid). The torch engine applies it with forward pre-hooks (``quan
 the ONNX side puts the same (scale, zero-point) into Q/DQ pairs, so both compute the same codes.
 
 An ``ActQuant`` is frozen data: bits, the range method, and per layer name its (lo, hi) range.
-Layers left out of ``ranges`` keep float inputs (pinned in the plan).
+Layers left out of ``ranges`` keep float inputs (pinned in the plan). ``outputs`` adds the output
+points of models/act_points.py: module -> (the layer it belongs to, lo, hi), each module's output
+quantized by a forward hook (and by one Q/DQ pair on that tensor in ONNX), so that a runtime can
+fuse residual Adds and the convs before them into integer kernels.
 """
 from __future__ import annotations
 
@@ -55,22 +58,30 @@ class ActQuant:
     method: str
     ranges: Mapping[str, Tuple[float, float]]
     calibration: Mapping[str, object] = field(default_factory=dict)
+    outputs: Mapping[str, Tuple[str, float, float]] = field(default_factory=dict)
 
     def qparams(self, name: str) -> Tuple[float, int] | None:
         got = self.ranges.get(name)
         return None if got is None else act_qparams(got[0], got[1], self.bits)
 
+    def output_qparams(self, module: str) -> Tuple[float, int]:
+        _, lo, hi = self.outputs[module]
+        return act_qparams(lo, hi, self.bits)
+
     def to_dict(self) -> dict:
-        return {"bits": self.bits, "method": self.method, "calibration": dict(self.calibration),
-                "ranges": {name: [float(lo), float(hi)] for name, (lo, hi) in sorted(self.ranges.items())}}
+        out = {"bits": self.bits, "method": self.method, "calibration": dict(self.calibration),
+               "ranges": {name: [float(lo), float(hi)] for name, (lo, hi) in sorted(self.ranges.items())}}
+        if self.outputs:
+            out["outputs"] = {m: [layer, float(lo), float(hi)] for m, (layer, lo, hi) in sorted(self.outputs.items())}
+        return out
 
 
 @contextmanager
 def quantized_inputs(model: nn.Module, acts: ActQuant) -> Iterator[nn.Module]:
-    """Fake-quantize the input of every module named in ``acts.ranges`` for the block (forward
-    pre-hooks, removed afterwards even on error)."""
+    """Fake-quantize the input of every module named in ``acts.ranges`` and the output of every
+    module in ``acts.outputs`` for the block (hooks, removed afterwards even on error)."""
     modules = dict(model.named_modules())
-    missing = [name for name in acts.ranges if name not in modules]
+    missing = [name for name in list(acts.ranges) + list(acts.outputs) if name not in modules]
     if missing:
         raise MixQuantError(f"activation ranges name layer '{missing[0]}', which is not a module of this model")
     handles = []
@@ -80,9 +91,19 @@ def quantized_inputs(model: nn.Module, acts: ActQuant) -> Iterator[nn.Module]:
             return (fake_quantize_act(args[0], scale, zero_point, acts.bits),) + tuple(args[1:])
         return hook
 
+    def output_hook_for(name: str, scale: float, zero_point: int):
+        def hook(_module, _args, out):
+            if not isinstance(out, torch.Tensor):
+                raise MixQuantError(f"module '{name}' returns {type(out).__name__}, not one tensor: its output "
+                                    "cannot be quantized (calibrate the activations again)")
+            return fake_quantize_act(out, scale, zero_point, acts.bits)
+        return hook
+
     try:
         for name in acts.ranges:
             handles.append(modules[name].register_forward_pre_hook(hook_for(*acts.qparams(name))))
+        for name in acts.outputs:
+            handles.append(modules[name].register_forward_hook(output_hook_for(name, *acts.output_qparams(name))))
         yield model
     finally:
         for h in handles:

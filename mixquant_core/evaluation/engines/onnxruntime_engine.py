@@ -89,9 +89,12 @@ class OnnxRuntimeEngine:
         set_initializers(proto, tensors)
         acts = acts_of(quantizer)
         if acts is not None:  # Q/DQ pairs on the layers' inputs, the grid of the torch engine's hooks
+            from ...models.act_points import point_tensors
             from ...models.onnx_qdq import insert_act_qdq
 
-            insert_act_qdq(proto.graph, {name: state_key(model, name) for name in acts.ranges}, act_qparams_table(acts))
+            modules = {n for n, _ in model.named_modules() if n}
+            insert_act_qdq(proto.graph, {name: state_key(model, name) for name in acts.ranges}, act_qparams_table(acts),
+                           point_tensors(proto.graph, modules, acts))
         return new_session(proto.SerializeToString(), self.threads, float_weights=acts is not None)
 
     def evaluate(self, model: nn.Module, data: EvalTensors, bits: Optional[Dict[str, int]] = None,
