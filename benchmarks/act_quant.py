@@ -161,6 +161,8 @@ def main() -> None:
     p.add_argument("--points-scheme", default="per-channel",
                    help="weight scheme of the 'points' group (ONNX Runtime runs affine per-channel integer convs "
                         "on its reference kernel: symmetric for a fast file)")
+    p.add_argument("--budget-points", action="store_true",
+                   help="budget group: only W+A8 with output points (models/act_points.py), by the project's ORT engine")
     p.add_argument("--out")
     args = p.parse_args()
     only = set(args.only.split(","))
@@ -254,9 +256,18 @@ def main() -> None:
         for avg in [float(a) for a in args.avgs.split(",")]:
             bits = ws.named(ws.budget_bits("fisher", avg_bits=avg, calib=calib))
             size = ws.size(list(bits.values()))
-            for label, recipe in ((f"weights only ({args.ranges} ranges)", weights),
-                                  (f"W+A8 ({args.ranges} ranges)", Recipe("per-channel", ranges, acts_for(args.default_method)))):
-                m, sec = timed(evaluate_ort, model, data, bits, recipe, shape)
+            rows = [(f"weights only ({args.ranges} ranges)", weights),
+                    (f"W+A8 ({args.ranges} ranges)", Recipe("per-channel", ranges, acts_for(args.default_method)))]
+            if args.budget_points:  # the default since output points: W+A8 with them, by the project's engine
+                rows = [(f"W+A8 with output points ({args.ranges} ranges)",
+                         Recipe("per-channel", ranges, acts_for(args.default_method, outputs=True)))]
+            for label, recipe in rows:
+                if args.budget_points:
+                    from mixquant_core.evaluation.engines.onnxruntime_engine import OnnxRuntimeEngine
+
+                    m, sec = timed(OnnxRuntimeEngine().evaluate, model, data, bits, recipe)
+                else:
+                    m, sec = timed(evaluate_ort, model, data, bits, recipe, shape)
                 record(config=f"fisher {avg} avg bits, {label}", avg_bits=size.avg_bits, top1=m.top1, top5=m.top5,
                        loss=m.loss, seconds=sec)
 

@@ -95,6 +95,7 @@ EXPECTED = {
     "blocks.0": ("blocks.1.conv1", True, None),  # the Add's output, read by block 1's conv1 and its Add
     "blocks.1.bn2": ("blocks.1.conv2", False, None),
     "head_bn": ("head", False, (0.0, 6.0)),  # head -> global pooling, through the twice-run ReLU6
+    "gap": ("fc", True, None),  # the pool's output, flattened into the classifier: on the classifier's grid
 }
 
 
@@ -109,7 +110,7 @@ def test_points_of_a_residual_model(model):
 def test_calibration_ranges_of_the_points(model, calib, acts):
     assert set(acts.outputs) == set(EXPECTED)
     seen, handles = {}, []
-    for name in ("bn", "blocks.0.bn2", "head_bn"):
+    for name in ("bn", "blocks.0.bn2", "head_bn"):  # the produced points
         def hook(_m, _a, out, name=name):
             bounds = EXPECTED[name][2]
             out = out if bounds is None else out.clamp(*bounds)
@@ -171,6 +172,8 @@ def test_export_runs_every_conv_and_add_as_integer_kernels(model, acts, exported
     assert f.acts.to_dict() == acts.to_dict()
     ops = _optimized_ops(data, tmp_path)
     assert ops["QLinearConv"] == 6 and ops["QLinearAdd"] == 2 and ops["Conv"] == 0, ops
+    # the head's ReLU6 cannot change its point's codes: dropped, so the pool runs on codes too
+    assert ops["QLinearGlobalAveragePool"] == 1 and ops["Clip"] == 0, ops
     without = onnx_bytes(model, plan, PRE, recipe=Recipe("symmetric", acts=type(acts)(acts.bits, acts.method, acts.ranges)))
     assert _optimized_ops(without, tmp_path)["QLinearAdd"] == 0  # the layers' inputs alone fuse no Add
     x = images(8, seed=9)
@@ -293,3 +296,21 @@ def test_no_point_on_a_tensor_a_float_input_layer_reads(model, calib):
     scale, zp = acts.output_qparams("bn")
     assert torch.allclose(seen["x"] / scale, torch.round(seen["x"] / scale), atol=1e-3)
     assert not torch.equal(seen["x"], float_input)
+
+
+@pytest.mark.parametrize("clip_max, dropped", [(6.0, True), (5.9, False)])
+def test_an_activation_is_dropped_only_where_it_cannot_change_the_grid(clip_max, dropped):
+    from mixquant_core.export.onnx_fuse import drop_idle_activations
+    from mixquant_core.quant.activations import act_qparams
+
+    scale, zp = act_qparams(0.0, 6.0)  # the grid reaches 255 * scale = 6.0 in float32
+    f = lambda name, v, dtype=np.float32: numpy_helper.from_array(np.array(v, dtype=dtype), name)  # noqa: E731
+    graph = helper.make_graph(
+        [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]), helper.make_node("DequantizeLinear", ["q", "s", "z"], ["d"]),
+         helper.make_node("Clip", ["d", "lo", "hi"], ["c"]), helper.make_node("GlobalAveragePool", ["c"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 2, 3, 3])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 2, 1, 1])],
+        [f("s", scale), f("z", zp, np.uint8), f("lo", 0.0), f("hi", clip_max)])
+    assert drop_idle_activations(graph) == int(dropped)
+    assert [n.op_type for n in graph.node].count("Clip") == (0 if dropped else 1)
+    assert graph.node[-1].input[0] == ("d" if dropped else "c")

@@ -377,12 +377,12 @@ def test_lite0_weight_only_file_is_the_accounting_plus_95_kb_and_w8a8_fuses_ever
     assert ops["QLinearConv"] == 34 and ops["Conv"] == 15 and ops["QLinearAdd"] == 0, ops  # the layers' inputs alone
     calib = EvalTensors(images(8, 224, seed=0), torch.zeros(8, dtype=torch.long))
     recipe = Recipe("symmetric", acts=calibrate(lite0.model, list(plan.bits), calib))  # with output points (default)
-    assert len(recipe.acts.outputs) == 19  # 9 residual block inputs, 9 project convs into their Add, the head
+    assert len(recipe.acts.outputs) == 20  # 9 residual block inputs, 9 project convs into their Add, the head, the pool
     data = onnx_bytes(lite0.model, plan, lite0.preprocess, recipe=recipe)
     f = read_onnx(data, lite0.model)
     assert f.acts.ranges.keys() == plan.bits.keys() and f.acts.outputs == recipe.acts.outputs
     ops = _optimized_op_counts(data, tmp_path)
-    assert ops["QLinearConv"] == 49 and ops["Conv"] == 0 and ops["QLinearAdd"] == 9, ops  # README: all 49 convs, 9 Adds
+    assert ops["QLinearConv"] == 49 and ops["Conv"] == 0 and ops["QLinearAdd"] == 9 and ops["QLinearGlobalAveragePool"] == 1, ops
 
 
 # --- bad activation ranges -------------------------------------------------------------------------
@@ -462,7 +462,7 @@ def test_lite0_w8a8_and_mixed_plans_same_counts_with_both_engines(lite0, val_dir
     calib = load_tensors(open_image_folder(data_root / "imagenet-calib-1000").subset(16), lite0.preprocess)
     ws = Workspace(lite0, device="cpu", engine="torch")
     acts = calibrate(lite0.model, [l.name for l in ws.layers], calib)  # min/max, with output points (the default)
-    assert len(acts.outputs) == 19
+    assert len(acts.outputs) == 20
     recipe = Recipe(ws.quantizer, acts=acts)
     mixed = [ws.budget_bits("qe", avg_bits=a) for a in (7, 6)]  # least summed QE at 7 and 6 average bits
     for bits in [ws.uniform(8)] + mixed:

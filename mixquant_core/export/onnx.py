@@ -50,7 +50,7 @@ from .onnx_checks import check_input, check_ops, check_output, check_self_contai
 from .onnx_claims import (GraphFacts, check_against_model, check_plan_layers, check_size_claims, checked_scheme,
                           container_bits, graph_facts, quantized_layers, verify_registry_claim)
 from .onnx_compact import compact_graph
-from .onnx_fuse import fold_batchnorm, integer_layers
+from .onnx_fuse import drop_idle_activations, fold_batchnorm, integer_layers
 from .onnx_pack import packed_layer, shared_constants
 from .onnx_qdq import checked_acts
 from .untrusted import OnnxFileError, untrusted_text
@@ -155,6 +155,7 @@ def build_onnx(model: nn.Module, plan: Plan, layers: Dict[str, QuantizedLayer], 
     graph.node.extend(nodes + old_nodes)  # weights first: the graph stays topologically sorted
     if acts is not None:
         insert_act_qdq(graph, {name: keys[name] for name in acts.ranges}, act_qparams_table(acts), points)
+        drop_idle_activations(graph)  # a ReLU6 after an output point whose grid it cannot change
     used = {i for node in graph.node for i in node.input}
     unused = [init.name for init in graph.initializer if init.name not in used]  # folded BatchNorms
     for name in unused:

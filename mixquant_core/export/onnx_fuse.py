@@ -98,3 +98,43 @@ def fold_batchnorm(graph, key: str, bn_position: int, q: QuantizedLayer, symmetr
     if symmetric:  # back to the stored unsigned form (quant.codes.unsigned_grid)
         codes = codes + zero_point.to(torch.int16)
     return QuantizedLayer(codes.to(torch.uint8), scale.float().reshape(shape), zero_point.float(), q.nbits, q.scheme)
+
+
+def drop_idle_activations(graph) -> int:
+    """Remove each ReLU/Clip that reads an activation DequantizeLinear whose whole grid lies inside
+    its bounds (checked in float32, as the DequantizeLinear computes): it changes no value, and
+    without it a runtime sees DQ -> GlobalAveragePool -> Q (its QLinearGlobalAveragePool). Such a
+    pair is an output point put before a ReLU6 that is no module of its own (models/act_points.py).
+    Returns how many were removed."""
+    from onnx import numpy_helper
+
+    from ..models.onnx_qdq import _constant_values, node_producers
+
+    constants, producers = _constant_values(graph), node_producers(graph)
+    returned = {o.name for o in graph.output}
+    idle = []
+    for node in graph.node:
+        dq = producers.get(node.input[0]) if node.op_type in PASS_THROUGH and node.input else None
+        q = producers.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        if q is None or q.op_type != "QuantizeLinear" or node.output[0] in returned \
+                or any(i not in constants for i in dq.input[1:3]):
+            continue
+        scale, zp = (numpy_helper.to_array(constants[i]) for i in dq.input[1:3])
+        if scale.size != 1 or zp.size != 1 or zp.dtype != np.uint8:
+            continue
+        s, z = np.float32(scale.reshape(())), np.float32(zp.reshape(()))
+        lo, hi = np.float32(-z) * s, np.float32(255 - z) * s
+        bounds = [0.0, float("inf")] if node.op_type == "Relu" else [float("-inf"), float("inf")]
+        for k, name in enumerate(node.input[1:3]):
+            if name:
+                if name not in constants or numpy_helper.to_array(constants[name]).size != 1:
+                    break
+                bounds[k] = float(numpy_helper.to_array(constants[name]).reshape(()))
+        else:
+            if bounds[0] <= lo and hi <= bounds[1]:
+                idle.append(node)
+    for node in idle:
+        for other in graph.node:
+            other.input[:] = [node.input[0] if i == node.output[0] else i for i in other.input]
+        graph.node.remove(node)
+    return len(idle)

@@ -109,6 +109,7 @@ def _served_by_points(graph, layer: str, qparams, outputs, name: str) -> None:
 
 
 CHAIN = ("BatchNormalization", "Relu", "Clip")  # what may stand between a layer and its output point
+SHAPE_OPS = ("Reshape", "Flatten")
 
 
 def _point_placed(graph, module: str, layer: str, users) -> bool:
@@ -124,9 +125,20 @@ def _point_placed(graph, module: str, layer: str, users) -> bool:
             x = graph.node[users[x][0]].output[0]
         if x == q.input[0]:
             return True
-    pads = zero_pads(graph)
-    return any(graph.node[quantization_point(graph, users, pads, k)].input[0] == graph.node[dq_out].output[0]
-               for k in consumers)
+    pads, producers, target = zero_pads(graph), node_producers(graph), graph.node[dq_out].output[0]
+    for k in consumers:
+        t = graph.node[quantization_point(graph, users, pads, k)].input[0]
+        while t != target:  # back through the layer's own pair and Reshape/Flatten (a classifier after its pool)
+            node = producers.get(t)
+            if node is not None and node.op_type == "DequantizeLinear" and is_act_dequantize(node, producers):
+                t = producers[node.input[0]].input[0]
+            elif node is not None and node.op_type in SHAPE_OPS:
+                t = node.input[0]
+            else:
+                break
+        if t == target:
+            return True
+    return False
 
 
 def checked_acts(acts, graph, name: str):

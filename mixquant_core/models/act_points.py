@@ -27,6 +27,7 @@ from typing import Dict, List, Optional, Set, Tuple
 from .onnx_qdq import node_producers, node_users, quantization_point, weight_consumers, zero_pads
 
 PASS_THROUGH = ("Relu", "Clip")  # a conv's activation: the point goes after it
+SHAPE_OPS = ("Reshape", "Flatten")  # move values, change none: a per-tensor grid commutes with them
 FOLLOWED = ("BatchNormalization",)  # folded into the conv by an export (export/onnx_fuse.py)
 
 
@@ -159,6 +160,16 @@ def fusion_points(graph, modules: Set[str], weights: Dict[str, str],
             read_by_layers.setdefault(tensor, layer)
             if len(users.get(tensor, [])) > 1 and tensor not in float_reads:
                 m = _producing_module(tensor, producers, modules, outputs)
+                if m is not None and m not in points:
+                    points[m] = (layer, True, None)
+            # a classifier's input reshaped from a pool's output: the pool's output on the same grid
+            # (a runtime then runs the pool on codes, QLinearGlobalAveragePool)
+            source = tensor
+            while source in producers and producers[source].op_type in SHAPE_OPS and len(users.get(source, [])) == 1 \
+                    and len(users.get(producers[source].input[0], [])) == 1:
+                source = producers[source].input[0]
+            if source != tensor and source not in float_reads:
+                m = _producing_module(source, producers, modules, outputs)
                 if m is not None and m not in points:
                     points[m] = (layer, True, None)
     returned = {o.name for o in graph.output}
