@@ -108,6 +108,7 @@ def drop_idle_activations(graph) -> int:
     Returns how many were removed."""
     from onnx import numpy_helper
 
+    from ..models.act_points import activation_bounds
     from ..models.onnx_qdq import _constant_values, node_producers
 
     constants, producers = _constant_values(graph), node_producers(graph)
@@ -120,19 +121,12 @@ def drop_idle_activations(graph) -> int:
                 or any(i not in constants for i in dq.input[1:3]):
             continue
         scale, zp = (numpy_helper.to_array(constants[i]) for i in dq.input[1:3])
-        if scale.size != 1 or zp.size != 1 or zp.dtype != np.uint8:
+        bounds = activation_bounds(constants, [node])  # the grid holds 0: bounds that leave it out cannot hold it
+        if scale.size != 1 or zp.size != 1 or zp.dtype != np.uint8 or bounds is None:
             continue
         s, z = np.float32(scale.reshape(())), np.float32(zp.reshape(()))
-        lo, hi = np.float32(-z) * s, np.float32(255 - z) * s
-        bounds = [0.0, float("inf")] if node.op_type == "Relu" else [float("-inf"), float("inf")]
-        for k, name in enumerate(node.input[1:3]):
-            if name:
-                if name not in constants or numpy_helper.to_array(constants[name]).size != 1:
-                    break
-                bounds[k] = float(numpy_helper.to_array(constants[name]).reshape(()))
-        else:
-            if bounds[0] <= lo and hi <= bounds[1]:
-                idle.append(node)
+        if bounds[0] <= np.float32(-z) * s and np.float32(255 - z) * s <= bounds[1]:
+            idle.append(node)
     for node in idle:
         for other in graph.node:
             other.input[:] = [node.input[0] if i == node.output[0] else i for i in other.input]

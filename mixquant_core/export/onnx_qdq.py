@@ -11,6 +11,7 @@ from typing import Dict, Tuple
 
 import numpy as np
 
+from ..models.act_points import FOLLOWED, PASS_THROUGH, SHAPE_OPS
 from ..models.layers import key_for_name
 from ..models.onnx_qdq import (ACT_SCALE, ACT_ZERO_POINT, OUT_SCALE, OUT_ZERO_POINT, node_producers, node_users,
                                quantization_point, weight_consumers, zero_pads)
@@ -98,25 +99,23 @@ def _check_placement(graph, layers, outputs, name: str, users, producers) -> Non
                                 "the input of the nodes using its weight (corrupt or edited)")
 
 
-def _served_by_points(graph, layer: str, qparams, outputs, name: str) -> None:
+def _served_by_points(graph, layer: str, qparams, outputs, name: str, users, producers) -> None:
     """A layer with no pair of its own reads output points' codes on its grid at every node (else
     the plan's word that its input is quantized is not true of the graph)."""
     try:
-        _check_placement(graph, {layer: qparams}, outputs, name, node_users(graph), node_producers(graph))
+        _check_placement(graph, {layer: qparams}, outputs, name, users, producers)
     except OnnxFileError:
         raise OnnxFileError(f"{name}: layer '{untrusted_text(layer)}' has activation quantization in its plan only "
                             "(corrupt or edited)") from None
 
 
-CHAIN = ("BatchNormalization", "Relu", "Clip")  # what may stand between a layer and its output point
-SHAPE_OPS = ("Reshape", "Flatten")
+CHAIN = FOLLOWED + PASS_THROUGH  # what may stand between a layer and its output point
 
 
-def _point_placed(graph, module: str, layer: str, users) -> bool:
-    """The pair of output point ``module`` stands where models/act_points.py puts the points of
-    ``layer``: on the layer's output (after its BatchNorm and ReLU/Clip, each its tensor's only
-    reader), or on a tensor whose codes the layer reads as its input (before zero Pads)."""
-    q = next(n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[1] == module + OUT_SCALE)
+def _point_placed(graph, q, layer: str, users, producers, pads) -> bool:
+    """The pair whose QuantizeLinear is ``q`` (an output point's) stands where models/act_points.py
+    puts the points of ``layer``: on the layer's output (after its BatchNorm and ReLU/Clip, each its
+    tensor's only reader), or on a tensor whose codes the layer reads as its input (before zero Pads)."""
     dq_out = users[q.output[0]][0]
     consumers = weight_consumers(graph, users, key_for_name(layer))
     for k in consumers:
@@ -125,7 +124,7 @@ def _point_placed(graph, module: str, layer: str, users) -> bool:
             x = graph.node[users[x][0]].output[0]
         if x == q.input[0]:
             return True
-    pads, producers, target = zero_pads(graph), node_producers(graph), graph.node[dq_out].output[0]
+    target = graph.node[dq_out].output[0]
     for k in consumers:
         t = graph.node[quantization_point(graph, users, pads, k)].input[0]
         while t != target:  # back through the layer's own pair and Reshape/Flatten (a classifier after its pool)
@@ -155,13 +154,13 @@ def checked_acts(acts, graph, name: str):
         claimed_out = {m: acts.output_qparams(m) for m in acts.outputs} if acts is not None else {}
     except MixQuantError as exc:
         raise OnnxFileError(f"{name} has activation ranges that do not fit: {untrusted_text(exc, 160)} (corrupt or edited)") from None
+    users, producers = node_users(graph), node_producers(graph)
     for layer in sorted(set(claimed) - set(in_graph)):
-        _served_by_points(graph, layer, claimed[layer], out_graph, name)
+        _served_by_points(graph, layer, claimed[layer], out_graph, name, users, producers)
     for layer in sorted(set(in_graph)):
         shown = untrusted_text(layer)
         if layer not in claimed:
-            raise OnnxFileError(f"{name}: layer '{shown}' has activation quantization in its "
-                                f"{'plan' if layer in claimed else 'graph'} only (corrupt or edited)")
+            raise OnnxFileError(f"{name}: layer '{shown}' has activation quantization in its graph only (corrupt or edited)")
         scale, zp = in_graph[layer]
         want_scale, want_zp = claimed[layer]
         if zp != want_zp or np.float32(scale) != np.float32(want_scale):
@@ -177,10 +176,11 @@ def checked_acts(acts, graph, name: str):
             raise OnnxFileError(f"{name}: the output of '{shown}' is quantized with scale {scale:.6g} and zero-point {zp}, "
                                 f"its range gives {want_scale:.6g} and {want_zp} (corrupt or edited)")
     if out_graph:
-        users = node_users(graph)
+        pads = zero_pads(graph)
+        quantizers = {n.input[1]: n for n in graph.node if n.op_type == "QuantizeLinear"}  # one per point (read_act_qdq)
         for module in sorted(out_graph):
             layer = acts.outputs[module][0]
-            if layer not in claimed or not _point_placed(graph, module, layer, users):
+            if layer not in claimed or not _point_placed(graph, quantizers[module + OUT_SCALE], layer, users, producers, pads):
                 raise OnnxFileError(f"{name}: the output of '{untrusted_text(module)}' is not quantized where its plan "
                                     f"puts it (at layer '{untrusted_text(layer)}') (corrupt or edited)")
     return acts

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional, Set, Tuple
 
-from .onnx_qdq import node_producers, node_users, quantization_point, weight_consumers, zero_pads
+from .onnx_qdq import _constant_values, node_producers, node_users, quantization_point, weight_consumers, zero_pads
 
 PASS_THROUGH = ("Relu", "Clip")  # a conv's activation: the point goes after it
 SHAPE_OPS = ("Reshape", "Flatten")  # move values, change none: a per-tensor grid commutes with them
@@ -113,14 +113,12 @@ def _chain(graph, users, tensor: str) -> Tuple[str, str, List[object]]:
     return tensor, end, acts
 
 
-def _bounds(graph, acts) -> Optional[Tuple[float, float]]:
+def activation_bounds(constants, acts) -> Optional[Tuple[float, float]]:
     """The interval the activation nodes clamp to, if it holds 0 (ReLU: [0, inf); Clip: its
-    constant min/max); None where a bound is not a constant."""
+    constant min/max, ``constants`` as onnx_qdq._constant_values gives them); None where a bound is
+    not a constant scalar or the interval leaves 0 out."""
     from onnx import numpy_helper
 
-    from .onnx_qdq import _constant_values
-
-    constants = _constant_values(graph)
     lo, hi = float("-inf"), float("inf")
     for node in acts:
         if node.op_type == "Relu":
@@ -182,7 +180,7 @@ def fusion_points(graph, modules: Set[str], weights: Dict[str, str],
             continue
         m, bounds = _producing_module(tensor, producers, modules, outputs), None
         if m is None and acts:  # the activation is no module of its own: the point goes before it
-            m, bounds = _producing_module(before, producers, modules, outputs), _bounds(graph, acts)
+            m, bounds = _producing_module(before, producers, modules, outputs), activation_bounds(_constant_values(graph), acts)
             if bounds is None:
                 continue
         if m is not None and m not in points:

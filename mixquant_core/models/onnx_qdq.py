@@ -114,13 +114,16 @@ def weight_consumers(graph, users: Dict[str, List[int]], weight: str) -> List[in
     return out
 
 
-def _pair(helper, numpy_helper, graph, tensor: str, prefix: str, suffixes, scale: float, zero_point: int, tag: str):
-    """The initializers (added to ``graph``) and Q, DQ nodes of a pair on ``tensor``."""
-    graph.initializer.extend([numpy_helper.from_array(np.array(scale, dtype=np.float32), prefix + suffixes[0]),
-                              numpy_helper.from_array(np.array(zero_point, dtype=np.uint8), prefix + suffixes[1])])
-    q = helper.make_node("QuantizeLinear", [tensor, prefix + suffixes[0], prefix + suffixes[1]], [tag + "_q"], name=tag + "_quantize")
-    dq = helper.make_node("DequantizeLinear", [tag + "_q", prefix + suffixes[0], prefix + suffixes[1]], [tag + "_dq"],
-                          name=tag + "_dequantize")
+def _qparam_inits(numpy_helper, scale_name: str, zp_name: str, scale: float, zero_point: int) -> list:
+    """The float32 scale and uint8 zero-point initializers of an activation grid."""
+    return [numpy_helper.from_array(np.array(scale, dtype=np.float32), scale_name),
+            numpy_helper.from_array(np.array(zero_point, dtype=np.uint8), zp_name)]
+
+
+def _qdq(helper, tensor: str, scale_name: str, zp_name: str, tag: str) -> tuple:
+    """QuantizeLinear and DequantizeLinear nodes of a pair on ``tensor``, named after ``tag``."""
+    q = helper.make_node("QuantizeLinear", [tensor, scale_name, zp_name], [tag + "_q"], name=tag + "_quantize")
+    dq = helper.make_node("DequantizeLinear", [tag + "_q", scale_name, zp_name], [tag + "_dq"], name=tag + "_dequantize")
     return q, dq
 
 
@@ -140,8 +143,8 @@ def insert_act_qdq(graph, weights: Dict[str, str], qparams: Dict[str, Tuple[floa
         readers = users.get(tensor, [])
         if tensor not in producers or not readers:
             raise OnnxExportError(f"the output of module '{module}' is not a tensor of the ONNX graph that a node reads")
-        q, dq = _pair(helper, numpy_helper, graph, tensor, module, (OUT_SCALE, OUT_ZERO_POINT), scale, zero_point,
-                      module + ".output")
+        graph.initializer.extend(_qparam_inits(numpy_helper, module + OUT_SCALE, module + OUT_ZERO_POINT, scale, zero_point))
+        q, dq = _qdq(helper, tensor, module + OUT_SCALE, module + OUT_ZERO_POINT, module + ".output")
         for k in readers:
             node = graph.node[k]
             node.input[:] = [dq.output[0] if i == tensor else i for i in node.input]
@@ -161,13 +164,9 @@ def insert_act_qdq(graph, weights: Dict[str, str], qparams: Dict[str, Tuple[floa
                 continue  # an output pair on the same grid already quantizes this input
             tag = name + ".input" + (f"_{own}" if own else "")
             if own == 0:
-                graph.initializer.extend([numpy_helper.from_array(np.array(scale, dtype=np.float32), name + ACT_SCALE),
-                                          numpy_helper.from_array(np.array(zero_point, dtype=np.uint8), name + ACT_ZERO_POINT)])
-            q = helper.make_node("QuantizeLinear", [node.input[0], name + ACT_SCALE, name + ACT_ZERO_POINT],
-                                 [tag + "_q"], name=tag + "_quantize")
-            dq = helper.make_node("DequantizeLinear", [tag + "_q", name + ACT_SCALE, name + ACT_ZERO_POINT],
-                                  [tag + "_dq"], name=tag + "_dequantize")
-            node.input[0] = tag + "_dq"
+                graph.initializer.extend(_qparam_inits(numpy_helper, name + ACT_SCALE, name + ACT_ZERO_POINT, scale, zero_point))
+            q, dq = _qdq(helper, node.input[0], name + ACT_SCALE, name + ACT_ZERO_POINT, tag)
+            node.input[0] = dq.output[0]
             new_nodes.setdefault(k, []).extend([q, dq])
             own += 1
     ordered = []
