@@ -64,28 +64,43 @@ if file_key in files:
                "model_safetensors")
 
 st.subheader("Quantized model (ONNX)")
-st.caption("Integer codes (int2/uint2 for 2 bits, int4/uint4 for 3-4, int8/uint8 for 5-8) with their scale and "
-           "zero-point feeding DequantizeLinear, the other tensors float32, the plan in the metadata: runs in ONNX "
-           "Runtime (and other ONNX runtimes) without MixQuant. Checked after building: read back and opened by ONNX Runtime.")
+st.caption("Each layer's codes bit-packed at its bit-width and unpacked by standard ONNX ops when the runtime "
+           "builds its session (weights-only plans run on float32 weights); with quantized activations, Q/DQ pairs "
+           "and 8-bit codes behind DequantizeLinear, which ONNX Runtime and OpenVINO run as integer kernels. The plan "
+           "is in the metadata: runs without MixQuant. Checked after building: read back and opened by ONNX Runtime.")
+signed_int8 = False
+if plan.recipe_data and plan.recipe_data.get("acts"):
+    signed_int8 = st.checkbox(
+        "Signed int8 weights (fastest file)", key="onnx_signed_int8",
+        help="Off: 8-bit symmetric codes are stored as uint8 around 128 wherever int8 could saturate the u8 x s8 "
+             "kernels of CPUs without VNNI (AVX2), so the file computes this plan's numbers on every CPU. On: int8 "
+             "always, as onnxruntime's quantize_static writes them: faster there, but on AVX2-only CPUs some sums "
+             "saturate (measured on Lite0: up to 3.5 points of top-1).")
+onnx_key = file_key + (signed_int8,)  # the same plan, stored either way
 onnx_files = st.session_state.setdefault("onnx_files", {})
 if st.button("Build the ONNX model", key="build_onnx"):
     try:
         with progress("ONNX export") as cb:  # reads the shared model, changes nothing
-            onnx_data = onnx_bytes(ws.loaded.model, plan, ws.loaded.preprocess, progress=cb)
+            onnx_data = onnx_bytes(ws.loaded.model, plan, ws.loaded.preprocess, progress=cb,
+                                   int8_weights="signed" if signed_int8 else "exact")
             onnx_file = read_onnx(onnx_data, ws.loaded.model)
             onnx_file.session()  # what we hand out must run
         onnx_files.clear()  # one at a time: they are as large as the model
-        onnx_files[file_key] = (onnx_data, onnx_size_report(onnx_data, ws.loaded.model, plan, onnx_file.scheme))
+        onnx_files[onnx_key] = (onnx_data, onnx_size_report(onnx_data, ws.loaded.model, plan, onnx_file.scheme))
     except state.USER_ERRORS as exc:
         st.error(f"ONNX export failed: {state.one_line(exc)}")
-if file_key in onnx_files:
-    onnx_data, report = onnx_files[file_key]
+if onnx_key in onnx_files:
+    onnx_data, report = onnx_files[onnx_key]
     st.download_button("Download quantized model (.onnx)", onnx_data, on_click="ignore", key="model_onnx",
                        file_name=f"{ws.loaded.name}-qem{qem:.4g}.onnx", mime="application/octet-stream")
     st.caption(f"Checked: ONNX Runtime opens it. {report['bytes'] / 1e6:.3f} MB on disk; the size accounting says "
                f"{report['accounted_bytes'] / 1e6:.3f} MB ({report['difference_pct']:+.2f} %: "
                f"codes bit-packed at their bit-widths; {report['container_padding_bytes'] / 1e6:.3f} MB are codes of layers "
                "with quantized inputs in the 8-bit container of the integer kernels; the rest the graph and metadata).")
+    if report.get("saturable_layers"):
+        st.warning(f"{report['saturable_layers']} of {report['integer_kernel_layers']} integer layers hold int8 codes "
+                   "that can saturate on CPUs without VNNI (AVX2 only): there the file computes other numbers than "
+                   "this plan. Untick 'Signed int8 weights' for a file that is exact on every CPU.")
     state.persist(latency_runs=20, latency_batch=32)
     lc = st.columns(3)
     runs = lc[0].number_input("Timed images (batch 1)", min_value=1, max_value=1000, key="latency_runs")
@@ -93,12 +108,12 @@ if file_key in onnx_files:
     if lc[2].button("Measure latency against float32", key="onnx_latency"):
         try:
             with st.spinner("Timing the file and the float32 model on ONNX Runtime and OpenVINO (CPU)..."):
-                st.session_state["onnx_latency_result"] = (file_key, bench_plan(
+                st.session_state["onnx_latency_result"] = (onnx_key, bench_plan(
                     ws.loaded, plan, onnx_data, runtimes=("onnxruntime", "openvino"), runs=int(runs), batch=int(batch)))
         except state.USER_ERRORS as exc:
             st.error(f"Latency measurement failed: {state.one_line(exc)}")
     timed = st.session_state.get("onnx_latency_result")
-    if timed and timed[0] == file_key:
+    if timed and timed[0] == onnx_key:
         for line in timed[1].notices:
             st.info(line)
         st.dataframe(pd.DataFrame(timed[1].table()), hide_index=True, key="onnx_latency_table")

@@ -30,6 +30,7 @@ from mixquant_core.data.image_sets import default_calib_dir, default_eval_dir, o
 from mixquant_core.data.load import load_tensors
 from mixquant_core.evaluation.engines.onnxruntime_engine import new_session, planned_weights, run_session
 from mixquant_core.evaluation.engines.torch_engine import TorchEngine
+from mixquant_core.export.onnx import INT8_WEIGHTS
 from mixquant_core.models.layers import weight_ref
 from mixquant_core.models.onnx_graph import float_graph, set_initializers, state_initializers
 from mixquant_core.models.registry import load_model
@@ -77,6 +78,20 @@ def qdq_graph(model, proto, bits, recipe) -> onnx.ModelProto:
     del proto.graph.node[:]
     proto.graph.node.extend(nodes)
     return proto
+
+
+def openvino_top1(blob: bytes, data, batch: int = 8):
+    """Top-1 % of an ONNX file in OpenVINO's CPU plugin (f32 hint), or None without openvino."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return None
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(blob, b""), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    buffer, hits = torch.empty((batch, *data.image_shape)), 0
+    for pixels, y in data.pixel_batches(batch):
+        hits += int((compiled(data.to_inputs(pixels, buffer).numpy())[0].argmax(1) == y.numpy()).sum())
+    return 100.0 * hits / len(data)
 
 
 def evaluate_ort(model, data, bits, recipe, image_shape):
@@ -161,6 +176,7 @@ def main() -> None:
     p.add_argument("--points-scheme", default="per-channel",
                    help="weight scheme of the 'points' group (ONNX Runtime runs affine per-channel integer convs "
                         "on its reference kernel: symmetric for a fast file)")
+    p.add_argument("--budget-scheme", default="per-channel", help="budget group: the weight scheme")
     p.add_argument("--budget-points", action="store_true",
                    help="budget group: only W+A8 with output points (models/act_points.py), by the project's ORT engine")
     p.add_argument("--out")
@@ -229,10 +245,11 @@ def main() -> None:
             record(config=label, engine="onnxruntime (fake-quant)", points=len(recipe.acts.outputs), top1=m.top1, top5=m.top5,
                    loss=m.loss, seconds=sec)
             plan = pws.plan_from_bits(pws.uniform(8))
-            blob = onnx_bytes(model, plan, loaded.preprocess, recipe=recipe)
-            m, sec = timed(run_session, new_session(blob), data, 8)
-            record(config=label, engine="exported file, ORT integer kernels", top1=m.top1, top5=m.top5, loss=m.loss,
-                   seconds=sec, megabytes=len(blob) / 1e6)
+            for choice in INT8_WEIGHTS:  # exact (the default) and signed int8 weights
+                blob = onnx_bytes(model, plan, loaded.preprocess, recipe=recipe, int8_weights=choice)
+                m, sec = timed(run_session, new_session(blob), data, 8)
+                record(config=label, engine=f"exported file ({choice} int8 weights), ORT integer kernels", top1=m.top1,
+                       top5=m.top5, loss=m.loss, seconds=sec, megabytes=len(blob) / 1e6, openvino_top1=openvino_top1(blob, data))
     if "ort" in only:
         for method in args.ort_methods.split(","):
             try:
@@ -248,19 +265,21 @@ def main() -> None:
         record(config=f"W8A8 mixquant {args.default_method}, first conv input float", top1=m.top1, top5=m.top5,
                loss=m.loss, seconds=sec)
     if "budget" in only:
-        if args.ranges == "loss":
-            ws = Workspace(loaded, "per-channel", device="cpu", engine="onnxruntime", ranges="loss", calib=calib)
-        weights = ws.recipe  # "per-channel", or a Recipe with the loss-aware ranges
+        scheme = args.budget_scheme
+        if args.ranges == "loss" or scheme != "per-channel":
+            ws = Workspace(loaded, scheme, device="cpu", engine="onnxruntime", ranges=args.ranges,
+                           calib=calib if args.ranges == "loss" else None)
+        weights = ws.recipe  # the scheme, or a Recipe with the loss-aware ranges
         ranges = getattr(weights, "weight_ranges", None)
         ws.fisher(calib)
         for avg in [float(a) for a in args.avgs.split(",")]:
             bits = ws.named(ws.budget_bits("fisher", avg_bits=avg, calib=calib))
             size = ws.size(list(bits.values()))
             rows = [(f"weights only ({args.ranges} ranges)", weights),
-                    (f"W+A8 ({args.ranges} ranges)", Recipe("per-channel", ranges, acts_for(args.default_method)))]
+                    (f"W+A8 ({args.ranges} ranges)", Recipe(scheme, ranges, acts_for(args.default_method)))]
             if args.budget_points:  # the default since output points: W+A8 with them, by the project's engine
-                rows = [(f"W+A8 with output points ({args.ranges} ranges)",
-                         Recipe("per-channel", ranges, acts_for(args.default_method, outputs=True)))]
+                rows = [(f"W+A8 with output points ({scheme}, {args.ranges} ranges)",
+                         Recipe(scheme, ranges, acts_for(args.default_method, outputs=True)))]
             for label, recipe in rows:
                 if args.budget_points:
                     from mixquant_core.evaluation.engines.onnxruntime_engine import OnnxRuntimeEngine

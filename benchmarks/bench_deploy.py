@@ -25,7 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from mixquant_core.export.onnx import onnx_bytes, onnx_size_report  # noqa: E402
+from mixquant_core.export.onnx import INT8_WEIGHTS, onnx_bytes, onnx_size_report  # noqa: E402
 from mixquant_core.models.onnx_graph import float_graph  # noqa: E402
 from mixquant_core.models.registry import build_model  # noqa: E402
 from mixquant_core.quant.recipe import Recipe  # noqa: E402
@@ -176,7 +176,7 @@ def weight_only(name: str) -> None:
     for f, data in files.items():
         ops = optimized_ops(data)
         print(f"- {f}: ORT's optimized graph holds DequantizeLinear x{ops.get('DequantizeLinear', 0)}, "
-              f"BitShift x{ops.get('BitShift', 0)}, Conv x{ops.get('Conv', 0)}")
+              f"BitwiseAnd x{ops.get('BitwiseAnd', 0)}, Conv x{ops.get('Conv', 0)}")
 
 
 def w8a8(name: str, scheme: str) -> None:
@@ -193,10 +193,11 @@ def w8a8(name: str, scheme: str) -> None:
     calib_set = EvalTensors(calib, torch.zeros(len(calib), dtype=torch.long))
     float_bytes = float_graph(loaded.model, (3, crop, crop)).SerializeToString()
     files = {"float32": float_bytes}
-    for label, outputs in (("layer inputs only", False), ("with output points", True)):
-        acts = calibrate(loaded.model, list(plan.bits), calib_set, outputs=outputs)  # min/max, the default
-        recipe = Recipe(scheme, acts=acts)
-        files[f"MixQuant W8A8 ({scheme}), {label}"] = onnx_bytes(loaded.model, plan, loaded.preprocess, recipe=recipe)
+    acts = calibrate(loaded.model, list(plan.bits), calib_set)  # min/max and output points, the defaults
+    recipe = Recipe(scheme, acts=acts)
+    for choice in INT8_WEIGHTS:  # exact (the default) and signed int8 weights (quantize_static's layout)
+        files[f"MixQuant W8A8 ({scheme}), {choice} int8 weights"] = onnx_bytes(
+            loaded.model, plan, loaded.preprocess, recipe=recipe, int8_weights=choice)
     files["quantize_static QDQ (per-channel)"] = quantize_static_file(float_bytes, calib)
     cells = {(f, e): runner(data, e) for f, data in files.items() for e in ("ort-mixquant", "openvino")}
     x = calib[:BATCH].numpy() if len(calib) >= BATCH else np.zeros((BATCH, 3, crop, crop), np.float32)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from .choices import LATENCY_PRECISIONS, LATENCY_RUNTIMES
+from .choices import INT8_WEIGHTS, LATENCY_PRECISIONS, LATENCY_RUNTIMES
 from .options import add_json_arg, add_progress_args, add_trust_code, name_list, number
 from .output import fmt, notice, print_table
 from .progress import mode_of, progress
@@ -44,7 +44,7 @@ def cmd_bench(args) -> None:
             from .inputs import plan_notice
 
             plan_notice(plan, loaded.model)
-            result = bench_plan(loaded, plan, progress=cb, **options)
+            result = bench_plan(loaded, plan, progress=cb, int8_weights=args.int8_weights, **options)
         else:
             result = bench_file(args.file, loaded.model if loaded else None, progress=cb, **options)
     print_bench(result, args.json)
@@ -105,6 +105,8 @@ def register(subparsers) -> None:
     p.add_argument("file", nargs="?", help="an .onnx file from `mixquant export --format onnx` (checked as `load` "
                                           "checks it, timed in a limited child process)")
     p.add_argument("--plan", help="instead of a file: a plan JSON, exported to ONNX first")
+    p.add_argument("--int8-weights", choices=INT8_WEIGHTS, default=INT8_WEIGHTS[0],
+                   help="with --plan: as `mixquant export --int8-weights` (default exact)")
     p.add_argument("--model", help="the float32 reference's model (default: the registry model the file or plan names)")
     p.add_argument("--arch", help="architecture (registry name) of a state-dict --model file")
     add_trust_code(p)

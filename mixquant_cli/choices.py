@@ -6,7 +6,8 @@ from __future__ import annotations
 DEFAULT_MODEL = "efficientnet_lite0"  # mixquant_core.models.registry.DEFAULT_MODEL
 
 # tuple(mixquant_core.quant.quantizers.QUANTIZERS)
-QUANTIZERS = ("asymmetric", "symmetric", "per-channel", "asymmetric-mse", "symmetric-mse", "per-channel-mse")
+QUANTIZERS = ("asymmetric", "symmetric", "per-channel", "per-channel-symmetric",
+              "asymmetric-mse", "symmetric-mse", "per-channel-mse", "per-channel-symmetric-mse")
 
 # mixquant_core.workspace.RANGES: the weights' own ranges (the default), or loss-aware (issue #22)
 RANGES = ("weights", "loss")
@@ -15,6 +16,8 @@ RANGES = ("weights", "loss")
 RECON_SCHEMES = ("per-channel-mse",) + tuple(q for q in QUANTIZERS if q != "per-channel-mse")
 # mixquant_core.workspace.COSTS: what a budgeted allocation minimises
 ALLOCATION_COSTS = ("qe", "fisher", "fisher-gptq")
+# mixquant_core.export.onnx.INT8_WEIGHTS: how an ONNX W+A export stores 8-bit symmetric codes
+INT8_WEIGHTS = ("exact", "signed")
 # mixquant_core.recon.reconstruct.METHODS
 RECON_METHODS = ("brecq", "gptq", "gptq+brecq")
 # mixquant_core.recon.gptq.GPTQ_INPUTS, and ReconConfig.gptq_inputs's default

@@ -8,8 +8,8 @@ import sys
 
 from mixquant_core.errors import MixQuantError
 
-from .choices import (DEFAULT_GPTQ_INPUTS, DEFAULT_MODEL, GPTQ_GRIDS, GPTQ_INPUTS, QUANTIZERS, RECON_METHODS,
-                      RECON_SCHEMES)
+from .choices import (DEFAULT_GPTQ_INPUTS, DEFAULT_MODEL, GPTQ_GRIDS, GPTQ_INPUTS, INT8_WEIGHTS, QUANTIZERS,
+                      RECON_METHODS, RECON_SCHEMES)
 from .inputs import calibration_tensors, plan_notice
 from .options import add_engine_arg, add_json_arg, add_progress_args, add_store_args, add_trust_code, number
 from .output import accuracy_text, check_out, notice
@@ -74,6 +74,11 @@ def register(subparsers) -> None:
     p.add_argument("--format", choices=("safetensors", "onnx"), default=None,
                    help="safetensors (packed codes, runs in mixquant) or onnx (integer codes + DequantizeLinear, "
                         "runs in ONNX Runtime); default: from --out's suffix, else safetensors")
+    p.add_argument("--int8-weights", choices=INT8_WEIGHTS, default=INT8_WEIGHTS[0],
+                   help="ONNX W+A exports: how integer layers store 8-bit symmetric codes. exact (default): as "
+                        "uint8 around 128 where int8 could saturate the u8 x s8 kernels of CPUs without VNNI "
+                        "(AVX2), so the file computes the plan's numbers on every CPU; signed: int8 always, "
+                        "the fastest file (quantize_static's layout), which can lose accuracy on AVX2-only CPUs")
     p.add_argument("--out", required=True, help="output .safetensors or .onnx file")
     p.set_defaults(run=cmd_export)
 
@@ -178,7 +183,7 @@ def _export_onnx(args, loaded, plan, layers) -> None:
     from mixquant_core.files import atomic_write
 
     with progress(mode_of(args), "ONNX export") as cb:
-        data = build_onnx(loaded.model, plan, layers, loaded.preprocess, cb).SerializeToString()
+        data = build_onnx(loaded.model, plan, layers, loaded.preprocess, cb, args.int8_weights).SerializeToString()
     f = read_onnx(data, loaded.model)  # what we hand out must read back and run
     f.session()
     atomic_write(args.out, data)  # a failed write never leaves half a model under the real name
@@ -190,6 +195,10 @@ def _export_onnx(args, loaded, plan, layers) -> None:
               f"({report['difference_pct']:+.2f} %; {report['container_padding_bytes']} bytes of it are codes of "
               f"{report['integer_kernel_layers']} layers with quantized inputs in the 8-bit container of the integer "
               f"kernels), {f.scheme} codes, {plan.size['avg_bits']:.2f} average bits")
+    if report["saturable_layers"]:
+        notice(f"{report['saturable_layers']} of {report['integer_kernel_layers']} integer layers hold int8 codes that can "
+               "saturate on CPUs without VNNI (AVX2 only), where the file then computes other numbers than the plan; "
+               "--int8-weights exact stores them exactly")
 
 
 def _load_onnx(args) -> None:

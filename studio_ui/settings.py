@@ -8,9 +8,11 @@ QUANTIZER_LABELS = {
     "asymmetric": "asymmetric, per tensor (paper default)",
     "symmetric": "symmetric, per tensor",
     "per-channel": "asymmetric, per output channel",
+    "per-channel-symmetric": "symmetric, per output channel (fastest integer export)",
     "asymmetric-mse": "asymmetric, per tensor, MSE-clipped range",
     "symmetric-mse": "symmetric, per tensor, MSE-clipped range",
     "per-channel-mse": "asymmetric, per output channel, MSE-clipped range",
+    "per-channel-symmetric-mse": "symmetric, per output channel, MSE-clipped range",
 }
 RANGES_LABELS = {
     "weights": "from the weights",

@@ -48,22 +48,25 @@ class Residual(nn.Module):
     """Stem conv-BN-ReLU6-MaxPool, two residual blocks, a head conv-BN-ReLU6 whose ReLU6 is the
     stem's module called again (as Lite0's), global pooling, a classifier."""
 
-    def __init__(self, c: int = 8):
+    def __init__(self, c: int = 8, head: bool = True):
         super().__init__()
         self.stem, self.bn, self.relu, self.pool = nn.Conv2d(3, c, 3, stride=2, padding=1), nn.BatchNorm2d(c), nn.ReLU6(), nn.MaxPool2d(2)
         self.blocks = nn.Sequential(Block(c), Block(c))
-        self.head, self.head_bn = nn.Conv2d(c, 2 * c, 1), nn.BatchNorm2d(2 * c)
-        self.gap, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(2 * c, 10)
+        if head:
+            self.head, self.head_bn = nn.Conv2d(c, 2 * c, 1), nn.BatchNorm2d(2 * c)
+        self.gap, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(2 * c if head else c, 10)
 
     def forward(self, x):
         x = self.blocks(self.pool(self.relu(self.bn(self.stem(x)))))
-        x = self.relu(self.head_bn(self.head(x)))
+        if hasattr(self, "head"):
+            x = self.relu(self.head_bn(self.head(x)))
         return self.fc(torch.flatten(self.gap(x), 1))
 
 
-def residual(seed: int = 0) -> Residual:
+def residual(seed: int = 0, head: bool = True) -> Residual:
+    """With ``head=False`` the last block's Add goes straight into the pool, as in a ResNet."""
     torch.manual_seed(seed)
-    model = Residual()
+    model = Residual(head=head)
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
@@ -105,6 +108,38 @@ def test_points_of_a_residual_model(model):
     assert repeated_modules(graph, modules) == {"relu"}
     weights = {layer.name: state_key(model, layer.name) for layer in find_layers(model)}
     assert fusion_points(graph, modules, weights) == EXPECTED
+
+
+def test_a_last_blocks_add_into_the_pool_is_a_point_and_runs_on_codes(calib, tmp_path):
+    """No conv's point covers the pool's input when a residual Add feeds it (ResNet's last block):
+    that tensor gets its own calibrated point, claimed by the classifier, so the Add and the pool
+    both run as integer kernels, and the file reads back with it."""
+    model = residual(head=False)
+    graph = float_graph(model, (3, 24, 24)).graph
+    modules = {n for n, _ in model.named_modules() if n}
+    weights = {layer.name: state_key(model, layer.name) for layer in find_layers(model)}
+    expected = {k: v for k, v in EXPECTED.items() if k not in ("head_bn", "bn")}
+    expected["relu"] = ("stem", False, None)  # called once here: the stem's point goes after it
+    expected["blocks.1"] = ("fc", False, None)  # block 1's Add, the pool's input
+    assert fusion_points(graph, modules, weights) == expected
+    acts = calibrate(model, list(weights), calib)
+    assert set(acts.outputs) == set(expected) and acts.outputs["blocks.1"][0] == "fc"
+    ws = workspace(model, "symmetric")
+    plan = ws.plan_from_bits(ws.uniform(8))
+    recipe = Recipe("symmetric", acts=acts)
+    data = onnx_bytes(model, plan, PRE, recipe=recipe)
+    assert read_onnx(data, model).acts.to_dict() == acts.to_dict()
+    ops = _optimized_ops(data, tmp_path)
+    assert ops["QLinearAdd"] == 2 and ops["QLinearGlobalAveragePool"] == 1 and ops["Conv"] == 0, ops
+    x = images(8, seed=9)
+    with torch.no_grad(), applied(model, plan.bits, recipe):
+        expected_logits = model(x).numpy()
+    with torch.no_grad(), applied(model, plan.bits, Recipe("symmetric", acts=type(acts)(acts.bits, acts.method, acts.ranges,
+                                                                                     outputs={k: v for k, v in acts.outputs.items() if k != "blocks.1"}))):
+        without_point = model(x).numpy()
+    assert np.abs(expected_logits - without_point).max() > 1e-4  # the torch engine quantizes the new point too
+    got = read_onnx(data, model).session().run(None, {"input": x.numpy()})[0]
+    assert np.abs(got - expected_logits).max() < 0.05 * np.abs(expected_logits).max()
 
 
 def test_calibration_ranges_of_the_points(model, calib, acts):

@@ -62,3 +62,33 @@ def test_act_bits_without_calibration_images_is_one_line(capsys, monkeypatch, tm
     monkeypatch.delenv("MIXQUANT_DATA", raising=False)
     code, out, err = run(capsys, "search", "--qem", "2", "--act-bits", "8", "--no-progress")
     assert code == 2 and err.count("\n") == 1 and "--act-bits needs calibration images" in err
+
+
+def test_export_stores_full_range_int8_codes_exactly_unless_asked_for_signed(capsys, tmp_path, calib_dir):
+    """Per-channel symmetric 8-bit codes reach +-127 in every channel: `export` stores them as uint8
+    around 128 (no u8 x s8 kernel can saturate on them), `--int8-weights signed` as int8, as
+    quantize_static does; both files read back with the same plan."""
+    import onnx
+    from onnx import TensorProto
+
+    plan_path = tmp_path / "w8a8.json"
+    code, _, err = run(capsys, "search", "--quantizer", "per-channel-symmetric", "--qem", "1", "--act-bits", "8",
+                       "--calib", calib_dir, "--calib-images", "4", "--out", str(plan_path), "--no-progress")
+    assert code == 0, err
+    kinds = {}
+    for choice in ("exact", "signed"):
+        out = tmp_path / f"{choice}.onnx"
+        argv = ["export", "--plan", str(plan_path), "--out", str(out), "--no-progress", "--json"]
+        code, stdout, err = run(capsys, *(argv + ([] if choice == "exact" else ["--int8-weights", "signed"])))
+        assert code == 0, err
+        report = json.loads(stdout)
+        assert report["integer_kernel_layers"] == 49
+        if choice == "exact":
+            assert report["saturable_layers"] == 0 and "saturate" not in err
+        else:  # named in one notice line
+            assert report["saturable_layers"] > 40 and err.count("\n") == 1 and "can saturate on CPUs without VNNI" in err
+        graph = onnx.load(str(out)).graph
+        kinds[choice] = {i.data_type for i in graph.initializer if i.name.endswith("_codes")}
+        code, _, err = run(capsys, "load", str(out), "--no-progress")
+        assert code == 0, err
+    assert kinds == {"exact": {TensorProto.UINT8}, "signed": {TensorProto.INT8}}

@@ -73,6 +73,9 @@ def test_the_parser_names_equal_the_core_ones():
     from mixquant_core.workspace import COSTS
 
     assert choices.ALLOCATION_COSTS == COSTS
+    from mixquant_core.export.onnx import INT8_WEIGHTS
+
+    assert choices.INT8_WEIGHTS == INT8_WEIGHTS
     assert choices.TARGET_FAMILIES == FAMILIES
     assert choices.COMPARE_METHODS == tuple(METHODS) and choices.COMPARE_TARGETS == DEFAULT_TARGETS
     assert choices.LATENCY_RUNTIMES == RUNTIMES and choices.LATENCY_PRECISIONS == PRECISIONS

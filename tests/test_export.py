@@ -35,7 +35,7 @@ def _states_equal(a, b) -> None:
         assert torch.equal(sa[key], sb[key]), key
 
 
-@pytest.mark.parametrize("quantizer", ["asymmetric", "per-channel", "symmetric",
+@pytest.mark.parametrize("quantizer", ["asymmetric", "per-channel", "symmetric", "per-channel-symmetric",
                                        "asymmetric-mse", "per-channel-mse", "symmetric-mse"])
 def test_round_to_nearest_export_is_bit_exact(tmp_path, quantizer):
     model = tiny_chain()

@@ -50,7 +50,7 @@ def _nearest(w: torch.Tensor, bits: int, scheme: str) -> torch.Tensor:
 
 @settings(max_examples=25, deadline=None, derandomize=True)
 @given(seed=st.integers(0, 10_000), bits=st.integers(2, 8), cin=st.integers(4, 48), cout=st.integers(1, 24),
-       scheme=st.sampled_from(["per-channel", "asymmetric", "symmetric", "per-channel-mse"]))
+       scheme=st.sampled_from(["per-channel", "asymmetric", "symmetric", "per-channel-mse", "per-channel-symmetric"]))
 def test_gptq_output_error_is_at_most_round_to_nearest(seed, bits, cin, cout, scheme):
     """The property GPTQ exists for: on its own calibration inputs, the layer's output moves less
     than with round-to-nearest on the same grid (correlated inputs, as real activations are)."""

@@ -25,9 +25,10 @@ from mixquant_core.quant import kernels
 from mixquant_core.quant.kernels import numba_cpu, torch_rows, triton_cuda, work_items
 from mixquant_core.errors import InvalidWeightsError, MixQuantError
 from mixquant_core.quant.qe import DEFAULT_BITS, _layer_qe_reference, qe_table
+from mixquant_core.quant.quantizers import MINMAX_QUANTIZERS as MINMAX  # what the numba/Triton kernels compute
+from mixquant_core.quant.quantizers import QUANTIZERS as _SCHEMES
 
-QUANTIZERS = ("asymmetric", "symmetric", "per-channel", "asymmetric-mse", "symmetric-mse", "per-channel-mse")
-MINMAX = QUANTIZERS[:3]  # what the numba/Triton kernels compute (MSE ones: torch range search)
+QUANTIZERS = tuple(_SCHEMES)  # MSE ones: the torch range search
 RTOL = 1e-4
 REPO = Path(__file__).resolve().parents[1]
 

@@ -130,6 +130,25 @@ def test_per_channel_beats_per_tensor_when_channel_ranges_differ():
     assert per_channel < per_tensor / 2
 
 
+@pytest.mark.parametrize("b", [2, 4, 8])
+def test_per_channel_symmetric_is_each_rows_own_symmetric_grid(b):
+    """Zero-point 0 and signed codes, one scale per output channel (max |w| of that channel): the
+    grid ONNX Runtime's fast integer kernels take; an all-zero channel stays exactly zero."""
+    torch.manual_seed(3)
+    w = torch.randn(5, 3, 3, 3) * torch.logspace(-2, 0, 5)[:, None, None, None]
+    w[1] = 0.0
+    codes, meta = quantize(w, b, "per-channel-symmetric")
+    qmax = 2 ** (b - 1) - 1
+    assert meta.signed and meta.scale.shape == (5, 1, 1, 1) and torch.equal(meta.zero_point, torch.zeros(5, 1, 1, 1))
+    assert codes.min() >= -(2 ** (b - 1)) and codes.max() <= qmax
+    out = dequantize(codes, meta)
+    assert torch.equal(out[1], torch.zeros_like(out[1]))
+    for c in (0, 2, 3, 4):
+        row = w[c]
+        assert torch.allclose(meta.scale[c].reshape(()), row.abs().max() / qmax)
+        assert torch.allclose(out[c], fake_quantize(row, b, "symmetric"))  # each row: the per-tensor grid of its own
+
+
 def test_asymmetric_matches_textbook_formula():
     w = torch.tensor([-1.0, -0.25, 0.1, 0.5, 2.0])
     b = 3

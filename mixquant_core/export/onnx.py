@@ -6,7 +6,8 @@ Each planned layer's weight initializer ``NAME.weight`` is replaced by its codes
   once when they build the session (onnx_pack.py): the weights equal the fake-quantized ones bit
   for bit, the file is the size accounting plus the graph, and it runs at float32 speed;
 * for a layer whose inputs the plan's recipe quantizes and whose output ONNX Runtime can requantize
-  (onnx_fuse.py): int8/uint8 codes (the integer kernels' container), per-output-channel scales with
+  (onnx_fuse.py): int8/uint8 codes (the integer kernels' container; symmetric codes in int8 only
+  where no CPU's kernel can saturate on them, ``saturation_free``), per-output-channel scales with
   the following BatchNorm folded in, and a DequantizeLinear, so ORT fuses it into QLinearConv.
 
 Activation quantization is a Q/DQ pair on each such layer's input, before the zero Pads leading to
@@ -57,20 +58,40 @@ from .untrusted import OnnxFileError, untrusted_text
 
 ONNX_FORMAT = "mixquant-onnx"
 EXPORT_OPSET = 25  # int2/uint2 DequantizeLinear inputs need opset 25
+# How an integer layer stores 8-bit symmetric codes (``saturation_free``): "exact" computes the plan's
+# numbers on every CPU, "signed" runs fastest (u8 x s8 kernels) but can saturate on CPUs without VNNI
+INT8_WEIGHTS = ("exact", "signed")
 _MAX_BYTES = 2 * 1024**3  # protobuf's limit; a bigger "ONNX file" is not one we wrote
 Progress = Optional[Callable[[int, int, str], None]]
 
 
-def _dequantized_layer(key: str, q: QuantizedLayer):
+def saturation_free(signed_codes: torch.Tensor) -> bool:
+    """True when int8 weight codes cannot saturate the u8 x s8 kernels of a CPU without VNNI.
+
+    There (AVX2; ONNX Runtime's MLAS and OpenVINO alike) VPMADDUBSW adds the products of two
+    neighbouring weights of one output channel with two uint8 activations in 16 bits, which clamp
+    at 32767: exact for any activations when 255 * (|w1| + |w2|) <= 32767, i.e. when the two
+    largest |codes| of every output channel add up to at most 128. Measured on Lite0 (400
+    images): per-channel symmetric int8 codes, each channel reaching 127, gave 78.75 % in ORT and
+    77.25 % in OpenVINO against 81.5 % fake-quantized; the same codes as uint8 around 128 (ORT's
+    U8U8 kernels, no 16-bit step) 81.75 / 81.5 %. Codes of 7 bits or fewer always pass."""
+    rows = signed_codes.reshape(signed_codes.shape[0], -1).abs() if signed_codes.dim() > 1 else signed_codes.abs()[None]
+    top = rows.topk(min(2, rows.shape[1]), dim=1).values.sum(dim=1)
+    return bool((top <= 128).all())
+
+
+def _dequantized_layer(key: str, q: QuantizedLayer, int8_weights: str = "exact"):
     """(codes, scale, zero_point) TensorProtos and the DequantizeLinear node of one layer whose
     inputs are quantized too: codes in int8/uint8 (the container ONNX Runtime's integer kernels
     take), per tensor or per output channel, feeding ``key`` (its state_dict key)."""
     from onnx import helper, numpy_helper
 
-    signed = is_symmetric(q.scheme)
     codes = q.codes.to(torch.int16)
     zero_point = q.zero_point.round().to(torch.int16)
-    if signed:  # stored unsigned with an implicit zero-point 2^(b-1) (quant.codes.unsigned_grid): undo it
+    # symmetric codes are stored unsigned with the zero-point 2^(b-1) (quant.codes.unsigned_grid):
+    # int8 around 0 where no x86 kernel can saturate on them, else as they are (uint8, ORT's U8U8)
+    signed = is_symmetric(q.scheme) and (int8_weights == "signed" or saturation_free(codes - zero_point))
+    if signed:
         codes, zero_point = codes - zero_point, torch.zeros_like(zero_point)
     per_channel = q.scale.numel() > 1
     scale = q.scale.float().reshape(-1) if per_channel else q.scale.float().reshape(())
@@ -113,10 +134,14 @@ def _integer_layers(graph, keys: Dict[str, str], layers: Dict[str, QuantizedLaye
 
 
 def build_onnx(model: nn.Module, plan: Plan, layers: Dict[str, QuantizedLayer], preprocess: Preprocess,
-               progress: Progress = None):
+               progress: Progress = None, int8_weights: str = "exact"):
     """The ONNX ModelProto of ``model`` with ``layers`` as integer codes (``plan`` in its metadata):
     bit-packed and unpacked at session build (onnx_pack.py), or, for the layers whose inputs the
-    plan's recipe quantizes, int8/uint8 codes behind DequantizeLinear with Q/DQ on the input (onnx_qdq.py)."""
+    plan's recipe quantizes, int8/uint8 codes behind DequantizeLinear with Q/DQ on the input (onnx_qdq.py).
+    ``int8_weights`` (INT8_WEIGHTS): "exact" stores symmetric codes as int8 only where no kernel can
+    saturate on them (``saturation_free``), "signed" always, as quantize_static does."""
+    if int8_weights not in INT8_WEIGHTS:
+        raise MixQuantError(f"int8 weights must be one of {', '.join(INT8_WEIGHTS)}, not {int8_weights!r}")
     import onnx
     from onnx import helper
 
@@ -141,7 +166,7 @@ def build_onnx(model: nn.Module, plan: Plan, layers: Dict[str, QuantizedLayer], 
         new_inits += shared_constants()
     for k, (name, q) in enumerate(layers.items()):
         if name in integer:
-            inits, layer_nodes = _dequantized_layer(keys[name], q)
+            inits, layer_nodes = _dequantized_layer(keys[name], q, int8_weights)
         else:
             inits, layer_nodes = packed_layer(keys[name], q, is_symmetric(q.scheme))
         new_inits += inits
@@ -178,7 +203,7 @@ def build_onnx(model: nn.Module, plan: Plan, layers: Dict[str, QuantizedLayer], 
 
 
 def onnx_bytes(model: nn.Module, plan: Plan, preprocess: Preprocess, reconstructed=None, progress: Progress = None,
-               recipe: Optional[Recipe] = None) -> bytes:
+               recipe: Optional[Recipe] = None, int8_weights: str = "exact") -> bytes:
     """The ONNX file for ``plan``: round-to-nearest codes on the plan's recipe (its calibrated
     weight ranges, so the file computes what the evaluation measured; its activation quantization
     as Q/DQ), or a ReconResult's learned codes. ``recipe`` replaces the plan's own."""
@@ -190,7 +215,7 @@ def onnx_bytes(model: nn.Module, plan: Plan, preprocess: Preprocess, reconstruct
         plan = dataclasses.replace(plan, version=PLAN_VERSION, recipe_data=recipe_for_plan(recipe, plan.bits))
         plan.check_recipe()
     layers = rtn_layers(model, plan) if reconstructed is None else reconstructed.layers
-    return build_onnx(model, plan, layers, preprocess, progress).SerializeToString()
+    return build_onnx(model, plan, layers, preprocess, progress, int8_weights).SerializeToString()
 
 
 # --- reading (untrusted) ---------------------------------------------------------------------
@@ -333,8 +358,15 @@ def onnx_size_report(data: bytes, model: nn.Module, plan: Plan, scheme: str) -> 
     stored = quantized_layers(graph, "ONNX data")
     padding = sum((g.container - plan.bits[n]) * g.params for n, g in stored.items()) // 8
     accounted = accounted_bytes(model, plan, scheme)
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in graph.initializer}
+    integer = [g for g in stored.values() if not g.packed]
+    # int8 codes past saturation_free's bound: u8 x s8 kernels of CPUs without VNNI can saturate on them
+    saturable = sum(g.signed and not saturation_free(torch.from_numpy(numpy_helper.to_array(inits[g.tensors[0]]).astype(np.int16)))
+                    for g in integer)
     return {"bytes": len(data), "accounted_bytes": accounted, "container_padding_bytes": int(padding),
-            "integer_kernel_layers": sum(not g.packed for g in stored.values()),
+            "integer_kernel_layers": len(integer), "saturable_layers": int(saturable),
             "difference_pct": 100.0 * (len(data) - accounted) / accounted}
 
 

@@ -30,8 +30,8 @@ from .untrusted import OnnxFileError, shown_dims, untrusted_text
 # Operators of MixQuant's exports: what torch's exporter writes for the registry's image
 # classifiers (EfficientNet-Lite, ResNet, MobileNet, ShuffleNet, RegNet, DenseNet, ConvNeXt...;
 # transformers add Equal/Where (shape asserts, masks) and Mod (Swin's window shifts)),
-# DequantizeLinear, QuantizeLinear (activations) and BitShift/BitwiseAnd (bit-packed weights'
-# unpacking, onnx_pack.py). Element-wise, normalisation, pooling, reduction and reshaping ops only.
+# DequantizeLinear, QuantizeLinear (activations) and BitwiseAnd/Min (bit-packed weights'
+# unpacking, onnx_pack.py; BitShift in files written before 2026-12-07). Element-wise, normalisation, pooling, reduction and reshaping ops only.
 ALLOWED_OPS = frozenset({
     "Abs", "Add", "AveragePool", "BatchNormalization", "BitShift", "BitwiseAnd", "Cast", "Ceil", "Clip", "Concat",
     "Constant",

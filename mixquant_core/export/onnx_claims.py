@@ -150,9 +150,8 @@ def check_plan_layers(plan: Plan, scheme: str, layers: Dict[str, GraphLayer], gr
         if g.container != bits if g.packed else g.container not in (container_bits(bits), 8):
             raise OnnxFileError(f"{name}: layer '{shown}' is {bits} bits in the plan, its codes are {g.container}-bit "
                                 "integers in the graph")
-        if not g.packed and g.signed != is_symmetric(scheme):
-            raise OnnxFileError(f"{name}: layer '{shown}' stores {'signed' if g.signed else 'unsigned'} codes, the "
-                                f"'{scheme}' scheme stores {'signed' if is_symmetric(scheme) else 'unsigned'} ones")
+        if not g.packed and g.signed and not is_symmetric(scheme):  # symmetric: signed, or unsigned around 2^(b-1)
+            raise OnnxFileError(f"{name}: layer '{shown}' stores signed codes, the '{scheme}' scheme stores unsigned ones")
         groups = g.shape[0] if is_per_channel(scheme) and g.shape and g.shape[0] > 1 else None
         want = ((groups,) + (1,) * (len(g.shape) - 1) if g.packed else (groups,)) if groups else ()
         folded = not g.packed and g.scale_shape == (g.shape[0],)  # a BatchNorm folded into per-channel scales
@@ -169,7 +168,8 @@ def check_plan_layers(plan: Plan, scheme: str, layers: Dict[str, GraphLayer], gr
         if g.packed:
             _check_packed_zero_point(inits[key + "_zero_point"], g, bits, is_symmetric(scheme), shown, name)
         else:
-            _check_codes_fit(inits[key + "_codes"], inits[key + "_zero_point"], bits, g.signed, shown, name)
+            _check_codes_fit(inits[key + "_codes"], inits[key + "_zero_point"], bits, g.signed, shown, name,
+                             is_symmetric(scheme))
 
 
 def _check_packed_zero_point(zero_point, g: GraphLayer, bits: int, symmetric: bool, shown: str, name: str) -> None:
@@ -187,8 +187,9 @@ def _check_packed_zero_point(zero_point, g: GraphLayer, bits: int, symmetric: bo
                             f"{'symmetric' if symmetric else 'affine'} grid (corrupt or edited)")
 
 
-def _check_codes_fit(codes, zero_point, bits: int, signed: bool, shown: str, name: str) -> None:
-    """Every code lies on the plan's ``bits``-bit grid (a 5-bit layer stored in bytes uses 0..31)."""
+def _check_codes_fit(codes, zero_point, bits: int, signed: bool, shown: str, name: str, symmetric: bool = False) -> None:
+    """Every code lies on the plan's ``bits``-bit grid (a 5-bit layer stored in bytes uses 0..31),
+    and a symmetric scheme's zero-point is its grid's: 0 for signed codes, 2^(b-1) for unsigned."""
     from onnx import numpy_helper
 
     low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
@@ -202,6 +203,8 @@ def _check_codes_fit(codes, zero_point, bits: int, signed: bool, shown: str, nam
                             f"{int(values.min())}..{int(values.max())} (corrupt or edited)")
     if signed and zp.any():
         raise OnnxFileError(f"{name}: layer '{shown}' has signed (symmetric) codes with a non-zero zero-point")
+    if symmetric and not signed and (zp != 2 ** (bits - 1)).any():
+        raise OnnxFileError(f"{name}: layer '{shown}' has symmetric codes with a zero-point other than {2 ** (bits - 1)}")
 
 
 def graph_facts(plan: Plan, layers: Dict[str, GraphLayer], graph) -> GraphFacts:

@@ -12,7 +12,7 @@ Layout of a layer whose weight initializer is ``K`` (``b`` bits, ``n`` weights o
 * ``K_bit_values``  float32 [b, 1] = 1, 2, 4, ..: a code's value from its bits; ``K_bit_count``
                     int64 [1] = n*b; ``K_code_shape`` int64 [2] = (n, b); ``K_shape`` int64 = S.
 
-and the nodes ``unpack_tag(K)_*``: BitShift(RIGHT, 0..7) and BitwiseAnd(1) make the bits, Reshape/Slice
+and the nodes ``unpack_tag(K)_*``: BitwiseAnd(1, 2, .., 128) and Min(1) make the bits, Reshape/Slice
 drop the last byte's padding, Reshape to [n, b], Cast and a MatMul with ``K_bit_values`` give the
 codes as float32, Reshape to S, then (codes - zero_point) * scale: the arithmetic of
 ``quantizers.dequantize``, so the weights equal the fake-quantized ones bit for bit. No
@@ -25,6 +25,13 @@ graph's to be exactly those (``read_packed_layers``): a packed layer cannot hide
 The nodes are matched by structure, from the one that makes ``K`` back to the initializers, not by
 name: the export's last pass (onnx_compact.py) renames their intermediate values and drops their
 names, and files written before it (the ``unpack_tag`` names below) read the same way.
+
+Files written before 2026-12-07 make the bits with BitShift(RIGHT, 0..7) and BitwiseAnd(1); they
+still read (``LEGACY``). OpenVINO's ONNX reader turns BitShift into an integer Divide, which its CPU
+plugin computes in float and rounds where it does not fold the weights first (a Gemm's weights, as
+it keeps a MatMul's weight "decompression" at run time): Lite0's classifier then computed other
+numbers in OpenVINO than in ONNX Runtime (top-1 53 % against 80 %). A mask and a Min are exact
+however a runtime computes them.
 """
 from __future__ import annotations
 
@@ -41,9 +48,9 @@ from ..models.onnx_qdq import node_users
 from .untrusted import OnnxFileError, untrusted_text
 
 PACKED = "_packed"
-SHARED_SHIFTS, SHARED_ONE, SHARED_FLAT, SHARED_START = ("mixquant_unpack_shifts", "mixquant_unpack_one",
-                                                        "mixquant_unpack_flat", "mixquant_unpack_start")
-SHARED = (SHARED_SHIFTS, SHARED_ONE, SHARED_FLAT, SHARED_START)
+SHARED_MASKS, SHARED_SHIFTS, SHARED_ONE, SHARED_FLAT, SHARED_START = (
+    "mixquant_unpack_masks", "mixquant_unpack_shifts", "mixquant_unpack_one", "mixquant_unpack_flat", "mixquant_unpack_start")
+SHARED = (SHARED_MASKS, SHARED_SHIFTS, SHARED_ONE, SHARED_FLAT, SHARED_START)  # SHIFTS: legacy files only
 SMALL = ("_bit_values", "_bit_count", "_code_shape", "_shape")  # per-layer constants a reader rebuilds
 
 
@@ -51,10 +58,17 @@ def shared_constants():
     """The graph-wide constants every packed layer's unpacking reads."""
     from onnx import numpy_helper
 
-    return [numpy_helper.from_array(np.arange(8, dtype=np.uint8), SHARED_SHIFTS),
+    return [numpy_helper.from_array((2 ** np.arange(8)).astype(np.uint8), SHARED_MASKS),
             numpy_helper.from_array(np.array(1, dtype=np.uint8), SHARED_ONE),
             numpy_helper.from_array(np.array([-1], dtype=np.int64), SHARED_FLAT),
             numpy_helper.from_array(np.array([0], dtype=np.int64), SHARED_START)]
+
+
+def legacy_shared_constants():
+    """The shared constants of files written before the masks (see the module docstring)."""
+    from onnx import numpy_helper
+
+    return [numpy_helper.from_array(np.arange(8, dtype=np.uint8), SHARED_SHIFTS)] + shared_constants()[1:]
 
 
 def _small_constants(key: str, nbits: int, shape: Tuple[int, ...]):
@@ -73,22 +87,26 @@ def unpack_tag(key: str) -> str:
     return "u" + hashlib.sha1(key.encode()).hexdigest()[:10]
 
 
-def unpack_nodes(key: str):
-    """The nodes that compute initializer-free ``key`` (the float weight) from its packed codes."""
+def unpack_nodes(key: str, legacy: bool = False):
+    """The nodes that compute initializer-free ``key`` (the float weight) from its packed codes
+    (``legacy``: as files written before the masks did it)."""
     from onnx import TensorProto, helper
 
     u = unpack_tag(key)
-    steps = [("BitShift", [key + PACKED, SHARED_SHIFTS], {"direction": "RIGHT"}),
-             ("BitwiseAnd", [u + "_0", SHARED_ONE], {}),
-             ("Reshape", [u + "_1", SHARED_FLAT], {}),
-             ("Slice", [u + "_2", SHARED_START, key + SMALL[1]], {}),
-             ("Reshape", [u + "_3", key + SMALL[2]], {}),
-             ("Cast", [u + "_4"], {"to": TensorProto.FLOAT}),
-             ("MatMul", [u + "_5", key + SMALL[0]], {}),
-             ("Reshape", [u + "_6", key + SMALL[3]], {}),
-             ("Cast", [key + "_zero_point"], {"to": TensorProto.FLOAT}),
-             ("Sub", [u + "_7", u + "_8"], {}),
-             ("Mul", [u + "_9", key + "_scale"], {})]
+    if legacy:
+        bits = [("BitShift", [key + PACKED, SHARED_SHIFTS], {"direction": "RIGHT"}),
+                ("BitwiseAnd", [u + "_0", SHARED_ONE], {})]
+    else:  # byte & 2^k is 0 or 2^k, its Min with 1 the bit
+        bits = [("BitwiseAnd", [key + PACKED, SHARED_MASKS], {}), ("Min", [u + "_0", SHARED_ONE], {})]
+    steps = bits + [("Reshape", [u + "_1", SHARED_FLAT], {}),
+                    ("Slice", [u + "_2", SHARED_START, key + SMALL[1]], {}),
+                    ("Reshape", [u + "_3", key + SMALL[2]], {}),
+                    ("Cast", [u + "_4"], {"to": TensorProto.FLOAT}),
+                    ("MatMul", [u + "_5", key + SMALL[0]], {}),
+                    ("Reshape", [u + "_6", key + SMALL[3]], {}),
+                    ("Cast", [key + "_zero_point"], {"to": TensorProto.FLOAT}),
+                    ("Sub", [u + "_7", u + "_8"], {}),
+                    ("Mul", [u + "_9", key + "_scale"], {})]
     return [helper.make_node(op, inputs, [key if k == len(steps) - 1 else f"{u}_{k}"], name=f"{u}_{k}", **attrs)
             for k, (op, inputs, attrs) in enumerate(steps)]
 
@@ -185,6 +203,10 @@ def read_packed_layers(graph, name: str) -> Dict[str, PackedLayer]:
     from onnx import TensorProto
 
     inits = {i.name: i for i in graph.initializer}
+    expected = {t.name: t.SerializeToString() for t in legacy_shared_constants() + shared_constants()}
+    for shared in SHARED:  # every packed layer unpacks through them: an edit would change them all
+        if shared in inits and inits[shared].SerializeToString() != expected[shared]:
+            raise OnnxFileError(f"{name}: the unpacking constant '{shared}' is edited (corrupt or edited)")
     producers = {out: k for k, node in enumerate(graph.node) for out in node.output}  # positions, as users'
     users = node_users(graph)
     out: Dict[str, PackedLayer] = {}
@@ -204,7 +226,7 @@ def read_packed_layers(graph, name: str) -> Dict[str, PackedLayer]:
         for want in _small_constants(key, nbits, shape):
             if inits[want.name].SerializeToString() != want.SerializeToString():
                 raise OnnxFileError(f"{name}: the packed weight '{shown}' has an edited constant '{untrusted_text(want.name)}'")
-        if matched_nodes(graph, unpack_nodes(key), producers, users) is None:
+        if all(matched_nodes(graph, unpack_nodes(key, legacy), producers, users) is None for legacy in (False, True)):
             raise OnnxFileError(f"{name}: the packed weight '{shown}' is not unpacked as MixQuant writes it "
                                 "(its unpacking nodes missing, edited or read by other nodes)")
         n = math.prod(shape)

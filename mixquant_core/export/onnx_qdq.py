@@ -11,7 +11,7 @@ from typing import Dict, Tuple
 
 import numpy as np
 
-from ..models.act_points import FOLLOWED, PASS_THROUGH, SHAPE_OPS
+from ..models.act_points import FOLLOWED, PASS_THROUGH, POOL_OPS, SHAPE_OPS
 from ..models.layers import key_for_name
 from ..models.onnx_qdq import (ACT_SCALE, ACT_ZERO_POINT, OUT_SCALE, OUT_ZERO_POINT, node_producers, node_users,
                                quantization_point, weight_consumers, zero_pads)
@@ -115,7 +115,8 @@ CHAIN = FOLLOWED + PASS_THROUGH  # what may stand between a layer and its output
 def _point_placed(graph, q, layer: str, users, producers, pads) -> bool:
     """The pair whose QuantizeLinear is ``q`` (an output point's) stands where models/act_points.py
     puts the points of ``layer``: on the layer's output (after its BatchNorm and ReLU/Clip, each its
-    tensor's only reader), or on a tensor whose codes the layer reads as its input (before zero Pads)."""
+    tensor's only reader), or on a tensor whose codes the layer reads as its input (before zero Pads),
+    or on the input of the pool whose output that is."""
     dq_out = users[q.output[0]][0]
     consumers = weight_consumers(graph, users, key_for_name(layer))
     for k in consumers:
@@ -131,7 +132,7 @@ def _point_placed(graph, q, layer: str, users, producers, pads) -> bool:
             node = producers.get(t)
             if node is not None and node.op_type == "DequantizeLinear" and is_act_dequantize(node, producers):
                 t = producers[node.input[0]].input[0]
-            elif node is not None and node.op_type in SHAPE_OPS:
+            elif node is not None and node.op_type in SHAPE_OPS + POOL_OPS:  # a pool's input: its own point
                 t = node.input[0]
             else:
                 break

@@ -11,7 +11,8 @@ with the layer it belongs to and whether that layer's input range serves it:
 
 * shared (the tensor is a quantized layer's input, read elsewhere too): the pair stands on the
   tensor, every reader takes its codes, on the layer's own input grid;
-* produced (a quantized conv's output, after its BatchNorm and ReLU): a new range, calibrated.
+* produced (a quantized conv's output, after its BatchNorm and ReLU; or the input of a pool whose
+  output is a point, such as a last residual block's output): a new range, calibrated.
 
 A tensor is a module's output when the module's nodes produce it and it is the only tensor they
 produce that anything outside the module reads (the graph's node names carry the module scopes the
@@ -28,6 +29,7 @@ from .onnx_qdq import _constant_values, node_producers, node_users, quantization
 
 PASS_THROUGH = ("Relu", "Clip")  # a conv's activation: the point goes after it
 SHAPE_OPS = ("Reshape", "Flatten")  # move values, change none: a per-tensor grid commutes with them
+POOL_OPS = ("GlobalAveragePool", "AveragePool")  # a runtime runs them on codes when both sides are points
 FOLLOWED = ("BatchNormalization",)  # folded into the conv by an export (export/onnx_fuse.py)
 
 
@@ -185,6 +187,19 @@ def fusion_points(graph, modules: Set[str], weights: Dict[str, str],
                 continue
         if m is not None and m not in points:
             points[m] = (layer, False, bounds)
+    # the input of a pool whose output is a point, when no conv's point covers it (ResNet's last
+    # block: Add, ReLU, then the pool): its own range, claimed by the layer reading the pool, so a
+    # runtime runs that Add and the pool on codes too (QLinearAdd, QLinearGlobalAveragePool)
+    for m, (layer, _, _) in list(points.items()):
+        pool = producers.get(outputs[m])
+        if pool is None or pool.op_type not in POOL_OPS:
+            continue
+        x = pool.input[0]
+        if len(users.get(x, [])) != 1 or x in read_by_layers or x in float_reads or x in returned:
+            continue
+        source = _producing_module(x, producers, modules, outputs)
+        if source is not None and source not in points:
+            points[source] = (layer, False, None)
     return points
 
 

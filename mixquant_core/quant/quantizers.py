@@ -1,12 +1,16 @@
 """Weight quantizers as small pure functions: ``quantize(w, nbits) -> (codes, meta)`` and
 ``dequantize(codes, meta) -> w_hat``.
 
-Six schemes, all round-to-nearest, in two families that differ only in how the range is chosen:
+Eight schemes, all round-to-nearest, in two families that differ only in how the range is chosen:
 
 * ``asymmetric``  - per-tensor affine (the paper's "asymmetric per-layer"; the default),
 * ``symmetric``   - per-tensor, zero-point 0, signed codes,
-* ``per-channel`` - affine, one scale/zero-point per output channel (dim 0);
-* ``asymmetric-mse``, ``symmetric-mse``, ``per-channel-mse`` - the same grids, with the range
+* ``per-channel`` - affine, one scale/zero-point per output channel (dim 0),
+* ``per-channel-symmetric`` - one scale per output channel, zero-point 0, signed codes: the
+  grid integer runtimes run fastest (ONNX Runtime's QLinearConv takes a per-channel zero-point
+  other than 0 only in its slow reference kernel; quantize_static writes this grid too);
+* ``asymmetric-mse``, ``symmetric-mse``, ``per-channel-mse``, ``per-channel-symmetric-mse`` - the
+  same grids, with the range
   (per tensor, or per output channel) shrunk by the clipping ratio of ``CLIP_RATIOS`` that gives
   the least weight MSE: one outlier no longer stretches the grid for all the other weights.
   The grid holds ratio 1 (min/max itself) and a ratio only wins with a strictly smaller error, so
@@ -47,12 +51,16 @@ def is_mse(name: str) -> bool:
     return name.endswith(MSE_SUFFIX)
 
 
+PER_CHANNEL_SCHEMES = ("per-channel", "per-channel-symmetric")
+SYMMETRIC_SCHEMES = ("symmetric", "per-channel-symmetric")
+
+
 def is_per_channel(name: str) -> bool:
-    return base_scheme(name) == "per-channel"
+    return base_scheme(name) in PER_CHANNEL_SCHEMES
 
 
 def is_symmetric(name: str) -> bool:
-    return base_scheme(name) == "symmetric"
+    return base_scheme(name) in SYMMETRIC_SCHEMES
 
 
 @dataclass(frozen=True)
@@ -166,7 +174,8 @@ def dequantize(codes: torch.Tensor, meta: QuantMeta) -> torch.Tensor:
 QuantizeFn = Callable[[torch.Tensor, int], Tuple[torch.Tensor, QuantMeta]]
 
 QUANTIZERS: Dict[str, QuantizeFn] = {name: functools.partial(_quantize, scheme=name) for name in (
-    "asymmetric", "symmetric", "per-channel", "asymmetric-mse", "symmetric-mse", "per-channel-mse")}
+    "asymmetric", "symmetric", "per-channel", "per-channel-symmetric",
+    "asymmetric-mse", "symmetric-mse", "per-channel-mse", "per-channel-symmetric-mse")}
 MINMAX_QUANTIZERS = tuple(q for q in QUANTIZERS if not is_mse(q))
 DEFAULT_QUANTIZER = "asymmetric"
 

@@ -119,11 +119,11 @@ def bench_file(path_or_bytes, model=None, **options) -> Bench:
     return bench
 
 
-def bench_plan(loaded, plan, data: Optional[bytes] = None, **options) -> Bench:
-    """A plan, exported as ``mixquant export --format onnx`` writes it (or ``data``, that export
-    already built), against its float32 model."""
+def bench_plan(loaded, plan, data: Optional[bytes] = None, int8_weights: str = "exact", **options) -> Bench:
+    """A plan, exported as ``mixquant export --format onnx [--int8-weights]`` writes it (or ``data``,
+    that export already built), against its float32 model."""
     shape = (3, loaded.preprocess.crop, loaded.preprocess.crop)
-    data = data if data is not None else onnx_bytes(loaded.model, plan, loaded.preprocess)
+    data = data if data is not None else onnx_bytes(loaded.model, plan, loaded.preprocess, int8_weights=int8_weights)
     label = f"plan ({plan.size.get('avg_bits', 0):.2f} average bits)"
     return bench_bytes(data, float_onnx_bytes(loaded.model, shape), shape, label, loaded.name, **options)
 

@@ -26,7 +26,7 @@ from typing import List, Sequence
 import numpy as np
 import torch
 
-from ..quantizers import SCALE_EPS
+from ..quantizers import SCALE_EPS, is_symmetric
 from .work_items import code_range, items_for
 
 # Items handed to a thread at a time: dynamic scheduling, so a core that another process holds
@@ -181,7 +181,7 @@ if HAVE_NUMBA:
 def row_params(quantizer: str, lo: np.ndarray, hi: np.ndarray, bits: Sequence[int]):
     """scale, 1/scale, clamp bounds and "clamp needed" [rows, B] for the error pass."""
     qmin, qmax = code_range(quantizer, bits)
-    return _row_params(lo.astype(np.float32), hi.astype(np.float32), qmin, qmax, quantizer == "symmetric")
+    return _row_params(lo.astype(np.float32), hi.astype(np.float32), qmin, qmax, is_symmetric(quantizer))
 
 
 def numba_rows(weights: List[torch.Tensor], bits: Sequence[int], quantizer: str):

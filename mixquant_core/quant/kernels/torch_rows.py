@@ -35,7 +35,7 @@ def symmetric_params(lo: np.ndarray, hi: np.ndarray, bits: Sequence[int]):
 
 
 def params_for(quantizer: str, lo: np.ndarray, hi: np.ndarray, bits: Sequence[int]):
-    return symmetric_params(lo, hi, bits) if quantizer == "symmetric" else affine_params(lo, hi, bits)
+    return symmetric_params(lo, hi, bits) if is_symmetric(quantizer) else affine_params(lo, hi, bits)
 
 
 _TORCH_CHUNK = 1 << 16

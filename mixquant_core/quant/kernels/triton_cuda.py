@@ -21,7 +21,7 @@ from typing import List, Sequence
 import numpy as np
 import torch
 
-from ..quantizers import SCALE_EPS
+from ..quantizers import SCALE_EPS, is_per_channel, is_symmetric
 
 BLOCK = 4096  # weights per program for per-tensor schemes
 BLOCK_PER_CHANNEL = 1024  # rows (output channels) are short: 9 to a few thousand weights
@@ -91,7 +91,7 @@ def _params(quantizer: str, lo: torch.Tensor, hi: torch.Tensor, bits: Sequence[i
     """The reference quantizers' scale and code bounds for rows' lo/hi [R], as [R, B] float32."""
     b = torch.tensor(bits, dtype=torch.float32, device=lo.device)[None, :]
     lo, hi = lo[:, None], hi[:, None]
-    if quantizer == "symmetric":
+    if is_symmetric(quantizer):
         qmax, qmin = 2 ** (b - 1) - 1, -(2 ** (b - 1))
         scale = torch.clamp(torch.maximum(lo.abs(), hi.abs()) / qmax, min=SCALE_EPS)
         return scale, qmin.expand_as(scale).contiguous(), qmax.expand_as(scale).contiguous()
@@ -117,7 +117,7 @@ def qe_rows(weights: List[torch.Tensor], bits: Sequence[int], quantizer: str):
     from .work_items import items_for
 
     device = weights[0].device
-    block = BLOCK_PER_CHANNEL if quantizer == "per-channel" else BLOCK
+    block = BLOCK_PER_CHANNEL if is_per_channel(quantizer) else BLOCK
     items = items_for(weights, quantizer, block)
     layer_d, start_d, stop_d, row_d, n_rows, n_layers = _on_device(items, device)
     ptrs = torch.tensor([w.data_ptr() for w in weights], dtype=torch.int64).to(device, non_blocking=True)
