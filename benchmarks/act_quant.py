@@ -289,6 +289,14 @@ def main() -> None:
                     m, sec = timed(evaluate_ort, model, data, bits, recipe, shape)
                 record(config=f"fisher {avg} avg bits, {label}", avg_bits=size.avg_bits, top1=m.top1, top5=m.top5,
                        loss=m.loss, seconds=sec)
+                if args.budget_points:  # the deployable file of the same plan (exact int8 weights, the default)
+                    from mixquant_core.export.onnx import onnx_bytes
+
+                    blob = onnx_bytes(model, ws.plan_from_bits([bits[n] for n in names]), loaded.preprocess, recipe=recipe)
+                    m, sec = timed(run_session, new_session(blob), data, 8)
+                    record(config=f"fisher {avg} avg bits, {label}", engine="exported file, ORT integer kernels",
+                           avg_bits=size.avg_bits, top1=m.top1, top5=m.top5, loss=m.loss, seconds=sec,
+                           megabytes=len(blob) / 1e6, openvino_top1=openvino_top1(blob, data))
 
 
 if __name__ == "__main__":
