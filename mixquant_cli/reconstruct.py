@@ -72,8 +72,9 @@ def register(subparsers) -> None:
     _add_common(p, compute=False)
     p.add_argument("--reconstructed", help="a file from `mixquant reconstruct` (default: round-to-nearest codes)")
     p.add_argument("--format", choices=("safetensors", "onnx"), default=None,
-                   help="safetensors (packed codes, runs in mixquant) or onnx (integer codes + DequantizeLinear, "
-                        "runs in ONNX Runtime); default: from --out's suffix, else safetensors")
+                   help="safetensors (packed codes, runs in mixquant) or onnx (bit-packed codes unpacked by standard "
+                        "ops, integer kernels for W+A plans; runs in ONNX Runtime and OpenVINO); default: from --out's "
+                        "suffix, else safetensors")
     p.add_argument("--int8-weights", choices=INT8_WEIGHTS, default=INT8_WEIGHTS[0],
                    help="ONNX W+A exports: how integer layers store 8-bit symmetric codes. exact (default): as "
                         "uint8 around 128 where int8 could saturate the u8 x s8 kernels of CPUs without VNNI "

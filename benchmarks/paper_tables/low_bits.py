@@ -57,7 +57,7 @@ def eval_tensors(loaded, cache: Path):
     return data
 
 
-def points(loaded, fisher_images: int, ranges: str = "weights", cost: str = "fisher", only=None):
+def points(loaded, fisher_images: int, ranges: str = "weights", cost: str = "fisher", only=None, quantizer: str = QUANTIZER):
     """(label, Workspace, plan) for every point of the table (``only``: whose label contains it);
     ``ranges="loss"``: loss-aware ranges on the Fisher images, recorded in the plans (the
     reconstruction then starts from them); ``cost``: the allocation's (fisher or fisher-gptq)."""
@@ -68,7 +68,7 @@ def points(loaded, fisher_images: int, ranges: str = "weights", cost: str = "fis
         if only and only not in label:
             continue
         if cands not in workspaces:
-            workspaces[cands] = Workspace(loaded, QUANTIZER, bits=cands, device="cpu", ranges=ranges, calib=fisher_calib)
+            workspaces[cands] = Workspace(loaded, quantizer, bits=cands, device="cpu", ranges=ranges, calib=fisher_calib)
         ws = workspaces[cands]
         if avg is None:
             plan = ws.plan_from_bits(ws.uniform(4))
@@ -95,6 +95,7 @@ def main() -> None:
                     help="loss: plans on loss-aware ranges, and the rounding on their grid (--scheme per-channel)")
     ap.add_argument("--cost", choices=("fisher", "fisher-gptq"), default="fisher")
     ap.add_argument("--scheme", default="per-channel-mse", help="the grid the rounding method works on")
+    ap.add_argument("--plan-quantizer", default=QUANTIZER, help=f"the plans' weight scheme (default {QUANTIZER})")
     ap.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=True,
                     help="GPTQ: columns in descending diag(H) order (default) or natural order")
     ap.add_argument("--gptq-inputs", default="stage", help="GPTQ: stage, layer or float-target (recon/gptq.py)")
@@ -107,7 +108,7 @@ def main() -> None:
     calib_list = open_calibration_folder(str(data_dir("imagenet-calib-1000")), args.calib_images)
     calib = load_tensors(calib_list, loaded.preprocess).inputs()
     with open(args.out, "a") as out:
-        for label, ws, plan in points(loaded, args.fisher_images, args.ranges, args.cost, args.only):
+        for label, ws, plan in points(loaded, args.fisher_images, args.ranges, args.cost, args.only, args.plan_quantizer):
             t0 = time.perf_counter()
             cfg = ReconConfig(iters=args.iters, batch_size=args.batch_size, lr=args.lr, device="cpu", seed=0,
                               method=args.method, scheme=args.scheme, act_order=args.act_order,
@@ -120,6 +121,7 @@ def main() -> None:
                    "method_seconds": round(seconds, 1), "calib_images": len(calib),
                    "config": {"iters": args.iters, "batch_size": args.batch_size, "lr": args.lr, "threads": args.threads,
                               "ranges": args.ranges, "cost": args.cost, "scheme": args.scheme,
+                              "plan_quantizer": args.plan_quantizer,
                               "act_order": args.act_order, "gptq_inputs": args.gptq_inputs, "damp": args.damp,
                               "gptq_grid": args.gptq_grid}}
             out.write(json.dumps(rec) + "\n")
