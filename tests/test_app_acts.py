@@ -36,3 +36,23 @@ def test_a_bad_calibration_folder_is_one_error(tmp_path):
     assert_ran_cleanly(at)
     (message,) = errors(at)
     assert "missing" in message and "\n" not in message
+
+
+@pytest.mark.data
+def test_export_page_builds_exact_or_signed_int8_weights(data_root):
+    """A W8A8 plan on per-channel symmetric codes: the ONNX file is exact by default (no layer can
+    saturate), and with 'Signed int8 weights' the page warns which layers can saturate on AVX2."""
+    at = new_app(qem=1.0, quantizer="per-channel-symmetric", activations="8-bit", act_range="minmax",
+                 act_calib_dir=str(data_root / "imagenet-calib-1000"), act_calib_images=2)
+    open_page(at, "export")
+    assert_ran_cleanly(at)
+    assert not at.checkbox(key="onnx_signed_int8").value
+    at.button(key="build_onnx").click().run(timeout=300)
+    assert_ran_cleanly(at)
+    assert not errors(at) and not at.warning
+    at.checkbox(key="onnx_signed_int8").check().run()
+    at.button(key="build_onnx").click().run(timeout=300)
+    assert_ran_cleanly(at)
+    assert not errors(at)
+    (warning,) = [w.value for w in at.warning]
+    assert "of 49 integer layers hold int8 codes that can saturate" in warning
