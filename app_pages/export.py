@@ -75,7 +75,8 @@ if plan.recipe_data and plan.recipe_data.get("acts"):
         help="Off: 8-bit symmetric codes are stored as uint8 around 128 wherever int8 could saturate the u8 x s8 "
              "kernels of CPUs without VNNI (AVX2), so the file computes this plan's numbers on every CPU. On: int8 "
              "always, as onnxruntime's quantize_static writes them: faster there, but on AVX2-only CPUs some sums "
-             "saturate (measured on Lite0: up to 3.5 points of top-1).")
+             "saturate (measured on Lite0 with per-channel symmetric weights: 3.4 points of top-1 lost in ONNX "
+             "Runtime, 4.2 in OpenVINO).")
 onnx_key = file_key + (signed_int8,)  # the same plan, stored either way
 onnx_files = st.session_state.setdefault("onnx_files", {})
 if st.button("Build the ONNX model", key="build_onnx"):

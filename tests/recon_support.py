@@ -72,3 +72,17 @@ def minmax_acts(model: nn.Module, layers, x: torch.Tensor, bits: int = 8):
         for h in handles:
             h.remove()
     return ActQuant(bits, "minmax", {name: seen[name] for name in layers})
+
+
+def ort_optimized_graph(data: bytes, tmp_path):
+    """The graph ONNX Runtime's CPU provider runs for ``data``, after every optimisation (its QDQ
+    fusions into integer kernels), as it writes it out."""
+    import onnx
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    options.log_severity_level = 3
+    ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    return onnx.load(str(tmp_path / "optimized.onnx")).graph

@@ -27,7 +27,7 @@ from mixquant_core.models.preprocess import Preprocess
 from mixquant_core.plans.plan import Plan, applied
 from mixquant_core.quant.act_calibration import calibrate
 from mixquant_core.quant.recipe import Recipe
-from recon_support import images, workspace
+from recon_support import images, ort_optimized_graph, workspace
 
 PRE = Preprocess(resize=32, crop=24)
 
@@ -185,13 +185,7 @@ def test_both_engines_quantize_the_points_alike(model, acts):
 
 
 def _optimized_ops(data: bytes, tmp_path) -> collections.Counter:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    options.log_severity_level = 3
-    ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-    return collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node)
+    return collections.Counter(n.op_type for n in ort_optimized_graph(data, tmp_path).node)
 
 
 @pytest.fixture(scope="module")

@@ -28,20 +28,13 @@ from mixquant_core.plans.plan import applied
 from mixquant_core.quant.codes import QuantizedLayer
 from mixquant_core.quant.activations import ActQuant
 from mixquant_core.quant.recipe import Recipe
-from recon_support import MIXED_BITS, images, minmax_acts, tiny_chain, workspace
+from recon_support import MIXED_BITS, images, minmax_acts, ort_optimized_graph, tiny_chain, workspace
 
 PRE = Preprocess(resize=32, crop=24)
 
 
 def _optimized_op_counts(data: bytes, tmp_path) -> collections.Counter:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    options.log_severity_level = 3
-    ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-    return collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node)
+    return collections.Counter(n.op_type for n in ort_optimized_graph(data, tmp_path).node)
 
 
 def _optimized_ops(data: bytes, tmp_path) -> set:
@@ -143,13 +136,7 @@ def test_w_a_export_runs_integer_kernels_and_reads_back(quantizer, tmp_path, one
 
 def _qlinearconv_weight_zero_points(data: bytes, tmp_path) -> list:
     """The weight zero-points of each QLinearConv ONNX Runtime built from ``data``."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    options.log_severity_level = 3
-    ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-    graph = onnx.load(str(tmp_path / "optimized.onnx")).graph
+    graph = ort_optimized_graph(data, tmp_path)
     inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     return [inits[n.input[5]] for n in graph.node if n.op_type == "QLinearConv"]
 

@@ -350,6 +350,7 @@ def onnx_size_report(data: bytes, model: nn.Module, plan: Plan, scheme: str) -> 
     for bit-packed layers; the layers whose inputs are quantized store their codes in bytes, the
     container ONNX Runtime's integer kernels (QLinearConv, MatMulInteger) take."""
     import onnx
+    from onnx import numpy_helper
 
     from .packed import accounted_bytes
 
@@ -358,8 +359,6 @@ def onnx_size_report(data: bytes, model: nn.Module, plan: Plan, scheme: str) -> 
     stored = quantized_layers(graph, "ONNX data")
     padding = sum((g.container - plan.bits[n]) * g.params for n, g in stored.items()) // 8
     accounted = accounted_bytes(model, plan, scheme)
-    from onnx import numpy_helper
-
     inits = {i.name: i for i in graph.initializer}
     integer = [g for g in stored.values() if not g.packed]
     # int8 codes past saturation_free's bound: u8 x s8 kernels of CPUs without VNNI can saturate on them

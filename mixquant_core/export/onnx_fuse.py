@@ -20,10 +20,10 @@ from typing import Dict, Optional
 import numpy as np
 import torch
 
+from ..models.act_points import PASS_THROUGH, activation_chain  # ORT drops a ReLU/Clip before a Q whose range it holds
 from ..models.onnx_qdq import node_users, zero_pads
 from ..quant.codes import QuantizedLayer
 
-PASS_THROUGH = ("Relu", "Clip")  # ORT drops them before a QuantizeLinear whose range they hold
 FUSED_OPS = ("Conv",)
 FOLDED_BIAS = "_folded_bias"  # of NAME.weight: the Conv's bias with its BatchNorm folded in
 
@@ -45,17 +45,13 @@ def integer_layers(graph, keys: Dict[str, str], quantized_inputs, points=frozens
         k = _sole(users, key)
         if k is None or graph.node[k].op_type not in FUSED_OPS:
             continue
-        tensor, bn = graph.node[k].output[0], None
-        nxt = _sole(users, tensor)
-        if nxt is not None and graph.node[nxt].op_type == "BatchNormalization":
-            bn, tensor = nxt, graph.node[nxt].output[0]
-            nxt = _sole(users, tensor)
-        while nxt is not None and graph.node[nxt].op_type in PASS_THROUGH and tensor not in points:
-            tensor = graph.node[nxt].output[0]
-            nxt = _sole(users, tensor)
-        if tensor in points:
+        conv_out = graph.node[k].output[0]
+        after_bn, tensor, acts = activation_chain(graph, users, conv_out)
+        bn = users[conv_out][0] if after_bn != conv_out else None
+        if points and any(t in points for t in [after_bn] + [a.output[0] for a in acts]):
             out[name] = bn
             continue
+        nxt = _sole(users, tensor)
         while nxt in pads and graph.node[nxt].input[0] == tensor:
             tensor = graph.node[nxt].output[0]
             nxt = _sole(users, tensor)

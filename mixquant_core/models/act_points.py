@@ -103,7 +103,7 @@ def _producing_module(tensor: str, producers, modules: Set[str], outputs: Dict[s
     return None
 
 
-def _chain(graph, users, tensor: str) -> Tuple[str, str, List[object]]:
+def activation_chain(graph, users, tensor: str) -> Tuple[str, str, List[object]]:
     """(after the conv's BatchNorm, after its ReLU/Clip too, those activation nodes), each node the
     sole reader of the tensor before it."""
     if len(users.get(tensor, [])) == 1 and graph.node[users[tensor][0]].op_type in FOLLOWED:
@@ -177,7 +177,7 @@ def fusion_points(graph, modules: Set[str], weights: Dict[str, str],
         ks = weight_consumers(graph, users, key)
         if len(ks) != 1 or graph.node[ks[0]].op_type not in ("Conv", "Gemm"):
             continue
-        before, tensor, acts = _chain(graph, users, graph.node[ks[0]].output[0])
+        before, tensor, acts = activation_chain(graph, users, graph.node[ks[0]].output[0])
         if tensor in read_by_layers or tensor in returned or tensor in float_reads:  # a layer's input, the logits
             continue
         m, bounds = _producing_module(tensor, producers, modules, outputs), None
