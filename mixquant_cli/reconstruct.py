@@ -141,12 +141,14 @@ def cmd_reconstruct(args) -> None:
     if args.json:
         print(json.dumps({"out": args.out, "bytes": size, "seconds": result.seconds, "calib_images": len(calib),
                           "iters": cfg.iters, "method": cfg.method, "device": str(cfg.device), **report,
-                          "blocks": [b.__dict__ for b in result.blocks]}, indent=2))
+                          "blocks": [b.__dict__ for b in result.blocks], "notes": result.notes}, indent=2))
     else:
         work = f"{len(result.blocks)} blocks" if cfg.method == "gptq" else f"{len(result.blocks)} blocks x {cfg.iters} iterations"
         print(f"wrote {args.out}: {size} bytes ({report['difference_pct']:+.2f} % vs size accounting); "
               f"{cfg.method}: {work} on {len(calib)} images in {result.seconds:.0f} s; "
               f"summed block error {before:.4g} (nearest) -> {after:.4g} ({cfg.method})")
+        for line in result.notes:
+            print(f"note: {line}")
 
 
 def cmd_export(args) -> None:

@@ -150,6 +150,8 @@ def _results(ev, data, job) -> None:
                f"{result.calib_images} calibration "
                f"images, batch {cfg.batch_size}, seed {cfg.seed}, {cfg.scheme} base quantizer, on {cfg.device}: "
                f"{result.seconds:.1f} s. The Export page offers the reconstructed model file.")
+    for line in result.notes:
+        st.caption(f"Note: {line}.")
     st.plotly_chart(block_error_figure(result.blocks), key="recon_block_chart")
     st.dataframe(pd.DataFrame([{"block": b.name, "layers": len(b.layers), "error, nearest": b.mse_nearest,
                                 "error, learned": b.mse_learned,

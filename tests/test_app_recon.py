@@ -188,3 +188,6 @@ def test_gptq_is_offered_and_runs_as_a_job(val_dir, data_root):
     assert job.status == "done" and job.config.method == "gptq", job.error
     assert not errors(at)
     assert any(c.value.startswith(f"GPTQ over {len(job.result.blocks)} blocks") for c in at.caption)
+    # 4 calibration images: the classifier (1280 inputs) keeps round-to-nearest, and the panel says so
+    assert any(c.value.startswith("Note: _fc: round-to-nearest, its Hessian has 4 calibration samples")
+               for c in at.caption), [c.value for c in at.caption]

@@ -174,6 +174,27 @@ def test_gptq_on_a_chain_keeps_plan_bits_and_beats_nearest_block_error():
     assert all(torch.isfinite(q.weight()).all() for q in result.layers.values())
 
 
+def test_a_layer_with_fewer_samples_than_columns_keeps_nearest_and_says_so():
+    """Lite0's classifier case: one input sample per image, more input columns than images. Its
+    Hessian is rank-deficient, GPTQ would fit the calibration images; it keeps round-to-nearest."""
+    from mixquant_core.quant.codes import nearest_layers
+
+    model = tiny_chain()
+    bits = dict(zip(layer_names(model), MIXED_BITS))
+    head = "3"  # Linear(16, 10): one sample per image
+    nearest = nearest_layers(model, bits, ReconConfig().scheme)
+    for grid in ("plan", "best"):
+        few = reconstruct(model, bits, images(8), ReconConfig(method="gptq", batch_size=4, gptq_grid=grid))
+        assert torch.equal(few.layers[head].codes, nearest[head].codes)
+        assert few.notes == [f"{head}: round-to-nearest, its Hessian has 8 calibration samples for 16 input "
+                             "columns (GPTQ would fit the calibration images)"]
+        assert not torch.equal(few.layers["2.0"].codes, nearest["2.0"].codes)  # the convs see 8 x 144 columns
+    enough = reconstruct(model, bits, images(32), ReconConfig(method="gptq", batch_size=8, gptq_grid="plan"))
+    assert enough.notes == [] and not torch.equal(enough.layers[head].codes, nearest[head].codes)
+    both = reconstruct(model, bits, images(8), ReconConfig(method="gptq+brecq", iters=1, batch_size=4))
+    assert both.notes == [f"GPTQ start of {few.notes[0]}"]
+
+
 def test_adaround_started_from_gptq_reproduces_its_rounding():
     lin = nn.Linear(16, 6)
     x = torch.randn(64, 16) @ torch.randn(16, 16)
@@ -206,6 +227,9 @@ def test_cli_gptq_writes_an_export_load_reads(data_root, tmp_path, capsys):
     assert main(argv) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["method"] == "gptq" and report["calib_images"] == 2
+    # two images: the classifier's Hessian has 2 samples for 1280 columns, so it stays at nearest
+    assert any(line.startswith("_fc: round-to-nearest, its Hessian has 2 calibration samples for 1280")
+               for line in report["notes"])
     from safetensors import safe_open
 
     with safe_open(str(out), "pt") as f:
@@ -264,7 +288,9 @@ def test_gptq_on_a_vision_transformer_with_packed_attention():
                               num_classes=10).eval()
     bits = {layer.name: 4 for layer in find_layers(model)}
     assert any(n.endswith("in_proj_weight") for n in bits)
-    result = reconstruct(model, bits, torch.randn(6, 3, 32, 32), ReconConfig(method="gptq", scheme="per-channel"))
+    # 16 images: every layer but the classifier head has more input samples than columns, so gets GPTQ
+    result = reconstruct(model, bits, torch.randn(16, 3, 32, 32), ReconConfig(method="gptq", scheme="per-channel"))
+    assert [line.split(":")[0] for line in result.notes] == ["heads.head"]
     assert set(result.layers) == set(bits)
     assert all(torch.isfinite(q.weight()).all() for q in result.layers.values())
     assert sum(b.mse_learned for b in result.blocks) <= sum(b.mse_nearest for b in result.blocks)

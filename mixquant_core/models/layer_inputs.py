@@ -155,6 +155,12 @@ class LayerInputs:
         else:
             self._add([_rows(qkv["qkv".index(attr[0])])])  # q_proj_weight: the query, ...
 
+    @property
+    def samples(self) -> int:
+        """Input columns seen (a Linear's rows, a conv's im2col positions; the fewest of the row
+        blocks'): how many samples each Hessian is estimated from."""
+        return min((h.count for h in self.hessians), default=0)
+
     def matrices(self, name: str) -> torch.Tensor:
         """[G, C, C]: the group / row-block Hessians, checked finite."""
         if not self.hessians:

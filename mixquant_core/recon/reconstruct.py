@@ -140,6 +140,7 @@ def reconstruct(model: nn.Module, bits: Dict[str, int], calib: torch.Tensor, cfg
     for p in work.parameters():
         p.requires_grad_(False)
     starts: Optional[Dict[str, torch.Tensor]] = None
+    notes: List[str] = []
     if cfg.method != "brecq":
         from .gptq import run_gptq
 
@@ -155,6 +156,7 @@ def reconstruct(model: nn.Module, bits: Dict[str, int], calib: torch.Tensor, cfg
             first.seconds = time.perf_counter() - t_start
             return first
         del gptq_model
+        notes = [f"GPTQ start of {line}" for line in first.notes]
         progress = (lambda d, t, w, p=progress: p(100 + int(900 * d / max(t, 1)), 1000, w)) if progress else None
     stages = model_stages(work)
     covered = {n for s in stages for n in s.layers}
@@ -167,7 +169,7 @@ def reconstruct(model: nn.Module, bits: Dict[str, int], calib: torch.Tensor, cfg
     x_fp = calib.to(device)
     x_q = x_fp
     total = cfg.iters * sum(1 for s in stages if any(n in bits for n in s.layers))
-    done, result = 0, ReconResult({}, config=cfg)
+    done, result = 0, ReconResult({}, config=cfg, notes=notes)
     for stage in stages:
         target = _forward_all(stage.run, x_fp, chunk)
         names = [n for n in stage.layers if n in bits]

@@ -26,6 +26,7 @@ class ReconResult:
     config: Optional[object] = None  # the ReconConfig
     seconds: float = 0.0
     calib_images: int = 0
+    notes: List[str] = field(default_factory=list)  # one line each, for the user (e.g. a layer GPTQ left at nearest)
 
 
 def block_loss(pred: torch.Tensor, target: torch.Tensor, channel_dim: int = 1) -> torch.Tensor:
