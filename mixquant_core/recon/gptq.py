@@ -55,8 +55,8 @@ DAMP_RETRIES = 4
 # rounding error into directions the calibration images never show, and the layer fits those images
 # rather than the data (Lite0's classifier: 1280 inputs, one sample per image, 256 images). Such a
 # layer keeps round-to-nearest on its plan grid: on Lite0 at 3.0 average bits, over four runs, loss
-# 1.249 against 1.283 and top-1 79.08 % against 79.00 %; damping its Hessian 100x harder did worse
-# (1.303), and so did GPTQ on its plan grid alone (1.290) (docs/RESULTS.md).
+# 1.249 against 1.282 and top-1 79.08 % against 79.00 %; damping its Hessian 100x harder did worse
+# (1.299), and so did GPTQ on its plan grid alone (1.290) (docs/RESULTS.md).
 MIN_SAMPLES_PER_COLUMN = 1
 
 
