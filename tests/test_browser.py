@@ -300,6 +300,9 @@ def _set_number(driver, label: str, value, last: bool = False) -> None:
     def box():
         return _find(driver, '[data-testid="stNumberInput"]', label, last).find_element(By.CSS_SELECTOR, "input")
 
+    # the sidebar's widgets can be a moment behind the main area's ready element (a CI run once
+    # found no 'Images to evaluate' right after the Sensitivity page's chart): wait for the box
+    _until(driver, lambda d: box(), f"the number input {label!r}")
     if box().get_attribute("value") != str(value):
         def type_value():
             box().send_keys(Keys.CONTROL, "a")  # the modifier is held to the end of one send_keys
