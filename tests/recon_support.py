@@ -86,3 +86,10 @@ def ort_optimized_graph(data: bytes, tmp_path):
     options.log_severity_level = 3
     ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
     return onnx.load(str(tmp_path / "optimized.onnx")).graph
+
+
+def ort_op_counts(data: bytes, tmp_path):
+    """collections.Counter of the op types in ``ort_optimized_graph``'s graph."""
+    import collections
+
+    return collections.Counter(n.op_type for n in ort_optimized_graph(data, tmp_path).node)

@@ -4,7 +4,6 @@ on the traced graph, quantized alike by both engines, exported as one Q/DQ pair 
 ONNX Runtime fuses, read back and checked against the plan."""
 from __future__ import annotations
 
-import collections
 import json
 
 import numpy as np
@@ -27,7 +26,7 @@ from mixquant_core.models.preprocess import Preprocess
 from mixquant_core.plans.plan import Plan, applied
 from mixquant_core.quant.act_calibration import calibrate
 from mixquant_core.quant.recipe import Recipe
-from recon_support import images, ort_optimized_graph, workspace
+from recon_support import images, ort_op_counts, workspace
 
 PRE = Preprocess(resize=32, crop=24)
 
@@ -129,7 +128,7 @@ def test_a_last_blocks_add_into_the_pool_is_a_point_and_runs_on_codes(calib, tmp
     recipe = Recipe("symmetric", acts=acts)
     data = onnx_bytes(model, plan, PRE, recipe=recipe)
     assert read_onnx(data, model).acts.to_dict() == acts.to_dict()
-    ops = _optimized_ops(data, tmp_path)
+    ops = ort_op_counts(data, tmp_path)
     assert ops["QLinearAdd"] == 2 and ops["QLinearGlobalAveragePool"] == 1 and ops["Conv"] == 0, ops
     x = images(8, seed=9)
     with torch.no_grad(), applied(model, plan.bits, recipe):
@@ -184,10 +183,6 @@ def test_both_engines_quantize_the_points_alike(model, acts):
     assert (t.top1, t.top5) == (o.top1, o.top5) and abs(t.loss - o.loss) < 1e-5
 
 
-def _optimized_ops(data: bytes, tmp_path) -> collections.Counter:
-    return collections.Counter(n.op_type for n in ort_optimized_graph(data, tmp_path).node)
-
-
 @pytest.fixture(scope="module")
 def exported(model, acts):
     ws = workspace(model, "symmetric")
@@ -199,12 +194,12 @@ def test_export_runs_every_conv_and_add_as_integer_kernels(model, acts, exported
     plan, data = exported
     f = read_onnx(data, model)
     assert f.acts.to_dict() == acts.to_dict()
-    ops = _optimized_ops(data, tmp_path)
+    ops = ort_op_counts(data, tmp_path)
     assert ops["QLinearConv"] == 6 and ops["QLinearAdd"] == 2 and ops["Conv"] == 0, ops
     # the head's ReLU6 cannot change its point's codes: dropped, so the pool runs on codes too
     assert ops["QLinearGlobalAveragePool"] == 1 and ops["Clip"] == 0, ops
     without = onnx_bytes(model, plan, PRE, recipe=Recipe("symmetric", acts=type(acts)(acts.bits, acts.method, acts.ranges)))
-    assert _optimized_ops(without, tmp_path)["QLinearAdd"] == 0  # the layers' inputs alone fuse no Add
+    assert ort_op_counts(without, tmp_path)["QLinearAdd"] == 0  # the layers' inputs alone fuse no Add
     x = images(8, seed=9)
     with torch.no_grad(), applied(model, plan.bits, Recipe("symmetric", acts=acts)):
         expected = model(x).numpy()

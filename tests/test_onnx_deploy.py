@@ -5,7 +5,6 @@ evaluate alike and that ONNX Runtime fuses into integer kernels in an export, an
 ranges refused in one line."""
 from __future__ import annotations
 
-import collections
 import copy
 import itertools
 import json
@@ -28,17 +27,13 @@ from mixquant_core.plans.plan import applied
 from mixquant_core.quant.codes import QuantizedLayer
 from mixquant_core.quant.activations import ActQuant
 from mixquant_core.quant.recipe import Recipe
-from recon_support import MIXED_BITS, images, minmax_acts, ort_optimized_graph, tiny_chain, workspace
+from recon_support import MIXED_BITS, images, minmax_acts, ort_op_counts, ort_optimized_graph, tiny_chain, workspace
 
 PRE = Preprocess(resize=32, crop=24)
 
 
-def _optimized_op_counts(data: bytes, tmp_path) -> collections.Counter:
-    return collections.Counter(n.op_type for n in ort_optimized_graph(data, tmp_path).node)
-
-
 def _optimized_ops(data: bytes, tmp_path) -> set:
-    return set(_optimized_op_counts(data, tmp_path))
+    return set(ort_op_counts(data, tmp_path))
 
 
 # --- bit packing ---------------------------------------------------------------------------------
@@ -265,7 +260,7 @@ def test_a_pad_between_layers_keeps_the_conv_before_it_an_integer_kernel(quantiz
     # 0.0 (through ReLU6 and the Pad) and 2.0 feed a quantized input: integer kernels, the Pad folded
     # into the depthwise QLinearConv; 3.0 (pooled next) and 6 (the logits) stay float behind their Q/DQ
     assert onnx_size_report(data, model, plan, quantizer)["integer_kernel_layers"] == 2
-    ops = _optimized_op_counts(data, tmp_path)
+    ops = ort_op_counts(data, tmp_path)
     assert ops["QLinearConv"] == 2 and "Pad" not in ops, ops
     x = images(8, seed=9)
     with torch.no_grad(), applied(model, plan.bits, recipe):
@@ -479,7 +474,7 @@ def test_lite0_weight_only_file_is_the_accounting_plus_95_kb_and_w8a8_fuses_ever
     assert report["container_padding_bytes"] == 0 and 0 < report["bytes"] - report["accounted_bytes"] < 95_000
     plan = ws.plan_from_bits(ws.uniform(8))
     inputs_only = Recipe("symmetric", acts=minmax_acts(lite0.model, list(plan.bits), images(8, 224, seed=0)))
-    ops = _optimized_op_counts(onnx_bytes(lite0.model, plan, lite0.preprocess, recipe=inputs_only), tmp_path)
+    ops = ort_op_counts(onnx_bytes(lite0.model, plan, lite0.preprocess, recipe=inputs_only), tmp_path)
     assert ops["QLinearConv"] == 34 and ops["Conv"] == 15 and ops["QLinearAdd"] == 0, ops  # the layers' inputs alone
     calib = EvalTensors(images(8, 224, seed=0), torch.zeros(8, dtype=torch.long))
     recipe = Recipe("symmetric", acts=calibrate(lite0.model, list(plan.bits), calib))  # with output points (default)
@@ -487,7 +482,7 @@ def test_lite0_weight_only_file_is_the_accounting_plus_95_kb_and_w8a8_fuses_ever
     data = onnx_bytes(lite0.model, plan, lite0.preprocess, recipe=recipe)
     f = read_onnx(data, lite0.model)
     assert f.acts.ranges.keys() == plan.bits.keys() and f.acts.outputs == recipe.acts.outputs
-    ops = _optimized_op_counts(data, tmp_path)
+    ops = ort_op_counts(data, tmp_path)
     assert ops["QLinearConv"] == 49 and ops["Conv"] == 0 and ops["QLinearAdd"] == 9 and ops["QLinearGlobalAveragePool"] == 1, ops
 
 

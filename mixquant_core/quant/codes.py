@@ -56,9 +56,15 @@ def nearest_layers(model: nn.Module, bits: Dict[str, int], quantizer: Quantizer)
     for name, b in bits.items():
         w = layer_weight(model, name).detach().float().cpu()
         check_finite(w, name)
-        codes, scale, zp = layer_grid(quantizer, name, w, int(b))
-        out[name] = QuantizedLayer(codes.to(torch.uint8), scale.float(), zp.float(), int(b), scheme_of(quantizer))
+        out[name] = grid_layer(layer_grid(quantizer, name, w, int(b)), int(b), quantizer)
     return out
+
+
+def grid_layer(grid, bits: int, quantizer: Quantizer) -> QuantizedLayer:
+    """Codes on a grid, (codes, scale, zero-point) as ``layer_grid`` answers (its nearest codes, or
+    another rounding's on the same grid), as the QuantizedLayer of ``bits`` in ``quantizer``'s scheme."""
+    codes, scale, zp = grid
+    return QuantizedLayer(codes.to(torch.uint8), scale.float(), zp.float(), int(bits), scheme_of(quantizer))
 
 
 def layer_grid(quantizer: Quantizer, name: str, w: torch.Tensor, bits: int):

@@ -45,7 +45,7 @@ from ..errors import MixQuantError
 from ..models.layer_inputs import LayerInputs, collected, paired_grams
 from ..models.layers import WeightRef
 from ..quant.codes import QuantizedLayer
-from ..quant.codes import layer_grid
+from ..quant.codes import grid_layer, layer_grid
 from ..quant.recipe import Quantizer
 
 BLOCK = 128  # lazy batch update width (the paper's B)
@@ -184,24 +184,12 @@ def gptq_layer(name: str, w: torch.Tensor, hessians: torch.Tensor, bits: int, qu
     start = torch.where(worse[:, :, None], grouped(w, groups), start)
     if not torch.isfinite(start).all():  # never: H is damped and finite; a last guard before the codes ship
         raise MixQuantError(f"layer '{name}': GPTQ produced non-finite weights")
-    from ..quant.recipe import scheme_of
-
-    layer = QuantizedLayer(codes.to(torch.uint8), scale.float(), zp.float(), int(bits), scheme_of(quantizer))
-    return layer, start.reshape(w.shape)
+    return grid_layer((codes, scale, zp), bits, quantizer), start.reshape(w.shape)
 
 
 def underdetermined(samples: int, hessians: torch.Tensor) -> bool:
     """Whether ``samples`` input columns are too few for ``hessians`` [G, C, C] (MIN_SAMPLES_PER_COLUMN)."""
     return samples < MIN_SAMPLES_PER_COLUMN * int(hessians.shape[-1])
-
-
-def nearest_layer(w: torch.Tensor, bits: int, quantizer: Quantizer, grid) -> Tuple[QuantizedLayer, torch.Tensor]:
-    """Round-to-nearest on ``grid`` (``layer_grid``'s), answered as ``gptq_layer`` answers: the
-    layer and the weights its codes are the nearest rounding of (``w`` itself)."""
-    from ..quant.recipe import scheme_of
-
-    codes, scale, zp = grid
-    return QuantizedLayer(codes.to(torch.uint8), scale.float(), zp.float(), int(bits), scheme_of(quantizer)), w.detach().float()
 
 
 def solve_layer(name: str, w: torch.Tensor, hessians: torch.Tensor, samples: int, bits: int, quantizer: Quantizer,
@@ -216,7 +204,7 @@ def solve_layer(name: str, w: torch.Tensor, hessians: torch.Tensor, samples: int
         if notes is not None:
             notes.append(f"{name}: round-to-nearest, its Hessian has {samples} calibration samples for "
                          f"{int(hessians.shape[-1])} input columns (GPTQ would fit the calibration images)")
-        return nearest_layer(w, bits, quantizer, grid)
+        return grid_layer(grid, bits, quantizer), w  # round-to-nearest: its codes are w's nearest rounding
     if best_grid:
         return best_grid_layer(name, w, hessians, bits, quantizer, damp, act_order,
                                best_grid_candidates(quantizer, name, w, bits, grid), target)
