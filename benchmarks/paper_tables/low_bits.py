@@ -11,6 +11,11 @@ images, wall time of the method), so methods can run in separate processes:
 
   python benchmarks/paper_tables/low_bits.py --method brecq --out OUT/low_bits.jsonl
 
+One run of a point is one draw: at 3 average bits float rounding alone (the batch size GPTQ's passes
+use) moves Lite0's top-1 by over a point. ``--batch-size 8,16,24,32`` (GPTQ) or ``--seed 0,1,2,3``
+(BRECQ's sample order) runs each point once per value on the same plan and prints the mean, the
+spread and the mean number of correctly classified images, so methods are compared on means.
+
 The plans are the same for every method: Fisher allocation on the per-channel min/max QE grid with
 Fisher from 64 calibration images (``mixquant allocate --cost fisher --quantizer per-channel``).
 """
@@ -86,7 +91,8 @@ def main() -> None:
     ap.add_argument("--only", help="only the points whose label contains this text")
     ap.add_argument("--iters", type=int, default=40)
     ap.add_argument("--lr", type=float, default=2e-2)
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--batch-size", default="16", help="one or more, comma-separated: one run per value")
+    ap.add_argument("--seed", default="0", help="one or more, comma-separated: one run per value")
     ap.add_argument("--calib-images", type=int, default=128)
     ap.add_argument("--fisher-images", type=int, default=64)
     ap.add_argument("--cache", default="/tmp/mixquant_val1300.pt")
@@ -107,26 +113,50 @@ def main() -> None:
     data = eval_tensors(loaded, Path(args.cache))
     calib_list = open_calibration_folder(str(data_dir("imagenet-calib-1000")), args.calib_images)
     calib = load_tensors(calib_list, loaded.preprocess).inputs()
+    batch_sizes, seeds = _ints(args.batch_size), _ints(args.seed)
     with open(args.out, "a") as out:
         for label, ws, plan in points(loaded, args.fisher_images, args.ranges, args.cost, args.only, args.plan_quantizer):
-            t0 = time.perf_counter()
-            cfg = ReconConfig(iters=args.iters, batch_size=args.batch_size, lr=args.lr, device="cpu", seed=0,
-                              method=args.method, scheme=args.scheme, act_order=args.act_order,
-                              gptq_inputs=args.gptq_inputs, damp=args.damp, gptq_grid=args.gptq_grid)
-            result = reconstruct_plan(loaded.model, plan, calib, cfg)
-            seconds = time.perf_counter() - t0
-            metrics = evaluate_quantized(loaded.model, result.layers, data)
-            rec = {"point": label, "method": args.method, "avg_bits": plan.size["avg_bits"],
-                   "bit_set": sorted(set(plan.bits.values())), **metrics.to_dict(),
-                   "method_seconds": round(seconds, 1), "calib_images": len(calib),
-                   "config": {"iters": args.iters, "batch_size": args.batch_size, "lr": args.lr, "threads": args.threads,
-                              "ranges": args.ranges, "cost": args.cost, "scheme": args.scheme,
-                              "plan_quantizer": args.plan_quantizer,
-                              "act_order": args.act_order, "gptq_inputs": args.gptq_inputs, "damp": args.damp,
-                              "gptq_grid": args.gptq_grid}}
-            out.write(json.dumps(rec) + "\n")
-            out.flush()
-            print(json.dumps(rec), flush=True)
+            runs = []
+            for batch_size in batch_sizes:
+                for seed in seeds:
+                    rec = _run(args, loaded, plan, label, calib, data, batch_size, seed)
+                    out.write(json.dumps(rec) + "\n")
+                    out.flush()
+                    print(json.dumps(rec), flush=True)
+                    runs.append(rec)
+            if len(runs) > 1:
+                print(summary(label, args.method, runs), flush=True)
+
+
+def _ints(text: str):
+    return [int(v) for v in str(text).split(",") if v.strip()]
+
+
+def _run(args, loaded, plan, label, calib, data, batch_size: int, seed: int) -> dict:
+    t0 = time.perf_counter()
+    cfg = ReconConfig(iters=args.iters, batch_size=batch_size, lr=args.lr, device="cpu", seed=seed,
+                      method=args.method, scheme=args.scheme, act_order=args.act_order,
+                      gptq_inputs=args.gptq_inputs, damp=args.damp, gptq_grid=args.gptq_grid)
+    result = reconstruct_plan(loaded.model, plan, calib, cfg)
+    seconds = time.perf_counter() - t0
+    metrics = evaluate_quantized(loaded.model, result.layers, data)
+    return {"point": label, "method": args.method, "avg_bits": plan.size["avg_bits"],
+            "bit_set": sorted(set(plan.bits.values())), **metrics.to_dict(),
+            "method_seconds": round(seconds, 1), "calib_images": len(calib),
+            "config": {"iters": args.iters, "batch_size": batch_size, "seed": seed, "lr": args.lr,
+                       "threads": args.threads, "ranges": args.ranges, "cost": args.cost, "scheme": args.scheme,
+                       "plan_quantizer": args.plan_quantizer, "act_order": args.act_order,
+                       "gptq_inputs": args.gptq_inputs, "damp": args.damp, "gptq_grid": args.gptq_grid}}
+
+
+def summary(label: str, method: str, runs) -> str:
+    """One line: mean top-1 and loss over the runs, their range, and the mean count of correct images."""
+    top1 = [r["top1"] for r in runs]
+    correct = sum(round(r["top1"] * r["images"] / 100) for r in runs) / len(runs)
+    loss = sum(r["loss"] for r in runs) / len(runs)
+    return (f"{label}, {method}: mean top-1 {sum(top1) / len(top1):.2f} % over {len(runs)} runs "
+            f"({correct:.1f} of {runs[0]['images']} images), range {min(top1):.2f}-{max(top1):.2f}, "
+            f"mean loss {loss:.3f}")
 
 
 if __name__ == "__main__":
