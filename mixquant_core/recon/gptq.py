@@ -187,9 +187,11 @@ def gptq_layer(name: str, w: torch.Tensor, hessians: torch.Tensor, bits: int, qu
     return grid_layer((codes, scale, zp), bits, quantizer), start.reshape(w.shape)
 
 
-def underdetermined(samples: int, hessians: torch.Tensor) -> bool:
-    """Whether ``samples`` input columns are too few for ``hessians`` [G, C, C] (MIN_SAMPLES_PER_COLUMN)."""
-    return samples < MIN_SAMPLES_PER_COLUMN * int(hessians.shape[-1])
+def underdetermined(samples: int, hessians: torch.Tensor, per_column: int = MIN_SAMPLES_PER_COLUMN) -> bool:
+    """Whether ``samples`` input columns are too few for ``hessians`` [G, C, C]: fewer than
+    ``per_column`` (MIN_SAMPLES_PER_COLUMN for GPTQ, FIT_SAMPLES_PER_COLUMN for the float-target fit)
+    per column."""
+    return samples < per_column * int(hessians.shape[-1])
 
 
 def solve_layer(name: str, w: torch.Tensor, hessians: torch.Tensor, samples: int, bits: int, quantizer: Quantizer,
@@ -370,7 +372,7 @@ def run_gptq(work: nn.Module, bits: Dict[str, int], calib: torch.Tensor, cfg, qu
                                                  zip(batches(x_fp, size), batches(x_q, size)))
                 h, cross = h.cpu(), cross.cpu()
                 write(quant_w)
-                if samples >= FIT_SAMPLES_PER_COLUMN * h.shape[-1]:  # else the fit would learn the calibration set
+                if not underdetermined(samples, h, FIT_SAMPLES_PER_COLUMN):  # else the fit would learn the calibration set
                     fit = float_target(grouped(w, int(h.shape[0])), h, cross, cfg.damp)
             layer, start = solve_layer(n, w, h, samples, int(bits[n]), quantizer, cfg.damp, cfg.act_order,
                                        grids[n], cfg.gptq_grid == "best", fit, result.notes)
